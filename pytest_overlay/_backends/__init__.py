@@ -1,0 +1,69 @@
+"""Backends behind one interface, and the choice between them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_overlay._errors import BackendUnavailableError
+
+from .base import Backend, Mount
+from .copytree import CopyBackend
+from .kernel import KernelBackend
+
+__all__ = ["BACKEND_CHOICES", "Backend", "Mount", "Selection", "create_backend", "select_backend"]
+
+BACKEND_CHOICES = ("auto", "kernel", "fuse", "copy")
+_FUSE_NOT_YET = (
+    "the FUSE backend is not part of this release yet; use --overlay-backend=kernel or copy"
+)
+
+
+def create_backend(name: str, scratch: Callable[[], Path]) -> Backend:
+    """A backend by name, with its per-session scratch directory."""
+    if name == "kernel":
+        return KernelBackend(lambda: scratch() / "kernel")
+    if name == "copy":
+        return CopyBackend(lambda: scratch() / "copy")
+    if name == "fuse":
+        raise BackendUnavailableError(_FUSE_NOT_YET)
+    raise BackendUnavailableError(
+        f"unknown overlay backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}"
+    )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The backend chosen for the session, with what the report header says about it."""
+
+    backend: Backend
+    passed_over: tuple[tuple[str, str], ...] = ()
+
+    def header(self) -> str:
+        """The report header line."""
+        line = f"overlay: backend={self.backend.name} ({self.backend.describe()})"
+        for name, reason in self.passed_over:
+            line += f"\n  {name} not used: {reason}"
+        return line
+
+
+def select_backend(requested: str, scratch: Callable[[], Path]) -> Selection:
+    """Resolve ``auto`` or check an explicit choice; raise with the remedy if it cannot work."""
+    if requested != "auto":
+        backend = create_backend(requested, scratch)
+        reason = backend.unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"the {requested} backend cannot work here: {reason}. "
+                "Use --overlay-backend=auto to fall back to one that can."
+            )
+        return Selection(backend)
+    passed_over: list[tuple[str, str]] = []
+    kernel = create_backend("kernel", scratch)
+    reason = kernel.unavailable_reason()
+    if reason is None:
+        return Selection(kernel)
+    passed_over.append(("kernel", reason))
+    passed_over.append(("fuse", _FUSE_NOT_YET))
+    return Selection(create_backend("copy", scratch), tuple(passed_over))

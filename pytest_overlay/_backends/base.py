@@ -1,0 +1,53 @@
+"""The one narrow interface every backend implements."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from pytest_overlay._diff import TreeDiff
+
+IgnoreFn = Callable[[str], bool]
+
+
+class Mount(Protocol):
+    """One test's merged view, alive until :meth:`close`."""
+
+    @property
+    def path(self) -> Path:
+        """The merged root that the test works in."""
+
+    @property
+    def lowers(self) -> tuple[Path, ...]:
+        """The lower layers, topmost first."""
+
+    def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
+        """What changed in the merged view compared with the lowers."""
+
+    def close(self) -> list[str]:
+        """Unmount and remove everything; returns warnings worth showing the user."""
+
+
+class Backend(Protocol):
+    """A way of giving a test a writable view over read-only lower layers."""
+
+    name: str
+
+    def unavailable_reason(self) -> str | None:
+        """``None`` when usable here, else why not and what would make it usable."""
+
+    def describe(self) -> str:
+        """How this backend runs here, for the report header (``root``, ``user namespace``)."""
+
+    def mount(self, lowers: Sequence[Path], *, label: str) -> Mount:
+        """Give a fresh writable view over *lowers*; *label* names it for humans."""
+
+    def shutdown(self) -> None:
+        """Release whatever the backend holds for the session."""
+
+
+def safe_label(name: str, limit: int = 30) -> str:
+    """A short directory name derived from a test name, the way ``tmp_path`` names them."""
+    return re.sub(r"[\W]", "_", name)[:limit] or "test"

@@ -1,0 +1,232 @@
+"""Kernel overlayfs, as root or inside our user namespace, with the upper layer on tmpfs.
+
+Layout inside the calling thread's private mount namespace::
+
+    scratch/                 a tmpfs for the session (the host only sees an empty directory)
+      <label>/               a tmpfs per test: unmounting it frees the upper layer at once,
+        .upper/ .work/       whatever modes the test left behind
+        <project name>/      the merged view, named like the topmost lower
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pytest_overlay import _namespaces, _probe, _syscalls
+from pytest_overlay._diff import TreeDiff, diff_upper
+from pytest_overlay._errors import MountError
+
+from .base import IgnoreFn, safe_label
+
+# The mount(2) option string is cut at one page; beyond that only the new API works.
+_LEGACY_OPTIONS_LIMIT = 4095
+
+
+def _escape_legacy(path: Path) -> str:
+    # overlayfs splits lowerdir on ':' and the option parser on ','; both take a backslash.
+    text = os.fspath(path)
+    for char in ("\\", ":", ","):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+class KernelMount:
+    """A mounted overlay of one test."""
+
+    def __init__(
+        self, root: Path, merged: Path, lowers: tuple[Path, ...], *, unprivileged: bool
+    ) -> None:
+        self._root = root
+        self._merged = merged
+        self._lowers = lowers
+        self._unprivileged = unprivileged
+        self._closed = False
+
+    @property
+    def path(self) -> Path:
+        return self._merged
+
+    @property
+    def lowers(self) -> tuple[Path, ...]:
+        return self._lowers
+
+    @property
+    def upper(self) -> Path:
+        """The upper layer, in the kernel's format."""
+        return self._root / ".upper"
+
+    def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
+        # A test may leave unreadable files behind; reading them is the diff's business.
+        with _namespaces.privileged():
+            return diff_upper(self.upper, self._lowers, ignore=ignore)
+
+    def close(self) -> list[str]:
+        if self._closed:
+            return []
+        self._closed = True
+        warnings: list[str] = []
+        with _namespaces.privileged():
+            for target in (self._merged, self._root):
+                warnings.extend(_unmount(target))
+            try:
+                self._root.rmdir()
+            except OSError as exc:
+                warnings.append(f"could not remove {self._root}: {exc}")
+        return warnings
+
+
+def _unmount(target: Path) -> list[str]:
+    try:
+        _syscalls.umount(target)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise MountError(exc.errno, f"could not unmount {target}: {exc.strerror}") from exc
+        # A process the test started still has a file open or its cwd there: detach the
+        # mount now, the kernel frees it when that process lets go.
+        _syscalls.umount(target, _syscalls.MNT_DETACH)
+        return [
+            f"{target} was still in use (a process the test started, or an open file), "
+            "so it was detached lazily"
+        ]
+    return []
+
+
+class KernelBackend:
+    """Kernel overlayfs in a private mount namespace."""
+
+    name = "kernel"
+
+    def __init__(self, scratch: Callable[[], Path]) -> None:
+        # The scratch directory lives in pytest's basetemp, known only once a test runs.
+        self._scratch_provider = scratch
+        self._scratch_path: Path | None = None
+        self._counter = itertools.count()
+        self._probe: _probe.ProbeResult | None = None
+        self._ready_threads: set[int] = set()
+        self._new_api = True
+
+    @property
+    def _scratch(self) -> Path:
+        if self._scratch_path is None:
+            self._scratch_path = self._scratch_provider()
+        return self._scratch_path
+
+    def _probe_result(self) -> _probe.ProbeResult:
+        if self._probe is None:
+            self._probe = _probe.probe_kernel()
+        return self._probe
+
+    def unavailable_reason(self) -> str | None:
+        result = self._probe_result()
+        return None if result.ok else result.reason
+
+    def describe(self) -> str:
+        return self._probe_result().mode
+
+    @property
+    def unprivileged(self) -> bool:
+        return not _namespaces.is_real_root()
+
+    def _prepare_thread(self) -> None:
+        native_id = threading.get_native_id()
+        if native_id in self._ready_threads:
+            return
+        if self.unprivileged and not _namespaces.entered_user_namespace():
+            threads = _namespaces.thread_count()
+            if threads > 1:
+                raise MountError(
+                    errno.EINVAL,
+                    f"cannot enter a user namespace: this process already runs {threads} "
+                    "threads (the kernel allows it only while single-threaded); pytest-overlay "
+                    "enters it at collection time, so something started a thread earlier, or "
+                    "run the tests as root, or use --overlay-backend=copy",
+                )
+            _namespaces.enter_user_namespace(for_children=False)
+        _namespaces.ensure_private_mount_namespace()
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        with _namespaces.privileged():
+            _syscalls.mount("tmpfs", self._scratch, "tmpfs", _syscalls.MS_NOSUID, "mode=0755")
+        self._ready_threads.add(native_id)
+
+    def mount(self, lowers: Sequence[Path], *, label: str) -> KernelMount:
+        self._prepare_thread()
+        root = self._scratch / f"{safe_label(label)}{next(self._counter)}"
+        root.mkdir()
+        with _namespaces.privileged():
+            _syscalls.mount("tmpfs", root, "tmpfs", 0, "mode=0755")
+        upper, work = root / ".upper", root / ".work"
+        merged = root / (lowers[0].name or "root")
+        for directory in (upper, work, merged):
+            directory.mkdir()
+        _copy_root_metadata(lowers[0], upper)
+        mount = KernelMount(root, merged, tuple(lowers), unprivileged=self.unprivileged)
+        try:
+            with _namespaces.privileged():
+                self._mount_overlay(merged, lowers, upper, work)
+        except OSError as exc:
+            mount.close()
+            raise MountError(
+                exc.errno or 0,
+                f"could not mount overlayfs at {merged} over {', '.join(map(str, lowers))}: "
+                f"{exc.strerror}",
+            ) from exc
+        return mount
+
+    def _mount_overlay(self, merged: Path, lowers: Sequence[Path], upper: Path, work: Path) -> None:
+        options: dict[str, str | None] = {"upperdir": str(upper), "workdir": str(work)}
+        if self.unprivileged:
+            # Without userxattr the mount succeeds but recreating a directory fails with EIO.
+            options["userxattr"] = None
+        else:
+            # Pin the features our upper-layer reader understands, whatever the kernel's
+            # defaults: no directory redirects, no metadata-only copy-up, no index.
+            options.update({"redirect_dir": "off", "metacopy": "off", "index": "off"})
+        options["volatile"] = None
+        if self._new_api:
+            try:
+                _syscalls.mount_overlay_new_api(merged, lowers, options)
+                return
+            except OSError as exc:
+                # Kernels before 6.8 reject "lowerdir+"; fall back to mount(2) for good.
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                self._new_api = False
+        data = ",".join(
+            ["lowerdir=" + ":".join(_escape_legacy(p) for p in lowers)]
+            + [k if v is None else f"{k}={_escape_legacy(Path(v))}" for k, v in options.items()]
+        )
+        if len(data) > _LEGACY_OPTIONS_LIMIT:
+            raise MountError(
+                errno.E2BIG,
+                f"the lower layer paths need {len(data)} bytes of mount options, more than the "
+                "4 KiB mount(2) allows on this kernel (Linux 6.8+ lifts the limit); use fewer "
+                "or shorter lower paths",
+            )
+        _syscalls.mount("overlay", merged, "overlay", 0, data)
+
+    def shutdown(self) -> None:
+        if self._scratch_path is None:
+            return
+        # The tmpfs lives in this process's private namespace and dies with it; unmounting
+        # now just returns the memory early.
+        if threading.get_native_id() in self._ready_threads:
+            with _namespaces.privileged(), contextlib.suppress(OSError):
+                _syscalls.umount(self._scratch, _syscalls.MNT_DETACH)
+            self._ready_threads.discard(threading.get_native_id())
+        with contextlib.suppress(OSError):
+            self._scratch.rmdir()
+
+
+def _copy_root_metadata(lower_root: Path, upper: Path) -> None:
+    # The merged root takes its mode and owner from the upper directory: match the project's.
+    st = lower_root.stat()
+    os.chmod(upper, st.st_mode & 0o7777)
+    if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+        with contextlib.suppress(OSError):
+            os.chown(upper, st.st_uid, st.st_gid)

@@ -1,0 +1,505 @@
+"""What a test changed on disk: the data model, and the two ways of computing it.
+
+:func:`diff_upper` reads an overlay upper layer (kernel overlayfs or FUSE) and costs in
+proportion to what changed; :func:`diff_trees` compares a full materialised copy with the lower
+layers.  Both compare entries with the same rules, so the same operations give the same
+:class:`TreeDiff` on every backend.
+
+Neither follows a symbolic link, opens anything but a regular file (and that only with
+``O_NOFOLLOW | O_NONBLOCK``), or compares xattrs; overlay-private xattrs are thus ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import itertools
+import json
+import os
+import stat
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, NamedTuple, final
+
+from ._layers import LayerStack, is_opaque, read_layer_dir
+
+__all__ = ["Change", "ChangeKind", "TreeDiff", "diff_trees", "diff_upper"]
+
+_CHUNK = 1 << 20
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class ChangeKind(enum.Enum):
+    """What happened to a path."""
+
+    ADDED = "added"
+    """The path did not exist before."""
+    MODIFIED = "modified"
+    """Content, symbolic link target, device number or file type changed."""
+    DELETED = "deleted"
+    """The path no longer exists (reported once, at the top of a deleted subtree)."""
+    MODE = "mode"
+    """Only the permission bits or the owner changed."""
+    TIMES = "times"
+    """Only the modification time of a file changed (``touch``, or an identical rewrite)."""
+
+    @property
+    def letter(self) -> str:
+        """The one-letter code used in listings: ``A``, ``M``, ``D``, ``P`` or ``T``."""
+        return _LETTERS[self]
+
+
+_LETTERS = dict(zip(ChangeKind, "AMDPT", strict=True))
+
+_TYPES = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "chardev",
+    stat.S_IFBLK: "blockdev",
+}
+
+_DETAILS = tuple(
+    f"{side}_{what}" for what in ("type", "mode", "size", "target") for side in ("old", "new")
+)
+
+
+@final
+@dataclass(frozen=True)
+class Change:
+    """One changed path, with what is known of it before (``old_*``) and after (``new_*``).
+
+    Detail fields are None where they do not apply: the ``old_*`` side of an added path, sizes
+    of anything but regular files, targets of anything but symbolic links.
+    """
+
+    path: str
+    """POSIX path relative to the root, without a leading slash.  Names that are not valid
+    UTF-8 are kept as :func:`os.fsdecode` gives them (lone surrogates)."""
+    kind: ChangeKind
+    """What happened."""
+    old_type: str | None = None
+    """``"file"``, ``"dir"``, ``"symlink"``, ``"fifo"``, ``"socket"``, ``"chardev"`` or
+    ``"blockdev"``."""
+    new_type: str | None = None
+    """Like :attr:`old_type`, after the test."""
+    old_mode: int | None = None
+    """Permission bits including setuid, setgid and sticky (``stat.S_IMODE``)."""
+    new_mode: int | None = None
+    """Like :attr:`old_mode`, after the test."""
+    old_size: int | None = None
+    """Size in bytes of a regular file."""
+    new_size: int | None = None
+    """Like :attr:`old_size`, after the test."""
+    old_target: str | None = None
+    """Target of a symbolic link."""
+    new_target: str | None = None
+    """Like :attr:`old_target`, after the test."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict; None details are left out.
+
+        Strings may hold lone surrogates: serialise with :func:`json.dumps` and its default
+        ``ensure_ascii=True``, which writes them as ``\\udcXX`` escapes.
+        """
+        data: dict[str, Any] = {"path": self.path, "kind": self.kind.value}
+        for name in _DETAILS:
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Change:
+        """Rebuild a :class:`Change` from :meth:`to_dict` output.
+
+        :raises ValueError: if *data* is not such output.
+        """
+        path, kind = data.get("path"), data.get("kind")
+        if not isinstance(path, str) or not isinstance(kind, str):
+            raise ValueError(f"Not a serialised change: {data!r}")
+        fields: dict[str, Any] = {}
+        for name in _DETAILS:
+            value = data.get(name)
+            expected = str if name.endswith(("_type", "_target")) else int
+            if value is not None and (type(value) is not expected):
+                raise ValueError(f"Bad {name} in serialised change: {value!r}")
+            fields[name] = value
+        return cls(path=path, kind=ChangeKind(kind), **fields)
+
+
+def _sort_key(path: str) -> tuple[str, ...]:
+    return tuple(path.split("/"))
+
+
+@final
+@dataclass(frozen=True)
+class TreeDiff:
+    """The changes a test made to the tree, sorted by path ("a/b" right after "a").
+
+    Iterating yields :class:`Change` objects; an empty diff is false.  ``str()`` gives one
+    ``"<letter> <path>"`` line per change (directories end with ``/``), with unsafe characters
+    escaped by :func:`~pytest_overlay._render.safe_path`.
+
+    :raises ValueError: if two changes have the same path.
+    """
+
+    changes: tuple[Change, ...] = ()
+    """The changes, sorted by path components."""
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.changes, key=lambda c: _sort_key(c.path)))
+        for before, after in itertools.pairwise(ordered):
+            if before.path == after.path:
+                raise ValueError(f"Two changes for one path: {before.path!r}")
+        object.__setattr__(self, "changes", ordered)
+
+    def __iter__(self) -> Iterator[Change]:
+        return iter(self.changes)
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+    def __str__(self) -> str:
+        from ._render import display_path  # imported here: _render imports this module
+
+        return "\n".join(f"{c.kind.letter} {display_path(c)}" for c in self.changes)
+
+    @cached_property
+    def _by_path(self) -> dict[str, Change]:
+        return {c.path: c for c in self.changes}
+
+    def _paths(self, kind: ChangeKind) -> frozenset[str]:
+        return frozenset(c.path for c in self.changes if c.kind is kind)
+
+    @property
+    def added(self) -> frozenset[str]:
+        """Paths of added entries (every entry of an added directory included)."""
+        return self._paths(ChangeKind.ADDED)
+
+    @property
+    def modified(self) -> frozenset[str]:
+        """Paths whose content, target or type changed."""
+        return self._paths(ChangeKind.MODIFIED)
+
+    @property
+    def deleted(self) -> frozenset[str]:
+        """Paths of deleted entries (tops of deleted subtrees only)."""
+        return self._paths(ChangeKind.DELETED)
+
+    @property
+    def mode_changed(self) -> frozenset[str]:
+        """Paths whose permission bits or owner alone changed."""
+        return self._paths(ChangeKind.MODE)
+
+    @property
+    def times_changed(self) -> frozenset[str]:
+        """Paths of files whose modification time alone changed."""
+        return self._paths(ChangeKind.TIMES)
+
+    def by_path(self, path: str) -> Change | None:
+        """Return the change at *path*, or None if that path did not change."""
+        return self._by_path.get(path)
+
+    def to_json(self) -> str:
+        """Serialise to ASCII-only JSON (undecodable names survive as ``\\udcXX`` escapes)."""
+        return json.dumps({"changes": [c.to_dict() for c in self.changes]})
+
+    @classmethod
+    def from_json(cls, text: str) -> TreeDiff:
+        """Rebuild a :class:`TreeDiff` from :meth:`to_json` output.
+
+        :raises ValueError: if *text* is not such output.
+        """
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("changes"), list):
+            raise ValueError("Not a serialised tree diff")
+        items: list[Any] = data["changes"]
+        if not all(isinstance(item, dict) for item in items):
+            raise ValueError("Not a serialised tree diff")
+        return cls(tuple(Change.from_dict(item) for item in items))
+
+
+# --- comparing two entries ----------------------------------------------------------------
+
+
+class _Node(NamedTuple):
+    path: Path
+    st: os.stat_result
+
+
+def _type_name(st: os.stat_result) -> str:
+    return _TYPES.get(stat.S_IFMT(st.st_mode), "unknown")
+
+
+def _is_dir(node: _Node | None) -> bool:
+    return node is not None and stat.S_ISDIR(node.st.st_mode)
+
+
+def _readlink(node: _Node) -> str | None:
+    try:
+        return os.fspath(node.path.readlink())
+    except OSError:
+        return None
+
+
+def _details(prefix: str, node: _Node | None) -> dict[str, Any]:
+    if node is None:
+        return {}
+    mode = node.st.st_mode
+    details: dict[str, Any] = {
+        prefix + "type": _type_name(node.st),
+        prefix + "mode": stat.S_IMODE(mode),
+    }
+    if stat.S_ISREG(mode):
+        details[prefix + "size"] = node.st.st_size
+    elif stat.S_ISLNK(mode):
+        details[prefix + "target"] = _readlink(node)
+    return details
+
+
+def _change(rel: str, kind: ChangeKind, old: _Node | None, new: _Node | None) -> Change:
+    return Change(rel, kind, **_details("old_", old), **_details("new_", new))
+
+
+def _open_regular(path: Path) -> int:
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "No longer a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _same_content(old: _Node, new: _Node) -> bool | None:
+    """Compare two regular files of equal size; None if either cannot be read."""
+    if (old.st.st_dev, old.st.st_ino) == (new.st.st_dev, new.st.st_ino):
+        return True
+    try:
+        with (
+            open(_open_regular(old.path), "rb", buffering=_CHUNK) as a,
+            open(_open_regular(new.path), "rb", buffering=_CHUNK) as b,
+        ):
+            while True:
+                chunk = a.read(_CHUNK)
+                if chunk != b.read(len(chunk) or 1):
+                    return False
+                if not chunk:
+                    return True
+    except OSError:
+        return None
+
+
+def _compare(rel: str, old: _Node | None, new: _Node | None, *, trust_stat: bool) -> Change | None:
+    """The one comparison rule shared by both diffs; None when *rel* is unchanged.
+
+    With *trust_stat*, regular files of equal type, size, mtime, mode and owner are taken as
+    unchanged without reading them.
+    """
+    if old is None:
+        return None if new is None else _change(rel, ChangeKind.ADDED, None, new)
+    if new is None:
+        return _change(rel, ChangeKind.DELETED, old, None)
+    a, b = old.st, new.st
+    if stat.S_IFMT(a.st_mode) != stat.S_IFMT(b.st_mode):
+        return _change(rel, ChangeKind.MODIFIED, old, new)
+    kind: ChangeKind | None = None
+    owner_a, owner_b = (a.st_uid, a.st_gid), (b.st_uid, b.st_gid)
+    meta = stat.S_IMODE(a.st_mode) != stat.S_IMODE(b.st_mode) or owner_a != owner_b
+    if stat.S_ISLNK(a.st_mode):
+        target = _readlink(old)
+        if target is None or target != _readlink(new):
+            kind = ChangeKind.MODIFIED
+    elif stat.S_ISDIR(a.st_mode):
+        kind = ChangeKind.MODE if meta else None
+    elif stat.S_ISREG(a.st_mode):
+        times = a.st_mtime_ns != b.st_mtime_ns
+        if a.st_size != b.st_size:
+            kind = ChangeKind.MODIFIED
+        elif trust_stat and not times and not meta:
+            kind = None
+        else:
+            same = _same_content(old, new)
+            if same is None:  # unreadable: assume a write if and only if mtime moved
+                same = not times
+            if not same:
+                kind = ChangeKind.MODIFIED
+            elif meta:
+                kind = ChangeKind.MODE
+            elif times:
+                kind = ChangeKind.TIMES
+    elif a.st_rdev != b.st_rdev:
+        kind = ChangeKind.MODIFIED
+    elif meta:
+        kind = ChangeKind.MODE
+    return None if kind is None else _change(rel, kind, old, new)
+
+
+# --- walking --------------------------------------------------------------------------------
+
+
+class _Item(NamedTuple):
+    rel: str
+    old: _Node | None
+    new: _Node | None
+    merge: bool  # diff_upper only: a merge directory, so only its upper children are visited
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def _old_node(stack: LayerStack, rel: str) -> _Node | None:
+    entry = stack.lookup(rel)
+    return None if entry is None else _Node(entry.real_path, entry.stat)
+
+
+class _Walker:
+    """The walk shared by both diffs: a worklist of items, two listing modes, one comparison."""
+
+    def __init__(
+        self,
+        stack: LayerStack,
+        *,
+        layer_format: bool,
+        ignore: Callable[[str], bool] | None,
+        skip: Collection[str] = (),
+    ) -> None:
+        self.stack = stack
+        self.layer_format = layer_format  # the new side is an upper layer, not a plain tree
+        self.ignore = ignore
+        self.skip = skip
+        self.changes: list[Change] = []
+
+    def _wanted(self, rel: str) -> bool:
+        return rel not in self.skip and not (self.ignore is not None and self.ignore(rel))
+
+    def _scan_new(self, directory: Path) -> tuple[dict[str, _Node], set[str]]:
+        entries, whiteouts = read_layer_dir(directory, layer_format=self.layer_format)
+        return {n: _Node(directory / n, st) for n, st in entries.items()}, whiteouts
+
+    def _children(self, item: _Item) -> list[_Item]:
+        """The items below the directory *item.new*; raises OSError if it cannot be listed."""
+        assert item.new is not None
+        new_nodes, whiteouts = self._scan_new(item.new.path)
+        children: list[_Item] = []
+        if item.merge:
+            # Only what the upper holds changed; a whiteout deletes what the lowers show there.
+            for name in sorted(whiteouts - new_nodes.keys()):
+                rel = _join(item.rel, name)
+                if self._wanted(rel):
+                    children.append(_Item(rel, _old_node(self.stack, rel), None, False))
+            for name, new in new_nodes.items():
+                rel = _join(item.rel, name)
+                if not self._wanted(rel):
+                    continue
+                old = _old_node(self.stack, rel)
+                merge = (
+                    _is_dir(new)
+                    and _is_dir(old)
+                    and name not in whiteouts
+                    and not is_opaque(new.path)
+                )
+                children.append(_Item(rel, old, new, merge))
+            return children
+        # The new side is complete here: compare it name by name with the merged lowers.
+        old_nodes: dict[str, _Node] = {}
+        if _is_dir(item.old):
+            for name, entry in self.stack.listdir(item.rel).items():
+                old_nodes[name] = _Node(entry.real_path, entry.stat)
+        for name in sorted(old_nodes.keys() | new_nodes.keys()):
+            rel = _join(item.rel, name)
+            if self._wanted(rel):
+                children.append(_Item(rel, old_nodes.get(name), new_nodes.get(name), False))
+        return children
+
+    def run(self, root: _Item, *, trust_stat: bool) -> TreeDiff:
+        todo = [root]
+        while todo:
+            item = todo.pop()
+            change = _compare(item.rel, item.old, item.new, trust_stat=trust_stat)
+            if item is root:
+                change = None  # the root is never reported
+            if _is_dir(item.new):
+                try:
+                    todo.extend(self._children(item))
+                except PermissionError:
+                    if item is root:
+                        raise
+                    # Cannot tell what is inside: flag the directory, list nothing below it.
+                    if change is None or change.kind is not ChangeKind.ADDED:
+                        change = _change(item.rel, ChangeKind.MODIFIED, item.old, item.new)
+            if change is not None:
+                self.changes.append(change)
+        return TreeDiff(tuple(self.changes))
+
+
+def diff_upper(
+    upper: Path,
+    lowers: Sequence[Path],
+    *,
+    ignore: Callable[[str], bool] | None = None,
+) -> TreeDiff:
+    """Compute the changes recorded in an overlay upper layer.
+
+    Only the upper layer is walked.  Whiteouts (character devices 0/0, or ``.wh.<name>``
+    files) become deletions of what the lowers show at that path; a merge directory is
+    compared for its own mode and owner and then only for its upper children; an opaque
+    directory (or one with nothing below it) is compared in full with the lowers, so what they
+    hold that it lacks is reported deleted.
+
+    :param upper: the upper layer directory.
+    :param lowers: the lower layer directories, topmost first.
+    :param ignore: called with each relative path; true skips that path and its subtree.
+    :raises OSError: if the upper layer's root cannot be listed.
+    """
+    stack = LayerStack(lowers)
+    root_new = _Node(Path(upper), Path(upper).stat())
+    root_old = _old_node(stack, "")
+    walker = _Walker(stack, layer_format=True, ignore=ignore)
+    return walker.run(_Item("", root_old, root_new, _is_dir(root_old)), trust_stat=False)
+
+
+def diff_trees(
+    new_root: Path,
+    lowers: Sequence[Path],
+    *,
+    ignore: Callable[[str], bool] | None = None,
+    skip: Collection[Path] = (),
+) -> TreeDiff:
+    """Compute the changes between the merged *lowers* and a full tree *new_root*.
+
+    Both trees are walked.  Regular files whose type, size, mtime, mode and owner all match are
+    taken as unchanged without being read.
+
+    :param new_root: the materialised tree after the test.
+    :param lowers: the lower layer directories, topmost first.
+    :param ignore: called with each relative path; true skips that path and its subtree.
+    :param skip: absolute paths inside *new_root* to leave out entirely (neither compared nor
+        descended into, on either side).
+    :raises OSError: if *new_root* cannot be listed.
+    """
+    new_root = Path(new_root)
+    base = new_root.absolute()
+    skip_rels: set[str] = set()
+    for path in skip:
+        try:
+            rel = Path(path).absolute().relative_to(base).as_posix()
+        except ValueError:  # not inside new_root: nothing to skip
+            continue
+        if rel == ".":
+            return TreeDiff()
+        skip_rels.add(rel)
+    stack = LayerStack(lowers)
+    root = _Item("", _old_node(stack, ""), _Node(new_root, new_root.stat()), False)
+    walker = _Walker(stack, layer_format=False, ignore=ignore, skip=skip_rels)
+    return walker.run(root, trust_stat=True)

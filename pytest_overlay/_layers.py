@@ -1,0 +1,250 @@
+"""Read a stack of read-only overlay layers as one merged tree.
+
+A lower layer may itself be an upper layer captured from an earlier overlay, so the overlay
+on-disk formats are honoured inside it:
+
+* a whiteout is a character device with device number 0/0 (the kernel and fuse-overlayfs as
+  root), or a regular file named ``.wh.<name>`` that whites out ``<name>`` (fuse-overlayfs when
+  it cannot ``mknod``, and OCI image layers);
+* an opaque directory carries the xattr ``trusted.overlay.opaque`` or ``user.overlay.opaque``
+  set to ``y``, or holds a ``.wh..wh..opq`` file; it hides the same directory in every layer
+  below it.
+
+Nothing here follows a symbolic link, opens a file or reads one: only ``lstat``, ``readdir`` and
+``getxattr`` are used, so FIFOs and device nodes are harmless.  The layers are assumed not to
+change while a :class:`LayerStack` is in use (results are cached).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import final
+
+__all__ = [
+    "OPAQUE_SENTINEL",
+    "OPAQUE_XATTRS",
+    "WHITEOUT_PREFIX",
+    "Entry",
+    "LayerStack",
+    "is_opaque",
+    "is_whiteout",
+    "read_layer_dir",
+]
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_SENTINEL = ".wh..wh..opq"
+OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+# getxattr errors that mean "this directory is not marked opaque", not "something broke":
+# ENODATA: no such attribute; ENOTSUP: the filesystem has no xattrs (or not in this namespace);
+# EPERM/EACCES: we may not read trusted.* (unprivileged) or the file at all.
+_XATTR_ABSENT = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.EACCES})
+# lstat errors that mean "no such entry in this layer": ENOENT, ENOTDIR (a path component is not
+# a directory), ENAMETOOLONG (".wh." + a name near NAME_MAX cannot exist).
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG})
+
+
+@final
+@dataclass(frozen=True)
+class Entry:
+    """One entry of the merged view: where it really lives and its ``lstat`` result."""
+
+    real_path: Path
+    """The path of the entry inside the layer that provides it."""
+    stat: os.stat_result
+    """``lstat`` of :attr:`real_path` (for a layer's root, ``stat``)."""
+    layer: int
+    """Index of the providing layer in the stack, 0 being the topmost."""
+
+
+def is_whiteout(st: os.stat_result) -> bool:
+    """Tell whether *st* describes a kernel-format whiteout (a character device 0/0)."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+if sys.platform == "linux":
+
+    def _has_opaque_xattr(path: Path) -> bool:
+        for name in OPAQUE_XATTRS:
+            try:
+                value = os.getxattr(path, name, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno in _XATTR_ABSENT:
+                    continue
+                raise
+            if value == b"y":
+                return True
+        return False
+
+else:  # pragma: no cover - no overlay xattrs outside Linux
+
+    def _has_opaque_xattr(path: Path) -> bool:
+        return False
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError as exc:
+        if exc.errno in _ABSENT:
+            return None
+        raise
+
+
+def is_opaque(path: Path) -> bool:
+    """Tell whether the directory *path* is marked opaque (by xattr or by sentinel file)."""
+    if _has_opaque_xattr(path):
+        return True
+    sentinel = _lstat(path / OPAQUE_SENTINEL)
+    return sentinel is not None and stat.S_ISREG(sentinel.st_mode)
+
+
+def read_layer_dir(
+    path: Path, *, layer_format: bool = True
+) -> tuple[dict[str, os.stat_result], set[str]]:
+    """List one directory of a layer, separating real entries from whiteouts.
+
+    :returns: the visible entries by name with their ``lstat`` results, and the set of names
+        whited out by this directory (0/0 character devices and ``.wh.<name>`` files).  Names
+        starting with ``.wh.`` are never entries, and ``.wh..wh..opq`` whites out nothing.
+        Without *layer_format* (a plain tree), every entry is listed and nothing whited out.
+    :raises OSError: if the directory cannot be listed, or an entry cannot be stat-ed
+        (``PermissionError`` for a directory that is readable but not searchable).
+    """
+    entries: dict[str, os.stat_result] = {}
+    whiteouts: set[str] = set()
+    with os.scandir(path) as it:
+        for dirent in it:
+            name = dirent.name
+            try:
+                st = dirent.stat(follow_symlinks=False)
+            except FileNotFoundError:  # removed since readdir
+                continue
+            if not layer_format:
+                entries[name] = st
+            elif name.startswith(WHITEOUT_PREFIX):
+                if name != OPAQUE_SENTINEL and stat.S_ISREG(st.st_mode):
+                    whiteouts.add(name[len(WHITEOUT_PREFIX) :])
+            elif is_whiteout(st):
+                whiteouts.add(name)
+            else:
+                entries[name] = st
+    return entries, whiteouts
+
+
+def _split(rel: str) -> tuple[str, str]:
+    parent, _, name = rel.rpartition("/")
+    return parent, name
+
+
+@final
+class LayerStack:
+    """The merged, read-only view of lower layers, topmost first.
+
+    Lookups follow kernel overlayfs rules: the topmost layer holding a name provides it; a
+    whiteout, an opaque directory or a non-directory stops the search in the layers below.
+    The layers' own root directories may be symbolic links (they are followed, and their
+    opaque markers are ignored, as the kernel does for the root); nothing inside is followed.
+
+    :param lowers: the layer directories, topmost first.  May be empty (an empty tree).
+    """
+
+    def __init__(self, lowers: Sequence[Path]) -> None:
+        self._layers = tuple(Path(p) for p in lowers)
+        self._dirs: dict[str, tuple[tuple[int, Path], ...]] = {}
+
+    @property
+    def layers(self) -> tuple[Path, ...]:
+        """The layer directories, topmost first."""
+        return self._layers
+
+    def _probe(self, directory: Path, name: str) -> tuple[os.stat_result | None, bool]:
+        """Look *name* up in one layer's *directory*.
+
+        :returns: the entry's ``lstat`` (None if absent or a whiteout), and whether this layer
+            hides *name* in the layers below it (a whiteout of either format).
+        """
+        st = _lstat(directory / name)
+        if st is not None and is_whiteout(st):
+            return None, True
+        marker = _lstat(directory / (WHITEOUT_PREFIX + name))
+        return st, marker is not None and stat.S_ISREG(marker.st_mode)
+
+    def _layer_dirs(self, rel: str) -> tuple[tuple[int, Path], ...]:
+        """The (layer, real path) of every directory merged at *rel*, topmost first.
+
+        Empty when *rel* is not a directory in the merged view.
+        """
+        cached = self._dirs.get(rel)
+        if cached is not None:
+            return cached
+        result: list[tuple[int, Path]] = []
+        if rel == "":
+            for index, root in enumerate(self._layers):
+                if not root.is_dir():
+                    raise NotADirectoryError(errno.ENOTDIR, "Lower layer is not a directory", root)
+                result.append((index, root))
+        else:
+            parent, name = _split(rel)
+            if name and not name.startswith(WHITEOUT_PREFIX):
+                for index, directory in self._layer_dirs(parent):
+                    st, hides_below = self._probe(directory, name)
+                    if st is not None:
+                        if not stat.S_ISDIR(st.st_mode):
+                            break  # a non-directory hides every layer below it
+                        path = directory / name
+                        result.append((index, path))
+                        if is_opaque(path):
+                            break
+                    if hides_below:
+                        break
+        found = tuple(result)
+        self._dirs[rel] = found
+        return found
+
+    def lookup(self, rel: str) -> Entry | None:
+        """Find the entry at the POSIX relative path *rel* (``""`` is the root).
+
+        :returns: the topmost visible entry, or None if no layer has it, a whiteout hides it,
+            or an ancestor is not a directory in the merged view.  Names starting with ``.wh.``
+            are never found.
+        """
+        if rel == "":
+            if not self._layers:
+                return None
+            root = self._layer_dirs("")[0][1]
+            return Entry(root, root.stat(), 0)
+        parent, name = _split(rel)
+        if not name or name.startswith(WHITEOUT_PREFIX):
+            return None
+        for index, directory in self._layer_dirs(parent):
+            st, hides_below = self._probe(directory, name)
+            if st is not None:
+                return Entry(directory / name, st, index)
+            if hides_below:
+                return None
+        return None
+
+    def listdir(self, rel: str) -> dict[str, Entry]:
+        """List the merged children of the directory *rel*, sorted by name.
+
+        Upper layers win; whiteouts, ``.wh.*`` names and opaque directories are honoured.
+        Empty when *rel* is not a directory in the merged view.
+
+        :raises OSError: if a layer's directory cannot be listed.
+        """
+        merged: dict[str, Entry] = {}
+        hidden: set[str] = set()
+        for index, directory in self._layer_dirs(rel):
+            entries, whiteouts = read_layer_dir(directory)
+            for name, st in entries.items():
+                if name not in merged and name not in hidden:
+                    merged[name] = Entry(directory / name, st, index)
+            hidden |= whiteouts
+        return dict(sorted(merged.items()))

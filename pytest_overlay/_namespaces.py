@@ -1,0 +1,175 @@
+"""Private mount namespaces, user namespaces and the capabilities that go with them.
+
+The kernel backend mounts only inside a private mount namespace, so no mount is ever visible
+on the host and all of them vanish with the process.  Three situations exist:
+
+* real root: the thread that runs tests unshares a mount namespace of its own;
+* an ordinary user in a single-threaded process: the process enters a new user and mount
+  namespace, mapping its uid and gid to themselves;
+* an xdist worker (always multi-threaded, so it can no longer create a user namespace): the
+  controller entered the user namespace before starting workers and handed them its
+  capabilities as *ambient* capabilities; the worker unshares a mount namespace of its own.
+
+Capabilities must not leak into what tests observe: outside :func:`privileged` the effective
+set is empty (a user's test still cannot write a 0444 file it owns), the ambient set is empty
+(programs a test starts get no capabilities), and only the permitted set is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import _syscalls
+
+CAP_SYS_ADMIN = 21
+
+_state_lock = threading.Lock()
+# Native ids of the threads that already live in a private mount namespace of ours: a mount
+# namespace belongs to the thread that unshared it (and to processes it starts).
+_private_threads: set[int] = set()
+_entered_userns = False
+
+
+def thread_count() -> int:
+    """How many OS threads this process has (execnet's IO thread included)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def in_initial_user_namespace() -> bool:
+    """Whether this process lives in the host's user namespace."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            fields = f.read().split()
+    except OSError:
+        return True
+    return fields[:3] == ["0", "0", "4294967295"]
+
+
+def is_real_root() -> bool:
+    """Euid 0 with CAP_SYS_ADMIN in the host's user namespace."""
+    if os.geteuid() != 0 or not in_initial_user_namespace():
+        return False
+    try:
+        effective, _, _ = _syscalls.get_capabilities()
+    except OSError:
+        return False
+    return bool(effective & (1 << CAP_SYS_ADMIN))
+
+
+def has_namespace_capabilities() -> bool:
+    """Whether this process holds CAP_SYS_ADMIN in a user namespace it may mount in."""
+    if in_initial_user_namespace():
+        return is_real_root()
+    try:
+        _, permitted, _ = _syscalls.get_capabilities()
+    except OSError:
+        return False
+    return bool(permitted & (1 << CAP_SYS_ADMIN))
+
+
+def entered_user_namespace() -> bool:
+    """Whether this process (or the xdist controller that started it) entered our namespace."""
+    return _entered_userns or (not in_initial_user_namespace() and has_namespace_capabilities())
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def enter_user_namespace(*, for_children: bool) -> None:
+    """Move this single-threaded process into a new user and mount namespace.
+
+    The uid and gid map to themselves, so tests still see their own ids.  With *for_children*
+    the capabilities are also made ambient, so processes started from here (xdist workers)
+    inherit them and can set up mount namespaces of their own.
+    """
+    global _entered_userns
+    uid, gid = os.geteuid(), os.getegid()
+    _syscalls.unshare(_syscalls.CLONE_NEWUSER | _syscalls.CLONE_NEWNS)
+    # setgroups must be denied before an unprivileged process may write its gid_map.
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"{uid} {uid} 1")
+    _write("/proc/self/gid_map", f"{gid} {gid} 1")
+    _syscalls.mount(None, "/", None, _syscalls.MS_REC | _syscalls.MS_PRIVATE)
+    with _state_lock:
+        _entered_userns = True
+        _private_threads.add(threading.get_native_id())
+    _, permitted, _ = _syscalls.get_capabilities()
+    if for_children:
+        _syscalls.set_capabilities(0, permitted, permitted)
+        for capability in range(_syscalls.last_capability() + 1):
+            if permitted & (1 << capability):
+                _syscalls.raise_ambient(capability)
+    else:
+        _syscalls.set_capabilities(0, permitted, 0)
+
+
+def drop_inherited_capabilities() -> None:
+    """In a process that inherited ambient capabilities: keep them permitted, nothing more."""
+    _syscalls.clear_ambient()
+    _, permitted, _ = _syscalls.get_capabilities()
+    _syscalls.set_capabilities(0, permitted, 0)
+
+
+@contextlib.contextmanager
+def privileged() -> Iterator[None]:
+    """Raise the permitted capabilities to effective for the calling thread, for mount work."""
+    if is_real_root() or in_initial_user_namespace():
+        yield
+        return
+    effective, permitted, inheritable = _syscalls.get_capabilities()
+    _syscalls.set_capabilities(permitted, permitted, inheritable)
+    try:
+        yield
+    finally:
+        _syscalls.set_capabilities(effective, permitted, inheritable)
+
+
+def ensure_private_mount_namespace() -> None:
+    """Give the calling thread a private mount namespace, once.
+
+    Works in multi-threaded processes: unsharing only a mount namespace is allowed there, and
+    it applies to the calling thread, which is the thread that runs the tests.
+    """
+    native_id = threading.get_native_id()
+    with _state_lock:
+        if native_id in _private_threads:
+            return
+    with privileged():
+        _syscalls.unshare(_syscalls.CLONE_NEWNS)
+        # Without this, mounts could propagate back to the host's shared mounts.
+        _syscalls.mount(None, "/", None, _syscalls.MS_REC | _syscalls.MS_PRIVATE)
+    with _state_lock:
+        _private_threads.add(native_id)
+
+
+def mounted_paths() -> set[Path]:
+    """The mount points visible to the calling thread."""
+    points: set[Path] = set()
+    with open("/proc/thread-self/mountinfo", "rb") as f:
+        for line in f:
+            field = line.split(b" ")[4]
+            points.add(Path(os.fsdecode(_unescape_mountinfo(field))))
+    return points
+
+
+def _unescape_mountinfo(field: bytes) -> bytes:
+    # mountinfo escapes space, tab, newline and backslash as three-digit octal.
+    out = bytearray()
+    index = 0
+    while index < len(field):
+        if field[index : index + 1] == b"\\" and field[index + 1 : index + 4].isdigit():
+            out.append(int(field[index + 1 : index + 4], 8))
+            index += 4
+        else:
+            out.append(field[index])
+            index += 1
+    return bytes(out)

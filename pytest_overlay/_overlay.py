@@ -1,0 +1,58 @@
+"""The object a test gets from the ``overlay_root`` fixture."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, final
+
+if TYPE_CHECKING:
+    from ._backends import Mount
+    from ._diff import TreeDiff
+
+
+@final
+class Overlay(os.PathLike[str]):
+    """A test's private, writable view of the lower layers.
+
+    Use it wherever a path is accepted: ``os.fspath(overlay)`` is the merged root, and
+    ``overlay / "data"`` is a :class:`pathlib.Path` inside it.  Everything written through it
+    lands in the test's own upper layer; the lower layers are never modified.
+    """
+
+    __module__ = "pytest_overlay"
+
+    def __init__(self, mount: Mount, backend: str) -> None:
+        self._mount = mount
+        self._backend = backend
+
+    @property
+    def path(self) -> Path:
+        """The merged root, a :class:`pathlib.Path`."""
+        return self._mount.path
+
+    @property
+    def backend(self) -> str:
+        """Which backend provides the view: ``"kernel"``, ``"fuse"`` or ``"copy"``."""
+        return self._backend
+
+    @property
+    def lowers(self) -> tuple[Path, ...]:
+        """The read-only lower layers, topmost first."""
+        return self._mount.lowers
+
+    def diff(self) -> TreeDiff:
+        """Everything the test changed so far, relative to the lower layers."""
+        return self._mount.diff()
+
+    def __fspath__(self) -> str:
+        return os.fspath(self._mount.path)
+
+    def __truediv__(self, other: str | os.PathLike[str]) -> Path:
+        return self._mount.path / other
+
+    def __str__(self) -> str:
+        return str(self._mount.path)
+
+    def __repr__(self) -> str:
+        return f"<Overlay {str(self._mount.path)!r} backend={self._backend!r}>"

@@ -1,0 +1,191 @@
+"""Capability probes: can this machine mount kernel overlayfs, and if not, why not.
+
+A probe does the real thing (namespace, tmpfs, overlay mount, an opaque-directory write) in a
+throw-away child, so it never changes the state of the pytest process.  The same probes decide
+backend selection and gate the project's own tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import _namespaces, _syscalls
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The outcome of a probe: ``ok``, a short ``mode`` and, when not ok, the ``reason``."""
+
+    ok: bool
+    mode: str
+    reason: str = ""
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _kernel_version() -> tuple[int, int]:
+    release = platform.release().split("-")[0].split(".")
+    try:
+        return int(release[0]), int(release[1])
+    except (IndexError, ValueError):
+        return 0, 0
+
+
+def explain_userns_failure(step: str, err: int) -> str:
+    """Turn a failed step of entering a user namespace into advice for the user."""
+    if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+        return (
+            "AppArmor restricts unprivileged user namespaces "
+            "(kernel.apparmor_restrict_unprivileged_userns=1, the default on Ubuntu 23.10+); "
+            "allow them with `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` "
+            "(make it permanent in /etc/sysctl.d/), or run the tests as root"
+        )
+    if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+        return (
+            "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0); "
+            "enable them with `sudo sysctl -w kernel.unprivileged_userns_clone=1`"
+        )
+    if _read("/proc/sys/user/max_user_namespaces") == "0" or err == errno.ENOSPC:
+        return (
+            "user namespaces are disabled (user.max_user_namespaces=0); "
+            "enable them with `sudo sysctl -w user.max_user_namespaces=15000`"
+        )
+    if err == errno.EPERM and step == "unshare":
+        return (
+            "creating a user namespace is not permitted here (a container's seccomp profile, "
+            "such as Docker's default, or a chroot blocks it); run the container with "
+            "`--security-opt seccomp=unconfined --cap-add SYS_ADMIN`, or run the tests as root"
+        )
+    return f"{step} failed: {os.strerror(err)} (errno {errno.errorcode.get(err, err)})"
+
+
+def explain_overlay_failure(err: int, *, unprivileged: bool) -> str:
+    """Turn a failed overlay mount into advice for the user."""
+    version = _kernel_version()
+    if unprivileged and version < (5, 11):
+        return (
+            f"Linux {version[0]}.{version[1]} cannot mount overlayfs without root "
+            "(needs 5.11 or newer); run the tests as root or upgrade the kernel"
+        )
+    filesystems = _read("/proc/filesystems") or ""
+    if "overlay" not in filesystems and err in (errno.ENODEV, errno.EINVAL):
+        return "this kernel has no overlayfs; load it with `sudo modprobe overlay`"
+    if err == errno.EPERM:
+        return (
+            "mounting overlayfs is not permitted here (a container without CAP_SYS_ADMIN, or "
+            "an AppArmor or SELinux policy that denies mount)"
+        )
+    return f"mounting overlayfs failed: {os.strerror(err)} (errno {errno.errorcode.get(err, err)})"
+
+
+def _probe_in_child(unprivileged: bool) -> ProbeResult:
+    """The probe body; runs in a forked child or in a fresh interpreter."""
+    mode = "user namespace" if unprivileged else "root"
+    step = "unshare"
+    try:
+        if unprivileged:
+            _namespaces.enter_user_namespace(for_children=False)
+        else:
+            _syscalls.unshare(_syscalls.CLONE_NEWNS)
+            step = "make mounts private"
+            _syscalls.mount(None, "/", None, _syscalls.MS_REC | _syscalls.MS_PRIVATE)
+    except OSError as exc:
+        return ProbeResult(False, mode, explain_userns_failure(step, exc.errno or 0))
+    scratch = Path(tempfile.mkdtemp(prefix="pytest-overlay-probe-"))
+    try:
+        with _namespaces.privileged():
+            _syscalls.mount("tmpfs", scratch, "tmpfs", 0, "mode=0755")
+        for name in ("lower/d", "upper", "work", "merged"):
+            (scratch / name).mkdir(parents=True)
+        (scratch / "lower/d/f").write_text("x")
+        options: dict[str, str | None] = {
+            "upperdir": str(scratch / "upper"),
+            "workdir": str(scratch / "work"),
+        }
+        if unprivileged:
+            options["userxattr"] = None
+        try:
+            with _namespaces.privileged():
+                _syscalls.mount_overlay_new_api(scratch / "merged", [scratch / "lower"], options)
+        except OSError as exc:
+            return ProbeResult(
+                False, mode, explain_overlay_failure(exc.errno or 0, unprivileged=unprivileged)
+            )
+        # Recreating a lower directory needs an opaque xattr: without userxattr support this
+        # is where an unprivileged overlay fails with EIO.
+        shutil.rmtree(scratch / "merged/d")
+        (scratch / "merged/d").mkdir()
+        (scratch / "merged/d/g").write_text("y")
+        return ProbeResult(True, mode)
+    except OSError as exc:
+        return ProbeResult(False, mode, f"overlay self-test failed: {exc}")
+    finally:
+        # The mounts die with this child's namespace; only the empty host directory remains.
+        with _namespaces.privileged():
+            for target in (scratch / "merged", scratch):
+                with contextlib.suppress(OSError):
+                    _syscalls.umount(target, _syscalls.MNT_DETACH)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def probe_kernel() -> ProbeResult:
+    """Probe kernel overlayfs for this process's privileges, without changing its state."""
+    if not sys.platform.startswith("linux"):
+        return ProbeResult(False, "", f"kernel overlayfs needs Linux, this is {sys.platform}")
+    if _namespaces.entered_user_namespace():
+        return ProbeResult(True, "user namespace")
+    unprivileged = not _namespaces.is_real_root()
+    if _namespaces.thread_count() == 1:
+        return _run_forked(unprivileged)
+    return _run_interpreter(unprivileged)
+
+
+def _run_forked(unprivileged: bool) -> ProbeResult:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+        os.close(read_fd)
+        try:
+            result = _probe_in_child(unprivileged)
+            os.write(write_fd, json.dumps(result.__dict__).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return _decode(data, "user namespace" if unprivileged else "root")
+
+
+def _run_interpreter(unprivileged: bool) -> ProbeResult:
+    # Forking a multi-threaded process is unsafe, so probe from a fresh interpreter instead.
+    argv = [sys.executable, "-m", "pytest_overlay._probe", "user" if unprivileged else "root"]
+    completed = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    return _decode(completed.stdout, "user namespace" if unprivileged else "root")
+
+
+def _decode(data: bytes, mode: str) -> ProbeResult:
+    try:
+        return ProbeResult(**json.loads(data))
+    except (ValueError, TypeError):
+        return ProbeResult(False, mode, "the kernel overlayfs probe crashed")
+
+
+if __name__ == "__main__":  # pragma: no cover - entry point of _run_interpreter
+    print(json.dumps(_probe_in_child(sys.argv[1:] == ["user"]).__dict__))

@@ -1,0 +1,90 @@
+"""Render a :class:`~pytest_overlay.TreeDiff` for people: safe, plain text, one line a change.
+
+File names come from the tests under scrutiny and may hold anything but ``/`` and NUL: newlines
+that would forge extra report lines, terminal escape sequences, bidi overrides that reorder what
+is shown, or bytes that are not UTF-8.  :func:`safe_path` makes all of them visible and inert.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from ._diff import Change, ChangeKind, TreeDiff
+
+__all__ = ["display_path", "render_changes", "safe_path"]
+
+_NAMED = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+# Categories escaped as \u: controls (C0 and C1, DEL), format characters (bidi overrides,
+# zero-width joiners), lone surrogates, and the Unicode line and paragraph separators.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x80 or 0xDC80 <= code <= 0xDCFF:
+        # An ASCII control, or a byte that was not valid UTF-8 (os.fsdecode maps byte 0xNN to
+        # the lone surrogate U+DCNN): both shown as the byte, \xNN.  C1 controls are code points
+        # and take the \u form below, so \x80..\xff always means a raw byte.
+        return f"\\x{code & 0xFF:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def safe_path(path: str) -> str:
+    r"""Return a printable, single-line form of the file name or path *path*.
+
+    Backslashes are doubled; ``\n``, ``\t`` and ``\r`` keep their usual escapes; other control
+    characters (including ESC and DEL) and undecodable bytes become ``\xNN``; C1 controls,
+    format characters (``\u202e``, ``\u200b``...), lone surrogates and line/paragraph
+    separators become ``\uNNNN``.  Printable text, spaces included, is unchanged.
+
+    >>> safe_path("caf\u00e9/\x1b[31mred\n")
+    'café/\\x1b[31mred\\n'
+    """
+    out: list[str] = []
+    for char in path:
+        named = _NAMED.get(char)
+        if named is not None:
+            out.append(named)
+        elif unicodedata.category(char) in _UNSAFE_CATEGORIES:
+            out.append(_escape(char))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def display_path(change: Change) -> str:
+    """The safe form of *change*'s path, with a trailing ``/`` when it is (now) a directory."""
+    kind = change.new_type if change.new_type is not None else change.old_type
+    suffix = "/" if kind == "dir" else ""
+    return safe_path(change.path) + suffix
+
+
+def _octal(mode: int | None) -> str:
+    return "?" if mode is None else f"{mode:04o}"
+
+
+def _detail(change: Change) -> str:
+    if change.kind is ChangeKind.MODE:
+        if change.old_mode == change.new_mode:
+            return " (owner changed)"
+        return f" ({_octal(change.old_mode)} -> {_octal(change.new_mode)})"
+    if change.kind is ChangeKind.MODIFIED:
+        if change.old_type != change.new_type:
+            return f" ({change.old_type} -> {change.new_type})"
+        if change.new_type == "symlink":
+            old = safe_path(change.old_target or "")
+            new = safe_path(change.new_target or "")
+            return f" (-> {old} => {new})"
+    return ""
+
+
+def render_changes(diff: TreeDiff) -> str:
+    """Render *diff* as ``"<letter> <path>"`` lines, in path order, with short details.
+
+    Mode changes show ``(0644 -> 0755)`` (or ``(owner changed)``), type changes
+    ``(file -> dir)``, and symbolic link retargets ``(-> old => new)``.  An empty diff renders
+    as the empty string; there is no trailing newline.
+    """
+    return "\n".join(f"{c.kind.letter} {display_path(c)}{_detail(c)}" for c in diff)

@@ -1,0 +1,207 @@
+"""Thin ctypes wrappers over the Linux system calls the kernel backend needs.
+
+Every wrapper raises :class:`OSError` with the errno and the path involved, so callers can
+branch on ``errno`` and users see which path failed.  Nothing here decides policy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import sys
+from collections.abc import Iterable
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+
+MNT_DETACH = 0x2
+
+# The new mount API has one syscall numbering on every architecture (they were added after the
+# tables were unified), so these numbers hold on x86_64 and aarch64 alike.
+_SYS_MOVE_MOUNT = 429
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_SYS_FSMOUNT = 432
+
+FSOPEN_CLOEXEC = 0x1
+FSMOUNT_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_FDCWD = -100
+
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    if not sys.platform.startswith("linux"):
+        raise OSError(0, "Linux system calls are not available on " + sys.platform)
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def _check(result: int, what: str, path: str | os.PathLike[str] | None = None) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        message = f"{what}: {os.strerror(err)}"
+        if path is None:
+            raise OSError(err, message)
+        raise OSError(err, message, os.fspath(path))
+    return result
+
+
+def _b(value: str | os.PathLike[str] | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def unshare(flags: int) -> None:
+    """Move the calling thread into new namespaces (``unshare(2)``)."""
+    _check(_libc().unshare(ctypes.c_int(flags)), "unshare")
+
+
+def mount(
+    source: str | None,
+    target: str | os.PathLike[str],
+    fstype: str | None,
+    flags: int = 0,
+    data: str | None = None,
+) -> None:
+    """Call ``mount(2)``; *data* is the filesystem's option string."""
+    _check(
+        _libc().mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
+        f"mount {fstype or ''}".rstrip(),
+        target,
+    )
+
+
+def umount(target: str | os.PathLike[str], flags: int = 0) -> None:
+    """Call ``umount2(2)``."""
+    _check(_libc().umount2(_b(target), ctypes.c_int(flags)), "umount", target)
+
+
+def _syscall(number: int, *args: object) -> int:
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    return int(libc.syscall(ctypes.c_long(number), *args))
+
+
+def mount_overlay_new_api(
+    target: str | os.PathLike[str],
+    lowers: Iterable[str | os.PathLike[str]],
+    options: dict[str, str | None],
+) -> None:
+    """Mount overlayfs through ``fsopen``/``fsconfig``/``fsmount``/``move_mount``.
+
+    Each lower layer is passed on its own with ``lowerdir+`` (Linux 6.8), so neither the 4 KiB
+    limit of ``mount(2)`` option data nor ``:`` and ``,`` in paths are a problem.  *options*
+    maps option names to a string value, or ``None`` for a flag such as ``userxattr``.
+    """
+    fs_fd = _check(_syscall(_SYS_FSOPEN, b"overlay", ctypes.c_uint(FSOPEN_CLOEXEC)), "fsopen")
+    try:
+        for lower in lowers:
+            _fsconfig(fs_fd, FSCONFIG_SET_STRING, "lowerdir+", os.fspath(lower))
+        for key, value in options.items():
+            if value is None:
+                _fsconfig(fs_fd, FSCONFIG_SET_FLAG, key, None)
+            else:
+                _fsconfig(fs_fd, FSCONFIG_SET_STRING, key, value)
+        _fsconfig(fs_fd, FSCONFIG_CMD_CREATE, None, None)
+        mount_fd = _check(
+            _syscall(_SYS_FSMOUNT, ctypes.c_int(fs_fd), ctypes.c_uint(FSMOUNT_CLOEXEC), 0),
+            "fsmount",
+            target,
+        )
+        try:
+            _check(
+                _syscall(
+                    _SYS_MOVE_MOUNT,
+                    ctypes.c_int(mount_fd),
+                    b"",
+                    ctypes.c_int(AT_FDCWD),
+                    _b(target),
+                    ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+                ),
+                "move_mount",
+                target,
+            )
+        finally:
+            os.close(mount_fd)
+    finally:
+        os.close(fs_fd)
+
+
+def _fsconfig(fs_fd: int, command: int, key: str | None, value: str | None) -> None:
+    result = _syscall(
+        _SYS_FSCONFIG, ctypes.c_int(fs_fd), ctypes.c_uint(command), _b(key), _b(value), 0
+    )
+    _check(result, f"fsconfig {key}" if key else "fsconfig create", value)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def get_capabilities() -> tuple[int, int, int]:
+    """Return the calling thread's (effective, permitted, inheritable) sets as bit masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc().capget(ctypes.byref(header), data), "capget")
+    return (
+        data[0].effective | data[1].effective << 32,
+        data[0].permitted | data[1].permitted << 32,
+        data[0].inheritable | data[1].inheritable << 32,
+    )
+
+
+def set_capabilities(effective: int, permitted: int, inheritable: int) -> None:
+    """Set the calling thread's capability sets (``capset(2)``)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for index in range(2):
+        shift = 32 * index
+        data[index].effective = (effective >> shift) & 0xFFFFFFFF
+        data[index].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[index].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_libc().capset(ctypes.byref(header), data), "capset")
+
+
+def last_capability() -> int:
+    """The highest capability number this kernel knows."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def raise_ambient(capability: int) -> None:
+    """Add *capability* to the ambient set, so that it survives ``execve``."""
+    _check(
+        _libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, ctypes.c_ulong(capability), 0, 0),
+        "prctl(PR_CAP_AMBIENT_RAISE)",
+    )
+
+
+def clear_ambient() -> None:
+    """Empty the ambient set, so that programs started from here get no capabilities."""
+    _check(
+        _libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
+        "prctl(PR_CAP_AMBIENT_CLEAR_ALL)",
+    )

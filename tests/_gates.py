@@ -1,0 +1,41 @@
+"""Capability gates: skip on a developer's machine, fail where CI requires the capability.
+
+A capability the machine lacks (kernel overlayfs, user namespaces, a second user to run as)
+skips the tests that need it.  CI sets ``PYTEST_OVERLAY_REQUIRE=all`` (``.ci/run`` does), and
+then a missing capability fails those tests instead, so a broken CI machine cannot pass by
+skipping quietly.  The reasons come from the same probes the plugin uses.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+REQUIRE_ENV = "PYTEST_OVERLAY_REQUIRE"
+
+
+def required(capability: str) -> bool:
+    """Whether this run insists on *capability* (``all`` insists on every one)."""
+    wanted = {part.strip() for part in os.environ.get(REQUIRE_ENV, "").split(",")}
+    return "all" in wanted or capability in wanted
+
+
+def gate(capability: str, reason: str | None) -> None:
+    """Skip (or, where required, fail) the calling test when *reason* says it cannot run."""
+    if reason is None:
+        return
+    message = f"needs {capability}: {reason}"
+    if required(capability):
+        pytest.fail(f"{message} ({REQUIRE_ENV} requires it)", pytrace=False)
+    pytest.skip(f"{message} (set {REQUIRE_ENV}={capability} to make this an error)")
+
+
+def kernel_reason() -> str | None:
+    """Why kernel overlayfs cannot be tested as root here, or None."""
+    if os.geteuid() != 0:
+        return "the suite is not running as root"
+    from pytest_overlay import _probe
+
+    result = _probe.probe_kernel()
+    return None if result.ok else result.reason

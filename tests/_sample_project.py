@@ -1,0 +1,197 @@
+"""A sample project and a destructive test suite that runs against it through ``overlay_root``.
+
+The same suite runs on every backend, as root and as an ordinary user, with and without xdist;
+each test asserts that it started from the pristine tree and that the diff is exactly what it
+did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+SUITE = r"""
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+BINARY = bytes(range(256)) * 4
+
+
+def assert_pristine(root):
+    assert (root / "data" / "a.txt").read_text() == "alpha\n"
+    assert (root / "data" / "sub" / "b.txt").read_text() == "beta\n"
+    assert (root / "notes.txt").read_text() == "one\ntwo\n"
+    assert (root / "blob.bin").read_bytes() == BINARY
+    assert os.readlink(root / "current") == "data/a.txt"
+    assert not (root / "new").exists()
+    assert oct((root / "script.sh").stat().st_mode & 0o777) == oct(0o644)
+
+
+def kinds(diff):
+    return sorted((change.kind.letter, change.path) for change in diff)
+
+
+def test_rmtree_data(overlay_root):
+    assert_pristine(overlay_root)
+    shutil.rmtree(overlay_root / "data")
+    assert not (overlay_root / "data").exists()
+    assert kinds(overlay_root.diff()) == [("D", "data")]
+
+
+def test_append(overlay_root):
+    assert_pristine(overlay_root)
+    with open(overlay_root / "notes.txt", "a") as f:
+        f.write("three\n")
+    assert (overlay_root / "notes.txt").read_text() == "one\ntwo\nthree\n"
+    assert kinds(overlay_root.diff()) == [("M", "notes.txt")]
+
+
+def test_create(overlay_root):
+    assert_pristine(overlay_root)
+    (overlay_root / "new").mkdir()
+    (overlay_root / "new" / "x.txt").write_text("x\n")
+    diff = overlay_root.diff()
+    assert kinds(diff) == [("A", "new"), ("A", "new/x.txt")]
+    assert diff.added == {"new", "new/x.txt"}
+
+
+def test_delete_file(overlay_root):
+    assert_pristine(overlay_root)
+    (overlay_root / "data" / "sub" / "b.txt").unlink()
+    assert kinds(overlay_root.diff()) == [("D", "data/sub/b.txt")]
+
+
+def test_sqlite(overlay_root):
+    assert_pristine(overlay_root)
+    with sqlite3.connect(overlay_root / "app.db") as db:
+        db.execute("create table t (x)")
+        db.execute("insert into t values (42)")
+    db.close()
+    with sqlite3.connect(os.fspath(overlay_root / "app.db")) as again:
+        assert again.execute("select x from t").fetchall() == [(42,)]
+    again.close()
+    assert kinds(overlay_root.diff()) == [("A", "app.db")]
+
+
+def test_shell_subprocess(overlay_root):
+    assert_pristine(overlay_root)
+    subprocess.run(
+        ["sh", "-c", "echo hi > out.txt && mv notes.txt moved.txt && rm data/a.txt"],
+        cwd=overlay_root,
+        check=True,
+    )
+    assert kinds(overlay_root.diff()) == [
+        ("A", "moved.txt"), ("A", "out.txt"), ("D", "data/a.txt"), ("D", "notes.txt"),
+    ]
+
+
+def test_chmod(overlay_root):
+    assert_pristine(overlay_root)
+    os.chmod(overlay_root / "script.sh", 0o755)
+    diff = overlay_root.diff()
+    assert kinds(diff) == [("P", "script.sh")]
+    assert diff.modified == frozenset()
+
+
+def test_symlink_replacement(overlay_root):
+    assert_pristine(overlay_root)
+    (overlay_root / "current").unlink()
+    (overlay_root / "current").symlink_to("data/sub/b.txt")
+    assert (overlay_root / "current").read_text() == "beta\n"
+    assert kinds(overlay_root.diff()) == [("M", "current")]
+
+
+def test_rewrite_binary(overlay_root):
+    assert_pristine(overlay_root)
+    (overlay_root / "blob.bin").write_bytes(BINARY[::-1])
+    assert kinds(overlay_root.diff()) == [("M", "blob.bin")]
+
+
+def test_read_only_file_stays_read_only(overlay_root):
+    assert_pristine(overlay_root)
+    target = overlay_root / "locked.txt"
+    if os.geteuid() != 0:
+        with pytest.raises(PermissionError):
+            target.write_text("changed")
+        shell = subprocess.run(
+            ["sh", "-c", "echo changed > locked.txt"], cwd=overlay_root, capture_output=True
+        )
+        assert shell.returncode != 0, "a program the test started could write a 0444 file"
+    assert target.read_text() == "locked\n"
+    assert kinds(overlay_root.diff()) == []
+
+
+def test_copy_up_without_change_is_not_reported(overlay_root):
+    assert_pristine(overlay_root)
+    with open(overlay_root / "notes.txt", "a"):
+        pass
+    assert kinds(overlay_root.diff()) == []
+
+
+def test_fspath_and_division(overlay_root):
+    assert os.fspath(overlay_root) == os.fspath(overlay_root.path)
+    assert isinstance(overlay_root / "x", Path)
+    assert overlay_root.backend in ("kernel", "fuse", "copy")
+    assert overlay_root.lowers[0].name == overlay_root.path.name
+    assert_pristine(overlay_root)
+"""
+
+SUITE_TESTS = SUITE.count("\ndef test_")
+
+
+def build_project(root: Path) -> None:
+    """Write the sample project's files (the lower layer) under *root*."""
+    (root / "data" / "sub").mkdir(parents=True)
+    (root / "data" / "a.txt").write_text("alpha\n")
+    (root / "data" / "sub" / "b.txt").write_text("beta\n")
+    (root / "notes.txt").write_text("one\ntwo\n")
+    (root / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    (root / "script.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "script.sh").chmod(0o644)
+    (root / "locked.txt").write_text("locked\n")
+    (root / "locked.txt").chmod(0o444)
+    (root / "current").symlink_to("data/a.txt")
+    (root / "test_destructive.py").write_text(SUITE)
+    (root / "pytest.ini").write_text("[pytest]\n")
+
+
+def tree_digest(root: Path) -> str:
+    """A hash of everything under *root*: names, types, modes, owners, times and contents."""
+    digest = hashlib.sha256()
+    for directory, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted([*dirnames, *filenames]):
+            path = Path(directory, name)
+            st = path.lstat()
+            rel = os.fsencode(path.relative_to(root))
+            digest.update(
+                b"%s %o %d %d %d\0" % (rel, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+            )
+            if stat.S_ISLNK(st.st_mode):
+                digest.update(os.fsencode(os.readlink(path)))
+            elif stat.S_ISREG(st.st_mode):
+                digest.update(path.read_bytes())
+    st = root.lstat()
+    digest.update(b"%o %d" % (st.st_mode, st.st_mtime_ns))
+    return digest.hexdigest()
+
+
+def overlay_mounts() -> list[str]:
+    """Overlay, tmpfs-in-basetemp and FUSE mounts visible on the host right now."""
+    with open("/proc/1/mountinfo") as f:
+        lines = f.read().splitlines()
+    return [
+        line
+        for line in lines
+        if " - overlay " in line
+        or "pytest-overlay" in line
+        or "/overlay/" in line
+        or " - fuse" in line
+    ]

@@ -1,0 +1,439 @@
+"""Run a command as a real unprivileged user, for tests of the plugin's unprivileged code path.
+
+The suite runs as root, but the unprivileged path (a user namespace, overlayfs with
+``userxattr``) has to be exercised by a process that really is an ordinary user: uid not 0,
+no capabilities, still allowed to create user namespaces.  :func:`run_as_user` runs a command
+as :data:`TEST_USER`, created on demand.
+
+The interpreter and its site-packages usually live where that user cannot go (``/root`` is
+mode 0700 here).  Nothing on the host is chmod-ed; instead a root *prelude* (this very file run
+as a script, ``python -I -S _unpriv.py SPEC``) does, before it drops privileges:
+
+1. ``unshare(CLONE_NEWNS)`` and makes every mount private, so nothing propagates to the host;
+2. mounts a tmpfs on a fresh root-owned scratch directory, which holds the stand-ins;
+3. for every directory on the way to a needed path that the user could not traverse (deepest
+   first), makes a stand-in directory (mode 0755) holding recursive bind mounts of just the
+   needed children under their own names (symlinks are recreated, files bound), and
+   recursively binds the stand-in over the blocked directory, so every path stays the same;
+4. clears the supplementary groups, sets the real, effective and saved gid and uid, clears the
+   inheritable capabilities (the uid change clears the permitted, effective and ambient ones),
+   changes to the working directory and execs the command.
+
+The mount namespace dies with the command; the empty scratch directory is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import functools
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+__all__ = [
+    "STANDIN_PARENT",
+    "TEST_USER",
+    "HarnessError",
+    "StandIn",
+    "can_run_as_user",
+    "ensure_test_user",
+    "exposure_plan",
+    "make_user_dir",
+    "run_as_user",
+    "user_workdir",
+    "user_workdir_ctx",
+]
+
+TEST_USER = "pytest-overlay-test"
+"""The unprivileged user that :func:`run_as_user` runs commands as."""
+
+STANDIN_PARENT = Path("/tmp")
+"""Where each call makes its root-owned scratch directory for stand-ins (tests may repoint it)."""
+
+_THIS_FILE = Path(__file__).absolute()
+REPO_ROOT = _THIS_FILE.parents[1]
+"""The checkout, which every child can reach (an editable install's ``.pth`` points here)."""
+
+_LOCK_PATH = "/tmp/pytest-overlay-test-user.lock"
+_SCRATCH_PREFIX = "pytest-overlay-standins-"
+_PRELUDE = "unpriv-prelude"
+# Exit codes of the prelude itself, as env(1) and chroot(1) use them.
+_EXIT_SETUP = 125
+_EXIT_CANNOT_EXEC = 126
+_EXIT_NOT_FOUND = 127
+
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID = 0x2
+_MS_NODEV = 0x4
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_MS_PRIVATE = 1 << 18
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_MAX_SYMLINKS = 40  # the kernel's own limit (ELOOP)
+
+_X = 0o1  # permission triads: search, then read plus search
+_RX = 0o5
+
+
+class HarnessError(RuntimeError):
+    """The unprivileged-run harness cannot work here; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """A directory the test user cannot traverse, and the entries of it to show."""
+
+    directory: Path
+    children: tuple[str, ...]
+
+
+# --- the test user ------------------------------------------------------------------------------
+
+
+def _lookup_user() -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        return None
+
+
+def _useradd() -> str | None:
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    return shutil.which("useradd", path=search)
+
+
+def ensure_test_user() -> tuple[int, int]:
+    """Return ``(uid, gid)`` of :data:`TEST_USER`, creating the user first if needed (root only).
+
+    Creation is serialized with a file lock in ``/tmp`` so that xdist workers do not race.
+    """
+    entry = _lookup_user()
+    if entry is None:
+        if os.geteuid() != 0:
+            raise HarnessError(f"user {TEST_USER!r} does not exist and only root can create it")
+        useradd = _useradd()
+        if useradd is None:
+            raise HarnessError(f"user {TEST_USER!r} does not exist and useradd is not installed")
+        from filelock import FileLock  # not at the top: the root prelude runs with -S
+
+        with FileLock(_LOCK_PATH, timeout=120):
+            entry = _lookup_user()
+            if entry is None:
+                argv = [useradd, "--system", "--user-group", "--no-create-home"]
+                argv += ["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"]
+                argv += ["--comment", "pytest-overlay unprivileged tests", TEST_USER]
+                done = subprocess.run(argv, capture_output=True, text=True, check=False)
+                entry = _lookup_user()
+                if entry is None:
+                    raise HarnessError(
+                        f"useradd {TEST_USER} failed ({done.returncode}): {done.stderr.strip()}"
+                    )
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise HarnessError(f"user {TEST_USER!r} has uid or gid 0; remove it and let it be remade")
+    return entry.pw_uid, entry.pw_gid
+
+
+def make_user_dir(parent: Path) -> Path:
+    """Make a fresh directory inside *parent*, mode 0755 and owned by the test user."""
+    uid, gid = ensure_test_user()
+    path = Path(tempfile.mkdtemp(prefix="user-", dir=parent))
+    os.chown(path, uid, gid)
+    path.chmod(0o755)
+    return path
+
+
+def user_workdir() -> Path:
+    """Make a fresh empty directory in ``/tmp``, mode 0755, owned by the test user.
+
+    The caller removes it; :func:`user_workdir_ctx` does that for you.
+    """
+    uid, gid = ensure_test_user()
+    path = Path(tempfile.mkdtemp(prefix="pytest-overlay-user-", dir="/tmp"))
+    os.chown(path, uid, gid)
+    path.chmod(0o755)
+    return path
+
+
+@contextlib.contextmanager
+def user_workdir_ctx() -> Iterator[Path]:
+    """Yield :func:`user_workdir` and remove it afterwards, whatever modes the child left."""
+    path = user_workdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)  # as root, modes such as 000 do not stop the removal
+
+
+# --- what to expose -----------------------------------------------------------------------------
+
+
+def _touched(path: Path) -> set[Path]:
+    """Resolve *path* as the kernel would, returning each symlink passed and the final path.
+
+    Every returned path has a parent free of symlinks, so its ancestors are real directories.
+    """
+    found: set[Path] = set()
+    pending = list(path.parts[1:])
+    current = Path("/")
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            current = current.parent
+            continue
+        candidate = current / part
+        if candidate.is_symlink() and links < _MAX_SYMLINKS:
+            links += 1
+            found.add(candidate)
+            target = candidate.readlink()
+            if target.is_absolute():
+                current = Path("/")
+            pending[:0] = [p for p in target.parts if p not in ("/", ".")]
+        else:
+            current = candidate
+    found.add(current)
+    return found
+
+
+def _permits(st: os.stat_result, uid: int, gid: int, need: int) -> bool:
+    """Whether mode bits give *uid* (primary group *gid*, no other groups) the *need* triad."""
+    if st.st_uid == uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid == gid:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & need == need
+
+
+def exposure_plan(paths: Iterable[str | os.PathLike[str]], uid: int, gid: int) -> list[StandIn]:
+    """Return the stand-ins that make every existing path in *paths* reachable for *uid*.
+
+    A directory on the way that *uid* cannot search gets a stand-in showing the child on the
+    way; a needed directory that *uid* cannot list and search itself gets one showing all its
+    entries (new entries made directly in such a directory then land in the stand-in and are
+    lost).  Deepest first, the order in which they must be mounted.
+    """
+    leaves: set[Path] = set()
+    for path in paths:
+        leaves |= {p for p in _touched(Path(path).absolute()) if os.path.lexists(p)}
+    blocked: dict[Path, set[str]] = {}
+    for leaf in sorted(leaves):
+        for ancestor in leaf.parents:
+            if not _permits(ancestor.stat(), uid, gid, _X):
+                name = leaf.parts[len(ancestor.parts)]
+                blocked.setdefault(ancestor, set()).add(name)
+        if leaf.is_dir() and not leaf.is_symlink() and not _permits(leaf.stat(), uid, gid, _RX):
+            blocked.setdefault(leaf, set()).update(entry.name for entry in leaf.iterdir())
+    if Path("/") in blocked:
+        raise HarnessError(f"user {uid} cannot search '/', which no stand-in can cover")
+    ordered = sorted(blocked, key=lambda d: (-len(d.parts), d))
+    return [StandIn(d, tuple(sorted(blocked[d]))) for d in ordered]
+
+
+def _needed_paths(cwd: Path, extra: Sequence[Path]) -> list[Path]:
+    executable = Path(sys.executable)
+    needed = [executable, executable.parent, REPO_ROOT, cwd, *extra]
+    needed += [Path(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)]
+    needed += [Path(entry) for entry in sys.path if entry and Path(entry).exists()]
+    return needed
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+def _child_env(cwd: Path, env: Mapping[str, str] | None) -> dict[str, str]:
+    search = [os.fspath(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
+    result = {
+        "PATH": os.pathsep.join(search),
+        "HOME": os.fspath(cwd),
+        "LANG": "C.UTF-8",
+        "USER": TEST_USER,
+        "LOGNAME": TEST_USER,
+    }
+    result.update(env or {})
+    return result
+
+
+def run_as_user(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300,
+    extra_paths: Sequence[Path] = (),
+) -> subprocess.CompletedProcess[str]:
+    """Run *argv* as :data:`TEST_USER` in *cwd* and return the finished process, unchecked.
+
+    The child gets a minimal environment (``PATH``, ``HOME`` = *cwd*, ``LANG``, ``USER``,
+    ``LOGNAME``) updated with *env*; nothing else of the caller's leaks in.  It can reach the
+    interpreter, ``sys.path``, the repository, *cwd* and *extra_paths* through stand-ins in a
+    private mount namespace (see the module docstring).  Exit codes 125 to 127 with a message
+    starting ``unpriv-prelude:`` mean the harness itself failed.  On timeout the child's whole
+    process group is killed and :class:`subprocess.TimeoutExpired` is raised.
+    """
+    if not argv:
+        raise ValueError("argv must name a command")
+    cwd = cwd.absolute()  # the prelude changes directory before it enters cwd
+    uid, gid = ensure_test_user()
+    plan = exposure_plan(_needed_paths(cwd, extra_paths), uid, gid)
+    scratch = tempfile.mkdtemp(prefix=_SCRATCH_PREFIX, dir=STANDIN_PARENT)
+    try:
+        spec = {
+            "uid": uid,
+            "gid": gid,
+            "scratch": scratch,
+            "standins": [[os.fspath(s.directory), list(s.children)] for s in plan],
+            "cwd": os.fspath(cwd),
+            "argv": list(argv),
+        }
+        prelude = [sys.executable, "-I", "-S", os.fspath(_THIS_FILE), json.dumps(spec)]
+        with subprocess.Popen(
+            prelude,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_child_env(cwd, env),
+            start_new_session=True,
+        ) as proc:
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # still unreaped, so the group is ours
+                stdout, stderr = proc.communicate()
+                raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr) from None
+        return subprocess.CompletedProcess(list(argv), proc.returncode, stdout, stderr)
+    finally:
+        shutil.rmtree(scratch)  # only ever an empty directory on the host
+
+
+@functools.cache
+def can_run_as_user() -> str | None:
+    """Return ``None`` when :func:`run_as_user` works here, else the reason it does not.
+
+    Needs root; creates :data:`TEST_USER` if missing and runs a probe through the harness.
+    """
+    if not sys.platform.startswith("linux"):
+        return f"running as another user needs Linux namespaces, not {sys.platform}"
+    if os.geteuid() != 0:
+        return f"running as {TEST_USER} needs root, and the tests run as uid {os.geteuid()}"
+    if _lookup_user() is None and _useradd() is None:
+        return f"user {TEST_USER!r} does not exist and useradd is not installed (apt: passwd)"
+    probe = "import os, sys; print(os.getuid()); sys.exit(os.geteuid() == 0)"
+    try:
+        uid, _ = ensure_test_user()
+        with user_workdir_ctx() as workdir:
+            done = run_as_user([sys.executable, "-c", probe], cwd=workdir, timeout=60)
+    except (OSError, HarnessError, subprocess.SubprocessError) as exc:
+        return f"running a probe as {TEST_USER} failed: {exc}"
+    if done.returncode != 0 or done.stdout.strip() != str(uid):
+        return f"a probe run as {TEST_USER} failed ({done.returncode}): {done.stderr.strip()}"
+    return None
+
+
+# --- the root prelude: python -I -S _unpriv.py SPEC ---------------------------------------------
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
+def _checked(result: int, what: str) -> None:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(
+    libc: ctypes.CDLL, source: str | None, target: str, fstype: str | None, flags: int, data: str
+) -> None:
+    encoded = [None if s is None else os.fsencode(s) for s in (source, target, fstype, data)]
+    result = libc.mount(encoded[0], encoded[1], encoded[2], ctypes.c_ulong(flags), encoded[3])
+    _checked(result, f"mount {source or fstype or ''} on {target}")
+
+
+def _build_standin(libc: ctypes.CDLL, index: int, directory: Path, children: list[str]) -> None:
+    # Relative to the scratch tmpfs (the working directory), which stays reachable even when a
+    # later stand-in covers the path it was mounted at.
+    standin = Path(str(index))
+    standin.mkdir()
+    standin.chmod(0o755)
+    for name in children:
+        source = directory / name
+        target = standin / name
+        if source.is_symlink():
+            target.symlink_to(source.readlink())
+        elif source.is_dir():
+            target.mkdir()
+            _mount(libc, os.fspath(source), os.fspath(target), None, _MS_BIND | _MS_REC, "")
+        else:
+            target.touch(exist_ok=False)
+            _mount(libc, os.fspath(source), os.fspath(target), None, _MS_BIND, "")
+    _mount(libc, os.fspath(standin), os.fspath(directory), None, _MS_BIND | _MS_REC, "")
+
+
+def _drop_privileges(libc: ctypes.CDLL, uid: int, gid: int) -> None:
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    # Leaving uid 0 for good clears the permitted, effective and ambient capabilities.
+    os.setresuid(uid, uid, uid)
+    _checked(libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl")
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()  # all zero: no inheritable capabilities either
+    _checked(libc.capset(ctypes.byref(header), data), "capset")
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    sys.stderr.write(f"{_PRELUDE}: {message}\n")
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _prelude(spec_json: str) -> NoReturn:
+    spec = json.loads(spec_json)
+    argv: list[str] = spec["argv"]
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        _checked(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        # A new namespace's mounts stay peers of the host's: make them private before anything.
+        _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE, "")
+        flags = _MS_NOSUID | _MS_NODEV
+        _mount(libc, "tmpfs", spec["scratch"], "tmpfs", flags, "mode=0700,size=1m")
+        os.chdir(spec["scratch"])
+        for index, (directory, children) in enumerate(spec["standins"]):
+            _build_standin(libc, index, Path(directory), children)
+        _drop_privileges(libc, spec["uid"], spec["gid"])
+        os.chdir(spec["cwd"])
+    except OSError as exc:
+        _fail(_EXIT_SETUP, str(exc))
+    try:
+        os.execvp(argv[0], argv)  # noqa: S606 - argv is a list, no shell is wanted
+    except OSError as exc:
+        _fail(_EXIT_NOT_FOUND if exc.errno == errno.ENOENT else _EXIT_CANNOT_EXEC, str(exc))
+
+
+if __name__ == "__main__":
+    _prelude(sys.argv[1])
