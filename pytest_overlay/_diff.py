@@ -34,6 +34,8 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 class ChangeKind(enum.Enum):
     """What happened to a path."""
 
+    __module__ = "pytest_overlay"
+
     ADDED = "added"
     """The path did not exist before."""
     MODIFIED = "modified"
@@ -76,6 +78,8 @@ class Change:
     Detail fields are None where they do not apply: the ``old_*`` side of an added path, sizes
     of anything but regular files, targets of anything but symbolic links.
     """
+
+    __module__ = "pytest_overlay"
 
     path: str
     """POSIX path relative to the root, without a leading slash.  Names that are not valid
@@ -147,6 +151,8 @@ class TreeDiff:
 
     :raises ValueError: if two changes have the same path.
     """
+
+    __module__ = "pytest_overlay"
 
     changes: tuple[Change, ...] = ()
     """The changes, sorted by path components."""

@@ -67,6 +67,11 @@ def pytest_configure(config: pytest.Config) -> None:
             # The controller handed us its capabilities; keep them for mounting only.
             _namespaces.drop_inherited_capabilities()
         return
+    if session.settings.backend != "auto":
+        try:
+            session.selection  # noqa: B018 - asking explicitly must fail now, not in a test
+        except BackendUnavailableError as exc:
+            raise pytest.UsageError(str(exc)) from None
     if _is_xdist_controller(config) and session.wants_user_namespace():
         # Workers are always multi-threaded and can no longer enter a user namespace, so
         # the controller enters it now and passes its capabilities on as ambient ones.

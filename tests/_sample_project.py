@@ -135,6 +135,19 @@ def test_copy_up_without_change_is_not_reported(overlay_root):
     assert kinds(overlay_root.diff()) == []
 
 
+def test_identity_and_capabilities(overlay_root):
+    # Tests keep seeing their own uid, and neither they nor what they start hold capabilities.
+    assert os.getuid() == overlay_root.lowers[0].stat().st_uid
+    assert (overlay_root / "notes.txt").stat().st_uid == os.getuid()
+    if os.getuid() != 0:
+        child = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True)
+        for status in (open("/proc/self/status").read(), child.stdout):
+            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+            assert int(fields["CapEff"], 16) == 0, fields["CapEff"]
+            assert int(fields["CapAmb"], 16) == 0, fields["CapAmb"]
+        assert int(child.stdout.split("CapPrm:\t")[1].split()[0], 16) == 0
+
+
 def test_fspath_and_division(overlay_root):
     assert os.fspath(overlay_root) == os.fspath(overlay_root.path)
     assert isinstance(overlay_root / "x", Path)

@@ -70,31 +70,32 @@ class KernelMount:
         if self._closed:
             return []
         self._closed = True
-        warnings: list[str] = []
+        detached = False
         with _namespaces.privileged():
             for target in (self._merged, self._root):
-                warnings.extend(_unmount(target))
+                detached = _unmount(target) or detached
             try:
                 self._root.rmdir()
             except OSError as exc:
-                warnings.append(f"could not remove {self._root}: {exc}")
-        return warnings
+                return [f"could not remove {self._root}: {exc}"]
+        if detached:
+            return [
+                f"{self._merged} was still in use (a process the test started, or an open "
+                "file), so it was detached lazily: the kernel frees it when that process exits"
+            ]
+        return []
 
 
-def _unmount(target: Path) -> list[str]:
+def _unmount(target: Path) -> bool:
+    """Unmount *target*; returns whether it was busy and had to be detached lazily."""
     try:
         _syscalls.umount(target)
     except OSError as exc:
         if exc.errno != errno.EBUSY:
             raise MountError(exc.errno, f"could not unmount {target}: {exc.strerror}") from exc
-        # A process the test started still has a file open or its cwd there: detach the
-        # mount now, the kernel frees it when that process lets go.
         _syscalls.umount(target, _syscalls.MNT_DETACH)
-        return [
-            f"{target} was still in use (a process the test started, or an open file), "
-            "so it was detached lazily"
-        ]
-    return []
+        return True
+    return False
 
 
 class KernelBackend:

@@ -1,0 +1,242 @@
+"""Plugin behaviour through pytester: header, options, markers, failure reports, cleanup.
+
+Every run that mounts goes through ``runpytest_subprocess`` so nothing leaks into this process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests._gates import gate, kernel_reason
+from tests._sample_project import overlay_mounts
+
+BASE_ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark")
+
+
+@pytest.fixture
+def kernel() -> None:
+    gate("kernel", kernel_reason())
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(*BASE_ARGS, *args, timeout=120)
+
+
+@pytest.mark.usefixtures("kernel")
+def test_header_names_backend_and_reason(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = run(pytester)
+    result.stdout.fnmatch_lines(["overlay: backend=kernel (root)"])
+    result = run(pytester, "--overlay-backend=copy")
+    result.stdout.fnmatch_lines(["overlay: backend=copy (copy of the tree per test)"])
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "message"),
+    [
+        (("--overlay-backend=nfs",), "", "*unknown overlay backend 'nfs'; choose one of auto*"),
+        ((), "overlay_backend = zfs", "*unknown overlay backend 'zfs'*"),
+        (("--overlay-backend=fuse",), "", "*FUSE backend is not part of this release*"),
+        (("--overlay-lower=missing",), "", "*lower layer 'missing' does not exist*"),
+        ((), "overlay_lowers = afile.txt", "*lower layer * is not a directory*"),
+    ],
+)
+def test_configuration_mistakes_are_usage_errors(
+    pytester: pytest.Pytester, args: tuple[str, ...], ini: str, message: str
+) -> None:
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makefile(".txt", afile="x")
+    pytester.makepyfile("def test_nothing(overlay_root): pass")
+    result = run(pytester, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_unknown_backend_in_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.overlay(backend="btrfs")
+        def test_marked(overlay_root):
+            pass
+        """
+    )
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_marked: overlay marker backend: unknown overlay backend*"])
+
+
+@pytest.mark.parametrize("backend", ["kernel", "copy"])
+def test_failed_test_reports_its_changes(pytester: pytest.Pytester, backend: str) -> None:
+    if backend == "kernel":
+        gate("kernel", kernel_reason())
+    pytester.makepyfile(data="VALUE = 1\n")
+    pytester.makepyfile(
+        """
+        def test_breaks(overlay_root):
+            (overlay_root / "data.py").write_text("VALUE = 2\\n")
+            (overlay_root / "new.txt").write_text("new\\n")
+            assert False, "deliberate"
+
+        def test_passes(overlay_root):
+            (overlay_root / "other.txt").write_text("x")
+        """
+    )
+    result = run(pytester, f"--overlay-backend={backend}")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [f"*- overlay changes ({backend}) -*", "M data.py", "A new.txt", "*short test summary*"]
+    )
+    assert "other.txt" not in result.stdout.str()
+    assert (pytester.path / "data.py").read_text().strip() == "VALUE = 1"
+
+
+@pytest.mark.parametrize("backend", ["kernel", "copy"])
+def test_marker_and_ini_choose_lowers(pytester: pytest.Pytester, backend: str) -> None:
+    if backend == "kernel":
+        gate("kernel", kernel_reason())
+    for layer, files in {"top": {"shared": "top", "t": "t"}, "base": {"shared": "base"}}.items():
+        (pytester.path / layer).mkdir()
+        for name, text in files.items():
+            (pytester.path / layer / name).write_text(text)
+    pytester.makeini("[pytest]\noverlay_lowers = base\n")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_ini_lower(overlay_root):
+            assert overlay_root.lowers[0].name == "base"
+            assert (overlay_root / "shared").read_text() == "base"
+            assert overlay_root.path.name == "base"
+
+        @pytest.mark.overlay(lowers=["top", "base"])
+        def test_marker_lowers(overlay_root):
+            assert [p.name for p in overlay_root.lowers] == ["top", "base"]
+            assert (overlay_root / "shared").read_text() == "top"
+            (overlay_root / "t").unlink()
+            (overlay_root / "shared").unlink()
+            assert sorted(overlay_root.diff().deleted) == ["shared", "t"]
+            # The topmost lower's deletion uncovers nothing: the whole stack is hidden.
+            assert not (overlay_root / "shared").exists()
+        """
+    )
+    result = run(pytester, f"--overlay-backend={backend}")
+    result.assert_outcomes(passed=2)
+    assert (pytester.path / "top" / "t").read_text() == "t"
+
+
+@pytest.mark.usefixtures("kernel")
+def test_marker_backend_overrides_session(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.overlay(backend="copy")
+        def test_copy(overlay_root):
+            assert overlay_root.backend == "copy"
+
+        def test_default(overlay_root):
+            assert overlay_root.backend == "kernel"
+        """
+    )
+    run(pytester).assert_outcomes(passed=2)
+
+
+@pytest.mark.usefixtures("kernel")
+def test_nothing_left_behind(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("i", range(20))
+        def test_write(overlay_root, i):
+            (overlay_root / f"f{i}").write_text("x" * 100_000)
+            (overlay_root / "ro").mkdir(mode=0o500)
+            (overlay_root / "zero").mkdir(mode=0)
+        """
+    )
+    mounts = overlay_mounts()
+    for backend in ("kernel", "copy"):
+        run(pytester, f"--overlay-backend={backend}").assert_outcomes(passed=20)
+    assert overlay_mounts() == mounts
+    # pytest keeps its basetemp; what we made inside it must be gone.
+    leftovers = [path for path in pytester.path.rglob("*") if "overlay" in path.parts]
+    assert sorted({p.name for p in leftovers}) == ["overlay"]
+
+
+@pytest.mark.usefixtures("kernel")
+def test_busy_mount_is_detached_with_a_warning(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import subprocess
+
+        STILL_RUNNING = []
+
+        def test_leaves_a_process_behind(overlay_root):
+            STILL_RUNNING.append(
+                subprocess.Popen(["sleep", "5"], cwd=overlay_root, start_new_session=True)
+            )
+
+        def test_next(overlay_root):
+            assert not (overlay_root / "leftover").exists()
+        """
+    )
+    result = run(pytester, "-W", "default")
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*OverlayWarning*still in use*detached lazily*"])
+
+
+@pytest.mark.usefixtures("kernel")
+def test_plugin_is_idle_without_the_fixture(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OUTER_MOUNT_NS", os.readlink("/proc/self/ns/mnt"))
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_plain():
+            with open("/proc/self/uid_map") as f:
+                assert f.read().split()[:3] == ["0", "0", "4294967295"]
+            assert os.readlink("/proc/self/ns/mnt") == os.environ["OUTER_MOUNT_NS"]
+        """
+    )
+    run(pytester).assert_outcomes(passed=1)
+
+
+def test_overlay_is_a_path_like(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os
+        import sqlite3
+        import subprocess
+        from pathlib import Path
+
+        def test_paths(overlay_root):
+            assert isinstance(overlay_root.path, Path)
+            assert os.fspath(overlay_root) == str(overlay_root) == os.fspath(overlay_root.path)
+            with open(overlay_root / "f", "w") as f:
+                f.write("x")
+            out = subprocess.run(["ls"], cwd=overlay_root, capture_output=True, text=True)
+            assert "f" in out.stdout.split()
+            sqlite3.connect(overlay_root / "db").close()
+            assert repr(overlay_root).startswith("<Overlay ")
+        """
+    )
+    run(pytester, "--overlay-backend=copy").assert_outcomes(passed=1)
+
+
+def test_public_api() -> None:
+    import pytest_overlay
+
+    for name in pytest_overlay.__all__:
+        obj = getattr(pytest_overlay, name)
+        if name != "__version__":
+            assert obj.__module__ == "pytest_overlay", name
+            assert obj.__doc__, name
+    assert os.path.exists(Path(pytest_overlay.__file__).parent / "py.typed")

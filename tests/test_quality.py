@@ -1,0 +1,36 @@
+"""Lint, types and docs are part of the test command, so CI and developers run the same checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.quality
+
+
+def _run(*argv: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_check() -> None:
+    _run("ruff", "check", ".")
+
+
+def test_ruff_format() -> None:
+    _run("ruff", "format", "--check", ".")
+
+
+def test_mypy_strict() -> None:
+    _run("mypy")
+
+
+def test_docs_build_without_warnings(tmp_path: Path) -> None:
+    _run("mkdocs", "build", "--strict", "--quiet", "--site-dir", str(tmp_path / "site"))
