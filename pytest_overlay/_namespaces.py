@@ -32,6 +32,8 @@ _state_lock = threading.Lock()
 # namespace belongs to the thread that unshared it (and to processes it starts).
 _private_threads: set[int] = set()
 _entered_userns = False
+# Whether mount work needs capabilities raised first; computed once, it sits on the hot path.
+_raise_for_mounts: bool | None = None
 
 
 def thread_count() -> int:
@@ -91,7 +93,7 @@ def enter_user_namespace(*, for_children: bool) -> None:
     the capabilities are also made ambient, so processes started from here (xdist workers)
     inherit them and can set up mount namespaces of their own.
     """
-    global _entered_userns
+    global _entered_userns, _raise_for_mounts
     uid, gid = os.geteuid(), os.getegid()
     _syscalls.unshare(_syscalls.CLONE_NEWUSER | _syscalls.CLONE_NEWNS)
     # setgroups must be denied before an unprivileged process may write its gid_map.
@@ -101,6 +103,7 @@ def enter_user_namespace(*, for_children: bool) -> None:
     _syscalls.mount(None, "/", None, _syscalls.MS_REC | _syscalls.MS_PRIVATE)
     with _state_lock:
         _entered_userns = True
+        _raise_for_mounts = None
         _private_threads.add(threading.get_native_id())
     _, permitted, _ = _syscalls.get_capabilities()
     if for_children:
@@ -122,7 +125,10 @@ def drop_inherited_capabilities() -> None:
 @contextlib.contextmanager
 def privileged() -> Iterator[None]:
     """Raise the permitted capabilities to effective for the calling thread, for mount work."""
-    if is_real_root() or in_initial_user_namespace():
+    global _raise_for_mounts
+    if _raise_for_mounts is None:
+        _raise_for_mounts = not (is_real_root() or in_initial_user_namespace())
+    if not _raise_for_mounts:
         yield
         return
     effective, permitted, inheritable = _syscalls.get_capabilities()

@@ -49,7 +49,9 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 def _libc() -> ctypes.CDLL:
     if not sys.platform.startswith("linux"):
         raise OSError(0, "Linux system calls are not available on " + sys.platform)
-    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
 
 
 def _check(result: int, what: str, path: str | os.PathLike[str] | None = None) -> int:
@@ -92,9 +94,7 @@ def umount(target: str | os.PathLike[str], flags: int = 0) -> None:
 
 
 def _syscall(number: int, *args: object) -> int:
-    libc = _libc()
-    libc.syscall.restype = ctypes.c_long
-    return int(libc.syscall(ctypes.c_long(number), *args))
+    return int(_libc().syscall(ctypes.c_long(number), *args))
 
 
 def mount_overlay_new_api(
