@@ -10,8 +10,18 @@ from typing import Any
 import pytest
 
 from . import _namespaces
-from ._backends import BACKEND_CHOICES, Backend, Mount, Selection, create_backend, select_backend
+from ._backends import (
+    BACKEND_CHOICES,
+    FUSE_NOT_YET,
+    Backend,
+    Mount,
+    Selection,
+    create_backend,
+    select_backend,
+)
 from ._errors import BackendUnavailableError
+
+USERNS_CHOICES = ("lazy", "early")
 
 
 @dataclass(frozen=True)
@@ -20,6 +30,7 @@ class Settings:
 
     backend: str
     lowers: tuple[Path, ...]
+    userns: str = "lazy"
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -32,7 +43,15 @@ class Settings:
             raw_lowers = [str(p) for p in config.getini("overlay_lowers")]
         root = config.rootpath
         lowers = resolve_lowers(raw_lowers, root, "--overlay-lower / overlay_lowers") or (root,)
-        return cls(backend=backend, lowers=lowers)
+        userns = str(
+            config.getoption("overlay_userns") or config.getini("overlay_userns") or "lazy"
+        ).strip()
+        if userns not in USERNS_CHOICES:
+            raise pytest.UsageError(
+                f"--overlay-userns / overlay_userns: unknown value {userns!r}; "
+                f"choose one of {', '.join(USERNS_CHOICES)}"
+            )
+        return cls(backend=backend, lowers=lowers, userns=userns)
 
 
 def check_backend_name(name: object, where: str) -> None:
@@ -45,7 +64,7 @@ def check_backend_name(name: object, where: str) -> None:
 
 def resolve_lowers(raw: Sequence[str | Path], root: Path, where: str) -> tuple[Path, ...]:
     """Absolute, existing directories; relative paths are taken from the project root."""
-    resolved = []
+    resolved: list[Path] = []
     for item in raw:
         path = (root / Path(item)).resolve() if not Path(item).is_absolute() else Path(item)
         if not path.exists():
@@ -58,6 +77,12 @@ def resolve_lowers(raw: Sequence[str | Path], root: Path, where: str) -> tuple[P
                 f"{where}: lower layer {item!r} is not a directory ({path}); "
                 "lower layers must be directories"
             )
+        for other in resolved:
+            if other == path or other in path.parents or path in other.parents:
+                raise pytest.UsageError(
+                    f"{where}: lower layers {str(other)!r} and {str(path)!r} overlap; "
+                    "overlayfs refuses a layer inside another, so give separate directories"
+                )
         resolved.append(path)
     return tuple(resolved)
 
@@ -129,6 +154,22 @@ class OverlaySession:
             return self.selection.backend.name == "kernel"
         except BackendUnavailableError:
             return False
+
+    def give_up_kernel(self, reason: str) -> str:
+        """The kernel backend turned out unusable after all; returns what to tell the user.
+
+        With ``auto`` the session falls back to the copy backend; an explicit ``kernel``
+        makes every test that asks for an overlay fail with *reason*.
+        """
+        if self.settings.backend == "auto":
+            passed = (("kernel", reason), ("fuse", FUSE_NOT_YET))
+            self._selection = Selection(create_backend("copy", self._scratch_dir), passed)
+            self._backends = {"copy": self._selection.backend}
+            return f"kernel backend unusable, using the copy backend instead: {reason}"
+        self._selection_error = BackendUnavailableError(
+            f"the kernel backend cannot work here: {reason}"
+        )
+        return str(self._selection_error)
 
     def shutdown(self) -> None:
         """Release every backend."""

@@ -13,6 +13,7 @@ from . import _namespaces
 from ._backends import BACKEND_CHOICES
 from ._errors import BackendUnavailableError, OverlayError
 from ._overlay import Overlay
+from ._probe import explain_userns_failure
 from ._session import OverlaySession, Settings, check_backend_name, resolve_lowers
 from ._warnings import OverlayWarning
 
@@ -38,6 +39,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="DIR",
         help="Lower layer directory, topmost first; repeatable (default: the project root)",
+    )
+    group.addoption(
+        "--overlay-userns",
+        dest="overlay_userns",
+        default=None,
+        metavar="WHEN",
+        help="When an ordinary user's run enters its user namespace: lazy (when a collected "
+        "test needs an overlay) or early (at startup, before any library can start threads)",
+    )
+    parser.addini(
+        "overlay_userns",
+        help="When an ordinary user's run enters its user namespace: lazy or early",
+        default="lazy",
     )
     parser.addini(
         "overlay_backend",
@@ -72,12 +86,32 @@ def pytest_configure(config: pytest.Config) -> None:
             session.selection  # noqa: B018 - asking explicitly must fail now, not in a test
         except BackendUnavailableError as exc:
             raise pytest.UsageError(str(exc)) from None
-    if _is_xdist_controller(config) and session.wants_user_namespace():
-        # Workers are always multi-threaded and can no longer enter a user namespace, so
-        # the controller enters it now and passes its capabilities on as ambient ones.
-        _namespaces.enter_user_namespace(for_children=True)
+    controller = _is_xdist_controller(config)
+    if session.wants_user_namespace() and (controller or session.settings.userns == "early"):
+        # xdist workers are multi-threaded from birth and can never enter a user namespace,
+        # so the controller enters it and passes its capabilities on as ambient ones.
+        _enter_user_namespace(session, for_children=controller)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(session), "overlay-xdist")
+
+
+def _enter_user_namespace(session: OverlaySession, *, for_children: bool) -> None:
+    threads = _namespaces.thread_count()
+    if threads > 1:
+        reason = (
+            f"this process already runs {threads} threads (a library imported by a conftest "
+            "or by the tests, such as NumPy's OpenBLAS, starts them), and only a "
+            "single-threaded process may enter a user namespace; set overlay_userns = early "
+            "(or --overlay-userns=early) to enter it before anything is imported, or limit "
+            "the library's threads (OPENBLAS_NUM_THREADS=1), or run as root"
+        )
+    else:
+        try:
+            _namespaces.enter_user_namespace(for_children=for_children)
+            return
+        except OSError as exc:
+            reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
+    warnings.warn(OverlayWarning(session.give_up_kernel(reason)), stacklevel=1)
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
@@ -125,12 +159,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     overlay_session = session.config.stash.get(session_key, None)
     if overlay_session is None or hasattr(session.config, "workerinput"):
         return
-    if any(FIXTURE_NAME in getattr(item, "fixturenames", ()) for item in session.items) and (
-        overlay_session.wants_user_namespace() and _namespaces.thread_count() == 1
+    if overlay_session.wants_user_namespace() and any(
+        FIXTURE_NAME in getattr(item, "fixturenames", ()) for item in session.items
     ):
-        # Only a single-threaded process may enter a user namespace: do it before any test
-        # (or plugin) starts a thread.
-        _namespaces.enter_user_namespace(for_children=False)
+        # The last moment before tests (or the plugins around them) start threads.
+        _enter_user_namespace(overlay_session, for_children=False)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

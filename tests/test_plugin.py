@@ -42,6 +42,8 @@ def test_header_names_backend_and_reason(pytester: pytest.Pytester) -> None:
         (("--overlay-backend=fuse",), "", "*FUSE backend is not part of this release*"),
         (("--overlay-lower=missing",), "", "*lower layer 'missing' does not exist*"),
         ((), "overlay_lowers = afile.txt", "*lower layer * is not a directory*"),
+        (("--overlay-lower=.", "--overlay-lower=sub"), "", "*lower layers * overlap*"),
+        (("--overlay-userns=sometimes",), "", "*overlay_userns: unknown value 'sometimes'*"),
     ],
 )
 def test_configuration_mistakes_are_usage_errors(
@@ -49,6 +51,7 @@ def test_configuration_mistakes_are_usage_errors(
 ) -> None:
     pytester.makeini(f"[pytest]\n{ini}\n")
     pytester.makefile(".txt", afile="x")
+    pytester.mkdir("sub")
     pytester.makepyfile("def test_nothing(overlay_root): pass")
     result = run(pytester, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -12,10 +12,18 @@ from .base import Backend, Mount
 from .copytree import CopyBackend
 from .kernel import KernelBackend
 
-__all__ = ["BACKEND_CHOICES", "Backend", "Mount", "Selection", "create_backend", "select_backend"]
+__all__ = [
+    "BACKEND_CHOICES",
+    "FUSE_NOT_YET",
+    "Backend",
+    "Mount",
+    "Selection",
+    "create_backend",
+    "select_backend",
+]
 
 BACKEND_CHOICES = ("auto", "kernel", "fuse", "copy")
-_FUSE_NOT_YET = (
+FUSE_NOT_YET = (
     "the FUSE backend is not part of this release yet; use --overlay-backend=kernel or copy"
 )
 
@@ -27,7 +35,7 @@ def create_backend(name: str, scratch: Callable[[], Path]) -> Backend:
     if name == "copy":
         return CopyBackend(lambda: scratch() / "copy")
     if name == "fuse":
-        raise BackendUnavailableError(_FUSE_NOT_YET)
+        raise BackendUnavailableError(FUSE_NOT_YET)
     raise BackendUnavailableError(
         f"unknown overlay backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}"
     )
@@ -65,5 +73,5 @@ def select_backend(requested: str, scratch: Callable[[], Path]) -> Selection:
     if reason is None:
         return Selection(kernel)
     passed_over.append(("kernel", reason))
-    passed_over.append(("fuse", _FUSE_NOT_YET))
+    passed_over.append(("fuse", FUSE_NOT_YET))
     return Selection(create_backend("copy", scratch), tuple(passed_over))

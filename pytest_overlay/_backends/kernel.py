@@ -91,6 +91,8 @@ def _unmount(target: Path) -> bool:
     try:
         _syscalls.umount(target)
     except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False  # not mounted: a mount that failed half-way
         if exc.errno != errno.EBUSY:
             raise MountError(exc.errno, f"could not unmount {target}: {exc.strerror}") from exc
         _syscalls.umount(target, _syscalls.MNT_DETACH)

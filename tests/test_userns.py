@@ -1,0 +1,95 @@
+"""The unprivileged path's corner cases, run as a real ordinary user.
+
+A process can enter a user namespace only while single-threaded; these runs start threads at
+the awkward moments (a test module that starts one when imported, as NumPy's OpenBLAS does; a
+conftest that starts one before the plugin is configured) and check that the run still works,
+says what happened and how to avoid it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import _unpriv
+from tests._gates import gate
+
+THREAD = (
+    "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+)
+TESTS = """
+def test_one(overlay_root):
+    (overlay_root / "f").write_text("x")
+    assert overlay_root.diff().added == {"f"}
+
+def test_two(overlay_root):
+    assert not (overlay_root / "f").exists()
+"""
+ARGS = ("-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly", "-W", "default")
+
+
+@pytest.fixture
+def user_dir() -> Iterator[Path]:
+    gate("unprivileged-user", _unpriv.can_run_as_user())
+    with _unpriv.user_workdir_ctx() as workdir:
+        yield workdir
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    uid, gid = _unpriv.ensure_test_user()
+    for name, text in files.items():
+        (root / name).write_text(text)
+        os.chown(root / name, uid, gid)
+
+
+def _run(root: Path, *args: str) -> str:
+    result = _unpriv.run_as_user(
+        [sys.executable, "-m", "pytest", *ARGS, *args],
+        cwd=root,
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "INTERNALERROR" not in output
+    return output
+
+
+def test_thread_at_import_falls_back_to_copy_and_says_why(user_dir: Path) -> None:
+    _write(user_dir, {"test_threads.py": THREAD + TESTS, "pytest.ini": "[pytest]\n"})
+    output = _run(user_dir)
+    assert "2 passed" in output
+    assert "kernel backend unusable, using the copy backend instead" in output
+    assert "overlay_userns = early" in output
+
+
+def test_early_userns_survives_threads_started_by_tests(user_dir: Path) -> None:
+    _write(user_dir, {"test_threads.py": THREAD + TESTS, "pytest.ini": "[pytest]\n"})
+    output = _run(user_dir, "--overlay-userns=early")
+    assert "2 passed" in output
+    assert "copy backend instead" not in output
+    assert "overlay: backend=kernel (user namespace)" in output
+
+
+def test_xdist_controller_with_a_thread_falls_back_instead_of_crashing(user_dir: Path) -> None:
+    _write(user_dir, {"conftest.py": THREAD, "test_x.py": TESTS, "pytest.ini": "[pytest]\n"})
+    output = _run(user_dir, "-n", "2")
+    assert "2 passed" in output
+    assert "using the copy backend instead" in output
+
+
+def test_explicit_kernel_with_threads_errors_each_test_clearly(user_dir: Path) -> None:
+    _write(user_dir, {"test_threads.py": THREAD + TESTS, "pytest.ini": "[pytest]\n"})
+    result = _unpriv.run_as_user(
+        [sys.executable, "-m", "pytest", *ARGS, "--overlay-backend=kernel"],
+        cwd=user_dir,
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "2 errors" in output or "2 error" in output, output
+    assert "the kernel backend cannot work here" in output
+    assert "Traceback" not in output
