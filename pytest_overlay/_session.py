@@ -97,6 +97,8 @@ class OverlaySession:
         self._selection_error: BackendUnavailableError | None = None
         self._backends: dict[str, Backend] = {}
         self._scratch: Path | None = None
+        self.kernel_unusable: str | None = None
+        self.notices: list[str] = []
 
     def set_scratch(self, scratch: Path) -> None:
         """Where backends keep per-test directories (inside pytest's basetemp)."""
@@ -134,6 +136,10 @@ class OverlaySession:
         """The session's backend, or the one a marker asks for by name."""
         if name is None or name == "auto":
             return self.selection.backend
+        if name == "kernel" and self.kernel_unusable is not None:
+            raise BackendUnavailableError(
+                f"the kernel backend cannot work here: {self.kernel_unusable}"
+            )
         if name not in self._backends:
             backend = create_backend(name, self._scratch_dir)
             reason = backend.unavailable_reason()
@@ -161,6 +167,7 @@ class OverlaySession:
         With ``auto`` the session falls back to the copy backend; an explicit ``kernel``
         makes every test that asks for an overlay fail with *reason*.
         """
+        self.kernel_unusable = reason
         if self.settings.backend == "auto":
             passed = (("kernel", reason), ("fuse", FUSE_NOT_YET))
             self._selection = Selection(create_backend("copy", self._scratch_dir), passed)

@@ -95,7 +95,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_XdistHooks(session), "overlay-xdist")
 
 
-def _enter_user_namespace(session: OverlaySession, *, for_children: bool) -> None:
+def _enter_user_namespace(
+    session: OverlaySession, *, for_children: bool, reporter: pytest.TerminalReporter | None = None
+) -> None:
     threads = _namespaces.thread_count()
     if threads > 1:
         reason = (
@@ -111,7 +113,12 @@ def _enter_user_namespace(session: OverlaySession, *, for_children: bool) -> Non
             return
         except OSError as exc:
             reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
-    warnings.warn(OverlayWarning(session.give_up_kernel(reason)), stacklevel=1)
+    # Not a warning: under ``filterwarnings = error`` a warning raised from a hook aborts the
+    # whole run, and falling back is exactly what keeps the run going.
+    notice = session.give_up_kernel(reason)
+    session.notices.append(notice)
+    if reporter is not None:
+        reporter.write_line(f"overlay: {notice}", yellow=True, bold=True)
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
@@ -163,7 +170,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         FIXTURE_NAME in getattr(item, "fixturenames", ()) for item in session.items
     ):
         # The last moment before tests (or the plugins around them) start threads.
-        _enter_user_namespace(overlay_session, for_children=False)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        _enter_user_namespace(overlay_session, for_children=False, reporter=reporter)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    session = config.stash.get(session_key, None)
+    if session is not None and session.notices:
+        terminalreporter.section("pytest-overlay", yellow=True)
+        for notice in session.notices:
+            terminalreporter.write_line(notice)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -188,9 +206,13 @@ def overlay_root(
     try:
         mount = session.mount(lowers, backend, request.node.name)
     except BackendUnavailableError as exc:
-        pytest.fail(f"pytest-overlay: {exc}", pytrace=False)
+        problem = f"pytest-overlay: {exc}"
     except (OverlayError, OSError) as exc:
-        pytest.fail(f"pytest-overlay could not set up the overlay: {exc}", pytrace=False)
+        problem = f"pytest-overlay could not set up the overlay: {exc}"
+    else:
+        problem = ""
+    if problem:
+        pytest.fail(problem, pytrace=False)
     overlay = Overlay(mount, backend or session.selection.backend.name)
     request.node.stash[overlay_key] = overlay
     try:
@@ -212,10 +234,13 @@ def _marker_choices(
             raw = marker.kwargs["lowers"]
             if isinstance(raw, (str, Path)):
                 raw = [raw]
+            problem = ""
             try:
                 lowers = resolve_lowers(list(raw), request.config.rootpath, "overlay marker")
             except pytest.UsageError as exc:
-                pytest.fail(str(exc), pytrace=False)
+                problem = str(exc)
+            if problem:
+                pytest.fail(problem, pytrace=False)
         backend = marker.kwargs.get("backend")
     return lowers, backend
 

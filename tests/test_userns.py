@@ -58,12 +58,15 @@ def _run(root: Path, *args: str) -> str:
     return output
 
 
-def test_thread_at_import_falls_back_to_copy_and_says_why(user_dir: Path) -> None:
-    _write(user_dir, {"test_threads.py": THREAD + TESTS, "pytest.ini": "[pytest]\n"})
+@pytest.mark.parametrize("ini", ["", "filterwarnings = error"])
+def test_thread_at_import_falls_back_to_copy_and_says_why(user_dir: Path, ini: str) -> None:
+    _write(user_dir, {"test_threads.py": THREAD + TESTS, "pytest.ini": f"[pytest]\n{ini}\n"})
     output = _run(user_dir)
     assert "2 passed" in output
-    assert "kernel backend unusable, using the copy backend instead" in output
+    notice = "overlay: kernel backend unusable, using the copy backend instead"
+    assert notice in output
     assert "overlay_userns = early" in output
+    assert "= pytest-overlay =" in output  # repeated in the terminal summary
 
 
 def test_early_userns_survives_threads_started_by_tests(user_dir: Path) -> None:
@@ -93,3 +96,4 @@ def test_explicit_kernel_with_threads_errors_each_test_clearly(user_dir: Path) -
     assert "2 errors" in output or "2 error" in output, output
     assert "the kernel backend cannot work here" in output
     assert "Traceback" not in output
+    assert "During handling" not in output
