@@ -511,7 +511,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="One round of the fast variants and fewer copies (about a third of the time)",
+        help="One round of the fast variants and fewer copies (about half the time)",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="Write every figure here")
     parser.add_argument(

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, final
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._backends import Mount
     from ._diff import TreeDiff
 
@@ -22,9 +24,17 @@ class Overlay(os.PathLike[str]):
 
     __module__ = "pytest_overlay"
 
-    def __init__(self, mount: Mount, backend: str) -> None:
+    def __init__(
+        self,
+        mount: Mount,
+        backend: str,
+        ignore: Callable[[str], bool] | None = None,
+        lowers: tuple[Path, ...] | None = None,
+    ) -> None:
         self._mount = mount
         self._backend = backend
+        self._ignore = ignore
+        self._lowers = mount.lowers if lowers is None else lowers
 
     @property
     def path(self) -> Path:
@@ -39,11 +49,15 @@ class Overlay(os.PathLike[str]):
     @property
     def lowers(self) -> tuple[Path, ...]:
         """The read-only lower layers, topmost first."""
-        return self._mount.lowers
+        return self._lowers
 
     def diff(self) -> TreeDiff:
-        """Everything the test changed so far, relative to the lower layers."""
-        return self._mount.diff()
+        """Everything the test changed so far, relative to the lower layers.
+
+        Paths matching ``overlay_ignore`` (bytecode, pytest's cache, coverage data) are left
+        out.
+        """
+        return self._mount.diff(self._ignore)
 
     def __fspath__(self) -> str:
         return os.fspath(self._mount.path)

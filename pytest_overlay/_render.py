@@ -11,7 +11,7 @@ import unicodedata
 
 from ._diff import Change, ChangeKind, TreeDiff
 
-__all__ = ["display_path", "render_changes", "safe_path"]
+__all__ = ["change_line", "display_path", "render_changes", "safe_line", "safe_path"]
 
 _NAMED = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 # Categories escaped as \u: controls (C0 and C1, DEL), format characters (bidi overrides,
@@ -54,6 +54,38 @@ def safe_path(path: str) -> str:
     return "".join(out)
 
 
+def safe_line(text: str) -> str:
+    r"""Return a printable form of *text*, one line of a file's content.
+
+    Unlike :func:`safe_path`, a tab stays a tab and backslashes are not doubled, so source code
+    reads as written; everything a terminal could act on is escaped as :func:`safe_path` does:
+    carriage returns and newlines as ``\r`` and ``\n``, other control characters (ESC and DEL)
+    and undecodable bytes (lone surrogates from ``errors="surrogateescape"``) as ``\xNN``; C1
+    controls, format characters, other lone surrogates and line/paragraph separators as
+    ``\uNNNN``.  A literal ``\x1b`` in the file thus looks like an escaped ESC: ambiguous,
+    but inert.  The result holds no control, format or separator character but tabs, and
+    escaping it again changes nothing.
+
+    >>> safe_line("\tok\x1b[2J\u202e")
+    '\tok\\x1b[2J\\u202e'
+    """
+    # The common case.  isprintable() is false for every category escaped below (and for a few
+    # harmless ones, such as no-break spaces, which the loop then keeps).
+    if text.replace("\t", " ").isprintable():
+        return text
+    out: list[str] = []
+    for char in text:
+        if char == "\t":
+            out.append(char)
+        elif char in "\r\n":
+            out.append(_NAMED[char])
+        elif unicodedata.category(char) in _UNSAFE_CATEGORIES:
+            out.append(_escape(char))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def display_path(change: Change) -> str:
     """The safe form of *change*'s path, with a trailing ``/`` when it is (now) a directory."""
     kind = change.new_type if change.new_type is not None else change.old_type
@@ -87,4 +119,9 @@ def render_changes(diff: TreeDiff) -> str:
     ``(file -> dir)``, and symbolic link retargets ``(-> old => new)``.  An empty diff renders
     as the empty string; there is no trailing newline.
     """
-    return "\n".join(f"{c.kind.letter} {display_path(c)}{_detail(c)}" for c in diff)
+    return "\n".join(change_line(c) for c in diff)
+
+
+def change_line(change: Change) -> str:
+    """The line :func:`render_changes` shows for *change*, without a line terminator."""
+    return f"{change.kind.letter} {display_path(change)}{_detail(change)}"

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
+from filelock import FileLock
 
 from . import _namespaces
 from ._backends import (
-    BACKEND_CHOICES,
     FUSE_NOT_YET,
     Backend,
     Mount,
@@ -20,71 +18,8 @@ from ._backends import (
     select_backend,
 )
 from ._errors import BackendUnavailableError
-
-USERNS_CHOICES = ("lazy", "early")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The user's choices, from the command line, falling back to the ini file."""
-
-    backend: str
-    lowers: tuple[Path, ...]
-    userns: str = "lazy"
-
-    @classmethod
-    def from_config(cls, config: pytest.Config) -> Settings:
-        """Parse and validate; a mistake is a usage error that names the fix."""
-        backend = config.getoption("overlay_backend") or config.getini("overlay_backend")
-        backend = str(backend or "auto").strip()
-        check_backend_name(backend, "--overlay-backend / overlay_backend")
-        raw_lowers: list[str] = list(config.getoption("overlay_lowers") or [])
-        if not raw_lowers:
-            raw_lowers = [str(p) for p in config.getini("overlay_lowers")]
-        root = config.rootpath
-        lowers = resolve_lowers(raw_lowers, root, "--overlay-lower / overlay_lowers") or (root,)
-        userns = str(
-            config.getoption("overlay_userns") or config.getini("overlay_userns") or "lazy"
-        ).strip()
-        if userns not in USERNS_CHOICES:
-            raise pytest.UsageError(
-                f"--overlay-userns / overlay_userns: unknown value {userns!r}; "
-                f"choose one of {', '.join(USERNS_CHOICES)}"
-            )
-        return cls(backend=backend, lowers=lowers, userns=userns)
-
-
-def check_backend_name(name: object, where: str) -> None:
-    """Reject a backend name we do not know, saying which ones exist."""
-    if name not in BACKEND_CHOICES:
-        raise pytest.UsageError(
-            f"{where}: unknown overlay backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}"
-        )
-
-
-def resolve_lowers(raw: Sequence[str | Path], root: Path, where: str) -> tuple[Path, ...]:
-    """Absolute, existing directories; relative paths are taken from the project root."""
-    resolved: list[Path] = []
-    for item in raw:
-        path = (root / Path(item)).resolve() if not Path(item).is_absolute() else Path(item)
-        if not path.exists():
-            raise pytest.UsageError(
-                f"{where}: lower layer {item!r} does not exist (looked at {path}); "
-                "give an existing directory, relative to the project root or absolute"
-            )
-        if not path.is_dir():
-            raise pytest.UsageError(
-                f"{where}: lower layer {item!r} is not a directory ({path}); "
-                "lower layers must be directories"
-            )
-        for other in resolved:
-            if other == path or other in path.parents or path in other.parents:
-                raise pytest.UsageError(
-                    f"{where}: lower layers {str(other)!r} and {str(path)!r} overlap; "
-                    "overlayfs refuses a layer inside another, so give separate directories"
-                )
-        resolved.append(path)
-    return tuple(resolved)
+from ._keep import RUN_FILE, Store
+from ._settings import Settings
 
 
 class OverlaySession:
@@ -98,7 +33,32 @@ class OverlaySession:
         self._backends: dict[str, Backend] = {}
         self._scratch: Path | None = None
         self.kernel_unusable: str | None = None
+        # Per view root: which relative paths a diff leaves out (computed once, hot path).
+        self.ignore_cache: dict[Path, Callable[[str], bool]] = {}
         self.notices: list[str] = []
+        # Kept layers of this run (xdist workers share the controller's run id).
+        self.run_id: str | None = (inherited or {}).get("run_id")
+        self._run_dir: Path | None = None
+        # In-place mode on the copy backend: what the real trees looked like, per directory.
+        self.manifests: dict[Path, dict[str, tuple[int, int, int]]] = {}
+
+    def run_dir(self, store: Store) -> Path:
+        """This run's directory in the kept-layer store, created on first use."""
+        if self._run_dir is None:
+            assert self.run_id is not None
+            store.root.mkdir(parents=True, exist_ok=True)
+            # Workers of one run race to create it; the lock makes pruning happen once.
+            with FileLock(str(store.root / ".lock")):
+                run_dir = store.runs_dir / self.run_id
+                if not (run_dir / RUN_FILE).exists():
+                    store.start_run(
+                        self.run_id,
+                        self.settings.lowers[0],
+                        self.settings.keep,
+                        self.settings.keep_count,
+                    )
+            self._run_dir = run_dir
+        return self._run_dir
 
     def set_scratch(self, scratch: Path) -> None:
         """Where backends keep per-test directories (inside pytest's basetemp)."""

@@ -23,13 +23,16 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
 MNT_DETACH = 0x2
+MNT_EXPIRE = 0x4
 
 # The new mount API has one syscall numbering on every architecture (they were added after the
 # tables were unified), so these numbers hold on x86_64 and aarch64 alike.
+_SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
 _SYS_FSOPEN = 430
 _SYS_FSCONFIG = 431
 _SYS_FSMOUNT = 432
+_SYS_MOUNT_SETATTR = 442
 
 FSOPEN_CLOEXEC = 0x1
 FSMOUNT_CLOEXEC = 0x1
@@ -37,6 +40,22 @@ FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
 FSCONFIG_CMD_CREATE = 6
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_RECURSIVE = 0x8000
+AT_EMPTY_PATH = 0x1000
+MOUNT_ATTR_RDONLY = 0x1
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
 AT_FDCWD = -100
 
 PR_CAP_AMBIENT = 47
@@ -124,22 +143,58 @@ def mount_overlay_new_api(
             target,
         )
         try:
-            _check(
-                _syscall(
-                    _SYS_MOVE_MOUNT,
-                    ctypes.c_int(mount_fd),
-                    b"",
-                    ctypes.c_int(AT_FDCWD),
-                    _b(target),
-                    ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
-                ),
-                "move_mount",
-                target,
-            )
+            attach_tree(mount_fd, target)
         finally:
             os.close(mount_fd)
     finally:
         os.close(fs_fd)
+
+
+def clone_tree(path: str | os.PathLike[str], *, readonly: bool = False) -> int:
+    """A detached recursive bind mount of *path* (``open_tree(2)``), to attach elsewhere later.
+
+    With *readonly* the clone refuses writes (``mount_setattr(2)``), whatever the original.
+    """
+    tree_fd = _check(
+        _syscall(
+            _SYS_OPEN_TREE,
+            ctypes.c_int(AT_FDCWD),
+            _b(path),
+            ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE),
+        ),
+        "open_tree",
+        path,
+    )
+    if readonly:
+        attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+        result = _syscall(
+            _SYS_MOUNT_SETATTR,
+            ctypes.c_int(tree_fd),
+            b"",
+            ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        )
+        if result < 0:
+            os.close(tree_fd)
+            _check(result, "mount_setattr", path)
+    return tree_fd
+
+
+def attach_tree(tree_fd: int, target: str | os.PathLike[str]) -> None:
+    """Attach a detached mount from :func:`clone_tree` at *target* (``move_mount(2)``)."""
+    _check(
+        _syscall(
+            _SYS_MOVE_MOUNT,
+            ctypes.c_int(tree_fd),
+            b"",
+            ctypes.c_int(AT_FDCWD),
+            _b(target),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        ),
+        "move_mount",
+        target,
+    )
 
 
 def _fsconfig(fs_fd: int, command: int, key: str | None, value: str | None) -> None:

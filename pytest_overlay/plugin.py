@@ -1,4 +1,4 @@
-"""The pytest plugin: options, configuration, the ``overlay_root`` fixture and report hooks."""
+"""The pytest plugin: configuration, the ``overlay_root`` fixture, in-place mode, reports."""
 
 from __future__ import annotations
 
@@ -10,60 +10,33 @@ from typing import Any
 import pytest
 
 from . import _namespaces
-from ._backends import BACKEND_CHOICES
 from ._errors import BackendUnavailableError, OverlayError
+from ._keep import new_run_id
 from ._overlay import Overlay
 from ._probe import explain_userns_failure
-from ._session import OverlaySession, Settings, check_backend_name, resolve_lowers
+from ._render import safe_path
+from ._runtest import (
+    TestState,
+    failure_section,
+    finish,
+    kept_summary,
+    manifest,
+    real_tree_writes,
+    start_fixture,
+    start_in_place,
+    state_key,
+)
+from ._session import OverlaySession
+from ._settings import Settings, add_options, check_backend_name, resolve_lowers
 from ._warnings import OverlayWarning
 
 session_key = pytest.StashKey[OverlaySession]()
-overlay_key = pytest.StashKey[Overlay]()
 
 FIXTURE_NAME = "overlay_root"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("overlay", "per-test filesystem overlays (pytest-overlay)")
-    group.addoption(
-        "--overlay-backend",
-        dest="overlay_backend",
-        default=None,
-        metavar="NAME",
-        help=f"Overlay backend: {', '.join(BACKEND_CHOICES)} (default: auto)",
-    )
-    group.addoption(
-        "--overlay-lower",
-        dest="overlay_lowers",
-        action="append",
-        default=None,
-        metavar="DIR",
-        help="Lower layer directory, topmost first; repeatable (default: the project root)",
-    )
-    group.addoption(
-        "--overlay-userns",
-        dest="overlay_userns",
-        default=None,
-        metavar="WHEN",
-        help="When an ordinary user's run enters its user namespace: lazy (when a collected "
-        "test needs an overlay) or early (at startup, before any library can start threads)",
-    )
-    parser.addini(
-        "overlay_userns",
-        help="When an ordinary user's run enters its user namespace: lazy or early",
-        default="lazy",
-    )
-    parser.addini(
-        "overlay_backend",
-        help="Overlay backend: auto, kernel, fuse or copy",
-        default="auto",
-    )
-    parser.addini(
-        "overlay_lowers",
-        type="paths",
-        help="Lower layer directories, topmost first (default: the project root)",
-        default=[],
-    )
+    add_options(parser)
 
 
 @pytest.hookimpl(trylast=True)
@@ -81,13 +54,15 @@ def pytest_configure(config: pytest.Config) -> None:
             # The controller handed us its capabilities; keep them for mounting only.
             _namespaces.drop_inherited_capabilities()
         return
+    session.run_id = new_run_id()
     if session.settings.backend != "auto":
         try:
             session.selection  # noqa: B018 - asking explicitly must fail now, not in a test
         except BackendUnavailableError as exc:
             raise pytest.UsageError(str(exc)) from None
     controller = _is_xdist_controller(config)
-    if session.wants_user_namespace() and (controller or session.settings.userns == "early"):
+    early = session.settings.userns == "early" or session.settings.inplace
+    if session.wants_user_namespace() and (controller or early):
         # xdist workers are multi-threaded from birth and can never enter a user namespace,
         # so the controller enters it and passes its capabilities on as ambient ones.
         _enter_user_namespace(session, for_children=controller)
@@ -140,17 +115,33 @@ class _XdistHooks:
             "backend": selection.backend.name,
             "passed_over": [list(item) for item in selection.passed_over],
             "userns": _namespaces.entered_user_namespace(),
+            "run_id": self._session.run_id,
+            "color": node.config.get_terminal_writer().hasmarkup,
         }
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
     session = config.stash.get(session_key, None)
     if session is None:
         return None
     try:
-        return session.selection.header()
+        lines = [session.selection.header()]
     except BackendUnavailableError as exc:
-        return f"overlay: no backend: {exc}"
+        return [f"overlay: no backend: {exc}"]
+    if session.settings.inplace:
+        lines.append(_in_place_header(session))
+    return lines
+
+
+def _in_place_header(session: OverlaySession) -> str:
+    where = ", ".join(str(p) for p in session.settings.lowers)
+    if session.selection.backend.name == "copy":
+        return (
+            f"overlay: in-place mode on the copy backend: each test works in its own copy of "
+            f"{where}, but writes through absolute paths still reach the real tree; they are "
+            "detected and reported as errors"
+        )
+    return f"overlay: in-place mode: {where} is sandboxed for every test"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -174,20 +165,63 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _enter_user_namespace(overlay_session, for_children=False, reporter=reporter)
 
 
-def pytest_terminal_summary(
-    terminalreporter: pytest.TerminalReporter, config: pytest.Config
-) -> None:
-    session = config.stash.get(session_key, None)
-    if session is not None and session.notices:
-        terminalreporter.section("pytest-overlay", yellow=True)
-        for notice in session.notices:
-            terminalreporter.write_line(notice)
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    session = item.config.stash.get(session_key, None)
+    if session is not None and session.settings.inplace:
+        try:
+            state = start_in_place(item, session)
+        except (OverlayError, OSError) as exc:
+            problem = f"pytest-overlay could not sandbox the project in place: {exc}"
+        else:
+            problem = ""
+            item.stash[state_key] = state
+            if state.backend == "copy":
+                _remember_real_trees(item, session, state)
+        if problem:
+            pytest.fail(problem, pytrace=False)
+    return (yield)
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    session = config.stash.get(session_key, None)
-    if session is not None:
-        session.shutdown()
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    finally:
+        session = item.config.stash.get(session_key, None)
+        state = item.stash.get(state_key, None)
+        if session is not None and state is not None and state.inplace:
+            del item.stash[state_key]
+            _warn_all(item, finish(item, session, state))
+            if state.backend == "copy":
+                _check_real_trees(item, session, state)
+
+
+def _remember_real_trees(item: pytest.Item, session: OverlaySession, state: TestState) -> None:
+    for target in session.settings.lowers:
+        if target not in session.manifests:
+            session.manifests[target] = manifest(target, state.ignore)
+
+
+def _check_real_trees(item: pytest.Item, session: OverlaySession, state: TestState) -> None:
+    escaped: list[str] = []
+    for target in session.settings.lowers:
+        now = manifest(target, state.ignore)
+        lines = real_tree_writes(session.manifests[target], now)
+        session.manifests[target] = now
+        escaped += [f"{line[:2]}{safe_path(str(target / line[2:]))}" for line in lines]
+    if escaped:
+        pytest.fail(
+            "pytest-overlay: this test wrote to the real tree, which the copy backend cannot "
+            "prevent (absolute paths bypass the per-test copy); use the kernel backend to "
+            "sandbox it:\n" + "\n".join(escaped),
+            pytrace=False,
+        )
+
+
+def _warn_all(item: pytest.Item, messages: list[str]) -> None:
+    for message in messages:
+        warnings.warn(OverlayWarning(f"{item.nodeid}: {message}"), stacklevel=1)
 
 
 @pytest.fixture
@@ -198,13 +232,18 @@ def overlay_root(
 
     The lower layers (the project root unless ``overlay_lowers`` or the ``overlay`` marker say
     otherwise) are never modified; everything the test writes lands in its own upper layer,
-    which is thrown away afterwards.  ``overlay_root.diff()`` tells what changed so far.
+    which is thrown away afterwards.  ``overlay_root.diff()`` tells what changed so far.  With
+    ``--overlay`` the project itself is the overlay, and this is its root.
     """
     session = request.config.stash[session_key]
     session.set_scratch(tmp_path_factory.getbasetemp() / "overlay")
+    existing = request.node.stash.get(state_key, None)
+    if existing is not None:
+        yield existing.overlay
+        return
     lowers, backend = _marker_choices(request, session)
     try:
-        mount = session.mount(lowers, backend, request.node.name)
+        state = start_fixture(request, session, lowers, backend)
     except BackendUnavailableError as exc:
         problem = f"pytest-overlay: {exc}"
     except (OverlayError, OSError) as exc:
@@ -213,14 +252,12 @@ def overlay_root(
         problem = ""
     if problem:
         pytest.fail(problem, pytrace=False)
-    overlay = Overlay(mount, backend or session.selection.backend.name)
-    request.node.stash[overlay_key] = overlay
+    request.node.stash[state_key] = state
     try:
-        yield overlay
+        yield state.overlay
     finally:
-        del request.node.stash[overlay_key]
-        for message in mount.close():
-            warnings.warn(OverlayWarning(f"{request.node.nodeid}: {message}"), stacklevel=1)
+        del request.node.stash[state_key]
+        _warn_all(request.node, finish(request.node, session, state))
 
 
 def _marker_choices(
@@ -250,11 +287,40 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    overlay = item.stash.get(overlay_key, None)
-    if overlay is not None and report.failed and report.when == "call":
-        try:
-            changes = str(overlay.diff()) or "(no changes)"
-        except OSError as exc:
-            changes = f"(could not compute the changes: {exc})"
-        report.sections.append((f"overlay changes ({overlay.backend})", changes))
+    state = item.stash.get(state_key, None)
+    if state is None:
+        return report
+    state.phases[report.when] = report.outcome
+    if report.failed and report.when in ("setup", "call"):
+        session = item.config.stash[session_key]
+        report.sections.append(failure_section(item, state, session, color=_color(item)))
     return report
+
+
+def _color(item: pytest.Item) -> bool:
+    inherited = getattr(item.config, "workerinput", {}).get("pytest_overlay")
+    if inherited is not None:
+        return bool(inherited.get("color"))
+    return item.config.get_terminal_writer().hasmarkup
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    session = config.stash.get(session_key, None)
+    if session is None:
+        return
+    lines = list(session.notices)
+    kept = kept_summary(config, session)
+    if kept:
+        lines.append(kept)
+    if lines:
+        terminalreporter.section("pytest-overlay", yellow=bool(session.notices))
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(session_key, None)
+    if session is not None:
+        session.shutdown()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 SUITE = r"""
@@ -175,24 +176,27 @@ def build_project(root: Path) -> None:
     (root / "pytest.ini").write_text("[pytest]\n")
 
 
-def tree_digest(root: Path) -> str:
-    """A hash of everything under *root*: names, types, modes, owners, times and contents."""
+def tree_digest(root: Path, skip: Sequence[str] = (), *, dir_times: bool = True) -> str:
+    """A hash of everything under *root*: names, types, modes, owners, times and contents.
+
+    Entries named in *skip* are left out with everything below them; *dir_times* False leaves
+    out directory modification times (for runs that legitimately add and remove a file).
+    """
     digest = hashlib.sha256()
     for directory, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted([*dirnames, *filenames]):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
+        for name in sorted([*dirnames, *(f for f in filenames if f not in skip)]):
             path = Path(directory, name)
             st = path.lstat()
             rel = os.fsencode(path.relative_to(root))
-            digest.update(
-                b"%s %o %d %d %d\0" % (rel, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
-            )
+            mtime = 0 if stat.S_ISDIR(st.st_mode) and not dir_times else st.st_mtime_ns
+            digest.update(b"%s %o %d %d %d\0" % (rel, st.st_mode, st.st_uid, st.st_gid, mtime))
             if stat.S_ISLNK(st.st_mode):
                 digest.update(os.fsencode(os.readlink(path)))
             elif stat.S_ISREG(st.st_mode):
                 digest.update(path.read_bytes())
     st = root.lstat()
-    digest.update(b"%o %d" % (st.st_mode, st.st_mtime_ns))
+    digest.update(b"%o %d" % (st.st_mode, st.st_mtime_ns if dir_times else 0))
     return digest.hexdigest()
 
 

@@ -36,7 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -175,6 +175,21 @@ def user_workdir_ctx() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path)  # as root, modes such as 000 do not stop the removal
+
+
+@contextlib.contextmanager
+def user_project_ctx(build: Callable[[Path], None]) -> Iterator[Path]:
+    """A project directory built by *build* and owned by the test user, removed afterwards."""
+    with user_workdir_ctx() as workdir:
+        root = workdir / "project"
+        root.mkdir()
+        build(root)
+        uid, gid = ensure_test_user()
+        for directory, dirnames, filenames in os.walk(root):
+            for name in [*dirnames, *filenames]:
+                os.lchown(Path(directory, name), uid, gid)
+        os.chown(root, uid, gid)
+        yield root
 
 
 # --- what to expose -----------------------------------------------------------------------------

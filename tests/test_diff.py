@@ -20,10 +20,15 @@ import pytest
 
 from pytest_overlay._diff import Change, ChangeKind, TreeDiff, diff_trees, diff_upper
 from pytest_overlay._layers import LayerStack
+from tests._gates import gate
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root: mknod of whiteouts, trusted.* xattrs, chown"
-)
+
+@pytest.fixture
+def _root() -> None:
+    gate("root", None if os.geteuid() == 0 else "mknod of whiteouts, trusted.* xattrs, chown")
+
+
+needs_root = pytest.mark.usefixtures("_root")
 
 T0 = 1_600_000_000_123_456_789  # a fixed mtime, so that copies compare equal
 
@@ -385,7 +390,7 @@ def test_opaque_dir_partially_recreated(lower: Path, upper: Path, how: str) -> N
         except OSError as exc:
             if exc.errno not in (errno.ENOTSUP, errno.EPERM):
                 raise
-            pytest.skip(f"the tmp filesystem refuses user.* xattrs: {exc}")
+            gate("user-xattrs", f"the tmp filesystem refuses user.* xattrs: {exc}")
     make_opaque(upper / "d", how)
     shutil.copystat(lower / "d", upper / "d")
     write(upper / "d/same", b"same")

@@ -49,15 +49,7 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture
 def user_project() -> Iterator[Path]:
     gate("unprivileged-user", _unpriv.can_run_as_user())
-    with _unpriv.user_workdir_ctx() as workdir:
-        root = workdir / "project"
-        root.mkdir()
-        build_project(root)
-        uid, gid = _unpriv.ensure_test_user()
-        for directory, dirnames, filenames in os.walk(root):
-            for name in [*dirnames, *filenames]:
-                os.lchown(Path(directory, name), uid, gid)
-        os.chown(root, uid, gid)
+    with _unpriv.user_project_ctx(build_project) as root:
         yield root
 
 

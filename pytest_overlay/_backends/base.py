@@ -23,6 +23,14 @@ class Mount(Protocol):
     def lowers(self) -> tuple[Path, ...]:
         """The lower layers, topmost first."""
 
+    @property
+    def upper(self) -> Path | None:
+        """The upper layer in overlayfs format, for backends that have one."""
+
+    @property
+    def new_root(self) -> Path:
+        """A directory holding the new version of every changed path, by relative path."""
+
     def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
         """What changed in the merged view compared with the lowers."""
 
@@ -41,8 +49,20 @@ class Backend(Protocol):
     def describe(self) -> str:
         """How this backend runs here, for the report header (``root``, ``user namespace``)."""
 
-    def mount(self, lowers: Sequence[Path], *, label: str) -> Mount:
-        """Give a fresh writable view over *lowers*; *label* names it for humans."""
+    def mount(
+        self,
+        lowers: Sequence[Path],
+        *,
+        label: str,
+        target: Path | None = None,
+        passthrough: Sequence[Path] = (),
+    ) -> Mount:
+        """Give a fresh writable view over *lowers*; *label* names it for humans.
+
+        With *target* the view appears at that path (in-place mode; backends that cannot do
+        that ignore it, and callers check ``mount.path``).  *passthrough* directories inside
+        the target keep showing the real directory, so pytest's own output reaches the disk.
+        """
 
     def shutdown(self) -> None:
         """Release whatever the backend holds for the session."""

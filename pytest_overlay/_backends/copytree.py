@@ -66,6 +66,16 @@ class CopyMount:
     def lowers(self) -> tuple[Path, ...]:
         return self._lowers
 
+    @property
+    def upper(self) -> Path | None:
+        """No upper layer: the copy is the whole view."""
+        return None
+
+    @property
+    def new_root(self) -> Path:
+        """Where the new version of every changed file is: the copy."""
+        return self._merged
+
     def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
         return diff_trees(self._merged, self._lowers, ignore=ignore, skip=self._hidden)
 
@@ -98,7 +108,16 @@ class CopyBackend:
     def describe(self) -> str:
         return "copy of the tree per test"
 
-    def mount(self, lowers: Sequence[Path], *, label: str) -> CopyMount:
+    def mount(
+        self,
+        lowers: Sequence[Path],
+        *,
+        label: str,
+        target: Path | None = None,
+        passthrough: Sequence[Path] = (),
+    ) -> CopyMount:
+        # A copy cannot appear at the real path (*target*), and leaves the real directories
+        # (*passthrough*) alone anyway: in-place mode works in the copy instead.
         root = self._scratch / f"{safe_label(label)}{next(self._counter)}"
         root.mkdir(parents=True)
         merged = root / (lowers[0].name or "root")

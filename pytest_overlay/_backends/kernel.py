@@ -39,14 +39,13 @@ def _escape_legacy(path: Path) -> str:
 class KernelMount:
     """A mounted overlay of one test."""
 
-    def __init__(
-        self, root: Path, merged: Path, lowers: tuple[Path, ...], *, unprivileged: bool
-    ) -> None:
+    def __init__(self, root: Path, merged: Path, lowers: tuple[Path, ...]) -> None:
         self._root = root
         self._merged = merged
         self._lowers = lowers
-        self._unprivileged = unprivileged
         self._closed = False
+        # Real directories bound back into the view (pytest's own output), unmounted first.
+        self.binds: list[Path] = []
 
     @property
     def path(self) -> Path:
@@ -61,6 +60,11 @@ class KernelMount:
         """The upper layer, in the kernel's format."""
         return self._root / ".upper"
 
+    @property
+    def new_root(self) -> Path:
+        """Where the new version of every changed file is: the upper layer."""
+        return self.upper
+
     def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
         # A test may leave unreadable files behind; reading them is the diff's business.
         with _namespaces.privileged():
@@ -70,15 +74,20 @@ class KernelMount:
         if self._closed:
             return []
         self._closed = True
-        detached = False
         with _namespaces.privileged():
-            for target in (self._merged, self._root):
-                detached = _unmount(target) or detached
+            # Every unmount waits for an RCU grace period (~50 us), so detach whole trees at
+            # once; MNT_EXPIRE answers "busy?" without unmounting and without that wait.
+            for bind in reversed(self.binds):
+                _detach(bind)
+            busy = _is_busy(self._merged)
+            if self._merged.parent != self._root:
+                _detach(self._merged)  # in-place: the view sits outside our tmpfs
+            _detach(self._root)
             try:
                 self._root.rmdir()
             except OSError as exc:
                 return [f"could not remove {self._root}: {exc}"]
-        if detached:
+        if busy:
             return [
                 f"{self._merged} was still in use (a process the test started, or an open "
                 "file), so it was detached lazily: the kernel frees it when that process exits"
@@ -86,18 +95,21 @@ class KernelMount:
         return []
 
 
-def _unmount(target: Path) -> bool:
-    """Unmount *target*; returns whether it was busy and had to be detached lazily."""
+def _is_busy(target: Path) -> bool:
     try:
-        _syscalls.umount(target)
+        _syscalls.umount(target, _syscalls.MNT_EXPIRE)
     except OSError as exc:
-        if exc.errno == errno.EINVAL:
-            return False  # not mounted: a mount that failed half-way
-        if exc.errno != errno.EBUSY:
-            raise MountError(exc.errno, f"could not unmount {target}: {exc.strerror}") from exc
-        _syscalls.umount(target, _syscalls.MNT_DETACH)
-        return True
+        # EAGAIN: idle (now marked for expiry, which the detach below makes moot).
+        return exc.errno == errno.EBUSY
     return False
+
+
+def _detach(target: Path) -> None:
+    try:
+        _syscalls.umount(target, _syscalls.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: not mounted, a mount that failed half-way
+            raise MountError(exc.errno, f"could not unmount {target}: {exc.strerror}") from exc
 
 
 class KernelBackend:
@@ -113,6 +125,7 @@ class KernelBackend:
         self._probe: _probe.ProbeResult | None = None
         self._ready_threads: set[int] = set()
         self._new_api = True
+        self._unprivileged: bool | None = None
 
     @property
     def _scratch(self) -> Path:
@@ -134,7 +147,10 @@ class KernelBackend:
 
     @property
     def unprivileged(self) -> bool:
-        return not _namespaces.is_real_root()
+        # Asked on every mount: computed once (it reads /proc and calls capget).
+        if self._unprivileged is None:
+            self._unprivileged = not _namespaces.is_real_root()
+        return self._unprivileged
 
     def _prepare_thread(self) -> None:
         native_id = threading.get_native_id()
@@ -157,21 +173,47 @@ class KernelBackend:
             _syscalls.mount("tmpfs", self._scratch, "tmpfs", _syscalls.MS_NOSUID, "mode=0755")
         self._ready_threads.add(native_id)
 
-    def mount(self, lowers: Sequence[Path], *, label: str) -> KernelMount:
+    def mount(
+        self,
+        lowers: Sequence[Path],
+        *,
+        label: str,
+        target: Path | None = None,
+        passthrough: Sequence[Path] = (),
+    ) -> KernelMount:
         self._prepare_thread()
         root = self._scratch / f"{safe_label(label)}{next(self._counter)}"
         root.mkdir()
         with _namespaces.privileged():
             _syscalls.mount("tmpfs", root, "tmpfs", 0, "mode=0755")
         upper, work = root / ".upper", root / ".work"
-        merged = root / (lowers[0].name or "root")
-        for directory in (upper, work, merged):
+        merged = target or root / (lowers[0].name or "root")
+        for directory in (upper, work) if target else (upper, work, merged):
             directory.mkdir()
         _copy_root_metadata(lowers[0], upper)
-        mount = KernelMount(root, merged, tuple(lowers), unprivileged=self.unprivileged)
+        hidden = [lower for lower in lowers if target is not None and lower == target]
+        readable = [
+            root / f".lower{i}" if lower in hidden else lower for i, lower in enumerate(lowers)
+        ]
+        mount = KernelMount(root, merged, tuple(readable))
+        tree_fds: list[tuple[Path, int]] = []
         try:
             with _namespaces.privileged():
+                # Take hold of the real directories before the overlay hides them: the lower
+                # (to diff against) and pytest's own output directories (to write through).
+                for lower, path in zip(lowers, readable, strict=True):
+                    if lower != path:
+                        path.mkdir()
+                        # Read-only: the diff reads the real lower here, nothing may write it.
+                        clone = _syscalls.clone_tree(lower, readonly=True)
+                        _syscalls.attach_tree(_keep_fd(tree_fds, clone), path)
+                for path in passthrough:
+                    tree_fds.append((path, _syscalls.clone_tree(path)))
                 self._mount_overlay(merged, lowers, upper, work)
+                for path, tree_fd in tree_fds:
+                    if path in passthrough:
+                        _syscalls.attach_tree(tree_fd, path)
+                        mount.binds.append(path)
         except OSError as exc:
             mount.close()
             raise MountError(
@@ -179,6 +221,9 @@ class KernelBackend:
                 f"could not mount overlayfs at {merged} over {', '.join(map(str, lowers))}: "
                 f"{exc.strerror}",
             ) from exc
+        finally:
+            for _, tree_fd in tree_fds:
+                os.close(tree_fd)
         return mount
 
     def _mount_overlay(self, merged: Path, lowers: Sequence[Path], upper: Path, work: Path) -> None:
@@ -191,6 +236,16 @@ class KernelBackend:
             # defaults: no directory redirects, no metadata-only copy-up, no index.
             options.update({"redirect_dir": "off", "metacopy": "off", "index": "off"})
         options["volatile"] = None
+        paths = [os.fspath(p) for p in lowers] + [str(upper), str(work)]
+        data = ",".join(
+            ["lowerdir=" + ":".join(_escape_legacy(p) for p in lowers)]
+            + [k if v is None else f"{k}={_escape_legacy(Path(v))}" for k, v in options.items()]
+        )
+        plain = not any(char in path for path in paths for char in "\\:,")
+        if plain and len(data) <= _LEGACY_OPTIONS_LIMIT:
+            # The common case: one mount(2) call is cheaper than the eight of the new API.
+            _syscalls.mount("overlay", merged, "overlay", 0, data)
+            return
         if self._new_api:
             try:
                 _syscalls.mount_overlay_new_api(merged, lowers, options)
@@ -200,10 +255,6 @@ class KernelBackend:
                 if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                     raise
                 self._new_api = False
-        data = ",".join(
-            ["lowerdir=" + ":".join(_escape_legacy(p) for p in lowers)]
-            + [k if v is None else f"{k}={_escape_legacy(Path(v))}" for k, v in options.items()]
-        )
         if len(data) > _LEGACY_OPTIONS_LIMIT:
             raise MountError(
                 errno.E2BIG,
@@ -224,6 +275,12 @@ class KernelBackend:
             self._ready_threads.discard(threading.get_native_id())
         with contextlib.suppress(OSError):
             self._scratch.rmdir()
+
+
+def _keep_fd(tree_fds: list[tuple[Path, int]], tree_fd: int) -> int:
+    # Recorded so that the caller closes it whatever happens.
+    tree_fds.append((Path(), tree_fd))
+    return tree_fd
 
 
 def _copy_root_metadata(lower_root: Path, upper: Path) -> None:

@@ -1,0 +1,526 @@
+"""``pytest-overlay mount``, ``umount`` and ``clean``: the commands that mount or remove layers.
+
+``mount`` rebuilds a kept test's view of the tree with kernel overlayfs; ``clean`` refuses to
+remove a run that a view still uses.
+
+The view stacks the kept upper layer over the lower layers the test ran on.  Read-only, the
+kept upper is the topmost *lower* layer, which writes nothing anywhere.  The default store lies
+inside the project, which is itself a lower layer, and overlayfs refuses a lower layer inside
+another (``ELOOP``, "overlapping lowerdir path"); the kept upper is then mounted as the upper
+layer of a read-only (``ro``) overlay instead, which the kernel allows.  With ``--rw`` it is the
+upper layer of a writable overlay, so writes land in the kept layer.  Both need a work
+directory, made beside the kept upper (``<test dir>/work``); ``umount`` removes it, and
+``clean`` removes what views that lived in a user's shell left.
+
+Real root mounts in the current mount namespace, so the user's shell sees the view until
+``umount``.  An ordinary user cannot mount where others would see it, so the command enters a
+new user and mount namespace, mounts there, and replaces itself with a shell (or ``--command``)
+in the view: the view lives exactly as long as that shell.  The shell gets no capabilities, so
+permissions work in the view as they did for the test.
+
+Views carry the mount source ``pytest-overlay``, which is how ``umount`` and ``clean`` tell
+them from other mounts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import _namespaces, _probe, _syscalls
+from ._cli import (
+    EXIT_CANNOT_MOUNT,
+    EXIT_OK,
+    CliError,
+    Context,
+    Kept,
+    add_run_option,
+    find_test,
+    human_size,
+    plural,
+    select_run,
+    shown_path,
+    subparser,
+    tests_of,
+)
+from ._keep import LATEST_FILE, RECORD_FILE, Store, remove_layer_tree
+from ._render import safe_path
+
+SOURCE = "pytest-overlay"
+WORK_DIR = "work"
+VIEW_ENV = "PYTEST_OVERLAY_VIEW"
+# The mount(2) option string is cut at one page; beyond that only the new API works.
+_LEGACY_OPTIONS_LIMIT = 4095
+# The new mount API refuses "lowerdir+" before Linux 6.8 with one of these; mount(2) then.
+_NEW_API_MISSING = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of ``/proc/self/mountinfo``."""
+
+    point: Path
+    fstype: str
+    source: str
+    options: dict[str, list[str]]
+    """Superblock options by name (``lowerdir+`` occurs once per layer), values unescaped."""
+
+
+def _unescape(field: bytes) -> str:
+    # mountinfo and overlayfs's option output escape separators as backslash + 3 octal digits.
+    out = bytearray()
+    index = 0
+    while index < len(field):
+        chunk = field[index + 1 : index + 4]
+        if field[index : index + 1] == b"\\" and len(chunk) == 3 and chunk.isdigit():
+            out.append(int(chunk, 8) & 0xFF)
+            index += 4
+        else:
+            out.append(field[index])
+            index += 1
+    return os.fsdecode(bytes(out))
+
+
+def mount_table() -> list[MountEntry]:
+    """The mounts this process sees, in mount order."""
+    entries = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.rstrip(b"\n").split(b" ")
+            try:
+                tail = fields.index(b"-")
+                fstype, source, raw = fields[tail + 1 : tail + 4]
+            except ValueError:
+                continue  # a line we do not understand: not one of ours
+            options: dict[str, list[str]] = {}
+            for option in raw.split(b","):
+                key, _, value = option.partition(b"=")
+                options.setdefault(os.fsdecode(key), []).append(_unescape(value))
+            entries.append(
+                MountEntry(
+                    Path(_unescape(fields[4])), _unescape(fstype), _unescape(source), options
+                )
+            )
+    return entries
+
+
+def _layer_paths(entry: MountEntry) -> list[Path]:
+    paths = [Path(v) for key in ("upperdir", "workdir") for v in entry.options.get(key, [])]
+    paths += [Path(v) for v in entry.options.get("lowerdir+", [])]
+    for value in entry.options.get("lowerdir", []):
+        paths += [Path(part) for part in value.split(":")]  # mount(2) joins the layers with ':'
+    return paths
+
+
+def _is_within(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
+def views_of(directory: Path) -> list[Path]:
+    """Where views that use a layer inside *directory* are mounted (best effort)."""
+    if not sys.platform.startswith("linux"):
+        return []
+    directory = directory.resolve()
+    try:
+        table = mount_table()
+    except OSError:
+        return []
+    return [
+        entry.point
+        for entry in table
+        if entry.source == SOURCE
+        and any(_is_within(path, directory) for path in _layer_paths(entry))
+    ]
+
+
+# --- the commands' arguments -------------------------------------------------------------------
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Add ``mount``, ``umount`` and ``clean`` to the parser of ``pytest-overlay``."""
+    sub = subparser(
+        subparsers,
+        "mount",
+        "Recreate a kept test's view of the tree at a directory",
+        "Mount the tree as the test left it at DIR, an existing empty directory: the test's "
+        "kept layer over the layers it ran on, with kernel overlayfs.  As root the view is "
+        "mounted for everyone until `pytest-overlay umount DIR`; as an ordinary user it lives "
+        "in a private namespace, and a shell is started in it: exit the shell to unmount.",
+    )
+    sub.add_argument("nodeid", metavar="NODEID", help="The test's node id, or a unique part of it")
+    sub.add_argument("dir", metavar="DIR", help="An existing empty directory to mount the view at")
+    sub.add_argument(
+        "--rw",
+        action="store_true",
+        help="Make the view writable; writes change the kept layer itself",
+    )
+    sub.add_argument(
+        "--command",
+        metavar="CMD",
+        help="Run CMD with /bin/sh -c in DIR instead of a shell; the view ends with it",
+    )
+    add_run_option(sub)
+    sub.set_defaults(handler=_cmd_mount)
+
+    sub = subparser(
+        subparsers,
+        "umount",
+        "Unmount a view made by mount",
+        "Unmount a view that `pytest-overlay mount` mounted at DIR as root.  A view mounted by "
+        "an ordinary user lives only as long as the shell it started: exit that shell.",
+    )
+    sub.add_argument("dir", metavar="DIR", help="Where the view is mounted")
+    sub.set_defaults(handler=_cmd_umount)
+
+    sub = subparser(
+        subparsers,
+        "clean",
+        "Remove kept layers",
+        "Remove the kept layers of every run, or of one run.  Asks first on a terminal; "
+        "elsewhere --yes is needed.",
+    )
+    add_run_option(sub, "Remove only this run")
+    sub.add_argument("--yes", "-y", action="store_true", help="Remove without asking")
+    sub.set_defaults(handler=clean)
+
+
+def _cmd_mount(ctx: Context) -> int:
+    store = ctx.located.require()
+    kept = find_test(store, select_run(store, ctx.args.run), ctx.args.nodeid)
+    return mount_kept(ctx, kept, Path(ctx.args.dir))
+
+
+def _cmd_umount(ctx: Context) -> int:
+    return unmount_view(ctx, Path(ctx.args.dir))
+
+
+# --- mount ------------------------------------------------------------------------------------
+
+
+def _require_linux() -> None:
+    if not sys.platform.startswith("linux"):
+        raise CliError(f"views need Linux overlayfs, not {sys.platform}", code=EXIT_CANNOT_MOUNT)
+
+
+def _check_target(target: Path, test_dir: Path) -> Path:
+    shown = safe_path(os.fspath(target))
+    if not target.exists():
+        raise CliError(f"{shown} does not exist", hint="create an empty directory for the view")
+    if not target.is_dir():
+        raise CliError(f"{shown} is not a directory", hint="give an empty directory")
+    if any(target.iterdir()):
+        raise CliError(f"{shown} is not empty", hint="mount the view at an empty directory")
+    resolved = target.resolve()
+    if any(entry.point == resolved for entry in mount_table()):
+        raise CliError(f"{shown} is already a mount point", hint="give another empty directory")
+    if _is_within(resolved, test_dir.resolve()):
+        raise CliError(f"{shown} is inside the kept layer itself", hint="give another directory")
+    return resolved
+
+
+def _scan_upper(upper: Path) -> tuple[bool, list[str]]:
+    """Whether opaque directories are marked only with ``user.*`` xattrs, and ``.wh.`` names."""
+    found = {"trusted.overlay.opaque": False, "user.overlay.opaque": False}
+    foreign: list[str] = []
+    for directory, dirnames, filenames in os.walk(upper):
+        for name in found:
+            with contextlib.suppress(OSError):
+                if os.getxattr(directory, name, follow_symlinks=False) == b"y":
+                    found[name] = True
+        rel = os.path.relpath(directory, upper)
+        foreign += [
+            os.path.normpath(os.path.join(rel, name))
+            for name in (*dirnames, *filenames)
+            if name.startswith(".wh.")
+        ]
+    return found["user.overlay.opaque"] and not found["trusted.overlay.opaque"], sorted(foreign)
+
+
+def _escape_legacy(path: str) -> str:
+    # overlayfs splits lowerdir on ':' and the option parser on ','; both take a backslash.
+    for char in ("\\", ":", ","):
+        path = path.replace(char, "\\" + char)
+    return path
+
+
+def _mount_overlay(target: Path, lowers: list[Path], options: dict[str, str | None]) -> None:
+    try:
+        _syscalls.mount_overlay_new_api(target, lowers, {**options, "source": SOURCE})
+        return
+    except OSError as exc:
+        if exc.errno not in _NEW_API_MISSING:
+            raise
+    flags = _syscalls.MS_RDONLY if "ro" in options else 0
+    data = ",".join(
+        ["lowerdir=" + ":".join(_escape_legacy(os.fspath(p)) for p in lowers)]
+        + [k if v is None else f"{k}={_escape_legacy(v)}" for k, v in options.items() if k != "ro"]
+    )
+    if len(data) > _LEGACY_OPTIONS_LIMIT:
+        raise CliError(
+            f"the layer paths need {len(data)} bytes of mount options, more than the 4 KiB "
+            "mount(2) allows before Linux 6.8",
+            code=EXIT_CANNOT_MOUNT,
+        )
+    _syscalls.mount(SOURCE, target, "overlay", flags, data)
+
+
+def _mount_view(
+    target: Path, upper: Path, lowers: list[Path], *, rw: bool, options: dict[str, str | None]
+) -> None:
+    def with_upper(extra: dict[str, str | None]) -> None:
+        work = upper.parent / WORK_DIR
+        work.mkdir(mode=0o700, exist_ok=True)
+        layers = {"upperdir": os.fspath(upper), "workdir": os.fspath(work)}
+        _mount_overlay(target, lowers, {**layers, **options, **extra})
+
+    if rw:
+        with_upper({})
+        return
+    try:
+        _mount_overlay(target, [upper, *lowers], options)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        # The store lies inside a lower layer (the default): see the module docstring.
+        with_upper({"ro": None})
+
+
+def mount_kept(ctx: Context, kept: Kept, target: Path) -> int:
+    """Mount the view of *kept* at *target*; as an ordinary user, exec a shell inside it."""
+    _require_linux()
+    record = kept.record
+    assert record is not None
+    nodeid = safe_path(record.nodeid)
+    show_hint = f"`pytest-overlay show {shlex.quote(nodeid)}` prints the test's changes unmounted"
+    upper = kept.upper
+    if upper is None:
+        raise CliError(
+            f"{nodeid} was kept without an upper layer ({safe_path(record.backend)} backend), "
+            "so there is no view to mount",
+            hint=show_hint,
+        )
+    if not upper.is_dir():
+        raise CliError(f"the kept layer of {nodeid} is missing: {safe_path(str(upper))}")
+    lowers = [Path(p) for p in record.lowers]
+    if not lowers:
+        raise CliError(f"the record of {nodeid} names no lower layers", hint=show_hint)
+    for lower in lowers:
+        if not lower.is_dir():
+            raise CliError(
+                f"lower layer {safe_path(str(lower))} of {nodeid} no longer exists (or is not a "
+                "directory), so the test's view cannot be rebuilt",
+                hint=show_hint,
+            )
+    target = _check_target(target, kept.directory)
+    probe = _probe.probe_kernel()
+    if not probe.ok:
+        raise CliError(
+            f"kernel overlayfs cannot be mounted here: {probe.reason}",
+            code=EXIT_CANNOT_MOUNT,
+            hint=show_hint + " (the only way for layers kept by the copy backend)",
+        )
+    user_xattrs, foreign = _scan_upper(upper)
+    if foreign:
+        ctx.warn(
+            f"the kept layer marks {len(foreign)} whiteout(s) or opaque directories with .wh. "
+            "files, which kernel overlayfs shows as ordinary files: "
+            + ", ".join(safe_path(name) for name in foreign[:5])
+        )
+    root = _namespaces.is_real_root()
+    options: dict[str, str | None]
+    if root and not user_xattrs:
+        # Pin what our upper-layer reader understands: no redirects, metacopy or index.
+        options = {"redirect_dir": "off", "metacopy": "off", "index": "off"}
+    else:
+        # Opaque directories marked the way unprivileged overlays mark them.
+        options = {"userxattr": None}
+    rw = bool(ctx.args.rw)
+    command: str | None = ctx.args.command
+    if root and command is None:
+        _mount_or_explain(target, upper, lowers, rw=rw, options=options)
+        how = "writable: changes go to the kept layer" if rw else "read-only"
+        ctx.print(f"mounted the view of {nodeid} ({how}) at {safe_path(str(target))}")
+        ctx.print(f"unmount it with: pytest-overlay umount {safe_path(str(target))}")
+        return EXIT_OK
+    _enter_private_namespace(root)
+    with _namespaces.privileged():
+        _mount_or_explain(target, upper, lowers, rw=rw, options=options)
+    if command is None:
+        how = "writable: changes go to the kept layer" if rw else "read-only"
+        ctx.err.write(
+            f"{nodeid} ({how}) is mounted at {safe_path(str(target))} for this shell only; "
+            "exit the shell to unmount\n"
+        )
+        argv = [os.environ.get("SHELL") or "/bin/sh"]
+    else:
+        argv = ["/bin/sh", "-c", command]
+    return _exec_in(target, argv, ctx)
+
+
+def _mount_or_explain(
+    target: Path, upper: Path, lowers: list[Path], *, rw: bool, options: dict[str, str | None]
+) -> None:
+    try:
+        _mount_view(target, upper, lowers, rw=rw, options=options)
+    except OSError as exc:
+        unprivileged = not _namespaces.is_real_root()
+        reason = _probe.explain_overlay_failure(exc.errno or 0, unprivileged=unprivileged)
+        raise CliError(
+            f"could not mount the view at {safe_path(str(target))}: {reason}",
+            code=EXIT_CANNOT_MOUNT,
+        ) from exc
+
+
+def _enter_private_namespace(root: bool) -> None:
+    try:
+        if root:
+            _syscalls.unshare(_syscalls.CLONE_NEWNS)
+            _syscalls.mount(None, "/", None, _syscalls.MS_REC | _syscalls.MS_PRIVATE)
+        else:
+            # No ambient capabilities: the shell started in the view must not bypass the
+            # permissions the test saw.
+            _namespaces.enter_user_namespace(for_children=False)
+    except OSError as exc:
+        reason = _probe.explain_userns_failure("unshare", exc.errno or 0)
+        raise CliError(
+            f"cannot make a private namespace: {reason}", code=EXIT_CANNOT_MOUNT
+        ) from exc
+
+
+def _exec_in(target: Path, argv: list[str], ctx: Context) -> NoReturn:
+    env = dict(os.environ)
+    env[VIEW_ENV] = os.fspath(target)
+    os.chdir(target)
+    ctx.out.flush()
+    ctx.err.flush()
+    try:
+        os.execvpe(argv[0], argv, env)  # noqa: S606 - argv is a list; the shell is the point
+    except OSError as exc:
+        raise CliError(f"cannot run {safe_path(argv[0])}: {exc.strerror}") from exc
+
+
+# --- umount -----------------------------------------------------------------------------------
+
+
+def unmount_view(ctx: Context, target: Path) -> int:
+    """Unmount a view that ``mount`` made as root, and remove its work directory."""
+    _require_linux()
+    shown = safe_path(os.fspath(target))
+    resolved = Path(os.path.realpath(target))
+    table = mount_table()
+    entries = [entry for entry in table if entry.point == resolved]
+    root = _namespaces.is_real_root()
+    user_hint = (
+        "a view mounted by an ordinary user lives in a private namespace only as long as the "
+        "shell `pytest-overlay mount` started: exit that shell to unmount it"
+    )
+    if not entries:
+        if not root:
+            raise CliError(f"nothing is mounted at {shown} here", hint=user_hint)
+        raise CliError(
+            f"{shown} is not a mount point",
+            hint="give the directory that `pytest-overlay mount` mounted the view at",
+        )
+    entry = entries[-1]
+    if entry.fstype != "overlay" or entry.source != SOURCE:
+        raise CliError(
+            f"{shown} is not a view mounted by pytest-overlay (it is a {safe_path(entry.fstype)} "
+            f"mount of {safe_path(entry.source)})",
+            hint="use umount(8) if you really mean to unmount it",
+        )
+    try:
+        _syscalls.umount(resolved)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise CliError(
+                f"{shown} is busy: a process has its working directory or an open file in it",
+                hint=f"leave it (cd elsewhere) and close those programs, or `umount -l {shown}`",
+            ) from exc
+        if exc.errno == errno.EPERM:
+            raise CliError(
+                f"not permitted to unmount {shown}",
+                hint=user_hint if not root else "",
+            ) from exc
+        raise
+    _remove_work_dirs(ctx, entry)
+    ctx.print(f"unmounted {shown}")
+    return EXIT_OK
+
+
+def _remove_work_dirs(ctx: Context, entry: MountEntry) -> None:
+    still_used = {path for other in mount_table() for path in _layer_paths(other)}
+    for value in entry.options.get("workdir", []):
+        work = Path(value)
+        # Only the directory mount made: named "work", beside a kept test's record.
+        if work.name != WORK_DIR or not (work.parent / RECORD_FILE).is_file():
+            continue
+        if work in still_used:
+            continue
+        try:
+            remove_layer_tree(work)
+        except OSError as exc:
+            ctx.warn(f"could not remove the work directory {safe_path(value)}: {exc.strerror}")
+
+
+# --- clean ----------------------------------------------------------------------------------
+
+
+def clean(ctx: Context) -> int:
+    """Remove the kept layers of every run, or of ``--run``, after asking (or ``--yes``)."""
+    store = ctx.located.store
+    runs = store.run_ids()
+    if not runs:
+        ctx.print(f"no kept layers in {shown_path(store.root)}; nothing to clean")
+        return EXIT_OK
+    targets = runs if ctx.args.run is None else [select_run(store, ctx.args.run)]
+    for run_id in targets:
+        busy = views_of(store.runs_dir / run_id)
+        if busy:
+            raise CliError(
+                f"run {safe_path(run_id)} is mounted at {shown_path(busy[0])}",
+                hint=f"unmount it first: pytest-overlay umount {shown_path(busy[0])}",
+            )
+    sizes = {run_id: _run_summary(store, run_id) for run_id in targets}
+    what = plural(len(targets), "run")
+    if not ctx.args.yes and not _confirm(ctx, f"remove {what} from {shown_path(store.root)}?"):
+        raise CliError(f"nothing removed ({what} kept)", hint="pass --yes to remove them")
+    if ctx.args.run is None:
+        store.clean()
+    else:
+        remove_layer_tree(store.runs_dir / targets[0])
+        if store.latest_run() is None:
+            with contextlib.suppress(FileNotFoundError):
+                (store.root / LATEST_FILE).unlink()
+    total_tests = total_size = 0
+    for run_id, (count, size) in sizes.items():
+        ctx.print(
+            f"removed run {safe_path(run_id)}: {plural(count, 'kept test')}, {human_size(size)}"
+        )
+        total_tests += count
+        total_size += size
+    where = shown_path(store.root)
+    ctx.print(f"removed {what} ({total_tests} tests, {human_size(total_size)}) from {where}")
+    return EXIT_OK
+
+
+def _run_summary(store: Store, run_id: str) -> tuple[int, int]:
+    kept = tests_of(store, run_id)
+    return len(kept), sum(k.record.size for k in kept if k.record is not None)
+
+
+def _confirm(ctx: Context, question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    ctx.err.write(f"{question} [y/N] ")
+    ctx.err.flush()
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, KeyboardInterrupt):
+        return False
+    return answer.strip().lower() in ("y", "yes")

@@ -1,0 +1,330 @@
+"""One test's sandbox from mount to unmount: fixture mode and in-place mode, keeping, reports.
+
+Fixture mode mounts when ``overlay_root`` is set up and unmounts in its finalizer.  In-place
+mode (``--overlay``) mounts each sandboxed directory over itself before any fixture of the test
+runs and unmounts after the last finalizer, so fixtures, the test and every process they start
+see the overlay at the real paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from . import _namespaces
+from ._backends import Mount
+from ._diff import TreeDiff
+from ._keep import Record, Store, keep_test
+from ._layers import LayerStack
+from ._overlay import Overlay
+from ._session import OverlaySession
+from ._settings import make_ignore
+from ._upper import synthesize_upper
+
+if TYPE_CHECKING:
+    from ._report import ReportOptions
+
+SECTION = "overlay changes"
+
+
+@dataclass
+class TestState:
+    """What a running test holds: its mounts, its phases' outcomes, where it was."""
+
+    mounts: list[Mount]
+    backend: str
+    overlay: Overlay
+    ignore: Callable[[str], bool]
+    inplace: bool = False
+    # In-place mode: the real directory each mount covers, in the order of ``mounts``.
+    targets: tuple[Path, ...] = ()
+    phases: dict[str, str] = field(default_factory=dict)
+    saved_cwd: str | None = None
+    kept: Path | None = None
+
+
+state_key = pytest.StashKey[TestState]()
+
+
+def ignore_for(config: pytest.Config, session: OverlaySession, root: Path) -> Callable[[str], bool]:
+    """The ignore predicate for a view of *root*: the settings' globs plus our own dirs."""
+    cached = session.ignore_cache.get(root)
+    if cached is not None:
+        return cached
+    prefixes = []
+    for path in (_cache_dir(config), _basetemp(config)):
+        if path is not None:
+            with contextlib.suppress(ValueError):
+                prefixes.append(path.relative_to(root).as_posix())
+    ignore = session.ignore_cache[root] = make_ignore(session.settings.ignore, prefixes)
+    return ignore
+
+
+def _cache_dir(config: pytest.Config) -> Path | None:
+    try:
+        cache_dir = config.getini("cache_dir")
+    except ValueError:
+        # The cache provider is disabled; kept layers still go where pytest would put it.
+        cache_dir = ".pytest_cache"
+    path = Path(os.path.expandvars(str(cache_dir)))
+    return path if path.is_absolute() else config.rootpath / path
+
+
+def _basetemp(config: pytest.Config) -> Path | None:
+    # pytest's own factory, so that the directory exists before an overlay may hide it.
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is None:
+        return None
+    return Path(factory.getbasetemp()).resolve()
+
+
+def start_fixture(
+    request: pytest.FixtureRequest,
+    session: OverlaySession,
+    lowers: tuple[Path, ...],
+    backend: str | None,
+) -> TestState:
+    """Mount a view for the ``overlay_root`` fixture (not in-place)."""
+    mount = session.mount(lowers, backend, request.node.name)
+    name = backend or session.selection.backend.name
+    ignore = ignore_for(request.config, session, lowers[0])
+    return TestState([mount], name, Overlay(mount, name, ignore), ignore)
+
+
+def start_in_place(item: pytest.Item, session: OverlaySession) -> TestState:
+    """Mount every sandboxed directory over itself and move the process into the view."""
+    config = item.config
+    basetemp = _basetemp(config)
+    session.set_scratch((basetemp or Path(tempfile.mkdtemp(prefix="pytest-overlay-"))) / "overlay")
+    targets = session.settings.lowers
+    keep_real = [p for p in (_cache_dir(config), _basetemp(config)) if p is not None]
+    keep_real += list(session.settings.passthrough)
+    cache = _cache_dir(config)
+    if cache is not None:
+        (cache / "d" / "overlay").mkdir(parents=True, exist_ok=True)
+    backend = session.selection.backend
+    mounts: list[Mount] = []
+    try:
+        for target in targets:
+            passthrough = [
+                p for p in keep_real if p.is_dir() and target in p.parents and p != target
+            ]
+            mounts.append(
+                backend.mount([target], label=item.name, target=target, passthrough=passthrough)
+            )
+    except BaseException:
+        for mount in mounts:
+            mount.close()
+        raise
+    ignore = ignore_for(config, session, targets[0])
+    state = TestState(
+        mounts,
+        backend.name,
+        Overlay(mounts[0], backend.name, ignore, lowers=(targets[0],)),
+        ignore,
+        inplace=True,
+        targets=targets,
+    )
+    state.saved_cwd = _enter_views(state)
+    return state
+
+
+def _enter_views(state: TestState) -> str | None:
+    # The process's working directory still points into the real tree under the mount:
+    # resolve it again, into the view (or into the copy, for the copy backend).
+    cwd = os.getcwd()
+    for mount, target in zip(state.mounts, state.targets, strict=True):
+        if cwd == str(target) or cwd.startswith(str(target) + os.sep):
+            os.chdir(mount.path / os.path.relpath(cwd, target))
+            return cwd
+    return None
+
+
+def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> list[str]:
+    """Keep the layer if the policy says so, unmount, and go back where the test started."""
+    messages: list[str] = []
+    try:
+        if _should_keep(session.settings.keep, state.phases):
+            state.kept = _keep(item, session, state)
+    except Exception as exc:
+        messages.append(f"could not keep the test's layer: {type(exc).__name__}: {exc}")
+    finally:
+        if state.saved_cwd is not None:
+            # Leave the views first: a working directory inside one would keep it busy.
+            os.chdir("/")
+        for mount in state.mounts:
+            messages.extend(mount.close())
+        if state.saved_cwd is not None:
+            os.chdir(state.saved_cwd)
+    return messages
+
+
+def _should_keep(policy: str, phases: dict[str, str]) -> bool:
+    if policy == "all":
+        return True
+    return policy == "failed" and "failed" in phases.values()
+
+
+def outcome(phases: dict[str, str]) -> str:
+    """A test's overall outcome as pytest would name it."""
+    if phases.get("call") == "failed":
+        return "failed"
+    if "failed" in (phases.get("setup"), phases.get("teardown")):
+        return "error"
+    if "skipped" in phases.values():
+        return "skipped"
+    return "passed"
+
+
+def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path | None:
+    store_root = _cache_dir(item.config)
+    if store_root is None or session.run_id is None:
+        return None
+    store = Store(store_root / "d" / "overlay")
+    run_dir = session.run_dir(store)
+    mount = state.mounts[0]
+    with _namespaces.privileged():
+        diff = mount.diff(state.ignore)
+        from ._report import ReportOptions
+
+        report = render_changes_report(mount, diff, ReportOptions(max_lines=None))
+        record = Record(
+            nodeid=item.nodeid,
+            outcome=outcome(state.phases),
+            phases=dict(state.phases),
+            backend=state.backend,
+            lowers=[str(p) for p in state.overlay.lowers],
+            time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            diff=json_dict(diff),
+            report=report,
+            worker=os.environ.get("PYTEST_XDIST_WORKER"),
+        )
+        if mount.upper is not None:
+            return keep_test(run_dir, record, mount.upper)
+        with _scratch_upper(run_dir, item.nodeid) as upper:
+            synthesize_upper(diff, mount.new_root, upper)
+            return keep_test(run_dir, record, upper)
+
+
+@contextlib.contextmanager
+def _scratch_upper(run_dir: Path, nodeid: str) -> Iterator[Path]:
+    from ._keep import remove_layer_tree, test_slug
+
+    scratch = run_dir / f".building-{test_slug(nodeid)}-{os.getpid()}"
+    try:
+        yield scratch
+    finally:
+        remove_layer_tree(scratch)
+
+
+def json_dict(diff: TreeDiff) -> dict[str, object]:
+    """The JSON form of a diff, as a dict."""
+    import json
+
+    data: dict[str, object] = json.loads(diff.to_json())
+    return data
+
+
+def render_changes_report(mount: Mount, diff: TreeDiff, options: ReportOptions) -> str:
+    """The failure report of a view: change list, then unified diffs."""
+    from ._report import render_report
+
+    stack = LayerStack(mount.lowers)
+
+    def old(rel: str) -> Path | None:
+        entry = stack.lookup(rel)
+        return None if entry is None else entry.real_path
+
+    def new(rel: str) -> Path | None:
+        path = mount.new_root / rel
+        return path if os.path.lexists(path) else None
+
+    return render_report(diff, old, new, options)
+
+
+def failure_section(
+    item: pytest.Item, state: TestState, session: OverlaySession, *, color: bool
+) -> tuple[str, str]:
+    """The report section that shows a failed test's changes."""
+    verbosity = item.config.get_verbosity()
+    limit: int | None = session.settings.diff_lines
+    if limit == 0 or verbosity >= 2:
+        limit = None
+    elif verbosity == 1 and limit is not None:
+        limit *= 5
+    hint = f"`pytest-overlay show '{item.nodeid}'`"
+    mount = state.mounts[0]
+    try:
+        from ._report import ReportOptions
+
+        options = ReportOptions(max_lines=limit, color=color, more_hint=hint)
+        with _namespaces.privileged():
+            diff = mount.diff(state.ignore)
+            text = render_changes_report(mount, diff, options) if diff else "(no changes)"
+    except Exception as exc:
+        text = f"(could not compute the changes: {type(exc).__name__}: {exc})"
+    return f"{SECTION} ({state.backend})", text
+
+
+Manifest = dict[str, tuple[int, int, int]]
+
+
+def real_tree_writes(before: Manifest, after: Manifest) -> list[str]:
+    """A/M/D lines for what changed between two manifests of a real tree."""
+    lines = [f"A {p}" for p in sorted(after.keys() - before.keys())]
+    lines += [f"M {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
+    lines += [f"D {p}" for p in sorted(before.keys() - after.keys())]
+    return lines
+
+
+def manifest(root: Path, ignore: Callable[[str], bool]) -> Manifest:
+    """Type, size and mtime of everything under *root* that is not ignored (no content)."""
+    seen: Manifest = {}
+    stack = [("", root)]
+    while stack:
+        rel, directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            if ignore(child):
+                continue
+            st = entry.stat(follow_symlinks=False)
+            size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+            mtime = 0 if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns
+            seen[child] = (st.st_mode, size, mtime)
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((child, Path(entry.path)))
+    return seen
+
+
+def kept_summary(config: pytest.Config, session: OverlaySession) -> str | None:
+    """The end-of-run line saying how many layers this run kept, where, and how to look."""
+    cache = _cache_dir(config)
+    if cache is None or session.run_id is None:
+        return None
+    store = Store(cache / "d" / "overlay")
+    count = sum(
+        1 for test_dir in store.test_dirs(session.run_id) if (test_dir / "record.json").exists()
+    )
+    if not count:
+        return None
+    where = store.runs_dir / session.run_id
+    with contextlib.suppress(ValueError):
+        where = where.relative_to(Path.cwd())
+    layers = "layer" if count == 1 else "layers"
+    return (
+        f"kept {count} {layers} in {where}; inspect them with `pytest-overlay list` and "
+        "`pytest-overlay show <part of a node id>`"
+    )

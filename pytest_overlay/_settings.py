@@ -1,0 +1,236 @@
+"""Command-line options, their ini twins, and the frozen settings parsed from them once."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ._backends import BACKEND_CHOICES
+from ._keep import KEEP_CHOICES
+
+USERNS_CHOICES = ("lazy", "early")
+DEFAULT_IGNORE = (
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".coverage",
+    ".coverage.*",
+    ".hypothesis",
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register every option with its ``overlay_*`` ini twin."""
+    group = parser.getgroup("overlay", "per-test filesystem overlays (pytest-overlay)")
+
+    def option(
+        name: str, ini_type: Any, help_text: str, ini_default: Any, flag: str = "", **kwargs: Any
+    ) -> None:
+        dest = "overlay_" + name.replace("-", "_") if name else "overlay"
+        flag = flag or (f"--overlay-{name}" if name else "--overlay")
+        group.addoption(flag, dest=dest, help=help_text, **kwargs)
+        parser.addini(dest, help=help_text, type=ini_type, default=ini_default)
+
+    option(
+        "",
+        "bool",
+        "Run every test in place on a private overlay of the project tree",
+        False,
+        action="store_const",
+        const=True,
+        default=None,
+    )
+    option(
+        "backend",
+        "string",
+        f"Overlay backend: {', '.join(BACKEND_CHOICES)} (default: auto)",
+        "auto",
+        metavar="NAME",
+    )
+    option(
+        "lowers",
+        "paths",
+        "Lower layer directory, topmost first; repeatable (default: the project root)",
+        [],
+        flag="--overlay-lower",
+        metavar="DIR",
+        action="append",
+    )
+    option(
+        "userns",
+        "string",
+        "When an ordinary user's run enters its user namespace: lazy (when a test needs an "
+        "overlay) or early (at startup, before any library can start threads)",
+        "lazy",
+        metavar="WHEN",
+    )
+    option(
+        "keep",
+        "string",
+        "Which tests' upper layers to keep for `pytest-overlay`: failed, all or none "
+        "(default: failed)",
+        "failed",
+        metavar="WHICH",
+    )
+    option(
+        "keep-count",
+        "string",
+        "How many runs of kept layers to retain (default: 3)",
+        "3",
+        metavar="N",
+    )
+    option(
+        "ignore",
+        "linelist",
+        "Glob of paths never reported as changes, matched against each path component or "
+        "the whole relative path; repeatable (adds to the defaults)",
+        [],
+        metavar="GLOB",
+        action="append",
+    )
+    option(
+        "diff-lines",
+        "string",
+        "Lines of unified diff in a failure report before it is cut short; 0 shows all "
+        "(default: 200; -v shows five times as many, -vv all)",
+        "200",
+        metavar="N",
+    )
+    option(
+        "passthrough",
+        "paths",
+        "Directory inside the project that in-place mode leaves writable on the real disk; "
+        "repeatable (pytest's cache and basetemp always are)",
+        [],
+        metavar="DIR",
+        action="append",
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The user's choices: the command line beats the ini file, a marker beats both."""
+
+    backend: str = "auto"
+    lowers: tuple[Path, ...] = ()
+    userns: str = "lazy"
+    inplace: bool = False
+    keep: str = "failed"
+    keep_count: int = 3
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
+    diff_lines: int = 200
+    passthrough: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Settings:
+        """Parse and validate; a mistake is a usage error that names the fix."""
+        root = config.rootpath
+
+        def value(name: str) -> Any:
+            given = config.getoption(name)
+            return config.getini(name) if given is None else given
+
+        backend = _choice(value("overlay_backend"), BACKEND_CHOICES, "backend", "overlay backend")
+        lowers = resolve_lowers(value("overlay_lowers"), root, "--overlay-lower / overlay_lowers")
+        passthrough = resolve_lowers(
+            value("overlay_passthrough"),
+            root,
+            "--overlay-passthrough / overlay_passthrough",
+            what="pass-through directory",
+            check_overlap=False,
+        )
+        return cls(
+            backend=backend,
+            lowers=lowers or (root,),
+            userns=_choice(value("overlay_userns"), USERNS_CHOICES, "userns"),
+            inplace=bool(value("overlay")),
+            keep=_choice(value("overlay_keep"), KEEP_CHOICES, "keep"),
+            keep_count=_number(value("overlay_keep_count"), "keep-count"),
+            ignore=DEFAULT_IGNORE + tuple(str(p) for p in value("overlay_ignore") or ()),
+            diff_lines=_number(value("overlay_diff_lines"), "diff-lines"),
+            passthrough=passthrough,
+        )
+
+
+def _choice(raw: object, choices: Sequence[str], name: str, what: str = "value") -> str:
+    text = str(raw or choices[0]).strip()
+    if text not in choices:
+        raise pytest.UsageError(
+            f"--overlay-{name} / overlay_{name.replace('-', '_')}: unknown {what} {text!r}; "
+            f"choose one of {', '.join(choices)}"
+        )
+    return text
+
+
+def _number(raw: object, name: str) -> int:
+    try:
+        number = int(str(raw).strip())
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise pytest.UsageError(
+            f"--overlay-{name} / overlay_{name.replace('-', '_')}: expected a whole number "
+            f"of 0 or more, got {raw!r}"
+        )
+    return number
+
+
+def check_backend_name(name: object, where: str) -> None:
+    """Reject a backend name we do not know, saying which ones exist."""
+    if name not in BACKEND_CHOICES:
+        raise pytest.UsageError(
+            f"{where}: unknown overlay backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}"
+        )
+
+
+def resolve_lowers(
+    raw: Sequence[str | Path] | None,
+    root: Path,
+    where: str,
+    *,
+    what: str = "lower layer",
+    check_overlap: bool = True,
+) -> tuple[Path, ...]:
+    """Absolute, existing directories; relative paths are taken from the project root."""
+    resolved: list[Path] = []
+    for item in raw or ():
+        path = Path(item) if Path(item).is_absolute() else (root / Path(item)).resolve()
+        if not path.exists():
+            raise pytest.UsageError(
+                f"{where}: {what} {str(item)!r} does not exist (looked at {path}); "
+                "give an existing directory, relative to the project root or absolute"
+            )
+        if not path.is_dir():
+            raise pytest.UsageError(
+                f"{where}: {what} {str(item)!r} is not a directory ({path}); "
+                f"a {what} must be a directory"
+            )
+        for other in resolved if check_overlap else ():
+            if other == path or other in path.parents or path in other.parents:
+                raise pytest.UsageError(
+                    f"{where}: lower layers {str(other)!r} and {str(path)!r} overlap; "
+                    "overlayfs refuses a layer inside another, so give separate directories"
+                )
+        resolved.append(path)
+    return tuple(resolved)
+
+
+def make_ignore(patterns: Sequence[str], prefixes: Sequence[str] = ()) -> Callable[[str], bool]:
+    """A predicate on relative POSIX paths: matched by a glob, or inside one of *prefixes*."""
+    component_globs = [p for p in patterns if "/" not in p]
+    path_globs = [p for p in patterns if "/" in p]
+
+    def ignored(rel: str) -> bool:
+        if any(rel == p or rel.startswith(p + "/") for p in prefixes):
+            return True
+        parts = rel.split("/")
+        if any(fnmatch.fnmatchcase(part, glob) for part in parts for glob in component_globs):
+            return True
+        return any(fnmatch.fnmatchcase(rel, glob) for glob in path_globs)
+
+    return ignored

@@ -1,0 +1,229 @@
+"""``pytest --overlay``: an unchanged suite runs sandboxed at the project's real paths.
+
+Each run checks what a user checks: the suite passes, the real tree is byte-for-byte unchanged,
+pytest's own files (cache, junit XML) still land on disk, a failure shows a unified diff, and
+the kept layer can be inspected with the ``pytest-overlay`` command.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests import _unpriv
+from tests._gates import gate, kernel_reason
+from tests._sample_project import overlay_mounts, tree_digest
+
+SUITE = r"""
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def test_rmtree_through_absolute_path():
+    shutil.rmtree(HERE / "data")
+    assert not (HERE / "data").exists()
+
+
+def test_each_test_starts_pristine():
+    assert (HERE / "data" / "a.txt").read_text() == "alpha\n"
+    assert (HERE / "notes.txt").read_text() == "one\n"
+
+
+def test_shell_rewrites_and_deletes():
+    subprocess.run(
+        ["sh", "-c", f"echo clobbered > '{HERE}/notes.txt' && rm -r '{HERE}/data' && "
+         "mkdir made && echo x > made/file"],
+        check=True,
+    )
+    assert (HERE / "notes.txt").read_text() == "clobbered\n"
+    assert (HERE / "made" / "file").exists()
+
+
+def test_relative_paths_and_cwd():
+    Path("relative.txt").write_text("x")
+    assert (HERE / "relative.txt").read_text() == "x"
+    assert Path.cwd() == HERE
+
+
+def test_c_extension_and_git():
+    with sqlite3.connect(HERE / "data" / "app.db") as db:
+        db.execute("create table t (x)")
+    db.close()
+    subprocess.run(["git", "init", "-q", str(HERE)], check=True)
+    assert (HERE / ".git").is_dir()
+
+
+def test_lazy_import_bytecode_is_not_a_change(overlay_root):
+    sys.path.insert(0, str(HERE / "pkg"))
+    try:
+        import lazymod  # noqa: F401
+    finally:
+        sys.path.remove(str(HERE / "pkg"))
+    assert overlay_root.path == HERE
+    (HERE / "new.txt").write_text("n")
+    assert sorted(c.path for c in overlay_root.diff()) == ["new.txt"]
+
+
+def test_tmp_path_still_works(tmp_path):
+    (tmp_path / "scratch").write_text("ok")
+    assert (tmp_path / "scratch").read_text() == "ok"
+"""
+
+FAILING = r"""
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def test_clobbers_and_fails():
+    (HERE / "notes.txt").write_text("ONE\n")
+    (HERE / "data" / "a.txt").unlink()
+    assert False, "deliberate"
+
+
+def test_fine():
+    pass
+"""
+
+ARGS = ("-p", "no:randomly", "-p", "no:benchmark", "-rA")
+
+
+def build(root: Path) -> None:
+    (root / "data").mkdir()
+    (root / "data" / "a.txt").write_text("alpha\n")
+    (root / "notes.txt").write_text("one\n")
+    (root / "pkg").mkdir()
+    (root / "pkg" / "lazymod.py").write_text("VALUE = 1\n")
+    (root / "test_inplace_suite.py").write_text(SUITE)
+    (root / "pytest.ini").write_text("[pytest]\n")
+
+
+def run_root(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *ARGS, *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_overlay", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    build(root)
+    # A first plain run writes the bytecode and cache pytest always writes, so that the
+    # digest below compares only what the sandboxed suite could have changed.
+    run_root(root, "--collect-only", "-q")
+    return root
+
+
+def digest_without_cache(root: Path) -> str:
+    # Directory times are left out: pytest itself may create .pytest_cache in the root.
+    return tree_digest(root, skip=(".pytest_cache", "__pycache__"), dir_times=False)
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["plain", "xdist"])
+def test_whole_suite_in_place_as_root(project: Path, xdist: Sequence[str]) -> None:
+    gate("kernel", kernel_reason())
+    before, mounts = digest_without_cache(project), overlay_mounts()
+    result = run_root(project, "--overlay", *xdist)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "7 passed" in output, output
+    assert "overlay: in-place mode:" in output
+    assert digest_without_cache(project) == before
+    assert overlay_mounts() == mounts
+
+
+def test_failure_keeps_layer_and_pytest_files_reach_disk(project: Path) -> None:
+    gate("kernel", kernel_reason())
+    (project / "test_failing.py").write_text(FAILING)
+    before = digest_without_cache(project)
+    result = run_root(project, "--overlay", "--junitxml=report.xml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "1 failed" in output
+    assert "-one" in output, output
+    assert "+ONE" in output, output
+    assert "D data/a.txt" in output
+    assert "kept 1 layer in" in output
+    assert "pytest-overlay list" in output
+    assert (project / "report.xml").is_file()
+    os.unlink(project / "report.xml")
+    assert digest_without_cache(project) == before
+
+    rerun = run_root(project, "--overlay", "--lf")
+    assert "1 failed" in rerun.stdout, rerun.stdout
+    assert "passed" not in rerun.stdout.splitlines()[-1], rerun.stdout
+
+    listing = cli(project, "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "test_failing.py::test_clobbers_and_fails" in listing.stdout
+    shown = cli(project, "show", "clobbers")
+    assert shown.returncode == 0, shown.stderr
+    assert "-one" in shown.stdout
+    assert "+ONE" in shown.stdout
+
+
+def test_copy_backend_in_place_reports_escaped_writes(project: Path) -> None:
+    (project / "test_escape.py").write_text(
+        "from pathlib import Path\n"
+        "def test_escapes():\n"
+        "    (Path(__file__).parent / 'escaped.txt').write_text('x')\n"
+        "def test_relative_is_contained():\n"
+        "    Path('contained.txt').write_text('x')\n"
+    )
+    result = run_root(project, "--overlay", "--overlay-backend=copy", "test_escape.py")
+    output = result.stdout + result.stderr
+    assert "in-place mode on the copy backend" in output
+    assert "2 passed, 1 error" in output, output  # the escape errors in teardown
+    assert "wrote to the real tree" in output
+    assert "escaped.txt" in output
+    assert not (project / "contained.txt").exists()
+
+
+@pytest.fixture
+def user_project() -> Iterator[Path]:
+    gate("unprivileged-user", _unpriv.can_run_as_user())
+    with _unpriv.user_project_ctx(build) as root:
+        yield root
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["plain", "xdist"])
+def test_whole_suite_in_place_as_user(user_project: Path, xdist: Sequence[str]) -> None:
+    argv = [sys.executable, "-m", "pytest", *ARGS, "-p", "no:cacheprovider", "--overlay"]
+    env = {"PYTHONDONTWRITEBYTECODE": "1"}
+    before = digest_without_cache(user_project)
+    result = _unpriv.run_as_user([*argv, *xdist], cwd=user_project, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "7 passed" in output, output
+    assert "overlay: backend=kernel (user namespace)" in output
+    assert digest_without_cache(user_project) == before
