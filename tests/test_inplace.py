@@ -227,3 +227,44 @@ def test_whole_suite_in_place_as_user(user_project: Path, xdist: Sequence[str]) 
     assert "7 passed" in output, output
     assert "overlay: backend=kernel (user namespace)" in output
     assert digest_without_cache(user_project) == before
+
+
+def test_xdist_workers_keep_layers_into_one_run(project: Path) -> None:
+    gate("kernel", kernel_reason())
+    (project / "test_two_failures.py").write_text(
+        "from pathlib import Path\n"
+        "HERE = Path(__file__).parent\n"
+        "def test_first():\n"
+        "    (HERE / 'first.txt').write_text('1')\n"
+        "    assert False\n"
+        "def test_second():\n"
+        "    (HERE / 'second.txt').write_text('2')\n"
+        "    assert False\n"
+    )
+    result = run_root(project, "--overlay", "-n", "2", "test_two_failures.py")
+    assert "2 failed" in result.stdout, result.stdout
+    assert "kept 2 layers in" in result.stdout, result.stdout
+    listing = cli(project, "list")
+    assert "test_first" in listing.stdout, listing.stdout
+    assert "test_second" in listing.stdout, listing.stdout
+
+
+def test_pytest_outputs_inside_the_project_reach_disk(project: Path) -> None:
+    gate("kernel", kernel_reason())
+    (project / "test_outputs.py").write_text(
+        "import logging\n"
+        "def test_logs_and_tmp_path(tmp_path):\n"
+        "    logging.getLogger('x').warning('written through the log file')\n"
+        "    (tmp_path / 'kept.txt').write_text('tmp')\n"
+    )
+    result = run_root(
+        project,
+        "--overlay",
+        "--basetemp=inside-tmp",
+        "--log-file=run.log",
+        "test_outputs.py",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "written through the log file" in (project / "run.log").read_text()
+    kept = list((project / "inside-tmp").rglob("kept.txt"))
+    assert [p.read_text() for p in kept] == ["tmp"]
