@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from ._diff import Change, ChangeKind, TreeDiff
 from ._errors import BackendUnavailableError, MountError, OverlayError
+from ._layercache import Layer, LayerBuildError
+from ._layerfix import LayerFactory
 from ._overlay import Overlay
 from ._version import __version__
 from ._warnings import OverlayWarning
@@ -15,6 +17,9 @@ __all__ = [
     "BackendUnavailableError",
     "Change",
     "ChangeKind",
+    "Layer",
+    "LayerBuildError",
+    "LayerFactory",
     "MountError",
     "Overlay",
     "OverlayError",

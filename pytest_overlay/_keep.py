@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._backends.base import safe_label
 from ._diff import TreeDiff
+from ._names import safe_label
 
 STORE_DIR = "overlay"
 RUN_FILE = "run.json"

@@ -35,6 +35,7 @@ class Overlay(os.PathLike[str]):
         self._backend = backend
         self._ignore = ignore
         self._lowers = mount.lowers if lowers is None else lowers
+        self._checkpoint: Path | None = None
 
     @property
     def path(self) -> Path:
@@ -58,6 +59,22 @@ class Overlay(os.PathLike[str]):
         out.
         """
         return self._mount.diff(self._ignore)
+
+    def checkpoint(self) -> TreeDiff:
+        """Freeze the current state and return what changed since the previous checkpoint.
+
+        The first checkpoint reports everything since the start of the test, like
+        :meth:`diff`; each later one only the step since the one before.  :meth:`diff` keeps
+        reporting everything since the start.
+        """
+        from . import _namespaces
+        from ._checkpoint import diff_states
+
+        with _namespaces.privileged():
+            snapshot = self._mount.snapshot()
+            step = diff_states(self._checkpoint, snapshot, self._mount.lowers, self._ignore)
+        self._checkpoint = snapshot
+        return step
 
     def __fspath__(self) -> str:
         return os.fspath(self._mount.path)

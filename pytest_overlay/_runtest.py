@@ -100,7 +100,9 @@ def start_fixture(
     return TestState([mount], name, Overlay(mount, name, ignore), ignore)
 
 
-def start_in_place(item: pytest.Item, session: OverlaySession) -> TestState:
+def start_in_place(
+    item: pytest.Item, session: OverlaySession, layers: tuple[Path, ...] = ()
+) -> TestState:
     """Mount every sandboxed directory over itself and move the process into the view."""
     config = item.config
     basetemp = _basetemp(config)
@@ -114,12 +116,14 @@ def start_in_place(item: pytest.Item, session: OverlaySession) -> TestState:
     backend = session.selection.backend
     mounts: list[Mount] = []
     try:
-        for target in targets:
+        for index, target in enumerate(targets):
+            # Snapshot layers stack under the first sandboxed directory, the project.
+            stack = [*layers, target] if index == 0 else [target]
             passthrough = [
                 p for p in keep_real if p.is_dir() and target in p.parents and p != target
             ]
             mounts.append(
-                backend.mount([target], label=item.name, target=target, passthrough=passthrough)
+                backend.mount(stack, label=item.name, target=target, passthrough=passthrough)
             )
     except BaseException:
         for mount in mounts:
@@ -129,7 +133,7 @@ def start_in_place(item: pytest.Item, session: OverlaySession) -> TestState:
     state = TestState(
         mounts,
         backend.name,
-        Overlay(mounts[0], backend.name, ignore, lowers=(targets[0],)),
+        Overlay(mounts[0], backend.name, ignore, lowers=(*layers, targets[0])),
         ignore,
         inplace=True,
         targets=targets,

@@ -19,6 +19,7 @@ from ._backends import (
 )
 from ._errors import BackendUnavailableError
 from ._keep import RUN_FILE, Store
+from ._layercache import LayerCache
 from ._settings import Settings
 
 
@@ -33,6 +34,7 @@ class OverlaySession:
         self._backends: dict[str, Backend] = {}
         self._scratch: Path | None = None
         self.kernel_unusable: str | None = None
+        self.layer_cache: LayerCache | None = None
         # Per view root: which relative paths a diff leaves out (computed once, hot path).
         self.ignore_cache: dict[Path, Callable[[str], bool]] = {}
         self.notices: list[str] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,23 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="N",
     )
     option(
+        "rebuild",
+        "bool",
+        "Rebuild every snapshot layer once in this run, whatever the cache holds",
+        False,
+        action="store_const",
+        const=True,
+        default=None,
+    )
+    option(
+        "layer-dir",
+        "string",
+        "Where snapshot layers are cached (default: ~/.cache/pytest-overlay/layers/<project>); "
+        "must be outside the project tree",
+        "",
+        metavar="DIR",
+    )
+    option(
         "passthrough",
         "paths",
         "Directory inside the project that in-place mode leaves writable on the real disk; "
@@ -125,6 +143,8 @@ class Settings:
     ignore: tuple[str, ...] = DEFAULT_IGNORE
     diff_lines: int = 200
     passthrough: tuple[Path, ...] = ()
+    rebuild: bool = False
+    layer_dir: Path | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -154,7 +174,22 @@ class Settings:
             ignore=DEFAULT_IGNORE + tuple(str(p) for p in value("overlay_ignore") or ()),
             diff_lines=_number(value("overlay_diff_lines"), "diff-lines"),
             passthrough=passthrough,
+            rebuild=bool(value("overlay_rebuild")),
+            layer_dir=_layer_dir(value("overlay_layer_dir"), root),
         )
+
+
+def _layer_dir(raw: object, root: Path) -> Path | None:
+    if not raw:
+        return None
+    path = Path(os.path.expanduser(str(raw)))
+    path = path if path.is_absolute() else (root / path).resolve()
+    if path == root or root in path.parents:
+        raise pytest.UsageError(
+            f"--overlay-layer-dir / overlay_layer_dir: {path} is inside the project tree; "
+            "overlayfs refuses a lower layer inside another, so choose a directory outside it"
+        )
+    return path
 
 
 def _choice(raw: object, choices: Sequence[str], name: str, what: str = "value") -> str:

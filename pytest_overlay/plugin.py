@@ -12,6 +12,7 @@ import pytest
 from . import _namespaces
 from ._errors import BackendUnavailableError, OverlayError
 from ._keep import new_run_id
+from ._layerfix import LayerFactory, resolve_layers
 from ._overlay import Overlay
 from ._probe import explain_userns_failure
 from ._render import safe_path
@@ -33,6 +34,7 @@ from ._warnings import OverlayWarning
 session_key = pytest.StashKey[OverlaySession]()
 
 FIXTURE_NAME = "overlay_root"
+IN_PLACE_FIXTURE = "_overlay_in_place"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,8 +45,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "overlay(lowers=None, backend=None): lower layers and backend for this test's "
-        "overlay_root (lowers relative to the project root)",
+        "overlay(lowers=None, backend=None, layers=None): lower directories, backend and "
+        "snapshot layers (names of fixtures returning overlay_layer(...)) for this test",
     )
     inherited = getattr(config, "workerinput", {}).get("pytest_overlay")
     session = OverlaySession(Settings.from_config(config), inherited)
@@ -144,8 +146,13 @@ def _in_place_header(session: OverlaySession) -> str:
     return f"overlay: in-place mode: {where} is sandboxed for every test"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    session = config.stash.get(session_key, None)
+    in_place = session is not None and session.settings.inplace
     for item in items:
+        names = getattr(item, "fixturenames", None)
+        if in_place and names is not None and IN_PLACE_FIXTURE not in names:
+            names.insert(0, IN_PLACE_FIXTURE)
         marker = item.get_closest_marker("overlay")
         if marker is not None:
             check_backend_name(
@@ -165,22 +172,32 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _enter_user_namespace(overlay_session, for_children=False, reporter=reporter)
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    session = item.config.stash.get(session_key, None)
-    if session is not None and session.settings.inplace:
-        try:
-            state = start_in_place(item, session)
-        except (OverlayError, OSError) as exc:
-            problem = f"pytest-overlay could not sandbox the project in place: {exc}"
-        else:
-            problem = ""
-            item.stash[state_key] = state
-            if state.backend == "copy":
-                _remember_real_trees(item, session, state)
-        if problem:
-            pytest.fail(problem, pytrace=False)
-    return (yield)
+@pytest.fixture
+def _overlay_in_place(request: pytest.FixtureRequest) -> None:
+    """Internal: sandboxes the project for one test in ``--overlay`` mode.
+
+    Placed first among every test's fixtures, so that all the others (of any scope) already
+    see the overlay; only the snapshot layers the test asks for are set up before it, so that
+    their builds stay out of the sandbox.  The teardown hook unmounts it after the last
+    finalizer.
+    """
+    item = request.node
+    session = request.config.stash[session_key]
+    marker = item.get_closest_marker("overlay")
+    layers: tuple[Path, ...] = ()
+    if marker is not None and marker.kwargs.get("layers"):
+        layers = resolve_layers(request, marker.kwargs["layers"])
+    try:
+        state = start_in_place(item, session, layers)
+    except (OverlayError, OSError) as exc:
+        problem = f"pytest-overlay could not sandbox the project in place: {exc}"
+    else:
+        problem = ""
+        item.stash[state_key] = state
+        if state.backend == "copy":
+            _remember_real_trees(item, session, state)
+    if problem:
+        pytest.fail(problem, pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)
@@ -260,26 +277,45 @@ def overlay_root(
         _warn_all(request.node, finish(request.node, session, state))
 
 
+@pytest.fixture(scope="session")
+def overlay_layer(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> LayerFactory:
+    """A factory of snapshot layers: ``overlay_layer(name, build, *, inputs=(), key=None,
+    below=())`` returns a :class:`pytest_overlay.Layer`.
+
+    ``build(root)`` runs once, on a writable overlay of the project tree (and the layers
+    *below*); what it changes is frozen as a read-only layer, cached across runs and keyed by
+    the name, *key*, the content of *inputs* and the layers below.  Stack a layer under a test
+    with ``@pytest.mark.overlay(layers=["fixture_name"])``.
+    """
+    session = request.config.stash[session_key]
+    session.set_scratch(tmp_path_factory.getbasetemp() / "overlay")
+    return LayerFactory(request.config, session)
+
+
 def _marker_choices(
     request: pytest.FixtureRequest, session: OverlaySession
 ) -> tuple[tuple[Path, ...], str | None]:
+    """Lower directories (snapshot layers first) and backend: the marker beats the settings."""
     marker = request.node.get_closest_marker("overlay")
+    if marker is None:
+        return session.settings.lowers, None
     lowers = session.settings.lowers
-    backend: str | None = None
-    if marker is not None:
-        if marker.kwargs.get("lowers") is not None:
-            raw = marker.kwargs["lowers"]
-            if isinstance(raw, (str, Path)):
-                raw = [raw]
-            problem = ""
-            try:
-                lowers = resolve_lowers(list(raw), request.config.rootpath, "overlay marker")
-            except pytest.UsageError as exc:
-                problem = str(exc)
-            if problem:
-                pytest.fail(problem, pytrace=False)
-        backend = marker.kwargs.get("backend")
-    return lowers, backend
+    raw = marker.kwargs.get("lowers")
+    if raw is not None:
+        problem = ""
+        try:
+            raw = [raw] if isinstance(raw, (str, Path)) else list(raw)
+            lowers = resolve_lowers(raw, request.config.rootpath, "overlay marker")
+        except pytest.UsageError as exc:
+            problem = str(exc)
+        if problem:
+            pytest.fail(problem, pytrace=False)
+    layers = marker.kwargs.get("layers")
+    if layers:
+        lowers = resolve_layers(request, layers) + lowers
+    return lowers, marker.kwargs.get("backend")
 
 
 @pytest.hookimpl(wrapper=True)

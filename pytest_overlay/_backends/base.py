@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from pytest_overlay._diff import TreeDiff
+from pytest_overlay._names import safe_label
 
 IgnoreFn = Callable[[str], bool]
 
@@ -33,6 +33,9 @@ class Mount(Protocol):
 
     def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
         """What changed in the merged view compared with the lowers."""
+
+    def snapshot(self) -> Path:
+        """Copy the changes so far, as an upper layer, to a new private directory."""
 
     def close(self) -> list[str]:
         """Unmount and remove everything; returns warnings worth showing the user."""
@@ -68,6 +71,4 @@ class Backend(Protocol):
         """Release whatever the backend holds for the session."""
 
 
-def safe_label(name: str, limit: int = 30) -> str:
-    """A short directory name derived from a test name, the way ``tmp_path`` names them."""
-    return re.sub(r"[\W]", "_", name)[:limit] or "test"
+__all__ = ["Backend", "IgnoreFn", "Mount", "safe_label"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pytest_overlay._diff import TreeDiff, diff_trees
 from pytest_overlay._layers import Entry, LayerStack
+from pytest_overlay._upper import synthesize_upper
 
 from .base import IgnoreFn, safe_label
 
@@ -57,6 +58,7 @@ class CopyMount:
         self._lowers = lowers
         # Our own scratch space, where it sits inside a lower, is neither copied nor diffed.
         self._hidden = hidden
+        self._snapshots = itertools.count()
 
     @property
     def path(self) -> Path:
@@ -78,6 +80,12 @@ class CopyMount:
 
     def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
         return diff_trees(self._merged, self._lowers, ignore=ignore, skip=self._hidden)
+
+    def snapshot(self) -> Path:
+        target = self._root / ".snapshots" / str(next(self._snapshots))
+        target.parent.mkdir(exist_ok=True)
+        synthesize_upper(self.diff(), self._merged, target)
+        return target
 
     def close(self) -> list[str]:
         remove_tree(self._root)

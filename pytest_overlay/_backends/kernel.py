@@ -21,6 +21,7 @@ from pathlib import Path
 from pytest_overlay import _namespaces, _probe, _syscalls
 from pytest_overlay._diff import TreeDiff, diff_upper
 from pytest_overlay._errors import MountError
+from pytest_overlay._keep import copy_layer
 
 from .base import IgnoreFn, safe_label
 
@@ -44,6 +45,7 @@ class KernelMount:
         self._merged = merged
         self._lowers = lowers
         self._closed = False
+        self._snapshots = itertools.count()
         # Real directories bound back into the view (pytest's own output), unmounted first.
         self.binds: list[Path] = []
 
@@ -64,6 +66,13 @@ class KernelMount:
     def new_root(self) -> Path:
         """Where the new version of every changed file is: the upper layer."""
         return self.upper
+
+    def snapshot(self) -> Path:
+        target = self._root / ".snapshots" / str(next(self._snapshots))
+        target.parent.mkdir(exist_ok=True)
+        with _namespaces.privileged():
+            copy_layer(self.upper, target)
+        return target
 
     def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
         # A test may leave unreadable files behind; reading them is the diff's business.

@@ -1,0 +1,76 @@
+"""Checkpoints: what a test changed between two snapshots of its upper layer.
+
+A snapshot is a copy of the upper layer (overlayfs format) taken at a checkpoint.  The state of
+the tree at a snapshot is the snapshot stacked on the lowers; the step diff compares two such
+states, visiting only paths that either snapshot mentions (and, below directories a snapshot
+made opaque, the lowers' paths that the opaque directory hides).
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ._diff import ChangeKind, TreeDiff, _compare, _old_node
+from ._layers import LayerStack, is_opaque, read_layer_dir
+
+
+def diff_states(
+    before: Path | None,
+    after: Path,
+    lowers: Sequence[Path],
+    ignore: Callable[[str], bool] | None = None,
+) -> TreeDiff:
+    """The changes from the state *before* (None: the lowers alone) to the state *after*."""
+    old_stack = LayerStack([before, *lowers] if before is not None else lowers)
+    new_stack = LayerStack([after, *lowers])
+    base = LayerStack(lowers)
+    paths: set[str] = set()
+    for snapshot in (before, after):
+        if snapshot is not None:
+            _mentioned(snapshot, "", base, paths)
+    changes = []
+    cut: list[str] = []  # subtrees already reported as deleted or replaced
+    for rel in sorted(paths, key=lambda p: tuple(p.split("/"))):
+        if any(rel.startswith(prefix + "/") for prefix in cut):
+            continue
+        if ignore is not None and ignore(rel):
+            cut.append(rel)
+            continue
+        old, new = _old_node(old_stack, rel), _old_node(new_stack, rel)
+        change = _compare(rel, old, new, trust_stat=False)
+        if change is None:
+            continue
+        changes.append(change)
+        if change.kind is ChangeKind.DELETED or (
+            old is not None
+            and new is not None
+            and stat.S_ISDIR(old.st.st_mode)
+            and not stat.S_ISDIR(new.st.st_mode)
+        ):
+            cut.append(rel)
+    return TreeDiff(tuple(changes))
+
+
+def _mentioned(layer_dir: Path, rel: str, base: LayerStack, paths: set[str]) -> None:
+    directory = layer_dir / rel if rel else layer_dir
+    try:
+        entries, whiteouts = read_layer_dir(directory)
+    except OSError:
+        return
+    for name in (*entries, *whiteouts):
+        paths.add(f"{rel}/{name}" if rel else name)
+    if rel and is_opaque(directory):
+        _lower_subtree(base, rel, paths)
+    for name, st in entries.items():
+        if stat.S_ISDIR(st.st_mode):
+            _mentioned(layer_dir, f"{rel}/{name}" if rel else name, base, paths)
+
+
+def _lower_subtree(base: LayerStack, rel: str, paths: set[str]) -> None:
+    for name, entry in base.listdir(rel).items():
+        child = f"{rel}/{name}"
+        paths.add(child)
+        if stat.S_ISDIR(entry.stat.st_mode):
+            _lower_subtree(base, child, paths)

@@ -1,0 +1,210 @@
+"""Snapshot layers: built once (across runs and xdist workers), stacked, checkpointed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests._gates import gate, kernel_reason
+from tests._sample_project import tree_digest
+
+CONFTEST = r"""
+import os
+from pathlib import Path
+
+import pytest
+
+COUNTER = Path(os.environ["LAYER_COUNTER"])
+
+
+def build_tools(root):
+    with open(COUNTER, "a") as f:
+        f.write("tools\n")
+    (root / "tools").mkdir()
+    (root / "tools" / "tool.sh").write_text("#!/bin/sh\necho tool\n")
+    (root / "data.txt").write_text("from the tools layer\n")
+    os.unlink(root / "obsolete.txt")
+
+
+def build_extra(root):
+    with open(COUNTER, "a") as f:
+        f.write("extra\n")
+    assert (root / "tools" / "tool.sh").exists(), "built on top of the tools layer"
+    (root / "extra.txt").write_text("extra\n")
+
+
+@pytest.fixture(scope="session")
+def tools_layer(overlay_layer):
+    return overlay_layer("tools", build_tools, inputs=["requirements.txt"])
+
+
+@pytest.fixture(scope="session")
+def extra_layer(overlay_layer, tools_layer):
+    return overlay_layer("extra", build_extra, below=[tools_layer])
+"""
+
+TESTS = r"""
+import pytest
+
+pytestmark = pytest.mark.overlay(layers=["tools_layer"])
+
+
+@pytest.mark.parametrize("i", range(10))
+def test_uses_layer(overlay_root, i):
+    assert (overlay_root / "tools" / "tool.sh").exists()
+    assert (overlay_root / "data.txt").read_text() == "from the tools layer\n"
+    assert not (overlay_root / "obsolete.txt").exists()
+    assert (overlay_root / "requirements.txt").exists()
+    (overlay_root / "tools" / "tool.sh").write_text("changed by a test\n")
+    (overlay_root / f"mine{i}").write_text("private\n")
+    assert sorted(c.path for c in overlay_root.diff()) == [f"mine{i}", "tools/tool.sh"]
+"""
+
+STACKED = r"""
+import shutil
+
+import pytest
+
+
+@pytest.mark.overlay(layers=["extra_layer"])
+def test_stacked_and_checkpoints(overlay_root):
+    assert (overlay_root / "extra.txt").read_text() == "extra\n"
+    assert (overlay_root / "tools" / "tool.sh").exists()
+    (overlay_root / "step1.txt").write_text("1\n")
+    first = overlay_root.checkpoint()
+    assert [(c.kind.letter, c.path) for c in first] == [("A", "step1.txt")]
+    (overlay_root / "step1.txt").write_text("one\n")
+    shutil.rmtree(overlay_root / "tools")
+    (overlay_root / "step2").mkdir()
+    second = overlay_root.checkpoint()
+    assert [(c.kind.letter, c.path) for c in second] == [
+        ("M", "step1.txt"), ("A", "step2"), ("D", "tools"),
+    ]
+    (overlay_root / "step1.txt").unlink()
+    third = overlay_root.checkpoint()
+    assert [(c.kind.letter, c.path) for c in third] == [("D", "step1.txt")]
+    assert [(c.kind.letter, c.path) for c in overlay_root.diff()] == [
+        ("A", "step2"), ("D", "tools"),
+    ]
+"""
+
+
+def run(project: Path, counter: Path, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(LAYER_COUNTER=str(counter), PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:benchmark",
+            "-p",
+            "no:randomly",
+            f"--overlay-layer-dir={cache}",
+            *args,
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture
+def layered(tmp_path: Path) -> tuple[Path, Path, Path]:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")
+    (project / "conftest.py").write_text(CONFTEST)
+    (project / "test_layered.py").write_text(TESTS)
+    (project / "requirements.txt").write_text("tool==1\n")
+    (project / "obsolete.txt").write_text("old\n")
+    (project / "data.txt").write_text("from the project\n")
+    return project, tmp_path / "counter", tmp_path / "layers"
+
+
+@pytest.mark.parametrize("backend", ["kernel", "copy"])
+def test_built_once_cached_and_rebuilt_on_change(
+    layered: tuple[Path, Path, Path], backend: str
+) -> None:
+    if backend == "kernel":
+        gate("kernel", kernel_reason())
+    project, counter, cache = layered
+    before = tree_digest(project)
+    first = run(project, counter, cache, "-n", "2", f"--overlay-backend={backend}")
+    assert "10 passed" in first.stdout, first.stdout + first.stderr
+    assert counter.read_text() == "tools\n"
+    assert tree_digest(project) == before
+    layer_before = tree_digest(cache)
+
+    second = run(project, counter, cache, f"--overlay-backend={backend}")
+    assert "10 passed" in second.stdout, second.stdout
+    assert counter.read_text() == "tools\n"
+    assert tree_digest(cache) == layer_before, "a test changed the cached layer"
+
+    (project / "requirements.txt").write_text("tool==2\n")
+    third = run(project, counter, cache, "-n", "2", f"--overlay-backend={backend}")
+    assert "10 passed" in third.stdout, third.stdout
+    assert counter.read_text() == "tools\ntools\n"
+    assert len(list(cache.glob("tools-*"))) == 1, "the stale layer was not removed"
+
+    fourth = run(project, counter, cache, "--overlay-rebuild", f"--overlay-backend={backend}")
+    assert "10 passed" in fourth.stdout, fourth.stdout
+    assert counter.read_text() == "tools\ntools\ntools\n"
+
+
+@pytest.mark.parametrize("backend", ["kernel", "copy"])
+def test_stacked_layers_and_checkpoints(layered: tuple[Path, Path, Path], backend: str) -> None:
+    if backend == "kernel":
+        gate("kernel", kernel_reason())
+    project, counter, cache = layered
+    (project / "test_stacked.py").write_text(STACKED)
+    result = run(project, counter, cache, "test_stacked.py", f"--overlay-backend={backend}")
+    assert "1 passed" in result.stdout, result.stdout + result.stderr
+    assert counter.read_text() == "tools\nextra\n"
+
+
+def test_layers_in_place(layered: tuple[Path, Path, Path]) -> None:
+    gate("kernel", kernel_reason())
+    project, counter, cache = layered
+    (project / "test_inplace_layer.py").write_text(
+        "import pytest\n"
+        "from pathlib import Path\n"
+        "@pytest.mark.overlay(layers=['tools_layer'])\n"
+        "def test_sees_layer_at_real_path():\n"
+        "    here = Path(__file__).parent\n"
+        "    assert (here / 'tools' / 'tool.sh').exists()\n"
+        "    (here / 'data.txt').write_text('changed')\n"
+    )
+    # pytest's cache directory may appear; nothing else may change.
+    before = tree_digest(project, skip=(".pytest_cache",), dir_times=False)
+    result = run(project, counter, cache, "--overlay", "test_inplace_layer.py")
+    assert "1 passed" in result.stdout, result.stdout + result.stderr
+    assert tree_digest(project, skip=(".pytest_cache",), dir_times=False) == before
+
+
+def test_failing_build_errors_every_dependent_test_once(
+    layered: tuple[Path, Path, Path],
+) -> None:
+    project, counter, cache = layered
+    conftest = (project / "conftest.py").read_text()
+    (project / "conftest.py").write_text(
+        conftest.replace('    (root / "tools").mkdir()', '    raise RuntimeError("no network")')
+    )
+    result = run(project, counter, cache, "--overlay-backend=copy")
+    output = result.stdout + result.stderr
+    assert "10 errors" in output, output
+    assert counter.read_text() == "tools\n", "the failing build ran more than once"
+    assert output.count("RuntimeError: no network") >= 1
+    assert "snapshot layer 'tools' failed to build" in output
+    assert not list(cache.glob("tools-*")), "a half-built layer was published"
+    assert not list(cache.glob(".build-*"))
