@@ -243,3 +243,31 @@ def test_public_api() -> None:
             assert obj.__module__ == "pytest_overlay", name
             assert obj.__doc__, name
     assert os.path.exists(Path(pytest_overlay.__file__).parent / "py.typed")
+
+
+@pytest.mark.parametrize("backend", ["kernel", "copy"])
+def test_hostile_names_and_fifos_in_a_failure_report(
+    pytester: pytest.Pytester, backend: str
+) -> None:
+    if backend == "kernel":
+        gate("kernel", kernel_reason())
+    pytester.makepyfile(
+        r"""
+        import os
+
+        def test_hostile(overlay_root):
+            root = os.fsencode(overlay_root)
+            os.mkfifo(overlay_root / "pipe")
+            open(os.path.join(root, b"evil\x1b[2J\xff\nname"), "w").write("\x1b]0;title\x07x\n")
+            os.symlink("/etc/passwd", overlay_root / "out")
+            assert False
+        """
+    )
+    result = run(pytester, f"--overlay-backend={backend}")
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert "\x1b" not in output
+    assert "A evil\\x1b[2J\\xff\\nname" in output
+    assert "A pipe" in output
+    assert "Symlink out -> /etc/passwd" in output
+    assert "root:" not in output  # the symlink was not followed
