@@ -1,7 +1,8 @@
 """``pytest-overlay mount``, ``umount`` and ``clean``: the commands that mount or remove layers.
 
 ``mount`` rebuilds a kept test's view of the tree with kernel overlayfs; ``clean`` refuses to
-remove a run that a view still uses.
+remove a run that a view still uses.  ``clean --layers`` removes the cached snapshot layers
+instead (and refuses while a view uses one of them).
 
 The view stacks the kept upper layer over the lower layers the test ran on.  Read-only, the
 kept upper is the topmost *lower* layer, which writes nothing anywhere.  The default store lies
@@ -37,19 +38,24 @@ from . import _namespaces, _probe, _syscalls
 from ._cli import (
     EXIT_CANNOT_MOUNT,
     EXIT_OK,
+    EXIT_USAGE,
     CliError,
     Context,
     Kept,
+    add_layer_dir_option,
     add_run_option,
     find_test,
     human_size,
+    locate_layers,
     plural,
+    read_layers,
     select_run,
     shown_path,
     subparser,
     tests_of,
 )
 from ._keep import LATEST_FILE, RECORD_FILE, Store, remove_layer_tree
+from ._layercache import clean_layers
 from ._render import safe_path
 
 SOURCE = "pytest-overlay"
@@ -181,11 +187,20 @@ def add_parsers(subparsers: Any) -> None:
     sub = subparser(
         subparsers,
         "clean",
-        "Remove kept layers",
-        "Remove the kept layers of every run, or of one run.  Asks first on a terminal; "
-        "elsewhere --yes is needed.",
+        "Remove kept layers (or, with --layers, the snapshot layers)",
+        "Remove the kept layers of tests, of every run or of one run; the cached snapshot "
+        "layers stay.  With --layers, remove every cached snapshot layer instead (see "
+        "`pytest-overlay layers`) and nothing else; the overlay_layer fixture rebuilds them "
+        "when a test next needs them.  Asks first on a terminal; elsewhere --yes is needed.",
     )
-    add_run_option(sub, "Remove only this run")
+    what = sub.add_mutually_exclusive_group()
+    what.add_argument("--run", metavar="RUN_ID", help="Remove only this run (a run id, or latest)")
+    what.add_argument(
+        "--layers",
+        action="store_true",
+        help="Remove the cached snapshot layers instead of the kept layers of tests",
+    )
+    add_layer_dir_option(sub)
     sub.add_argument("--yes", "-y", action="store_true", help="Remove without asking")
     sub.set_defaults(handler=clean)
 
@@ -472,7 +487,19 @@ def _remove_work_dirs(ctx: Context, entry: MountEntry) -> None:
 
 
 def clean(ctx: Context) -> int:
-    """Remove the kept layers of every run, or of ``--run``, after asking (or ``--yes``)."""
+    """Remove the kept layers of every run, or of ``--run``, after asking (or ``--yes``).
+
+    With ``--layers``, remove the cached snapshot layers instead.
+    """
+    if ctx.args.layers:
+        return _clean_snapshot_layers(ctx)
+    if ctx.args.layer_dir is not None:
+        # Without this, `clean --layer-dir X --yes` would remove the kept layers of tests.
+        raise CliError(
+            "--layer-dir names the snapshot-layer cache, which only `clean --layers` removes",
+            code=EXIT_USAGE,
+            hint="add --layers to remove the snapshot layers",
+        )
     store = ctx.located.store
     runs = store.run_ids()
     if not runs:
@@ -506,6 +533,33 @@ def clean(ctx: Context) -> int:
         total_size += size
     where = shown_path(store.root)
     ctx.print(f"removed {what} ({total_tests} tests, {human_size(total_size)}) from {where}")
+    return EXIT_OK
+
+
+def _clean_snapshot_layers(ctx: Context) -> int:
+    root, how = locate_layers(ctx.args.layer_dir, Path.cwd())
+    layers = read_layers(root)
+    where = shown_path(root)
+    if not layers:
+        ctx.print(f"no snapshot layers in {where} ({how}); nothing to clean")
+        return EXIT_OK
+    busy = views_of(root)
+    if busy:
+        raise CliError(
+            f"a snapshot layer in {where} is part of the view mounted at {shown_path(busy[0])}",
+            hint=f"unmount it first: pytest-overlay umount {shown_path(busy[0])}",
+        )
+    what = plural(len(layers), "snapshot layer")
+    total = human_size(sum(info.size for info in layers))
+    if not ctx.args.yes and not _confirm(ctx, f"remove {what} ({total}) from {where}?"):
+        raise CliError(f"nothing removed ({what} cached)", hint="pass --yes to remove them")
+    clean_layers(root)
+    for info in layers:
+        ctx.print(
+            f"removed layer {safe_path(info.name)} "
+            f"({safe_path(info.key[:12])}, {human_size(info.size)})"
+        )
+    ctx.print(f"removed {what} ({total}) from {where}")
     return EXIT_OK
 
 

@@ -89,10 +89,12 @@ class OverlaySession:
     def _select(self) -> Selection:
         if self._inherited is not None:
             # An xdist worker takes the controller's decision instead of probing again.
-            backend = create_backend(self._inherited["backend"], self._scratch_dir)
+            backend = create_backend(
+                self._inherited["backend"], self._scratch_dir, self.settings.upper_size
+            )
             passed = tuple((str(a), str(b)) for a, b in self._inherited["passed_over"])
             return Selection(backend, passed)
-        return select_backend(self.settings.backend, self._scratch_dir)
+        return select_backend(self.settings.backend, self._scratch_dir, self.settings.upper_size)
 
     def backend(self, name: str | None) -> Backend:
         """The session's backend, or the one a marker asks for by name."""
@@ -103,7 +105,7 @@ class OverlaySession:
                 f"the kernel backend cannot work here: {self.kernel_unusable}"
             )
         if name not in self._backends:
-            backend = create_backend(name, self._scratch_dir)
+            backend = create_backend(name, self._scratch_dir, self.settings.upper_size)
             reason = backend.unavailable_reason()
             if reason is not None:
                 raise BackendUnavailableError(f"the {name} backend cannot work here: {reason}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,14 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="DIR",
     )
     option(
+        "upper-size",
+        "string",
+        "Size limit of each test's upper layer on the kernel backend, as tmpfs takes it "
+        "(e.g. 512M, 2G, 10%%; default: the tmpfs default, half the memory)",
+        "",
+        metavar="SIZE",
+    )
+    option(
         "passthrough",
         "paths",
         "Directory inside the project that in-place mode leaves writable on the real disk; "
@@ -144,6 +153,7 @@ class Settings:
     diff_lines: int = 200
     passthrough: tuple[Path, ...] = ()
     rebuild: bool = False
+    upper_size: str = ""
     layer_dir: Path | None = None
 
     @classmethod
@@ -175,8 +185,19 @@ class Settings:
             diff_lines=_number(value("overlay_diff_lines"), "diff-lines"),
             passthrough=passthrough,
             rebuild=bool(value("overlay_rebuild")),
+            upper_size=_size(value("overlay_upper_size")),
             layer_dir=_layer_dir(value("overlay_layer_dir"), root),
         )
+
+
+def _size(raw: object) -> str:
+    text = str(raw or "").strip()
+    if text and not re.fullmatch(r"[0-9]+[kKmMgG%]?", text):
+        raise pytest.UsageError(
+            f"--overlay-upper-size / overlay_upper_size: {text!r} is not a size; write it as "
+            "tmpfs does, such as 512M, 2G or 10%"
+        )
+    return text
 
 
 def _layer_dir(raw: object, root: Path) -> Path | None:

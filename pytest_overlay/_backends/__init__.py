@@ -28,10 +28,10 @@ FUSE_NOT_YET = (
 )
 
 
-def create_backend(name: str, scratch: Callable[[], Path]) -> Backend:
+def create_backend(name: str, scratch: Callable[[], Path], upper_size: str = "") -> Backend:
     """A backend by name, with its per-session scratch directory."""
     if name == "kernel":
-        return KernelBackend(lambda: scratch() / "kernel")
+        return KernelBackend(lambda: scratch() / "kernel", upper_size)
     if name == "copy":
         return CopyBackend(lambda: scratch() / "copy")
     if name == "fuse":
@@ -56,10 +56,10 @@ class Selection:
         return line
 
 
-def select_backend(requested: str, scratch: Callable[[], Path]) -> Selection:
+def select_backend(requested: str, scratch: Callable[[], Path], upper_size: str = "") -> Selection:
     """Resolve ``auto`` or check an explicit choice; raise with the remedy if it cannot work."""
     if requested != "auto":
-        backend = create_backend(requested, scratch)
+        backend = create_backend(requested, scratch, upper_size)
         reason = backend.unavailable_reason()
         if reason is not None:
             raise BackendUnavailableError(
@@ -68,7 +68,7 @@ def select_backend(requested: str, scratch: Callable[[], Path]) -> Selection:
             )
         return Selection(backend)
     passed_over: list[tuple[str, str]] = []
-    kernel = create_backend("kernel", scratch)
+    kernel = create_backend("kernel", scratch, upper_size)
     reason = kernel.unavailable_reason()
     if reason is None:
         return Selection(kernel)

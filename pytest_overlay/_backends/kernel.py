@@ -126,7 +126,7 @@ class KernelBackend:
 
     name = "kernel"
 
-    def __init__(self, scratch: Callable[[], Path]) -> None:
+    def __init__(self, scratch: Callable[[], Path], upper_size: str = "") -> None:
         # The scratch directory lives in pytest's basetemp, known only once a test runs.
         self._scratch_provider = scratch
         self._scratch_path: Path | None = None
@@ -135,6 +135,7 @@ class KernelBackend:
         self._ready_threads: set[int] = set()
         self._new_api = True
         self._unprivileged: bool | None = None
+        self._tmpfs_options = "mode=0755" + (f",size={upper_size}" if upper_size else "")
 
     @property
     def _scratch(self) -> Path:
@@ -194,7 +195,7 @@ class KernelBackend:
         root = self._scratch / f"{safe_label(label)}{next(self._counter)}"
         root.mkdir()
         with _namespaces.privileged():
-            _syscalls.mount("tmpfs", root, "tmpfs", 0, "mode=0755")
+            _syscalls.mount("tmpfs", root, "tmpfs", 0, self._tmpfs_options)
         upper, work = root / ".upper", root / ".work"
         merged = target or root / (lowers[0].name or "root")
         for directory in (upper, work) if target else (upper, work, merged):

@@ -1,0 +1,109 @@
+"""Faults: a full upper layer, and a pytest process killed in the middle of a test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests._gates import gate, kernel_reason
+from tests._sample_project import overlay_mounts, tree_digest
+
+ARGS = ("-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def test_full_upper_layer_gives_enospc_and_the_next_test_runs(pytester: pytest.Pytester) -> None:
+    gate("kernel", kernel_reason())
+    pytester.makepyfile(
+        """
+        import errno
+
+        import pytest
+
+        def test_fills_it(overlay_root):
+            with pytest.raises(OSError) as excinfo:
+                with open(overlay_root / "big", "wb") as f:
+                    for _ in range(8):
+                        f.write(b"x" * (1 << 20))
+            assert excinfo.value.errno == errno.ENOSPC
+
+        def test_next_one_is_fine(overlay_root):
+            (overlay_root / "small").write_bytes(b"y" * 1000)
+            assert overlay_root.diff().added == {"small"}
+        """
+    )
+    result = pytester.runpytest_subprocess(*ARGS, "--overlay-upper-size=2M")
+    result.assert_outcomes(passed=2)
+
+
+def test_bad_upper_size_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(overlay_root): pass")
+    result = pytester.runpytest_subprocess(*ARGS, "--overlay-upper-size=lots")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*'lots' is not a size*"])
+
+
+@pytest.mark.parametrize(
+    "mode", [(), ("--overlay",), ("-n", "2")], ids=["fixture", "inplace", "xdist"]
+)
+def test_sigkill_mid_test_leaves_nothing_behind(tmp_path: Path, mode: tuple[str, ...]) -> None:
+    gate("kernel", kernel_reason())
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")
+    (project / "data.txt").write_text("precious\n")
+    marker = tmp_path / "started"
+    (project / "test_slow.py").write_text(
+        "import os, time\n"
+        "from pathlib import Path\n"
+        "def test_hangs(overlay_root):\n"
+        "    (overlay_root / 'data.txt').write_text('clobbered')\n"
+        "    os.unlink(overlay_root / 'data.txt')\n"
+        f"    Path({str(marker)!r}).write_text('go')\n"
+        "    time.sleep(60)\n"
+    )
+    before, mounts = (
+        tree_digest(project, skip=(".pytest_cache",), dir_times=False),
+        overlay_mounts(),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *ARGS, *mode],
+        cwd=project,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the test never started"
+        assert process.poll() is None, "pytest ended early"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(0.2)
+    assert overlay_mounts() == mounts
+    assert tree_digest(project, skip=(".pytest_cache",), dir_times=False) == before
+    assert (project / "data.txt").read_text() == "precious\n"
+    (project / "test_slow.py").write_text("def test_quick(overlay_root):\n    pass\n")
+    rerun = subprocess.run(
+        [sys.executable, "-m", "pytest", *ARGS, *mode],
+        cwd=project,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
