@@ -1,0 +1,110 @@
+"""Load: 2,000 tests leave no mount, process, file descriptor or scratch space behind, and the
+per-test cost stays flat from the first test to the last."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests._gates import gate, kernel_reason
+from tests._sample_project import overlay_mounts
+
+COUNT = 2000
+
+CONFTEST = r"""
+import json
+import os
+from pathlib import Path
+
+DURATIONS = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.when in ("setup", "teardown"):
+        DURATIONS[report.nodeid] = DURATIONS.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    out = Path(os.environ["STRESS_OUT"]) / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.json"
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    out.write_text(json.dumps({
+        "durations": list(DURATIONS.values()),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "children": children,
+        "mounts": sum(1 for line in open("/proc/thread-self/mountinfo") if " overlay " in line),
+    }))
+"""
+
+TESTS = f"""
+import pytest
+
+
+@pytest.mark.parametrize("i", range({COUNT}))
+def test_write_and_delete(overlay_root, i):
+    (overlay_root / f"file{{i}}").write_text("x" * 1000)
+    (overlay_root / "data.txt").unlink()
+"""
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize(
+    "mode", [(), ("--overlay",), ("-n", "2")], ids=["fixture", "inplace", "xdist"]
+)
+def test_two_thousand_tests_leave_nothing_behind(tmp_path: Path, mode: tuple[str, ...]) -> None:
+    gate("kernel", kernel_reason())
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")
+    (project / "conftest.py").write_text(CONFTEST)
+    (project / "test_many.py").write_text(TESTS)
+    (project / "data.txt").write_text("data\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    basetemp = tmp_path / "basetemp"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(STRESS_OUT=str(out), PYTHONDONTWRITEBYTECODE="1")
+    mounts = overlay_mounts()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:benchmark",
+            "-p",
+            "no:randomly",
+            f"--basetemp={basetemp}",
+            *mode,
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"{COUNT} passed" in result.stdout
+    assert overlay_mounts() == mounts
+    assert (project / "data.txt").read_text() == "data\n"
+    scratch = [p for p in basetemp.rglob("*") if "overlay" in p.parts and not p.is_dir()]
+    assert scratch == [], "per-test scratch space was left behind"
+    reports = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert reports
+    for report in reports:
+        assert report["mounts"] == 0, "a test's overlay was still mounted at the end"
+        assert report["children"] == [], "a process was left running"
+        assert report["fds"] < 40, f"{report['fds']} file descriptors open at the end"
+        durations = report["durations"]
+        first = statistics.median(durations[50:250])
+        last = statistics.median(durations[-200:])
+        assert last < first * 1.5 + 0.0002, f"per-test cost grew from {first:.6f}s to {last:.6f}s"
