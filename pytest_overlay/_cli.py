@@ -4,9 +4,9 @@ pytest keeps the upper layer of failed tests (``--overlay-keep``) in its cache d
 command lists them, prints what a test changed, rebuilds a test's view of the tree with kernel
 overlayfs (:mod:`pytest_overlay._cli_mount`), and removes them.  It also lists the snapshot
 layers that ``overlay_layer`` cached for the project (``layers``); ``clean --layers`` removes
-them.  Every name that came from a
-test (node ids, file names, file contents) is printed through the escaping of
-:mod:`pytest_overlay._render`, so a hostile name cannot forge lines or drive the terminal.
+them.  Every name that came from a test (node ids, file names, file contents, layer names) is
+printed through the escaping of :mod:`pytest_overlay._render`, so a hostile name cannot forge
+lines or drive the terminal.
 
 Exit codes:
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import io
 import json
 import os
@@ -35,7 +34,6 @@ from typing import Any, TextIO
 from ._diff import ChangeKind, TreeDiff
 from ._errors import OverlayError
 from ._keep import RUN_FILE, STORE_DIR, Record, Store, read_record
-from ._layercache import LayerInfo, default_layer_root, list_layers
 from ._layers import LayerStack
 from ._render import render_changes, safe_line, safe_path
 from ._report import render_name_only, render_stat
@@ -66,7 +64,7 @@ LAYERS_HINT = (
     "@pytest.mark.overlay(layers=[...]) needs one; a project that sets overlay_layer_dir "
     "needs --layer-dir"
 )
-_CONFIG_FILES = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
+CONFIG_FILES = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
 _MAX_CANDIDATES = 10
 _COLORS = {"red": "31", "green": "32", "yellow": "33", "cyan": "36", "bold": "1"}
 
@@ -111,7 +109,7 @@ def locate_store(cache_dir: str | None, cwd: Path) -> Located:
         candidate = directory / ".pytest_cache" / "d" / STORE_DIR
         if candidate.is_dir():
             return Located(Store(candidate), f"found from {cwd}")
-        if project is None and any((directory / name).is_file() for name in _CONFIG_FILES):
+        if project is None and any((directory / name).is_file() for name in CONFIG_FILES):
             project = directory
     fallback = (project or cwd) / ".pytest_cache" / "d" / STORE_DIR
     return Located(Store(fallback), f"nothing found upward from {cwd}")
@@ -270,75 +268,6 @@ def _counts(diff: TreeDiff) -> tuple[int, int, int]:
     return added, len(diff) - added - deleted, deleted
 
 
-# --- finding the snapshot layers ---------------------------------------------------------------
-
-
-def find_project(cwd: Path) -> Path | None:
-    """The nearest directory upward from *cwd* that holds ``.pytest_cache`` or a pytest config.
-
-    That is the project (pytest's rootdir) whose snapshot layers the command lists: the plugin
-    caches them in ``default_layer_root(rootdir)``.
-    """
-    for directory in (cwd, *cwd.parents):
-        if (directory / ".pytest_cache").is_dir() or any(
-            (directory / name).is_file() for name in _CONFIG_FILES
-        ):
-            return directory
-    return None
-
-
-def locate_layers(layer_dir: str | None, cwd: Path) -> tuple[Path, str]:
-    """The snapshot-layer cache, ``--layer-dir`` or the project's, and how it was found."""
-    if layer_dir is not None:
-        return Path(os.path.abspath(cwd / os.path.expanduser(layer_dir))), "--layer-dir"
-    project = find_project(cwd)
-    if project is None:
-        # pytest's rootdir, with no config file anywhere, is the directory it runs in.
-        return default_layer_root(cwd), f"of {shown_path(cwd)}: no project found upward"
-    return default_layer_root(project), f"of the project {shown_path(project)}"
-
-
-def read_layers(root: Path) -> list[LayerInfo]:
-    """The cached layers under *root*, or an error naming the cache when one cannot be read."""
-    try:
-        return list_layers(root)
-    except (ValueError, TypeError, AttributeError) as exc:
-        # A meta.json that is JSON but not a layer's (a list, or a size that is no number).
-        raise CliError(
-            f"the snapshot-layer cache {shown_path(root)} holds a meta.json that is not a "
-            f"layer's ({safe_path(str(exc))})",
-            hint=f"remove the cache (rm -r {shown_path(root)}); layers are rebuilt when needed",
-        ) from exc
-
-
-def age(created: str, now: _dt.datetime) -> str:
-    """How long before *now* the ISO time *created* was: ``42 s``, ``3 min``, ``2 h``, ``5 d``.
-
-    ``?`` when *created* cannot be read; a time in the future (a clock that moved) is ``0 s``.
-    """
-    try:
-        when = _dt.datetime.fromisoformat(created)
-    except ValueError:
-        return "?"
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)  # we write UTC; an edited file may not say
-    seconds = max(0, int((now - when).total_seconds()))
-    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= length:
-            return f"{seconds // length} {unit}"
-    return f"{seconds} s"
-
-
-def add_layer_dir_option(parser: argparse.ArgumentParser) -> None:
-    """The ``--layer-dir`` option of the commands that work on snapshot layers."""
-    parser.add_argument(
-        "--layer-dir",
-        metavar="DIR",
-        help="The snapshot-layer cache, as given to pytest's --overlay-layer-dir, relative to "
-        "the current directory (default: the project's, under ~/.cache/pytest-overlay/layers)",
-    )
-
-
 # --- output -----------------------------------------------------------------------------------
 
 
@@ -449,41 +378,6 @@ def _list_run(ctx: Context, store: Store, run_id: str) -> None:
     if incomplete:
         summary += f", {len(incomplete)} incomplete (cut short while being kept, or unreadable)"
     ctx.print(summary)
-
-
-# --- layers ---------------------------------------------------------------------------------
-
-
-def cmd_layers(ctx: Context) -> int:
-    """``pytest-overlay layers``."""
-    root, how = locate_layers(ctx.args.layer_dir, Path.cwd())
-    layers = read_layers(root)
-    if not layers:
-        ctx.print(f"no snapshot layers cached in {shown_path(root)} ({how})")
-        ctx.print(LAYERS_HINT)
-        return EXIT_OK
-    ctx.print(f"snapshot layers in {shown_path(root)} ({how})")
-    names = {info.key: info.name for info in layers}
-    now = _dt.datetime.now(_dt.timezone.utc)
-    rows = [
-        (
-            safe_path(info.name),
-            safe_path(info.key[:12]),
-            human_size(info.size),
-            age(info.created, now),
-            # A key no listed layer has: a layer below that was removed or rebuilt since.
-            ",".join(safe_path(names.get(key, key[:12])) for key in info.below) or "-",
-        )
-        for info in layers
-    ]
-    header = ("NAME", "KEY", "SIZE", "AGE", "ON")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
-        ctx.print("  ".join([*cells, row[4]]))
-    total = human_size(sum(info.size for info in layers))
-    ctx.print(f"{plural(len(layers), 'layer')}, {total}")
-    return EXIT_OK
 
 
 # --- show -----------------------------------------------------------------------------------
@@ -638,21 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_option(sub)
     sub.set_defaults(handler=cmd_show)
 
-    sub = subparser(
-        subparsers,
-        "layers",
-        "List the cached snapshot layers",
-        "List the snapshot layers the overlay_layer fixture built and cached for the project: "
-        "name, the first 12 hex digits of the cache key, size, age, and the layers each one "
-        "stacks on.  The project is the nearest directory upward holding .pytest_cache or a "
-        "pytest config file; its layers are cached under ~/.cache/pytest-overlay/layers "
-        "($XDG_CACHE_HOME when set).  A project that sets overlay_layer_dir needs --layer-dir.  "
-        "`pytest-overlay clean --layers` removes them.",
-    )
-    add_layer_dir_option(sub)
-    sub.set_defaults(handler=cmd_layers)
+    from . import _cli_layers, _cli_mount  # they import this module: not at the top
 
-    from . import _cli_mount  # imports this module: not at the top
+    _cli_layers.add_parsers(subparsers)
 
     _cli_mount.add_parsers(subparsers)
     return parser

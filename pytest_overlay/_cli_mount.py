@@ -42,18 +42,16 @@ from ._cli import (
     CliError,
     Context,
     Kept,
-    add_layer_dir_option,
     add_run_option,
     find_test,
     human_size,
-    locate_layers,
     plural,
-    read_layers,
     select_run,
     shown_path,
     subparser,
     tests_of,
 )
+from ._cli_layers import add_layer_dir_option, locate_layers, read_layers
 from ._keep import LATEST_FILE, RECORD_FILE, Store, remove_layer_tree
 from ._layercache import clean_layers
 from ._render import safe_path

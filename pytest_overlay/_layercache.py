@@ -237,12 +237,11 @@ def list_layers(root: Path) -> list[LayerInfo]:
     if not root.is_dir():
         return found
     for path in sorted(root.iterdir()):
+        if path.name.startswith("."):  # builds in progress, failure markers
+            continue
         try:
             meta = json.loads((path / META_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        found.append(
-            LayerInfo(
+            info = LayerInfo(
                 name=str(meta.get("name", path.name)),
                 key=str(meta.get("key", "")),
                 path=path / LAYER_DIR,
@@ -251,7 +250,9 @@ def list_layers(root: Path) -> list[LayerInfo]:
                 below=[str(k) for k in meta.get("below", [])],
                 inputs=[str(i) for i in meta.get("inputs", [])],
             )
-        )
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue  # not a layer of ours, or a damaged one: never crash a listing
+        found.append(info)
     found.sort(key=lambda info: info.created)
     return found
 
@@ -261,6 +262,6 @@ def clean_layers(root: Path) -> int:
     layers = list_layers(root)
     for info in layers:
         remove_layer_tree(info.path.parent)
-    for leftover in root.glob(".failed-*") if root.is_dir() else ():
+    for leftover in [*root.glob(".failed-*"), *root.glob("*.lock")] if root.is_dir() else ():
         leftover.unlink()
     return len(layers)

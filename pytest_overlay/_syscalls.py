@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import functools
 import os
 import sys
@@ -175,7 +176,9 @@ def clone_tree(path: str | os.PathLike[str], *, readonly: bool = False) -> int:
             ctypes.byref(attr),
             ctypes.c_size_t(ctypes.sizeof(attr)),
         )
-        if result < 0:
+        # Linux before 5.12 has no mount_setattr: the clone then stays writable, and only our
+        # own read-only use of it keeps the lower safe.
+        if result < 0 and ctypes.get_errno() != errno.ENOSYS:
             os.close(tree_fd)
             _check(result, "mount_setattr", path)
     return tree_fd

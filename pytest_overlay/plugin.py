@@ -204,6 +204,12 @@ def _overlay_in_place(request: pytest.FixtureRequest) -> None:
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     try:
         return (yield)
+    except BaseException:
+        # Known before the report exists: lets a teardown-only failure keep its layer.
+        state = item.stash.get(state_key, None)
+        if state is not None:
+            state.phases["teardown"] = "failed"
+        raise
     finally:
         session = item.config.stash.get(session_key, None)
         state = item.stash.get(state_key, None)
@@ -214,24 +220,41 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
                 _check_real_trees(item, session, state)
 
 
+def _real_tree_ignore(session: OverlaySession, state: TestState, target: Path) -> Any:
+    # Pass-through directories are the real tree on purpose: writes there are no escape.
+    prefixes = []
+    for path in session.settings.passthrough:
+        if target in path.parents:
+            prefixes.append(path.relative_to(target).as_posix())
+    return lambda rel: (
+        state.ignore(rel) or any(rel == p or rel.startswith(p + "/") for p in prefixes)
+    )
+
+
 def _remember_real_trees(item: pytest.Item, session: OverlaySession, state: TestState) -> None:
     for target in session.settings.lowers:
         if target not in session.manifests:
-            session.manifests[target] = manifest(target, state.ignore)
+            ignore = _real_tree_ignore(session, state, target)
+            session.manifests[target] = manifest(target, ignore)
 
 
 def _check_real_trees(item: pytest.Item, session: OverlaySession, state: TestState) -> None:
     escaped: list[str] = []
     for target in session.settings.lowers:
-        now = manifest(target, state.ignore)
+        now = manifest(target, _real_tree_ignore(session, state, target))
         lines = real_tree_writes(session.manifests[target], now)
         session.manifests[target] = now
         escaped += [f"{line[:2]}{safe_path(str(target / line[2:]))}" for line in lines]
     if escaped:
+        parallel = (
+            " (under xdist a test running at the same time on another worker may have written it)"
+            if hasattr(item.config, "workerinput")
+            else ""
+        )
         pytest.fail(
             "pytest-overlay: this test wrote to the real tree, which the copy backend cannot "
             "prevent (absolute paths bypass the per-test copy); use the kernel backend to "
-            "sandbox it:\n" + "\n".join(escaped),
+            f"sandbox it{parallel}:\n" + "\n".join(escaped),
             pytrace=False,
         )
 

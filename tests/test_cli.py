@@ -427,7 +427,7 @@ def test_clean_unknown_run(kept: Project, capsys: pytest.CaptureFixture[str]) ->
 # --- help, usage and unexpected errors --------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [None, "list", "show", "mount", "umount", "clean"])
+@pytest.mark.parametrize("command", [None, "list", "show", "layers", "mount", "umount", "clean"])
 def test_help(command: str | None, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(capsys, *([command] if command else []), "--help")
     assert code == 0
@@ -452,7 +452,7 @@ def test_module_and_help_run_as_a_program(project: Project) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    for command in ("list", "show", "mount", "umount", "clean", "exit codes:"):
+    for command in ("list", "show", "layers", "mount", "umount", "clean", "exit codes:"):
         assert command in done.stdout
     done = subprocess.run(
         [sys.executable, "-m", "pytest_overlay", "show", "x"],

@@ -1,0 +1,146 @@
+"""``pytest-overlay layers``: the cached snapshot layers of a project, and where they live."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any
+
+from ._cli import (
+    CONFIG_FILES,
+    EXIT_OK,
+    LAYERS_HINT,
+    CliError,
+    Context,
+    human_size,
+    plural,
+    shown_path,
+    subparser,
+)
+from ._layercache import LayerInfo, default_layer_root, list_layers
+from ._render import safe_path
+
+# --- finding the snapshot layers ---------------------------------------------------------------
+
+
+def find_project(cwd: Path) -> Path | None:
+    """The nearest directory upward from *cwd* that holds ``.pytest_cache`` or a pytest config.
+
+    That is the project (pytest's rootdir) whose snapshot layers the command lists: the plugin
+    caches them in ``default_layer_root(rootdir)``.
+    """
+    for directory in (cwd, *cwd.parents):
+        if (directory / ".pytest_cache").is_dir() or any(
+            (directory / name).is_file() for name in CONFIG_FILES
+        ):
+            return directory
+    return None
+
+
+def locate_layers(layer_dir: str | None, cwd: Path) -> tuple[Path, str]:
+    """The snapshot-layer cache, ``--layer-dir`` or the project's, and how it was found."""
+    if layer_dir is not None:
+        return Path(os.path.abspath(cwd / os.path.expanduser(layer_dir))), "--layer-dir"
+    project = find_project(cwd)
+    if project is None:
+        # pytest's rootdir, with no config file anywhere, is the directory it runs in.
+        return default_layer_root(cwd), f"of {shown_path(cwd)}: no project found upward"
+    return default_layer_root(project), f"of the project {shown_path(project)}"
+
+
+def read_layers(root: Path) -> list[LayerInfo]:
+    """The cached layers under *root*, or an error naming the cache when one cannot be read."""
+    try:
+        return list_layers(root)
+    except (ValueError, TypeError, AttributeError) as exc:
+        # A meta.json that is JSON but not a layer's (a list, or a size that is no number).
+        raise CliError(
+            f"the snapshot-layer cache {shown_path(root)} holds a meta.json that is not a "
+            f"layer's ({safe_path(str(exc))})",
+            hint=f"remove the cache (rm -r {shown_path(root)}); layers are rebuilt when needed",
+        ) from exc
+
+
+def age(created: str, now: _dt.datetime) -> str:
+    """How long before *now* the ISO time *created* was: ``42 s``, ``3 min``, ``2 h``, ``5 d``.
+
+    ``?`` when *created* cannot be read; a time in the future (a clock that moved) is ``0 s``.
+    """
+    try:
+        when = _dt.datetime.fromisoformat(created)
+    except ValueError:
+        return "?"
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)  # we write UTC; an edited file may not say
+    seconds = max(0, int((now - when).total_seconds()))
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"{seconds // length} {unit}"
+    return f"{seconds} s"
+
+
+def add_layer_dir_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--layer-dir`` option of the commands that work on snapshot layers."""
+    parser.add_argument(
+        "--layer-dir",
+        metavar="DIR",
+        help="The snapshot-layer cache, relative to the current directory: what pytest's "
+        "--overlay-layer-dir named (default: the project's, under ~/.cache/pytest-overlay/layers)",
+    )
+
+
+# --- layers ---------------------------------------------------------------------------------
+
+
+def cmd_layers(ctx: Context) -> int:
+    """``pytest-overlay layers``."""
+    root, how = locate_layers(ctx.args.layer_dir, Path.cwd())
+    layers = read_layers(root)
+    if not layers:
+        ctx.print(f"no snapshot layers cached in {shown_path(root)} ({how})")
+        ctx.print(LAYERS_HINT)
+        return EXIT_OK
+    ctx.print(f"snapshot layers in {shown_path(root)} ({how})")
+    names = {info.key: info.name for info in layers}
+    now = _dt.datetime.now(_dt.timezone.utc)
+    rows = [
+        (
+            safe_path(info.name),
+            safe_path(info.key[:12]),
+            human_size(info.size),
+            age(info.created, now),
+            # A key no listed layer has: a layer below that was removed or rebuilt since.
+            ",".join(safe_path(names.get(key, key[:12])) for key in info.below) or "-",
+        )
+        for info in layers
+    ]
+    header = ("NAME", "KEY", "SIZE", "AGE", "ON")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
+        ctx.print("  ".join([*cells, row[4]]))
+    total = human_size(sum(info.size for info in layers))
+    ctx.print(f"{plural(len(layers), 'layer')}, {total}")
+    return EXIT_OK
+
+
+# --- the parser -----------------------------------------------------------------------------
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``layers``."""
+    sub = subparser(
+        subparsers,
+        "layers",
+        "List the cached snapshot layers",
+        "List the snapshot layers the overlay_layer fixture built and cached for the project: "
+        "name, the first 12 hex digits of the cache key, size, age, and the layers each one "
+        "stacks on.  The project is the nearest directory upward holding .pytest_cache or a "
+        "pytest config file; its layers are cached under ~/.cache/pytest-overlay/layers "
+        "($XDG_CACHE_HOME when set).  A project that sets overlay_layer_dir needs --layer-dir.  "
+        "`pytest-overlay clean --layers` removes them.",
+    )
+    add_layer_dir_option(sub)
+    sub.set_defaults(handler=cmd_layers)
