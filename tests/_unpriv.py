@@ -290,6 +290,7 @@ def run_as_user(
     env: Mapping[str, str] | None = None,
     timeout: float = 300,
     extra_paths: Sequence[Path] = (),
+    block_userns: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run *argv* as :data:`TEST_USER` in *cwd* and return the finished process, unchecked.
 
@@ -299,6 +300,10 @@ def run_as_user(
     private mount namespace (see the module docstring).  Exit codes 125 to 127 with a message
     starting ``unpriv-prelude:`` mean the harness itself failed.  On timeout the child's whole
     process group is killed and :class:`subprocess.TimeoutExpired` is raised.
+
+    With *block_userns* the child runs chrooted (into a bind mount of ``/``, so it sees the
+    same files): the kernel refuses user namespaces to chrooted processes, which is how a
+    machine that blocks them looks to the plugin.
     """
     if not argv:
         raise ValueError("argv must name a command")
@@ -314,6 +319,7 @@ def run_as_user(
             "standins": [[os.fspath(s.directory), list(s.children)] for s in plan],
             "cwd": os.fspath(cwd),
             "argv": list(argv),
+            "block_userns": block_userns,
         }
         prelude = [sys.executable, "-I", "-S", os.fspath(_THIS_FILE), json.dumps(spec)]
         with subprocess.Popen(
@@ -440,6 +446,12 @@ def _prelude(spec_json: str) -> NoReturn:
         os.chdir(spec["scratch"])
         for index, (directory, children) in enumerate(spec["standins"]):
             _build_standin(libc, index, Path(directory), children)
+        if spec.get("block_userns"):
+            # unshare(CLONE_NEWUSER) fails with EPERM for a chrooted process, even when the
+            # new root shows the very same tree.
+            os.mkdir("root")
+            _mount(libc, "/", "root", None, _MS_BIND | _MS_REC, "")
+            os.chroot("root")
         _drop_privileges(libc, spec["uid"], spec["gid"])
         os.chdir(spec["cwd"])
     except OSError as exc:

@@ -97,3 +97,27 @@ def test_explicit_kernel_with_threads_errors_each_test_clearly(user_dir: Path) -
     assert "the kernel backend cannot work here" in output
     assert "Traceback" not in output
     assert "During handling" not in output
+
+
+def test_blocked_user_namespaces_fall_back_to_copy_with_the_reason(user_dir: Path) -> None:
+    _write(user_dir, {"test_x.py": TESTS, "pytest.ini": "[pytest]\n"})
+    result = _unpriv.run_as_user(
+        [sys.executable, "-m", "pytest", *ARGS],
+        cwd=user_dir,
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+        block_userns=True,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "2 passed" in output
+    assert "overlay: backend=copy" in output
+    assert "kernel not used: creating a user namespace is not permitted here" in output
+    explicit = _unpriv.run_as_user(
+        [sys.executable, "-m", "pytest", *ARGS, "--overlay-backend=kernel"],
+        cwd=user_dir,
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+        block_userns=True,
+    )
+    assert explicit.returncode == pytest.ExitCode.USAGE_ERROR, explicit.stdout + explicit.stderr
+    assert "the kernel backend cannot work here: creating a user namespace" in explicit.stderr
+    assert "Traceback" not in explicit.stdout + explicit.stderr
