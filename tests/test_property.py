@@ -1,0 +1,177 @@
+"""Property-based differential testing: random operation sequences, kernel overlayfs as oracle.
+
+Hypothesis draws sequences of filesystem operations over a small tree of nested directories,
+symlinks and a read-only file; each sequence runs on the kernel backend and on the copy
+backend.  The merged views (types, contents, modes, link targets), the errno of every failing
+operation and the diffs must agree, and the lower layer must hash the same before and after.
+Renaming a directory is left out: the kernel answers EXDEV for lower directories on purpose
+(documented), while the copy backend renames.
+
+The budget is small by default; ``PYTEST_OVERLAY_EXAMPLES`` raises it (the stress run does).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests._gates import gate, kernel_reason
+
+INNER = r"""
+import errno
+import hashlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from pytest_overlay._backends.copytree import CopyBackend
+from pytest_overlay._backends.kernel import KernelBackend
+
+NAMES = ["a", "b", "ro", "d", "d/x", "d/y", "d/s", "d/s/deep", "e", "e/z", "l", "n"]
+EXAMPLES = int(os.environ.get("PYTEST_OVERLAY_EXAMPLES", "40"))
+SCRATCH = Path(os.environ["PROPERTY_SCRATCH"])
+
+
+def build_lower(root):
+    (root / "d" / "s").mkdir(parents=True)
+    (root / "e").mkdir()
+    (root / "a").write_text("alpha\n")
+    (root / "ro").write_text("read only\n")
+    (root / "ro").chmod(0o444)
+    (root / "d" / "x").write_text("x\n")
+    (root / "d" / "s" / "deep").write_text("deep\n")
+    (root / "e" / "z").write_bytes(b"\0\1\2")
+    (root / "l").symlink_to("a")
+    for path in [*root.rglob("*"), root]:
+        if not path.is_symlink():
+            os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+
+
+def digest(root):
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        st_ = path.lstat()
+        h.update(f"{path.relative_to(root)} {st_.st_mode:o} {st_.st_mtime_ns}".encode())
+        if path.is_symlink():
+            h.update(os.readlink(path).encode())
+        elif path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def view(root):
+    seen = {}
+    for directory, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(directory, name)
+            st_ = path.lstat()
+            rel = str(path.relative_to(root))
+            if stat.S_ISLNK(st_.st_mode):
+                seen[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(st_.st_mode):
+                seen[rel] = ("dir", stat.S_IMODE(st_.st_mode))
+            else:
+                seen[rel] = ("file", stat.S_IMODE(st_.st_mode), path.read_bytes())
+    return seen
+
+
+def apply(root, op):
+    kind, name, other, data = op
+    path, target = root / name, root / other
+    try:
+        if kind == "write":
+            path.write_bytes(data)
+        elif kind == "append":
+            with open(path, "ab") as f:
+                f.write(data)
+        elif kind == "truncate":
+            os.truncate(path, len(data))
+        elif kind == "unlink":
+            os.unlink(path)
+        elif kind == "mkdir":
+            os.mkdir(path)
+        elif kind == "rmdir":
+            os.rmdir(path)
+        elif kind == "rmtree":
+            shutil.rmtree(path)
+        elif kind == "rename":
+            if path.is_dir() and not path.is_symlink():
+                return "skipped"
+            os.rename(path, target)
+        elif kind == "symlink":
+            os.symlink(other, path)
+        elif kind == "link":
+            os.link(path, target)
+        elif kind == "chmod":
+            os.chmod(path, 0o600 + len(data) % 2 * 0o55)
+        elif kind == "utime":
+            os.utime(path, ns=(2_000_000_000, 2_000_000_000 + len(data)), follow_symlinks=False)
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    return "ok"
+
+
+OPS = st.tuples(
+    st.sampled_from(["write", "append", "truncate", "unlink", "mkdir", "rmdir", "rmtree",
+                     "rename", "symlink", "link", "chmod", "utime"]),
+    st.sampled_from(NAMES),
+    st.sampled_from(NAMES),
+    st.binary(max_size=8),
+)
+
+KERNEL = KernelBackend(lambda: SCRATCH / "kernel")
+COPY = CopyBackend(lambda: SCRATCH / "copy")
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(st.lists(OPS, min_size=1, max_size=12))
+def test_backends_agree(tmp_path_factory, ops):
+    lower = tmp_path_factory.mktemp("lower")
+    build_lower(lower)
+    before = digest(lower)
+    results = {}
+    for backend in (KERNEL, COPY):
+        mount = backend.mount([lower], label="prop")
+        try:
+            errors = [apply(mount.path, op) for op in ops]
+            results[backend.name] = (errors, view(mount.path), mount.diff())
+        finally:
+            mount.close()
+    assert results["copy"][0] == results["kernel"][0], "errno differ"
+    assert results["copy"][1] == results["kernel"][1], "merged views differ"
+    assert results["copy"][2] == results["kernel"][2], "diffs differ"
+    assert digest(lower) == before, "the lower layer changed"
+"""
+
+
+def test_random_operation_sequences_agree_with_the_kernel(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate("kernel", kernel_reason())
+    monkeypatch.setenv("PROPERTY_SCRATCH", str(pytester.path / "scratch"))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    pytester.makepyfile(test_inner=INNER)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly", timeout=600
+    )
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.stress
+def test_larger_budget_of_random_sequences(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate("kernel", kernel_reason())
+    monkeypatch.setenv("PROPERTY_SCRATCH", str(pytester.path / "scratch"))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("PYTEST_OVERLAY_EXAMPLES", os.environ.get("PYTEST_OVERLAY_EXAMPLES", "1000"))
+    pytester.makepyfile(test_inner=INNER)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly", timeout=1200
+    )
+    result.assert_outcomes(passed=1)
