@@ -110,13 +110,18 @@ def hash_inputs(project: Path, inputs: Sequence[str | os.PathLike[str]]) -> str:
     return digest.hexdigest()
 
 
+# Bytecode appears and changes by itself; it must not make a layer stale.
+_NOT_INPUT = ("__pycache__",)
+
+
 def _walk(path: Path) -> Iterator[tuple[str, Path]]:
     if not os.path.lexists(path):
         raise OverlayError(f"layer input {path} does not exist; inputs must be existing paths")
     yield ".", path
     if path.is_dir() and not path.is_symlink():
         for directory, dirnames, filenames in os.walk(path):
-            dirnames.sort()
+            dirnames[:] = sorted(d for d in dirnames if d not in _NOT_INPUT)
+            filenames = [f for f in filenames if not f.endswith(".pyc")]
             for name in sorted([*dirnames, *filenames]):
                 full = Path(directory, name)
                 yield full.relative_to(path).as_posix(), full
@@ -219,11 +224,13 @@ class LayerCache:
             raise LayerBuildError(data.get("error", f"building layer {name!r} failed"))
 
     def _prune(self, name: str, keep: Path) -> None:
-        # Older builds of the same layer are stale: their inputs changed.
+        # Builds of the same layer from earlier runs are stale: their inputs changed.  Builds
+        # of this run stay, since one name may be built with several keys in a run.
         for path in self.root.glob(f"{name}-*"):
             if path != keep and path.is_dir() and (path / META_FILE).exists():
                 with contextlib.suppress(OSError, ValueError):
-                    if json.loads((path / META_FILE).read_text()).get("name") == name:
+                    meta = json.loads((path / META_FILE).read_text())
+                    if meta.get("name") == name and meta.get("run_id") != self.run_id:
                         remove_layer_tree(path)
 
     def layers(self) -> list[LayerInfo]:

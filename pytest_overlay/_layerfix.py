@@ -103,7 +103,7 @@ class LayerFactory:
         except LayerBuildError as exc:
             first_line = str(exc).splitlines()[0]
             self._failed[cache_key] = first_line
-            self._session.notices.append(f"snapshot layer {name!r} failed to build: {exc}")
+            self._session.notices.append(first_line + " (the first test that needed it shows why)")
             raise
         self._built[cache_key] = layer
         return layer

@@ -49,9 +49,11 @@ def synthesize_upper(diff: TreeDiff, new_root: Path, upper: Path) -> None:
         else:
             with contextlib.suppress(OSError):
                 os.mknod(target, st.st_mode, st.st_rdev)
-    # Directory modes and times last, deepest first, so read-only ones could be filled.
+    # Directory modes and times last, deepest first, so read-only ones could be filled; the
+    # root too, since a merged view takes its root's mode from the topmost layer.
     for source, target in sorted(directories, key=lambda pair: len(pair[1].parts), reverse=True):
         shutil.copystat(source, target, follow_symlinks=False)
+    shutil.copystat(new_root, upper, follow_symlinks=False)
 
 
 def _make_parents(
