@@ -10,28 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 from . import _namespaces
 from ._backends import Mount
 from ._diff import TreeDiff
-from ._keep import Record, Store, keep_test
+from ._keep import Record, Store, keep_test, remove_layer_tree, test_slug
 from ._layers import LayerStack
 from ._overlay import Overlay
+from ._report import ReportOptions, render_report
 from ._session import OverlaySession
 from ._settings import make_ignore
 from ._upper import synthesize_upper
-
-if TYPE_CHECKING:
-    from ._report import ReportOptions
 
 SECTION = "overlay changes"
 
@@ -49,7 +47,6 @@ class TestState:
     targets: tuple[Path, ...] = ()
     phases: dict[str, str] = field(default_factory=dict)
     saved_cwd: str | None = None
-    kept: Path | None = None
 
 
 state_key = pytest.StashKey[TestState]()
@@ -69,7 +66,7 @@ def ignore_for(config: pytest.Config, session: OverlaySession, root: Path) -> Ca
     return ignore
 
 
-def _cache_dir(config: pytest.Config) -> Path | None:
+def _cache_dir(config: pytest.Config) -> Path:
     try:
         cache_dir = config.getini("cache_dir")
     except ValueError:
@@ -108,11 +105,10 @@ def start_in_place(
     basetemp = _basetemp(config)
     session.set_scratch((basetemp or Path(tempfile.mkdtemp(prefix="pytest-overlay-"))) / "overlay")
     targets = session.settings.lowers
-    keep_real = [p for p in (_cache_dir(config), _basetemp(config)) if p is not None]
-    keep_real += list(session.settings.passthrough)
     cache = _cache_dir(config)
-    if cache is not None:
-        (cache / "d" / "overlay").mkdir(parents=True, exist_ok=True)
+    # Kept layers are written while the view is mounted: the store must be on the real disk.
+    (cache / "d" / "overlay").mkdir(parents=True, exist_ok=True)
+    keep_real = [cache, *([basetemp] if basetemp else []), *session.settings.passthrough]
     backend = session.selection.backend
     mounts: list[Mount] = []
     try:
@@ -158,7 +154,7 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> list
     messages: list[str] = []
     try:
         if _should_keep(session.settings.keep, state.phases):
-            state.kept = _keep(item, session, state)
+            _keep(item, session, state)
     except Exception as exc:
         messages.append(f"could not keep the test's layer: {type(exc).__name__}: {exc}")
     finally:
@@ -190,16 +186,13 @@ def outcome(phases: dict[str, str]) -> str:
 
 
 def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path | None:
-    store_root = _cache_dir(item.config)
-    if store_root is None or session.run_id is None:
+    if session.run_id is None:
         return None
-    store = Store(store_root / "d" / "overlay")
+    store = Store(_cache_dir(item.config) / "d" / "overlay")
     run_dir = session.run_dir(store)
     mount = state.mounts[0]
     with _namespaces.privileged():
         diff = mount.diff(state.ignore)
-        from ._report import ReportOptions
-
         report = render_changes_report(mount, diff, ReportOptions(max_lines=None))
         record = Record(
             nodeid=item.nodeid,
@@ -221,8 +214,6 @@ def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path 
 
 @contextlib.contextmanager
 def _scratch_upper(run_dir: Path, nodeid: str) -> Iterator[Path]:
-    from ._keep import remove_layer_tree, test_slug
-
     scratch = run_dir / f".building-{test_slug(nodeid)}-{os.getpid()}"
     try:
         yield scratch
@@ -232,16 +223,12 @@ def _scratch_upper(run_dir: Path, nodeid: str) -> Iterator[Path]:
 
 def json_dict(diff: TreeDiff) -> dict[str, object]:
     """The JSON form of a diff, as a dict."""
-    import json
-
     data: dict[str, object] = json.loads(diff.to_json())
     return data
 
 
 def render_changes_report(mount: Mount, diff: TreeDiff, options: ReportOptions) -> str:
     """The failure report of a view: change list, then unified diffs."""
-    from ._report import render_report
-
     stack = LayerStack(mount.lowers)
 
     def old(rel: str) -> Path | None:
@@ -268,8 +255,6 @@ def failure_section(
     hint = f"`pytest-overlay show '{item.nodeid}'`"
     mount = state.mounts[0]
     try:
-        from ._report import ReportOptions
-
         options = ReportOptions(max_lines=limit, color=color, more_hint=hint)
         with _namespaces.privileged():
             diff = mount.diff(state.ignore)
@@ -316,7 +301,7 @@ def manifest(root: Path, ignore: Callable[[str], bool]) -> Manifest:
 def kept_summary(config: pytest.Config, session: OverlaySession) -> str | None:
     """The end-of-run line saying how many layers this run kept, where, and how to look."""
     cache = _cache_dir(config)
-    if cache is None or session.run_id is None:
+    if session.run_id is None:
         return None
     store = Store(cache / "d" / "overlay")
     count = sum(

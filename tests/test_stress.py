@@ -107,4 +107,6 @@ def test_two_thousand_tests_leave_nothing_behind(tmp_path: Path, mode: tuple[str
         durations = report["durations"]
         first = statistics.median(durations[50:250])
         last = statistics.median(durations[-200:])
-        assert last < first * 1.5 + 0.0002, f"per-test cost grew from {first:.6f}s to {last:.6f}s"
+        # Loose enough for a loaded CI machine, tight enough to catch cost growing with the
+        # number of tests run (a leak makes the last tests many times slower).
+        assert last < first * 2 + 0.0005, f"per-test cost grew from {first:.6f}s to {last:.6f}s"
