@@ -18,14 +18,10 @@ how to read the output.  The script reports; it exits 0 whether or not the goals
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,24 +29,36 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    DEFAULT_CACHE,
+    BENCH_ENV_TEXT,
+    Goal,
     TreeInfo,
+    add_cache_dir,
+    add_quick_and_json,
+    check_outcome,
+    command_line,
     ensure_tree,
+    failed_summary,
     fmt_ms,
     fmt_ratio,
-    machine_info,
+    fmt_s,
+    goal_at_least,
+    install_files,
     median,
     percentile,
     prepare_cache,
+    print_end,
+    print_goals,
+    print_machine,
+    pytest_command,
     ratio,
     render_table,
-    write_if_changed,
+    results_dir,
+    run_pytest,
+    tree_digest,
+    tree_unchanged_goal,
+    write_json,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-PYTEST_ARGS = ("-q", "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly")
-BENCH_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
 RUN_TIMEOUT_S = 3 * 3600
 
 TREE_FILES = 10_000
@@ -58,6 +66,45 @@ GOAL_DATADIR_OVER_OVERLAY = 40.0
 DEFAULT_TESTS = 20
 
 # --- the project ----------------------------------------------------------------------------
+
+# The overlay and datadir test modules differ only in their docstring, in the fixture that gives
+# the tree (<fixture>) and in what the first test records about it (<records>).
+_CHANGE_ONE_FILE = '''
+import os
+from pathlib import Path
+
+import pytest
+
+TREE = Path(os.environ["BENCH_TREE"])
+COUNT = int(os.environ["BENCH_COUNT"])
+
+
+def target(i):
+    """A different data file for each test, spread over the tree."""
+    index = (i * 997) % 10_000
+    leaf = index // 100
+    return f"d{leaf // 10:03d}/d{leaf % 10:02d}/f{index % 100:03d}.txt"
+
+
+@pytest.mark.parametrize("i", range(COUNT))
+def test_change_one_file(i, <fixture>, record_property):
+    if i == 0:  # what the fixture gave, once, in the call phase (which is not timed)
+<records>
+    path = <fixture> / target(i)
+    original = (TREE / target(i)).read_bytes()
+    assert path.read_bytes() == original
+    path.write_bytes(original.upper() + b"changed\\n")
+    assert path.read_bytes() == original.upper() + b"changed\\n"
+    assert (TREE / target(i)).read_bytes() == original
+'''
+
+
+def _change_one_file(docstring: str, fixture: str, records: Sequence[str]) -> str:
+    """The text of a test module: *docstring*, then the template for *fixture*."""
+    lines = "".join(f"        record_property({record})\n" for record in records)
+    body = _CHANGE_ONE_FILE.replace("<fixture>", fixture).replace("<records>\n", lines)
+    return f'"""{docstring}"""\n{body}'
+
 
 HARNESS_FILES = {
     "pytest.ini": """\
@@ -121,75 +168,26 @@ COUNT = int(os.environ["BENCH_COUNT"])
 def test_nothing(i):
     assert i >= 0
 ''',
-    "test_overlay.py": '''\
-"""Each test changes one file of the 10,000-file tree in its own overlay of it.
-
-The run passes --overlay-lower=<the tree>, so overlay_root is a view of the tree.
-"""
-
-import os
-from pathlib import Path
-
-import pytest
-
-TREE = Path(os.environ["BENCH_TREE"])
-COUNT = int(os.environ["BENCH_COUNT"])
-
-
-def target(i):
-    """A different data file for each test, spread over the tree."""
-    index = (i * 997) % 10_000
-    leaf = index // 100
-    return f"d{leaf // 10:03d}/d{leaf % 10:02d}/f{index % 100:03d}.txt"
-
-
-@pytest.mark.parametrize("i", range(COUNT))
-def test_change_one_file(i, overlay_root, record_property):
-    if i == 0:  # what the fixture gave, once, in the call phase (which is not timed)
-        record_property("backend", overlay_root.backend)
-        record_property("is_mount", os.path.ismount(overlay_root))
-        record_property("files", sum(len(names) for _, _, names in os.walk(overlay_root)))
-    path = overlay_root / target(i)
-    original = (TREE / target(i)).read_bytes()
-    assert path.read_bytes() == original
-    path.write_bytes(original.upper() + b"changed\\n")
-    assert path.read_bytes() == original.upper() + b"changed\\n"
-    assert (TREE / target(i)).read_bytes() == original
-''',
-    "test_datadir.py": '''\
-"""Each test changes one file of the 10,000-file tree in its own copy (pytest-datadir).
-
-data/ beside this module is a symbolic link to the tree; shared_datadir copies it for each test.
-"""
-
-import os
-from pathlib import Path
-
-import pytest
-
-TREE = Path(os.environ["BENCH_TREE"])
-COUNT = int(os.environ["BENCH_COUNT"])
-
-
-def target(i):
-    """A different data file for each test, spread over the tree."""
-    index = (i * 997) % 10_000
-    leaf = index // 100
-    return f"d{leaf // 10:03d}/d{leaf % 10:02d}/f{index % 100:03d}.txt"
-
-
-@pytest.mark.parametrize("i", range(COUNT))
-def test_change_one_file(i, shared_datadir, record_property):
-    if i == 0:  # what the fixture gave, once, in the call phase (which is not timed)
-        record_property("backend", "datadir")
-        record_property("files", sum(len(names) for _, _, names in os.walk(shared_datadir)))
-    path = shared_datadir / target(i)
-    original = (TREE / target(i)).read_bytes()
-    assert path.read_bytes() == original
-    path.write_bytes(original.upper() + b"changed\\n")
-    assert path.read_bytes() == original.upper() + b"changed\\n"
-    assert (TREE / target(i)).read_bytes() == original
-''',
+    "test_overlay.py": _change_one_file(
+        "Each test changes one file of the 10,000-file tree in its own overlay of it.\n\n"
+        "The run passes --overlay-lower=<the tree>, so overlay_root is a view of the tree.\n",
+        "overlay_root",
+        [
+            '"backend", overlay_root.backend',
+            '"is_mount", os.path.ismount(overlay_root)',
+            '"files", sum(len(names) for _, _, names in os.walk(overlay_root))',
+        ],
+    ),
+    "test_datadir.py": _change_one_file(
+        "Each test changes one file of the 10,000-file tree in its own copy (pytest-datadir).\n\n"
+        "data/ beside this module is a symbolic link to the tree; shared_datadir copies it for "
+        "each test.\n",
+        "shared_datadir",
+        [
+            '"backend", "datadir"',
+            '"files", sum(len(names) for _, _, names in os.walk(shared_datadir))',
+        ],
+    ),
 }
 
 
@@ -197,8 +195,7 @@ def install_project(cache: Path, tree: Path) -> Path:
     """The project directory, with its harness and ``data`` -> *tree* (idempotent)."""
     project = cache / "datadir-project"
     project.mkdir(mode=0o755, exist_ok=True)
-    for name, text in HARNESS_FILES.items():
-        write_if_changed(project / name, text)
+    install_files(project, HARNESS_FILES)
     link = project / "data"
     if not link.is_symlink() or os.readlink(link) != os.fspath(tree):
         if link.is_symlink() or link.is_file():
@@ -207,28 +204,6 @@ def install_project(cache: Path, tree: Path) -> Path:
             shutil.rmtree(link)
         link.symlink_to(tree, target_is_directory=True)
     return project
-
-
-def tree_digest(root: Path) -> tuple[str, int]:
-    """Digest of every name and content under *root* (its top-level ``.pytest_cache`` aside),
-    and the number of files."""
-    digest = hashlib.sha256()
-    files = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        dirnames[:] = sorted(d for d in dirnames if rel != "." or d != ".pytest_cache")
-        digest.update(b"D" + rel.encode() + b"\0")
-        for name in sorted(filenames):
-            with open(os.path.join(dirpath, name), "rb") as f:
-                content = f.read()
-            digest.update(b"F" + name.encode() + b"\0" + hashlib.sha256(content).digest())
-            files += 1
-    return digest.hexdigest(), files
-
-
-def count_files(root: Path) -> int:
-    """Files under *root*, as the tests count them (``os.walk``, nothing left out)."""
-    return sum(len(names) for _, _, names in os.walk(root))
 
 
 # --- runs -----------------------------------------------------------------------------------
@@ -300,15 +275,7 @@ class Run:
 
 def pytest_argv(tree: Path, modules: Sequence[str]) -> list[str]:
     """The exact command of a run, in the project's root."""
-    return [
-        sys.executable,
-        "-m",
-        "pytest",
-        *PYTEST_ARGS,
-        "--overlay-backend=kernel",
-        f"--overlay-lower={tree}",
-        *modules,
-    ]
+    return pytest_command("--overlay-backend=kernel", f"--overlay-lower={tree}", *modules)
 
 
 def run_once(
@@ -324,42 +291,20 @@ def run_once(
     """Run pytest once on the modules of *ways*; collect and check the per-test figures."""
     modules = [WAYS[k].module for k in ways]
     run = Run(name, modules, len(ways) > 1, os.getloadavg()[0])
-    out = results / f"{name}-{time.monotonic_ns()}.json"
-    env = {**os.environ, **BENCH_ENV}
-    for var in ("PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_PLUGINS"):
-        env.pop(var, None)
-    env.update(
-        BENCH_OUT=os.fspath(out),
-        BENCH_TREE=os.fspath(tree),
-        BENCH_COUNT=str(tests),
-        BENCH_INTERLEAVE="1" if run.interleave else "0",
-    )
-    started = time.perf_counter()
-    done = subprocess.run(
+    outcome = run_pytest(
         pytest_argv(tree, modules),
         cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
+        out=results / f"{name}-{time.monotonic_ns()}.json",
+        env={
+            "BENCH_TREE": os.fspath(tree),
+            "BENCH_COUNT": str(tests),
+            "BENCH_INTERLEAVE": "1" if run.interleave else "0",
+        },
         timeout=RUN_TIMEOUT_S,
-        check=False,
     )
-    run.wall_s = time.perf_counter() - started
-    run.exit_code = done.returncode
-    run.tree_unchanged = tree_digest(tree)[0] == pristine
-    if not run.tree_unchanged:
-        run.errors.append("the real tree's digest changed during the run")
-    try:
-        data: dict[str, Any] = json.loads(out.read_text())
-    except (OSError, ValueError):
-        data = {}
-    finally:
-        out.unlink(missing_ok=True)
-    if done.returncode != 0 or not data or data.get("failures"):
-        failures = "\n".join(data.get("failures", []))
-        run.errors.append(
-            f"exit {done.returncode}: {failures or (done.stdout + done.stderr)[-3000:]}"
-        )
+    run.wall_s, run.exit_code = outcome.wall_s, outcome.returncode
+    run.tree_unchanged, run.errors = check_outcome(outcome, tree, pristine)
+    data = outcome.data or {}
     by_module = {WAYS[k].module: k for k in ways}
     for nodeid, entry in data.get("tests", []):
         key = by_module.get(nodeid.split("::", 1)[0])
@@ -388,21 +333,6 @@ def run_once(
 # --- reporting ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Goal:
-    """One goal, its measured value and the verdict."""
-
-    name: str
-    value: float | None
-    target: str
-    met: bool | None
-    shown: str
-
-    def line(self) -> str:
-        verdict = "n/a " if self.met is None else ("PASS" if self.met else "MISS")
-        return f"{verdict}  {self.name}: {self.shown} (goal {self.target})"
-
-
 def cell_median(run: Run | None, key: str) -> float | None:
     if run is None or not run.ok or key not in run.cells:
         return None
@@ -413,10 +343,6 @@ def minus(value: float | None, base: float | None) -> float | None:
     return None if value is None or base is None else value - base
 
 
-def fmt_s(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{seconds:.2f} s"
-
-
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -425,22 +351,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="overlay_root against pytest-datadir's shared_datadir on a 10,000-file "
         "tree: per-test setup + teardown (one run, interleaved) and whole-run wall time",
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="5 tests per way instead of 20 (about a quarter)"
-    )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="Write every figure here")
+    add_quick_and_json(parser, "5 tests per way instead of 20 (about a quarter)")
     parser.add_argument(
         "--tests",
         type=int,
         default=None,
         help=f"Tests per way (default {DEFAULT_TESTS}; 5 with --quick)",
     )
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=DEFAULT_CACHE,
-        help=f"Where the tree and the project are kept (default: {DEFAULT_CACHE})",
-    )
+    add_cache_dir(parser, "Where the tree and the project are kept")
     args = parser.parse_args(argv)
     if args.tests is None:
         args.tests = 5 if args.quick else DEFAULT_TESTS
@@ -452,7 +370,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     tests: int = args.tests
-    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    command = command_line(argv)
     cache: Path = args.cache_dir
     prepare_cache(cache)
     tree_info: TreeInfo = ensure_tree(cache, TREE_FILES)
@@ -461,11 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pristine, tree_files = tree_digest(tree)
     all_ways = list(WAYS)
 
-    print("machine:")
-    machine = machine_info(cache, REPO_ROOT)
-    for name, value in machine.items():
-        print(f"  {name}: {value}")
-    print(f"command: {command}")
+    machine = print_machine(cache, command)
     print(f"runs, in {project}:")
     same_argv = pytest_argv(tree, [WAYS[k].module for k in all_ways])
     print(f"  same run (interleaved): {shlex.join(same_argv)}")
@@ -473,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {key} alone: {shlex.join(pytest_argv(tree, [WAYS[key].module]))}")
     print(
         "  env "
-        + " ".join(f"{k}={v}" for k, v in BENCH_ENV.items())
+        + BENCH_ENV_TEXT
         + f" BENCH_TREE={tree} BENCH_COUNT={tests} BENCH_INTERLEAVE=1 (same run) or 0"
     )
     others = tree_files - tree_info.files
@@ -487,7 +401,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"plan: {tests} tests per way; one interleaved run, then each module alone")
     print(flush=True)
 
-    results = Path(tempfile.mkdtemp(prefix="results-", dir=cache))
     runs: dict[str, Run] = {}
     jobs: list[tuple[str, list[str]]] = [
         ("same run", all_ways),
@@ -495,8 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("datadir alone", ["datadir"]),
         ("baseline alone", ["baseline"]),
     ]
-    started = time.perf_counter()
-    try:
+    with results_dir(cache) as results:
+        started = time.perf_counter()
         for index, (name, ways) in enumerate(jobs, 1):
             run = run_once(name, project, tree, pristine, tree_files, ways, tests, results)
             runs[name] = run
@@ -511,10 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"load before {run.load_before:.2f}"
                 )
             else:
-                summary = f"FAILED ({run.errors[0].splitlines()[0][:200]})"
+                summary = failed_summary(run.errors[0])
             print(f"[{index}/{len(jobs)}] {name}: {summary}", flush=True)
-    finally:
-        shutil.rmtree(results, ignore_errors=True)
     elapsed = time.perf_counter() - started
 
     same = runs["same run"]
@@ -605,27 +516,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     print()
-    goal_list = [
-        Goal(
+    goal_list: list[Goal] = [
+        goal_at_least(
             "per-test setup+teardown, shared_datadir / overlay_root, same run",
             per_test,
-            f">= {GOAL_DATADIR_OVER_OVERLAY:.0f}",
-            None if per_test is None else per_test >= GOAL_DATADIR_OVER_OVERLAY,
-            fmt_ratio(per_test),
+            GOAL_DATADIR_OVER_OVERLAY,
         ),
+        tree_unchanged_goal(sum(r.tree_unchanged for r in runs.values()), len(runs)),
     ]
-    unchanged = sum(r.tree_unchanged for r in runs.values())
-    goal_list.append(
-        Goal(
-            "isolation: runs after which the real tree's digest was unchanged",
-            float(unchanged),
-            f"all {len(runs)}",
-            unchanged == len(runs),
-            f"{unchanged}/{len(runs)}",
-        )
-    )
-    for goal in goal_list:
-        print(goal.line())
+    print_goals(goal_list)
     print(
         "(the goal applies to the per-test figure; the whole-run ratio includes pytest's "
         "startup and the tests' own work, and is shown for context)"
@@ -633,14 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run in runs.values():
         for error in run.errors:
             print(f"\nERROR {run.name}:\n{error}")
-    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"\nload average at the end: {load_after}")
-    print(f"total benchmark time {elapsed:.0f} s")
+    load_after = print_end(elapsed)
 
     if args.json is not None:
-        payload = {
-            "command": command,
-            "machine": machine,
+        figures = {
             "load_average_at_end": load_after,
             "tree": {**tree_info.to_json(), "files_with_harness": tree_files, "digest": pristine},
             "project": os.fspath(project),
@@ -656,13 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "in_run_total": in_run,
                 "whole_run_wall": whole,
             },
-            "goals": [
-                {"name": g.name, "value": g.value, "target": g.target, "met": g.met}
-                for g in goal_list
-            ],
         }
-        args.json.write_text(json.dumps(payload, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, command, machine, figures, goal_list)
     return 0
 
 

@@ -16,16 +16,13 @@ says how to read the output.  The script reports; it exits 0 whether or not the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
 import resource
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,21 +30,34 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    DEFAULT_CACHE,
+    BENCH_ENV_TEXT,
+    Goal,
+    add_cache_dir,
+    add_quick_and_json,
+    check_outcome,
+    command_line,
+    failed_summary,
     fmt_ms,
     fmt_ratio,
-    machine_info,
+    fmt_s,
+    goal_at_least,
+    install_files,
     median,
+    parse_choices,
     prepare_cache,
+    print_end,
+    print_goals,
+    print_machine,
+    pytest_command,
     ratio,
     render_table,
-    write_if_changed,
+    results_dir,
+    run_pytest,
+    tree_digest,
+    tree_unchanged_goal,
+    write_json,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-PYTEST_ARGS = ("-q", "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly")
-BENCH_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
 RUN_TIMEOUT_S = 1800
 
 GOAL_SPEEDUP = 1.6
@@ -225,21 +235,6 @@ def test_destructive_io(i, root, record_property):
 }
 
 
-def tree_digest(root: Path) -> str:
-    """Names and contents of every file and directory; the harness's ``tree_digest`` twin."""
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        # pytest's cache directory is passed through to the real disk in in-place mode.
-        dirnames[:] = sorted(d for d in dirnames if rel != "." or d != ".pytest_cache")
-        digest.update(b"D" + rel.encode() + b"\0")
-        for name in sorted(filenames):
-            with open(os.path.join(dirpath, name), "rb") as f:
-                content = f.read()
-            digest.update(b"F" + name.encode() + b"\0" + hashlib.sha256(content).digest())
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class Project:
     """The generated project: where it is and what it holds."""
@@ -286,8 +281,7 @@ def ensure_project(cache: Path) -> Project:
                 content = _words(rng, rng.randint(1000, 3000))
                 (path / "src" / f"m{d:02d}" / f"file{f:02d}.txt").write_bytes(content)
         manifest.write_text(json.dumps({"format": PROJECT_FORMAT}) + "\n")
-    for name, text in HARNESS_FILES.items():
-        write_if_changed(path / name, text)
+    install_files(path, HARNESS_FILES)
     files = 0
     size = 0
     for dirpath, _, filenames in os.walk(path):
@@ -346,16 +340,7 @@ class Run:
 
 def pytest_argv(mode: Mode, workers: int) -> list[str]:
     """The exact command each run executes, in the project's root."""
-    return [
-        sys.executable,
-        "-m",
-        "pytest",
-        *PYTEST_ARGS,
-        "-n",
-        str(workers),
-        *mode.args,
-        "test_io.py",
-    ]
+    return pytest_command("-n", str(workers), *mode.args, "test_io.py")
 
 
 def run_once(
@@ -363,47 +348,20 @@ def run_once(
 ) -> Run:
     """Run the suite once and check the outcome."""
     run = Run(mode.key, workers, rnd, os.getloadavg()[0])
-    out = results / f"{mode.key}-{workers}-{time.monotonic_ns()}.json"
-    env = {**os.environ, **BENCH_ENV}
-    for name in ("PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_PLUGINS"):
-        env.pop(name, None)
-    env.update(
-        BENCH_OUT=os.fspath(out),
-        BENCH_MODE=mode.key,
-        BENCH_COUNT=str(tests),
-        BENCH_PRISTINE=pristine,
-    )
-    argv = pytest_argv(mode, workers)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    done = subprocess.run(
-        argv,
+    outcome = run_pytest(
+        pytest_argv(mode, workers),
         cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
+        out=results / f"{mode.key}-{workers}-{time.monotonic_ns()}.json",
+        env={"BENCH_MODE": mode.key, "BENCH_COUNT": str(tests), "BENCH_PRISTINE": pristine},
         timeout=RUN_TIMEOUT_S,
-        check=False,
     )
-    run.wall_s = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # CPU time of pytest and of every process below it (workers, sh, dd...), user + system.
     run.cpu_s = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
-    run.exit_code = done.returncode
-    run.tree_unchanged = tree_digest(project) == pristine
-    if not run.tree_unchanged:
-        run.errors.append("the real tree's digest changed during the run")
-    try:
-        data: dict[str, Any] = json.loads(out.read_text())
-    except (OSError, ValueError):
-        data = {}
-    finally:
-        out.unlink(missing_ok=True)
-    if done.returncode != 0 or not data or data.get("failures"):
-        failures = "\n".join(data.get("failures", []))
-        run.errors.append(
-            f"exit {done.returncode}: {failures or (done.stdout + done.stderr)[-3000:]}"
-        )
+    run.wall_s, run.exit_code = outcome.wall_s, outcome.returncode
+    run.tree_unchanged, run.errors = check_outcome(outcome, project, pristine)
+    data = outcome.data or {}
     entries: dict[str, dict[str, Any]] = data.get("tests", {})
     run.tests = len(entries)
     seen: set[str] = set()
@@ -441,26 +399,6 @@ def schedule(
 # --- reporting ------------------------------------------------------------------------------
 
 
-def fmt_s(seconds: float | None) -> str:
-    """Seconds with two decimals."""
-    return "n/a" if seconds is None else f"{seconds:.2f} s"
-
-
-@dataclass(frozen=True)
-class Goal:
-    """One goal, its measured value and the verdict."""
-
-    name: str
-    value: float | None
-    target: str
-    met: bool | None
-    shown: str
-
-    def line(self) -> str:
-        verdict = "n/a " if self.met is None else ("PASS" if self.met else "MISS")
-        return f"{verdict}  {self.name}: {self.shown} (goal {self.target})"
-
-
 def walls(runs: Sequence[Run], key: str, workers: int) -> list[float]:
     """Wall times of the successful runs of one cell."""
     return [r.wall_s for r in runs if r.mode == key and r.workers == workers and r.ok]
@@ -482,10 +420,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Speed-up of pytest -n 2 over -n 0 on an IO-bound destructive suite "
         "that uses overlay_root (kernel backend), in fixture mode and with --overlay",
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="One round instead of three (about a third the time)"
-    )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="Write every figure here")
+    add_quick_and_json(parser, "One round instead of three (about a third the time)")
     parser.add_argument(
         "--tests", type=int, default=DEFAULT_TESTS, help=f"Tests per run (default {DEFAULT_TESTS})"
     )
@@ -500,18 +435,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=",".join(MODES),
         help=f"Comma-separated subset of {', '.join(MODES)}",
     )
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=DEFAULT_CACHE,
-        help=f"Where the project is generated and kept (default: {DEFAULT_CACHE})",
-    )
+    add_cache_dir(parser, "Where the project is generated and kept")
     args = parser.parse_args(argv)
-    keys = [k.strip() for k in args.modes.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in MODES]
-    if unknown or not keys:
-        parser.error(f"--modes: unknown {unknown}; choose from {', '.join(MODES)}")
-    args.modes = keys
+    args.modes = parse_choices(parser, "--modes", args.modes, MODES, allow_empty=False)
     if args.tests < 1 or args.workers < 1:
         parser.error("--tests and --workers must be positive")
     return args
@@ -523,24 +449,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     tests: int = args.tests
     parallel: int = args.workers
     counts = [0, parallel]
-    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    command = command_line(argv)
     cache: Path = args.cache_dir
     prepare_cache(cache)
     project = ensure_project(cache)
-    pristine = tree_digest(project.path)
+    pristine = tree_digest(project.path)[0]
 
-    print("machine:")
-    machine = machine_info(cache, REPO_ROOT)
-    for name, value in machine.items():
-        print(f"  {name}: {value}")
-    print(f"command: {command}")
+    machine = print_machine(cache, command)
     print(f"each run, in {project.path}:")
     for key in args.modes:
         for n in counts:
             print(f"  {shlex.join(pytest_argv(MODES[key], n))}")
     print(
         "  env "
-        + " ".join(f"{k}={v}" for k, v in BENCH_ENV.items())
+        + BENCH_ENV_TEXT
         + f" BENCH_MODE=<mode> BENCH_COUNT={tests} BENCH_PRISTINE=<digest of the real tree>"
     )
     print(
@@ -555,9 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runs: list[Run] = []
     jobs = schedule(args.modes, counts, rounds)
-    results = Path(tempfile.mkdtemp(prefix="results-", dir=cache))
-    started = time.perf_counter()
-    try:
+    with results_dir(cache) as results:
+        started = time.perf_counter()
         for index, (key, n, rnd) in enumerate(jobs, 1):
             run = run_once(project.path, pristine, MODES[key], n, tests, rnd, results)
             runs.append(run)
@@ -569,10 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"load before {run.load_before:.2f}"
                 )
             else:
-                summary = f"FAILED ({run.errors[0].splitlines()[0][:200]})"
+                summary = failed_summary(run.errors[0])
             print(f"{label}: {summary}", flush=True)
-    finally:
-        shutil.rmtree(results, ignore_errors=True)
     elapsed = time.perf_counter() - started
 
     print()
@@ -639,18 +558,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render_table(["mode", "test", "call", "written per test"], detail))
     print()
 
-    goal_list: list[Goal] = []
-    for key in args.modes:
-        speedup = ratio(best(walls(runs, key, 0)), best(walls(runs, key, parallel)))
-        goal_list.append(
-            Goal(
-                f"speed-up of -n {parallel} over -n 0, {MODES[key].label} (best of {rounds})",
-                speedup,
-                f">= {GOAL_SPEEDUP}",
-                None if speedup is None else speedup >= GOAL_SPEEDUP,
-                fmt_ratio(speedup),
-            )
+    goal_list: list[Goal] = [
+        goal_at_least(
+            f"speed-up of -n {parallel} over -n 0, {MODES[key].label} (best of {rounds})",
+            ratio(best(walls(runs, key, 0)), best(walls(runs, key, parallel))),
+            GOAL_SPEEDUP,
         )
+        for key in args.modes
+    ]
     total_tests = sum(r.tests for r in runs)
     pristine_count = sum(r.pristine for r in runs)
     goal_list.append(
@@ -662,31 +577,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{pristine_count}/{total_tests}",
         )
     )
-    unchanged = sum(r.tree_unchanged for r in runs)
-    goal_list.append(
-        Goal(
-            "isolation: runs after which the real tree's digest was unchanged",
-            float(unchanged),
-            f"all {len(runs)}",
-            unchanged == len(runs),
-            f"{unchanged}/{len(runs)}",
-        )
-    )
-    for goal in goal_list:
-        print(goal.line())
+    goal_list.append(tree_unchanged_goal(sum(r.tree_unchanged for r in runs), len(runs)))
+    print_goals(goal_list)
     for run in runs:
         for error in run.errors:
             print(
                 f"\nERROR {MODES[run.mode].label} -n {run.workers} round {run.round + 1}:\n{error}"
             )
-    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"\nload average at the end: {load_after}")
-    print(f"total benchmark time {elapsed:.0f} s")
+    load_after = print_end(elapsed)
 
     if args.json is not None:
-        payload = {
-            "command": command,
-            "machine": machine,
+        figures = {
             "load_average_at_end": load_after,
             "project": {
                 "path": os.fspath(project.path),
@@ -702,13 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for n in counts
             },
             "runs": [asdict(r) for r in runs],
-            "goals": [
-                {"name": g.name, "value": g.value, "target": g.target, "met": g.met}
-                for g in goal_list
-            ],
         }
-        args.json.write_text(json.dumps(payload, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, command, machine, figures, goal_list)
     return 0
 
 

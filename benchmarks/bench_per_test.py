@@ -16,13 +16,8 @@ how to read the output.  The script reports; it exits 0 whether or not the goals
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,24 +26,35 @@ from types import ModuleType
 from typing import Any
 
 from _common import (
-    DEFAULT_CACHE,
+    BENCH_ENV_TEXT,
+    REPO_ROOT,
+    Goal,
     TreeInfo,
+    add_cache_dir,
+    add_quick_and_json,
+    command_line,
     ensure_tree,
+    failed_summary,
     fmt_ms,
     fmt_ratio,
-    machine_info,
+    goal_at_least,
+    goal_at_most,
+    install_files,
     median,
+    parse_choices,
     percentile,
     prepare_cache,
+    print_goals,
+    print_machine,
+    pytest_command,
     ratio,
     render_table,
-    write_if_changed,
+    results_dir,
+    run_pytest,
+    take_json,
+    write_json,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-PYTEST_ARGS = ("-q", "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly")
-BENCH_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
 RUN_TIMEOUT_S = 3 * 3600
 
 GOAL_FLATNESS = 1.1
@@ -134,12 +140,6 @@ def test_i(i, request):
 ''',
 }
 HARNESS_FILE_COUNT = len(HARNESS_FILES)
-
-
-def install_harness(tree: Path) -> None:
-    """Put the harness project into the tree's root (idempotent, world-readable)."""
-    for name, text in HARNESS_FILES.items():
-        write_if_changed(tree / name, text)
 
 
 # --- variants and runs ----------------------------------------------------------------------
@@ -272,7 +272,7 @@ class Unpriv:
 
 def pytest_argv(variant: Variant) -> list[str]:
     """The exact command each run executes, in the tree's root."""
-    return [sys.executable, "-m", "pytest", *PYTEST_ARGS, *variant.args, "test_bench.py"]
+    return pytest_command(*variant.args, "test_bench.py")
 
 
 def run_once(
@@ -280,51 +280,31 @@ def run_once(
     variant: Variant,
     tests: int,
     warmup: int,
-    results_dir: Path,
+    run_dir: Path,
     unpriv: Unpriv,
     cell: Cell,
 ) -> str:
     """Run pytest once; add the measured samples to *cell*; return a one-line summary."""
-    out = results_dir / f"{variant.key}-{tree.name}-{time.monotonic_ns()}.json"
-    env = {
-        **BENCH_ENV,
-        "BENCH_OUT": os.fspath(out),
-        "BENCH_FIXTURE": variant.fixture,
-        "BENCH_COUNT": str(tests + warmup),
-    }
-    argv = pytest_argv(variant)
-    started = time.perf_counter()
+    out = run_dir / f"{variant.key}-{tree.name}-{time.monotonic_ns()}.json"
+    run_as_user = None
     if variant.as_user:
         assert unpriv.module is not None
-        done = unpriv.module.run_as_user(argv, cwd=tree, env=env, timeout=RUN_TIMEOUT_S)
-    else:
-        full_env = {**os.environ, **env}
-        for name in ("PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_PLUGINS"):
-            full_env.pop(name, None)
-        done = subprocess.run(
-            argv,
-            cwd=tree,
-            env=full_env,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_S,
-            check=False,
-        )
-    wall = time.perf_counter() - started
-    try:
-        data = json.loads(out.read_text())
-        info = json.loads(Path(f"{out}.info").read_text())
-    except (OSError, ValueError):
-        data, info = None, {}
-    finally:
-        out.unlink(missing_ok=True)
-        Path(f"{out}.info").unlink(missing_ok=True)
-    if done.returncode != 0 or data is None or data["failures"]:
-        tail = (done.stdout + done.stderr)[-3000:]
-        failures = "\n".join(data["failures"]) if data else ""
-        error = f"exit {done.returncode}: {failures or tail}"
+        run_as_user = unpriv.module.run_as_user
+    outcome = run_pytest(
+        pytest_argv(variant),
+        cwd=tree,
+        out=out,
+        env={"BENCH_FIXTURE": variant.fixture, "BENCH_COUNT": str(tests + warmup)},
+        timeout=RUN_TIMEOUT_S,
+        run_as_user=run_as_user,
+    )
+    info = take_json(Path(f"{out}.info"))
+    if info is None:  # without what the fixture gave, the figures count for nothing
+        outcome.data, info = None, {}
+    error = outcome.error()
+    if error is not None:
         cell.errors.append(error)
-        return f"FAILED ({error.splitlines()[0][:200]})"
+        return failed_summary(error)
     mismatched = {k: info.get(k) for k, v in variant.expect.items() if info.get(k) != v}
     if variant.as_user and info.get("euid") == 0:
         mismatched["euid"] = 0
@@ -332,15 +312,16 @@ def run_once(
         error = f"the fixture did not give what was expected: {mismatched} (got {info})"
         cell.errors.append(error)
         return f"FAILED ({error})"
-    rows = data["durations"]
+    assert outcome.data is not None
+    rows = outcome.data["durations"]
     cell.info = info
     cell.first.append(rows[0][1] + rows[0][2])
-    cell.wall.append(wall)
+    cell.wall.append(outcome.wall_s)
     for _, setup, teardown in rows[warmup:]:
         cell.setup.append(setup)
         cell.teardown.append(teardown)
     measured = [s + t for _, s, t in rows[warmup:]]
-    return f"{len(measured)} tests, median {fmt_ms(median(measured))}, run {wall:.1f} s"
+    return f"{len(measured)} tests, median {fmt_ms(median(measured))}, run {outcome.wall_s:.1f} s"
 
 
 def schedule(
@@ -435,62 +416,38 @@ def detail_table(results: Results, sizes: Sequence[int]) -> str:
     return render_table(headers, rows)
 
 
-@dataclass(frozen=True)
-class Goal:
-    """One goal, its measured value and the verdict."""
-
-    name: str
-    value: float | None
-    target: str
-    met: bool | None
-    shown: str
-
-    def line(self) -> str:
-        verdict = "n/a " if self.met is None else ("PASS" if self.met else "MISS")
-        return f"{verdict}  {self.name}: {self.shown} (goal {self.target})"
-
-
 def goals(results: Results, sizes: Sequence[int]) -> list[Goal]:
-    out: list[Goal] = []
     small, large = min(sizes), max(sizes)
     mid = 10_000 if 10_000 in sizes else large
-
-    def check(name: str, value: float | None, target: str, ok: bool | None, shown: str) -> None:
-        out.append(Goal(name, value, target, None if value is None else ok, shown))
-
-    flat = ratio(results.overhead(large, "kernel_root"), results.overhead(small, "kernel_root"))
-    check(
-        f"flatness kernel(root) {large:,}/{small:,}",
-        flat,
-        f"<= {GOAL_FLATNESS}",
-        flat is not None and flat <= GOAL_FLATNESS,
-        fmt_ratio(flat),
-    )
-    unpriv = ratio(results.overhead(mid, "kernel_user"), results.overhead(mid, "kernel_root"))
-    check(
-        f"unprivileged/root at {mid:,}",
-        unpriv,
-        f"<= {GOAL_UNPRIV_OVER_ROOT}",
-        unpriv is not None and unpriv <= GOAL_UNPRIV_OVER_ROOT,
-        fmt_ratio(unpriv),
-    )
-    speedup = ratio(results.overhead(mid, "copytree"), results.overhead(mid, "kernel_root"))
-    check(
-        f"copytree/kernel at {mid:,}",
-        speedup,
-        f">= {GOAL_COPYTREE_OVER_KERNEL:.0f}",
-        speedup is not None and speedup >= GOAL_COPYTREE_OVER_KERNEL,
-        fmt_ratio(speedup),
-    )
+    kernel = results.overhead
+    out = [
+        goal_at_most(
+            f"flatness kernel(root) {large:,}/{small:,}",
+            ratio(kernel(large, "kernel_root"), kernel(small, "kernel_root")),
+            GOAL_FLATNESS,
+        ),
+        goal_at_most(
+            f"unprivileged/root at {mid:,}",
+            ratio(kernel(mid, "kernel_user"), kernel(mid, "kernel_root")),
+            GOAL_UNPRIV_OVER_ROOT,
+        ),
+        goal_at_least(
+            f"copytree/kernel at {mid:,}",
+            ratio(kernel(mid, "copytree"), kernel(mid, "kernel_root")),
+            GOAL_COPYTREE_OVER_KERNEL,
+        ),
+    ]
     for key in ("kernel_root", "kernel_user"):
         for files in sizes:
             value = results.overhead(files, key)
-            check(
-                f"{VARIANTS[key].label} median overhead at {files:,}",
-                value,
-                f"<= {fmt_ms(GOAL_ABSOLUTE_S)}",
-                value is not None and value <= GOAL_ABSOLUTE_S,
-                fmt_ms(value, precise=True),
+            out.append(
+                goal_at_most(
+                    f"{VARIANTS[key].label} median overhead at {files:,}",
+                    value,
+                    GOAL_ABSOLUTE_S,
+                    target=f"<= {fmt_ms(GOAL_ABSOLUTE_S)}",
+                    shown=fmt_ms(value, precise=True),
+                )
             )
     return out
 
@@ -508,23 +465,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="1000,10000,100000",
         help="Comma-separated tree sizes in files (default: 1000,10000,100000)",
     )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="One round of the fast variants and fewer copies (about half the time)",
+    add_quick_and_json(
+        parser, "One round of the fast variants and fewer copies (about half the time)"
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="Write every figure here")
     parser.add_argument(
         "--variants",
         default=",".join(MEASURED),
         help=f"Comma-separated subset of {', '.join(MEASURED)} (baselines always run)",
     )
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=DEFAULT_CACHE,
-        help=f"Where generated trees are kept and reused (default: {DEFAULT_CACHE})",
-    )
+    add_cache_dir(parser, "Where generated trees are kept and reused")
     args = parser.parse_args(argv)
     try:
         args.sizes = sorted({int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()})
@@ -532,11 +481,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--sizes: expected comma-separated integers, got {args.sizes!r}")
     if not args.sizes or min(args.sizes) < 1:
         parser.error("--sizes: give at least one positive size")
-    keys = [k.strip() for k in args.variants.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in MEASURED]
-    if unknown:
-        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(MEASURED)}")
-    args.variants = keys
+    args.variants = parse_choices(parser, "--variants", args.variants, MEASURED)
     return args
 
 
@@ -550,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         slow_warmup=1,
         quick=args.quick,
     )
-    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    command = command_line(argv)
     cache: Path = args.cache_dir
     prepare_cache(cache)
 
@@ -567,17 +512,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     trees: dict[int, TreeInfo] = {}
     for files in sizes:
         trees[files] = ensure_tree(cache, files)
-        install_harness(trees[files].path)
+        install_files(trees[files].path, HARNESS_FILES)
 
-    print("machine:")
-    machine = machine_info(cache, REPO_ROOT)
-    for name, value in machine.items():
-        print(f"  {name}: {value}")
-    print(f"command: {command}")
+    machine = print_machine(cache, command)
     print(f"each run, in the tree's root: {shlex.join(pytest_argv(VARIANTS['baseline_root']))}")
     print(
         "  + --overlay-backend=kernel|copy where it applies; env "
-        + " ".join(f"{k}={v}" for k, v in BENCH_ENV.items())
+        + BENCH_ENV_TEXT
         + " BENCH_FIXTURE=<fixture> BENCH_COUNT=<tests>"
     )
     print(
@@ -590,20 +531,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cells: dict[tuple[int, str], Cell] = {}
     jobs = schedule(sizes, keys, plan)
-    results_dir = Path(tempfile.mkdtemp(prefix="results-", dir=cache))
-    started = time.perf_counter()
-    try:
-        for index, (files, key, rnd, tests, warmup) in enumerate(jobs, 1):
-            variant = VARIANTS[key]
-            cell = cells.setdefault((files, key), Cell())
-            run_dir = unpriv.workdir if variant.as_user else results_dir
-            assert run_dir is not None
-            summary = run_once(trees[files].path, variant, tests, warmup, run_dir, unpriv, cell)
-            label = f"[{index}/{len(jobs)}] {files:>7,} {variant.label:<18} round {rnd + 1}"
-            print(f"{label}: {summary}", flush=True)
-    finally:
-        unpriv.stop()
-        shutil.rmtree(results_dir, ignore_errors=True)
+    with results_dir(cache) as scratch:
+        started = time.perf_counter()
+        try:
+            for index, (files, key, rnd, tests, warmup) in enumerate(jobs, 1):
+                variant = VARIANTS[key]
+                cell = cells.setdefault((files, key), Cell())
+                run_dir = unpriv.workdir if variant.as_user else scratch
+                assert run_dir is not None
+                path = trees[files].path
+                summary = run_once(path, variant, tests, warmup, run_dir, unpriv, cell)
+                label = f"[{index}/{len(jobs)}] {files:>7,} {variant.label:<18} round {rnd + 1}"
+                print(f"{label}: {summary}", flush=True)
+        finally:
+            unpriv.stop()
     elapsed = time.perf_counter() - started
 
     results = Results(cells)
@@ -628,17 +569,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(detail_table(results, sizes))
     print()
     goal_list = goals(results, sizes)
-    for goal in goal_list:
-        print(goal.line())
+    print_goals(goal_list)
     errors = [(n, k, e) for (n, k), c in cells.items() for e in c.errors]
     for files, key, error in errors:
         print(f"\nERROR {files:,} {VARIANTS[key].label}:\n{error}")
     print(f"\ntotal benchmark time {elapsed:.0f} s")
 
     if args.json is not None:
-        payload = {
-            "command": command,
-            "machine": machine,
+        figures = {
             "plan": asdict(plan),
             "trees": {str(n): trees[n].to_json() for n in sizes},
             "cells": {
@@ -661,13 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
                 for n in sizes
             },
-            "goals": [
-                {"name": g.name, "value": g.value, "target": g.target, "met": g.met}
-                for g in goal_list
-            ],
         }
-        args.json.write_text(json.dumps(payload, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, command, machine, figures, goal_list)
     return 0
 
 
