@@ -1,0 +1,240 @@
+"""Start and stop the FUSE server process, and tell whether FUSE can work here at all.
+
+The server always runs in a process of its own (a Python FUSE callback that needs something the
+accessing process holds would deadlock it for good; overlay-semantics §4.3).  It is started
+with ``subprocess`` (no fork of a possibly multithreaded pytest), in its own session (Ctrl-C
+reaches the tests, not the server; :meth:`FuseMount.close` stops it), and dies with the thread
+that started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, final
+
+from pytest_overlay._errors import MountError
+
+from .server import EXIT_NO_LIBFUSE
+
+__all__ = ["FuseMount", "availability", "start"]
+
+_DEV_FUSE = "/dev/fuse"
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+# umount2 errors that mean "already gone": EINVAL (not a mount point any more), ENOENT.
+_GONE = frozenset({errno.EINVAL, errno.ENOENT})
+_MNT_DETACH = 2
+
+
+def _fusermount() -> str | None:
+    return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+def availability() -> str | None:
+    """Why the FUSE backend cannot work on this machine, or None if it can.
+
+    Checks ``/dev/fuse`` (present and openable), libfuse (2 or 3, as mfusepy finds it) and,
+    for an unprivileged user, ``fusermount3``.  Opening ``/dev/fuse`` mounts nothing.
+    """
+    if not os.path.exists(_DEV_FUSE):
+        return f"{_DEV_FUSE} does not exist (no FUSE in this kernel or container)"
+    try:
+        fd = os.open(_DEV_FUSE, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"{_DEV_FUSE} cannot be opened: {exc.strerror}"
+    os.close(fd)
+    import ctypes.util
+
+    if not (ctypes.util.find_library("fuse") or ctypes.util.find_library("fuse3")):
+        return "libfuse not installed: apt install fuse3 / libfuse2"
+    try:
+        import mfusepy  # noqa: F401  # only to see that it loads
+    except ImportError:
+        return "mfusepy is not installed: pip install mfusepy"
+    except (OSError, AttributeError) as exc:
+        return f"libfuse cannot be loaded ({exc}): apt install fuse3 / libfuse2"
+    if os.geteuid() != 0 and _fusermount() is None:
+        return "fusermount3 not found (it mounts FUSE for non-root users): apt install fuse3"
+    return None
+
+
+def _server_stderr(stream: IO[bytes]) -> str:
+    stream.seek(0)
+    return stream.read().decode(errors="replace").strip()
+
+
+@final
+class FuseMount:
+    """A mounted overlay served by a server process; :meth:`close` unmounts and reaps it."""
+
+    def __init__(self, mountpoint: Path, process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
+        self.mountpoint = mountpoint
+        """Where the overlay is mounted."""
+        self.process = process
+        """The server process."""
+        self._log = log
+        self._closed = False
+
+    def stderr(self) -> str:
+        """What the server has written to its standard error so far."""
+        return _server_stderr(self._log)
+
+    def _unmount(self, *, lazy: bool) -> None:
+        if os.geteuid() == 0:
+            from pytest_overlay import _syscalls
+
+            try:
+                _syscalls.umount(self.mountpoint, _MNT_DETACH if lazy else 0)
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    raise
+            return
+        tool = _fusermount()
+        if tool is None:
+            raise MountError(errno.ENOENT, "fusermount3 not found", str(self.mountpoint))
+        command = [tool, "-u", "-q", *(["-z"] if lazy else []), str(self.mountpoint)]
+        subprocess.run(command, check=False, capture_output=True)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Unmount (lazily if busy), wait for the server to exit, kill it if it does not.
+
+        Safe to call twice.  The server exits by itself once its mount is gone.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.process.poll() is None:
+                try:
+                    self._unmount(lazy=False)
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:
+                        raise
+                    self._unmount(lazy=True)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)  # libfuse unmounts on SIGTERM
+                try:
+                    self.process.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()  # auto_unmount's fusermount then unmounts
+                    self.process.wait()
+            self._log.close()
+
+    def __enter__(self) -> FuseMount:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _command(
+    lowers: Sequence[str | os.PathLike[str]],
+    upper: str | os.PathLike[str],
+    work: str | os.PathLike[str],
+    mountpoint: str | os.PathLike[str],
+    ready_fd: int,
+) -> list[str]:
+    command = [sys.executable, "-m", "pytest_overlay._fuse.server"]
+    for lower in lowers:
+        command += ["--lower", os.fspath(lower)]
+    command += ["--upper", os.fspath(upper), "--work", os.fspath(work)]
+    command += ["--ready-fd", str(ready_fd), "--parent", str(os.getpid())]
+    command += ["--", os.fspath(mountpoint)]
+    return command
+
+
+def _wait_ready(read_fd: int, process: subprocess.Popen[bytes], timeout: float) -> str | None:
+    """Wait for ``ready``; return why not (None when ready)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return f"the server was not ready after {timeout:g} s"
+        readable, _, _ = select.select([read_fd], [], [], left)
+        if not readable:
+            continue
+        chunk = os.read(read_fd, 64)
+        data += chunk
+        if data.startswith(b"ready\n"):
+            return None
+        if not chunk:  # the server closed the pipe without saying ready: it has failed
+            try:
+                code = process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                return "the server closed its ready pipe but did not exit"
+            if code == EXIT_NO_LIBFUSE:
+                return "libfuse not installed: apt install fuse3 / libfuse2"
+            return f"the server exited with status {code}"
+
+
+def start(
+    lowers: Sequence[str | os.PathLike[str]],
+    upper: str | os.PathLike[str],
+    work: str | os.PathLike[str],
+    mountpoint: str | os.PathLike[str],
+    timeout: float = 10.0,
+) -> FuseMount:
+    """Mount an overlay of *lowers* (topmost first) and *upper* on *mountpoint* over FUSE.
+
+    :param work: an empty directory on the same filesystem as *upper*.
+    :param timeout: seconds to wait for the mount to become live.
+    :returns: the running mount; call :meth:`FuseMount.close` (or use it as a context manager).
+    :raises MountError: if the server fails or is not ready in time; the message has the
+        server's standard error.
+    """
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    log = tempfile.TemporaryFile(prefix="pytest-overlay-fuse-")  # noqa: SIM115  # FuseMount owns it
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    try:
+        process = subprocess.Popen(
+            _command(lowers, upper, work, mountpoint, write_fd),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            pass_fds=(write_fd,),
+            env=env,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(read_fd)
+        os.close(write_fd)
+        log.close()
+        raise
+    os.close(write_fd)
+    handle = FuseMount(Path(mountpoint), process, log)
+    try:
+        reason = _wait_ready(read_fd, process, timeout)
+    except BaseException:
+        handle.close()
+        raise
+    finally:
+        os.close(read_fd)
+    if reason is not None:
+        output = handle.stderr()
+        handle.close()
+        detail = f"\n--- server output ---\n{output}" if output else ""
+        raise MountError(
+            errno.EIO, f"FUSE overlay mount failed: {reason}{detail}", os.fspath(mountpoint)
+        )
+    return handle

@@ -1,0 +1,531 @@
+"""The overlay filesystem served over FUSE: read-only lower layers under one writable upper.
+
+The merged view follows kernel overlayfs: the topmost layer holding a name provides it; a
+whiteout, an opaque directory or a non-directory hides the layers below.  Every change is made
+in the upper layer in the kernel's on-disk format (see :mod:`.upperfmt`), so
+:func:`pytest_overlay._diff.diff_upper` reads it as it reads a kernel upper layer.  Two things
+are deliberately better than the kernel: a directory that exists in a lower layer can be
+renamed (it is copied up whole, then moved; the kernel says ``EXDEV``), and a copied-up entry
+keeps its inode number for the life of the mount (the kernel needs ``index`` and ``xino``).
+
+This module imports ``mfusepy`` and so only ever runs in the server process.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import mfusepy
+
+from pytest_overlay._layers import WHITEOUT_PREFIX
+
+from .upperfmt import (
+    clear_whiteout,
+    copy_node,
+    is_private_xattr,
+    make_whiteout,
+    remove_tree,
+    set_opaque,
+    strip_markers,
+)
+from .view import MergedView, Node, fail, split
+
+__all__ = ["OverlayOperations"]
+
+# The kernel passes these in utimensat(2)'s tv_nsec, with tv_sec 0; libfuse forwards them.
+_UTIME_NOW = (1 << 30) - 1
+_UTIME_OMIT = (1 << 30) - 2
+# Open flags that the kernel has handled already, or that the backing file must not get
+# (O_DIRECT would need aligned buffers, which a Python bytes object is not).
+_STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
+_STATVFS_FIELDS = (
+    "f_bsize",
+    "f_frsize",
+    "f_blocks",
+    "f_bfree",
+    "f_bavail",
+    "f_files",
+    "f_ffree",
+    "f_favail",
+    "f_namemax",
+)
+
+
+def _rel(path: str) -> str:
+    return path.strip("/")
+
+
+def _is_write(flags: int) -> bool:
+    return (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & (os.O_TRUNC | os.O_APPEND))
+
+
+class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy has no stubs
+    """An overlay of *lowers* (topmost first) under the writable *upper*.
+
+    :param work: a directory on the same filesystem as *upper*, where copies are made before
+        they are renamed into place.
+    :param on_init: called once the kernel has sent ``FUSE_INIT`` (the mount is live).
+
+    Caches assume that this object is the only writer of *upper* and that *lowers* never
+    change while mounted, which is also what makes long kernel cache timeouts safe.
+    """
+
+    use_ns = True  # mfusepy: times are integer nanoseconds, in getattr and in utimens
+
+    def __init__(
+        self,
+        lowers: Sequence[str | os.PathLike[str]],
+        upper: str | os.PathLike[str],
+        work: str | os.PathLike[str],
+        *,
+        on_init: Callable[[], None] | None = None,
+    ) -> None:
+        self._upper = os.path.abspath(upper)
+        self._work = os.path.abspath(work)
+        self._view = MergedView((self._upper, *(os.path.abspath(p) for p in lowers)))
+        self._as_root = os.geteuid() == 0
+        self._on_init = on_init
+        # Inode of a copied-up upper entry -> the inode it had in its lower layer, so that a
+        # copy-up does not change st_ino (all layers share one filesystem, so no clashes).
+        self._origin_ino: dict[int, int] = {}
+        # File handles (real fds) that are open on an upper file for writing.
+        self._writable: set[int] = set()
+        self._tmp_names = (f"#{os.getpid()}.{n}" for n in itertools.count())
+
+    # -- the merged view ------------------------------------------------------------------
+
+    def _ino(self, node: Node) -> int:
+        ino = node.st.st_ino
+        return self._origin_ino.get(ino, ino) if node.layer == 0 else ino
+
+    def _forget(self, st: os.stat_result) -> None:
+        """An upper entry is being removed: drop its inode alias with its last link."""
+        if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
+            self._origin_ino.pop(st.st_ino, None)
+
+    def _attrs(self, node: Node, rel: str | None) -> dict[str, Any]:
+        st = node.st
+        nlink = st.st_nlink
+        if rel is not None and stat.S_ISDIR(st.st_mode) and len(self._view.chain(rel)) > 1:
+            nlink = 1  # a merged directory's link count is unknown, as in the kernel
+        return {
+            "st_mode": st.st_mode,
+            "st_ino": self._ino(node),
+            "st_nlink": nlink,
+            "st_uid": st.st_uid,
+            "st_gid": st.st_gid,
+            "st_size": st.st_size,
+            "st_rdev": st.st_rdev,
+            "st_blocks": st.st_blocks,
+            "st_blksize": st.st_blksize,
+            "st_atime": st.st_atime_ns,
+            "st_mtime": st.st_mtime_ns,
+            "st_ctime": st.st_ctime_ns,
+        }
+
+    # -- writing the upper layer ----------------------------------------------------------
+
+    def _tmp(self) -> str:
+        return os.path.join(self._work, next(self._tmp_names))
+
+    def _upper_dir(self, rel: str) -> str:
+        """Copy the directory *rel* (and its parents) up if needed; return its upper path."""
+        if rel == "":
+            return self._upper
+        node = self._view.get(rel)
+        if not stat.S_ISDIR(node.st.st_mode):
+            raise fail(errno.ENOTDIR, rel)
+        if node.layer == 0:
+            return node.path
+        return self._copy_up_node(rel, node)
+
+    def _copy_up_node(self, rel: str, node: Node) -> str:
+        parent, name = split(rel)
+        target = os.path.join(self._upper_dir(parent), name)
+        tmp = self._tmp()
+        try:
+            copy_node(node.path, tmp, node.st, as_root=self._as_root)
+            new_ino = os.lstat(tmp).st_ino
+            os.rename(tmp, target)
+        except BaseException:
+            _discard(tmp)
+            raise
+        self._origin_ino[new_ino] = node.st.st_ino
+        if stat.S_ISDIR(node.st.st_mode):
+            self._view.invalidate()
+        return target
+
+    def copy_up(self, rel: str) -> str:
+        """Make sure the entry *rel* lives in the upper layer; return its upper path.
+
+        A directory is copied up without its children (it stays merged with the layers below).
+        """
+        node = self._view.get(rel)
+        if node.layer == 0:
+            return node.path
+        if stat.S_ISDIR(node.st.st_mode):
+            return self._upper_dir(rel)
+        return self._copy_up_node(rel, node)
+
+    def _copy_up_tree(self, rel: str) -> str:
+        """Copy the directory *rel* up with everything the merged view shows below it."""
+        path = self._upper_dir(rel)
+        for name, node in self._view.listdir(rel).items():
+            child = f"{rel}/{name}" if rel else name
+            if stat.S_ISDIR(node.st.st_mode):
+                if node.layer > 0 or len(self._view.chain(child)) > 1:
+                    self._copy_up_tree(child)
+            elif node.layer > 0:
+                self._copy_up_node(child, node)
+        return path
+
+    def _new_entry(self, rel: str) -> tuple[str, bool]:
+        """Prepare the upper layer for creating *rel*.
+
+        :returns: the upper path to create, and whether a whiteout was removed from there
+            (then something of a lower layer was deleted at *rel*).
+        """
+        parent, name = split(rel)
+        if name.startswith(WHITEOUT_PREFIX):
+            # Such a name would read back as a whiteout: the format cannot hold it.
+            raise fail(errno.EINVAL, rel)
+        directory = self._upper_dir(parent)
+        return os.path.join(directory, name), clear_whiteout(directory, name)
+
+    def _created(self, path: str) -> None:
+        """Give a new upper entry its creator's ownership (when the server runs as root)."""
+        if not self._as_root:
+            return
+        uid, gid, _pid = mfusepy.fuse_get_context()
+        if uid or gid:
+            os.lchown(path, uid, gid)
+
+    def _restore_whiteout(self, rel: str, had_whiteout: bool) -> None:
+        if had_whiteout:
+            parent, name = split(rel)
+            make_whiteout(self._upper_dir(parent), name)
+
+    def _remove(self, rel: str, *, directory: bool) -> None:
+        node = self._view.get(rel)
+        is_dir = stat.S_ISDIR(node.st.st_mode)
+        if directory and not is_dir:
+            raise fail(errno.ENOTDIR, rel)
+        if not directory and is_dir:
+            raise fail(errno.EISDIR, rel)
+        if directory and self._view.listdir(rel):
+            raise fail(errno.ENOTEMPTY, rel)
+        below = self._view.below(rel)
+        parent, name = split(rel)
+        if node.layer == 0:
+            if is_dir:
+                remove_tree(node.path)  # only whiteouts and markers are left in it
+            else:
+                os.unlink(node.path)
+            self._forget(node.st)
+        if below:
+            make_whiteout(self._upper_dir(parent), name)
+        if is_dir:
+            self._view.invalidate()
+
+    # -- FUSE operations: reading ---------------------------------------------------------
+
+    def init(self, path: str) -> None:
+        """The kernel answered: the mount is live."""
+        if self._on_init is not None:
+            self._on_init()
+
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
+        """``lstat`` of the merged entry (``fstat`` of the handle for an unlinked open file)."""
+        if path is None:
+            if fh is None:
+                raise fail(errno.ENOENT, "")
+            st = os.fstat(fh)
+            return self._attrs(Node("", st, 0), None)
+        rel = _rel(path)
+        return self._attrs(self._view.get(rel), rel)
+
+    def readlink(self, path: str) -> str:
+        """The target of a symbolic link."""
+        return os.readlink(self._view.get(_rel(path)).path)
+
+    def readdir(self, path: str, fh: int) -> Iterable[tuple[str, dict[str, int], int]]:
+        """The merged listing, with inode and type so that ``find`` needs no ``stat``."""
+        rel = _rel(path)
+        own = self._view.get(rel)
+        if not stat.S_ISDIR(own.st.st_mode):
+            raise fail(errno.ENOTDIR, rel)
+        parent = self._view.lookup(split(rel)[0]) if rel else own
+        result = [
+            (".", {"st_ino": self._ino(own), "st_mode": own.st.st_mode}, 0),
+            ("..", {"st_ino": self._ino(parent or own), "st_mode": stat.S_IFDIR}, 0),
+        ]
+        for name, node in sorted(self._view.listdir(rel).items()):
+            result.append((name, {"st_ino": self._ino(node), "st_mode": node.st.st_mode}, 0))
+        return result
+
+    def statfs(self, path: str) -> dict[str, int]:
+        """Space and inodes of the upper layer's filesystem."""
+        sv = os.statvfs(self._upper)
+        return {name: getattr(sv, name) for name in _STATVFS_FIELDS}
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        """An xattr of the merged entry; the overlay's own are not shown."""
+        if is_private_xattr(name):
+            raise fail(errno.ENODATA, _rel(path))
+        return os.getxattr(self._view.get(_rel(path)).path, name, follow_symlinks=False)
+
+    def listxattr(self, path: str) -> list[str]:
+        """The xattr names of the merged entry, without the overlay's own."""
+        names = os.listxattr(self._view.get(_rel(path)).path, follow_symlinks=False)
+        return [name for name in names if not is_private_xattr(name)]
+
+    # -- FUSE operations: files -----------------------------------------------------------
+
+    def open(self, path: str, flags: int) -> int:
+        """Open the backing file; opening for writing copies it up first."""
+        rel = _rel(path)
+        write = _is_write(flags)
+        real = self.copy_up(rel) if write else self._view.get(rel).path
+        fd = os.open(real, (flags & ~_STRIP_FLAGS) | os.O_CLOEXEC)
+        if write:
+            self._writable.add(fd)
+        return fd
+
+    def create(self, path: str, mode: int, flags: int = os.O_WRONLY) -> int:
+        """Create and open a regular file in the upper layer."""
+        rel = _rel(path)
+        target, had_whiteout = self._new_entry(rel)
+        try:
+            fd = os.open(
+                target, (flags & ~_STRIP_FLAGS) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode
+            )
+        except BaseException:
+            self._restore_whiteout(rel, had_whiteout)
+            raise
+        self._created(target)
+        self._writable.add(fd)
+        return fd
+
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        """Read from the open backing file."""
+        return os.pread(fh, size, offset)
+
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        """Write to the open backing file (always an upper file)."""
+        return os.pwrite(fh, data, offset)
+
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        """Truncate through the handle if it is writable, else copy up and truncate."""
+        if fh is not None and fh in self._writable:
+            os.ftruncate(fh, length)
+        elif path is not None:
+            os.truncate(self.copy_up(_rel(path)), length)
+        else:
+            raise fail(errno.EBADF, "")
+        return 0
+
+    def flush(self, path: str | None, fh: int) -> int:
+        """Nothing to do: writes go straight to the backing file."""
+        return 0
+
+    def fsync(self, path: str | None, datasync: int, fh: int) -> int:
+        """``fsync`` (or ``fdatasync``) the backing file."""
+        if datasync:
+            os.fdatasync(fh)
+        else:
+            os.fsync(fh)
+        return 0
+
+    def release(self, path: str | None, fh: int) -> int:
+        """Close the backing file."""
+        self._writable.discard(fh)
+        os.close(fh)
+        return 0
+
+    # -- FUSE operations: metadata (copy-up first) ----------------------------------------
+
+    def chmod(self, path: str, mode: int) -> int:
+        """Change permission bits, in the upper layer."""
+        os.chmod(self.copy_up(_rel(path)), stat.S_IMODE(mode))
+        return 0
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        """Change the owner, in the upper layer (-1 leaves a side unchanged)."""
+        os.lchown(self.copy_up(_rel(path)), uid, gid)
+        return 0
+
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        """Set access and modification times (nanoseconds), in the upper layer."""
+        real = self.copy_up(_rel(path))
+        if times is None:
+            os.utime(real, follow_symlinks=False)
+            return 0
+        now = time.time_ns()
+        current: os.stat_result | None = None
+        resolved: list[int] = []
+        for index, value in enumerate(times):
+            if value == _UTIME_NOW:
+                value = now
+            elif value == _UTIME_OMIT:
+                current = current or os.lstat(real)
+                value = (current.st_atime_ns, current.st_mtime_ns)[index]
+            resolved.append(value)
+        os.utime(real, ns=(resolved[0], resolved[1]), follow_symlinks=False)
+        return 0
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        """Set an xattr, in the upper layer; the overlay's own cannot be set."""
+        if is_private_xattr(name):
+            raise fail(errno.EOPNOTSUPP, _rel(path))  # the kernel refuses them the same way
+        os.setxattr(self.copy_up(_rel(path)), name, value, options, follow_symlinks=False)
+        return 0
+
+    def removexattr(self, path: str, name: str) -> int:
+        """Remove an xattr, in the upper layer."""
+        if is_private_xattr(name):
+            raise fail(errno.EOPNOTSUPP, _rel(path))
+        os.removexattr(self.copy_up(_rel(path)), name, follow_symlinks=False)
+        return 0
+
+    # -- FUSE operations: the namespace ---------------------------------------------------
+
+    def mkdir(self, path: str, mode: int) -> int:
+        """Make a directory; made over a whiteout, it is opaque (hides what was deleted)."""
+        rel = _rel(path)
+        target, had_whiteout = self._new_entry(rel)
+        self._view.invalidate()
+        try:
+            os.mkdir(target, mode)
+        except BaseException:
+            self._restore_whiteout(rel, had_whiteout)
+            raise
+        if had_whiteout:
+            try:
+                set_opaque(target, as_root=self._as_root)
+            except BaseException:
+                os.rmdir(target)
+                self._restore_whiteout(rel, had_whiteout)
+                raise
+        self._created(target)
+        return 0
+
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        """Make a FIFO, socket or device node."""
+        rel = _rel(path)
+        target, had_whiteout = self._new_entry(rel)
+        try:
+            os.mknod(target, mode, dev)
+        except BaseException:
+            self._restore_whiteout(rel, had_whiteout)
+            raise
+        self._created(target)
+        return 0
+
+    def symlink(self, target: str, source: str) -> int:
+        """Make the symbolic link *target* pointing to *source*."""
+        rel = _rel(target)
+        link, had_whiteout = self._new_entry(rel)
+        try:
+            os.symlink(source, link)
+        except BaseException:
+            self._restore_whiteout(rel, had_whiteout)
+            raise
+        self._created(link)
+        return 0
+
+    def link(self, target: str, source: str) -> int:
+        """Make *target* a hard link of *source* (copied up first, as the kernel does)."""
+        real = self.copy_up(_rel(source))
+        rel = _rel(target)
+        link, had_whiteout = self._new_entry(rel)
+        try:
+            os.link(real, link, follow_symlinks=False)
+        except BaseException:
+            self._restore_whiteout(rel, had_whiteout)
+            raise
+        return 0
+
+    def unlink(self, path: str) -> int:
+        """Remove a non-directory; a whiteout hides it if a lower layer has it."""
+        self._remove(_rel(path), directory=False)
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        """Remove an empty directory (empty in the merged view)."""
+        self._remove(_rel(path), directory=True)
+        return 0
+
+    def rename(self, old: str, new: str) -> int:
+        """Rename anything, including directories of the lower layers.
+
+        The source is copied up (a directory with its whole merged subtree), renamed in the
+        upper layer, and its old name whited out if a lower layer has it.  A directory moved
+        over a name that a lower layer has is made opaque.
+        """
+        old_rel, new_rel = _rel(old), _rel(new)
+        if old_rel == new_rel:
+            return 0
+        if new_rel.startswith(old_rel + "/"):
+            raise fail(errno.EINVAL, new_rel)
+        if split(new_rel)[1].startswith(WHITEOUT_PREFIX):
+            raise fail(errno.EINVAL, new_rel)
+        src = self._view.get(old_rel)
+        dst = self._view.lookup(new_rel)
+        is_dir = stat.S_ISDIR(src.st.st_mode)
+        if dst is not None:
+            if stat.S_ISDIR(dst.st.st_mode):
+                if not is_dir:
+                    raise fail(errno.EISDIR, new_rel)
+                if self._view.listdir(new_rel):
+                    raise fail(errno.ENOTEMPTY, new_rel)
+            elif is_dir:
+                raise fail(errno.ENOTDIR, new_rel)
+            elif dst.st.st_ino == src.st.st_ino and dst.st.st_dev == src.st.st_dev:
+                return 0  # two links of one file: rename(2) does nothing
+        if is_dir and (src.layer > 0 or len(self._view.chain(old_rel)) > 1):
+            real = self._copy_up_tree(old_rel)
+            moved_from_lower = True
+        else:
+            real = self.copy_up(old_rel)
+            moved_from_lower = False
+        old_below = self._view.below(old_rel)
+        new_below = self._view.below(new_rel)
+        new_parent, new_name = split(new_rel)
+        directory = self._upper_dir(new_parent)
+        target = os.path.join(directory, new_name)
+        dst = self._view.lookup(new_rel)
+        if dst is not None and dst.layer == 0:
+            if is_dir:
+                remove_tree(dst.path)
+            self._forget(dst.st)
+        clear_whiteout(directory, new_name)
+        os.rename(real, target)
+        if is_dir:
+            self._view.invalidate()
+            if moved_from_lower:
+                strip_markers(target)  # whiteouts inside hid what the old place had below
+            if new_below:
+                set_opaque(target, as_root=self._as_root)
+        if old_below:
+            old_parent, old_name = split(old_rel)
+            make_whiteout(self._upper_dir(old_parent), old_name)
+        if is_dir:
+            self._view.invalidate()
+        return 0
+
+
+def _discard(path: str) -> None:
+    """Remove a half-made entry, whatever it is, ignoring errors."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass

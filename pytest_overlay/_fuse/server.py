@@ -1,0 +1,174 @@
+"""The FUSE server process: ``python -m pytest_overlay._fuse.server [options] MOUNTPOINT``.
+
+It mounts the overlay, writes ``ready`` to ``--ready-fd`` once the kernel has initialised the
+connection, and serves requests in one thread until it is unmounted (then it exits 0) or gets
+SIGTERM, SIGINT or SIGHUP (libfuse then unmounts and it exits 0).  It dies with the process
+that started it (``PR_SET_PDEATHSIG``); the mount is made with ``auto_unmount``, so that even a
+killed server leaves no mount behind (``fusermount`` keeps watch and unmounts lazily).
+
+Exit status 3 means that libfuse could not be loaded, 2 a usage error, 1 a failed mount.
+
+Mount options, and why:
+
+``default_permissions``
+    the kernel checks permissions against the attributes we report, so no ``access``
+    callback and no per-request checks in Python.
+``use_ino``
+    report the backing files' inode numbers: git's index compares them, and a file keeps its
+    number across a copy-up (see :mod:`.ops`).
+``attr_timeout``, ``entry_timeout``, ``negative_timeout`` = one day
+    this server is the only writer of the upper layer and the lower layers are read-only, so
+    the kernel never needs to ask again (each ``stat`` is then ~15 µs instead of ~60-110 µs,
+    perf-baselines §5).  fuse-overlayfs makes the same argument with a timeout of 1e9 s.
+    ``kernel_cache`` keeps the page cache across opens for the same reason.
+    The one hole (a known limitation): libfuse's path-based API gives each hard link its own
+    kernel inode, so after a write through one link the other name shows the old size and
+    mtime, and reads stop at the old size, until the timeout.  ``auto_cache`` does not help
+    (it drops pages but not the cached size); a fix needs ``fuse_invalidate_path`` (libfuse 3)
+    or the low-level API.
+``hard_remove``
+    no ``.fuse_hidden*`` renames of unlinked open files, which would land in the upper layer;
+    our handles are real file descriptors, so unlinked open files still work.
+``big_writes`` (libfuse 2 only; libfuse 3 always does it)
+    writes of up to 128 KiB per request instead of 4 KiB.
+``allow_other`` (root only)
+    other users may use the mount, as they may use the tree; an unprivileged user would need
+    ``user_allow_other`` in ``/etc/fuse.conf``.
+single-threaded (``nothreads``), foreground
+    Python callbacks serialise on the GIL anyway; one thread was about twice as fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["EXIT_NO_LIBFUSE", "TIMEOUT", "main", "mount_options"]
+
+EXIT_NO_LIBFUSE = 3
+TIMEOUT = 86400.0
+"""Seconds the kernel may cache attributes, names and negative lookups."""
+FSNAME = "pytest-overlay"
+_PR_SET_PDEATHSIG = 1
+
+
+def mount_options(fuse_major: int, *, as_root: bool) -> dict[str, Any]:
+    """The keyword options given to ``mfusepy.FUSE`` (see the module docstring)."""
+    options: dict[str, Any] = {
+        "foreground": True,
+        "nothreads": True,
+        "fsname": FSNAME,
+        "subtype": FSNAME,
+        "default_permissions": True,
+        "use_ino": True,
+        "hard_remove": True,
+        "attr_timeout": TIMEOUT,
+        "entry_timeout": TIMEOUT,
+        "negative_timeout": TIMEOUT,
+        "kernel_cache": True,
+        "auto_unmount": True,
+    }
+    if fuse_major == 2:
+        options["big_writes"] = True
+    if as_root:
+        options["allow_other"] = True
+    return options
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """Get SIGKILL when the parent dies; exit now if it has died already."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+    if parent is not None and os.getppid() != parent:
+        sys.exit(1)  # the parent died before prctl: nobody will use this mount
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pytest_overlay._fuse.server",
+        description="Serve an overlay of read-only lower layers and one upper layer over FUSE",
+    )
+    parser.add_argument(
+        "--lower",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="A read-only lower layer; repeat it, topmost first",
+    )
+    parser.add_argument("--upper", required=True, metavar="DIR", help="The writable upper layer")
+    parser.add_argument(
+        "--work", required=True, metavar="DIR", help="A work directory on the upper's filesystem"
+    )
+    parser.add_argument(
+        "--ready-fd", type=int, metavar="N", help="Write 'ready' to this fd once mounted"
+    )
+    parser.add_argument(
+        "--parent", type=int, metavar="PID", help="Exit at once unless this is the parent"
+    )
+    parser.add_argument("--debug", action="store_true", help="Let libfuse log every request")
+    parser.add_argument("mountpoint", help="Where to mount")
+    return parser
+
+
+def _check_layers(lowers: Sequence[str], upper: str, work: str) -> str | None:
+    """Why these layers cannot be served, or None."""
+    for path in (*lowers, upper, work):
+        if not os.path.isdir(path):
+            return f"not a directory: {path}"
+    if os.stat(upper).st_dev != os.stat(work).st_dev:
+        return f"the work directory {work} is not on the filesystem of the upper {upper}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Mount and serve until unmounted; return the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    problem = _check_layers(args.lower, args.upper, args.work)
+    if problem is not None:
+        parser.error(problem)
+    _die_with_parent(args.parent)
+    os.umask(0)  # the kernel has applied the caller's umask to every mode we get
+    try:
+        import mfusepy
+    except (OSError, AttributeError) as exc:  # mfusepy raises these when libfuse is unusable
+        print(
+            f"libfuse not installed: apt install fuse3 / libfuse2 ({exc})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_NO_LIBFUSE
+
+    from .ops import OverlayOperations
+
+    ready_fd: int | None = args.ready_fd
+
+    def on_init() -> None:
+        nonlocal ready_fd
+        if ready_fd is not None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+            ready_fd = None
+
+    operations = OverlayOperations(args.lower, args.upper, args.work, on_init=on_init)
+    options = mount_options(mfusepy.fuse_version_major, as_root=os.geteuid() == 0)
+    if args.debug:
+        options["debug"] = True
+    try:
+        mfusepy.FUSE(operations, args.mountpoint, **options)
+    except RuntimeError as exc:  # libfuse's own message is on stderr already
+        print(f"mounting {args.mountpoint} failed: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

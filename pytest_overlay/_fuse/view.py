@@ -1,0 +1,151 @@
+"""The merged, read-write view of an upper layer over read-only lower layers.
+
+Lookups follow kernel overlayfs: the topmost layer holding a name provides it; a whiteout, an
+opaque directory or a non-directory hides the layers below.  Each layer's directory may use
+either whiteout format and either opaque marker (:mod:`pytest_overlay._layers` reads them).
+Unlike :class:`pytest_overlay._layers.LayerStack`, the topmost layer (the upper) changes, so
+the directory cache is dropped (:meth:`MergedView.invalidate`) whenever a directory's makeup
+changes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple, final
+
+from pytest_overlay._layers import WHITEOUT_PREFIX, is_opaque, is_whiteout, read_layer_dir
+
+__all__ = ["MergedView", "Node", "fail", "split"]
+
+# lstat errors that mean "this layer has no such entry".
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG})
+
+
+class Node(NamedTuple):
+    """One entry of the merged view."""
+
+    path: str
+    """Its real path inside the layer that provides it."""
+    st: os.stat_result
+    """``lstat`` of :attr:`path`."""
+    layer: int
+    """The providing layer: 0 is the upper layer, 1 the topmost lower layer, and so on."""
+
+
+def split(rel: str) -> tuple[str, str]:
+    """``"a/b/c"`` -> ``("a/b", "c")``; ``"a"`` -> ``("", "a")``."""
+    parent, _, name = rel.rpartition("/")
+    return parent, name
+
+
+def fail(err: int, rel: str) -> OSError:
+    """The OSError that tells the kernel *err* (mfusepy turns it into ``-err``)."""
+    return OSError(err, os.strerror(err), rel)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError as exc:
+        if exc.errno in _ABSENT:
+            return None
+        raise
+
+
+@final
+class MergedView:
+    """The merged tree of *layers* (real directories, topmost first; 0 is the upper layer)."""
+
+    def __init__(self, layers: Sequence[str]) -> None:
+        self._layers = tuple(layers)
+        # Merged directory -> its (layer, real directory) parts, topmost first; () for a path
+        # that is no directory.
+        self._dirs: dict[str, tuple[tuple[int, str], ...]] = {}
+
+    def invalidate(self) -> None:
+        """Forget cached directories: a directory was made, removed, moved or made opaque."""
+        self._dirs.clear()
+
+    def _probe(self, directory: str, name: str) -> tuple[os.stat_result | None, bool]:
+        """``lstat`` *name* in one layer's *directory*; and whether it hides the layers below."""
+        st = _lstat(os.path.join(directory, name))
+        if st is not None and is_whiteout(st):
+            return None, True
+        marker = _lstat(os.path.join(directory, WHITEOUT_PREFIX + name))
+        return st, marker is not None and stat.S_ISREG(marker.st_mode)
+
+    def chain(self, rel: str) -> tuple[tuple[int, str], ...]:
+        """The real directories merged at *rel*, topmost first (empty: not a directory)."""
+        cached = self._dirs.get(rel)
+        if cached is not None:
+            return cached
+        result: list[tuple[int, str]] = []
+        if rel == "":
+            result.extend(enumerate(self._layers))  # the kernel ignores opaque roots too
+        else:
+            parent, name = split(rel)
+            if not name.startswith(WHITEOUT_PREFIX):
+                for layer, directory in self.chain(parent):
+                    st, hides_below = self._probe(directory, name)
+                    if st is not None:
+                        if not stat.S_ISDIR(st.st_mode):
+                            break
+                        path = os.path.join(directory, name)
+                        result.append((layer, path))
+                        if is_opaque(Path(path)):
+                            break
+                    if hides_below:
+                        break
+        found = tuple(result)
+        self._dirs[rel] = found
+        return found
+
+    def lookup(self, rel: str) -> Node | None:
+        """The entry at the relative path *rel* (``""`` is the root), or None."""
+        if rel == "":
+            return Node(self._layers[0], os.lstat(self._layers[0]), 0)
+        parent, name = split(rel)
+        if name.startswith(WHITEOUT_PREFIX):
+            return None
+        for layer, directory in self.chain(parent):
+            st, hides_below = self._probe(directory, name)
+            if st is not None:
+                return Node(os.path.join(directory, name), st, layer)
+            if hides_below:
+                return None
+        return None
+
+    def get(self, rel: str) -> Node:
+        node = self.lookup(rel)
+        if node is None:
+            raise fail(errno.ENOENT, rel)
+        return node
+
+    def below(self, rel: str) -> bool:
+        """Whether a lower layer shows something at *rel*, whatever the upper holds there."""
+        parent, name = split(rel)
+        for layer, directory in self.chain(parent):
+            if layer == 0:
+                continue
+            st, hides_below = self._probe(directory, name)
+            if st is not None:
+                return True
+            if hides_below:
+                return False
+        return False
+
+    def listdir(self, rel: str) -> dict[str, Node]:
+        """The merged children of the directory *rel*, by name."""
+        merged: dict[str, Node] = {}
+        hidden: set[str] = set()
+        for layer, directory in self.chain(rel):
+            entries, whiteouts = read_layer_dir(Path(directory))
+            for name, st in entries.items():
+                if name not in merged and name not in hidden:
+                    merged[name] = Node(os.path.join(directory, name), st, layer)
+            hidden |= whiteouts
+        return merged
