@@ -10,11 +10,11 @@ from filelock import FileLock
 
 from . import _namespaces
 from ._backends import (
-    FUSE_NOT_YET,
     Backend,
     Mount,
     Selection,
     create_backend,
+    fall_back,
     select_backend,
 )
 from ._errors import BackendUnavailableError
@@ -133,10 +133,10 @@ class OverlaySession:
         """
         self.kernel_unusable = reason
         if self.settings.backend == "auto":
-            passed = (("kernel", reason), ("fuse", FUSE_NOT_YET))
-            self._selection = Selection(create_backend("copy", self._scratch_dir), passed)
-            self._backends = {"copy": self._selection.backend}
-            return f"kernel backend unusable, using the copy backend instead: {reason}"
+            self._selection = fall_back(self._scratch_dir, (("kernel", reason),))
+            name = self._selection.backend.name
+            self._backends = {name: self._selection.backend}
+            return f"kernel backend unusable, using the {name} backend instead: {reason}"
         self._selection_error = BackendUnavailableError(
             f"the kernel backend cannot work here: {reason}"
         )

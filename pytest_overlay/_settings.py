@@ -174,11 +174,18 @@ class Settings:
             what="pass-through directory",
             check_overlap=False,
         )
+        inplace = bool(value("overlay"))
+        if inplace and backend == "fuse":
+            raise pytest.UsageError(
+                "--overlay with --overlay-backend=fuse: in-place mode needs the kernel backend "
+                "(a FUSE server cannot read the project through the mount that covers it); "
+                "use --overlay-backend=kernel, or the overlay_root fixture without --overlay"
+            )
         return cls(
             backend=backend,
             lowers=lowers or (root,),
             userns=_choice(value("overlay_userns"), USERNS_CHOICES, "userns"),
-            inplace=bool(value("overlay")),
+            inplace=inplace,
             keep=_choice(value("overlay_keep"), KEEP_CHOICES, "keep"),
             keep_count=_number(value("overlay_keep_count"), "keep-count"),
             ignore=DEFAULT_IGNORE + tuple(str(p) for p in value("overlay_ignore") or ()),

@@ -39,3 +39,10 @@ def kernel_reason() -> str | None:
 
     result = _probe.probe_kernel()
     return None if result.ok else result.reason
+
+
+def fuse_reason() -> str | None:
+    """Why the FUSE backend cannot be tested here, or None (a real test mount decides)."""
+    from pytest_overlay._backends.fusebackend import probe_fuse
+
+    return probe_fuse()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._gates import gate, kernel_reason
+from tests._gates import fuse_reason, gate, kernel_reason
 
 # Each scenario is the body of a function taking `root` (the merged view).  Directory renames
 # of lower directories are left out on purpose: the kernel answers EXDEV there (documented).
@@ -100,7 +100,8 @@ def test_backends_agree_with_the_kernel(
     lower.mkdir()
     _lower(lower)
     pytester.makepyfile(test_inner=INNER.format(scenarios=SCENARIOS))
-    for backend in ("kernel", "copy"):
+    gate("fuse", fuse_reason())
+    for backend in ("kernel", "copy", "fuse"):
         result = pytester.runpytest_subprocess(
             "-p",
             "no:cacheprovider",
@@ -111,10 +112,10 @@ def test_backends_agree_with_the_kernel(
             f"--basetemp={tmp_path / backend}",
         )
         result.assert_outcomes(passed=len(SCENARIOS))
-    for name in SCENARIOS:
+    for name, backend in ((n, b) for n in SCENARIOS for b in ("copy", "fuse")):
         oracle = json.loads((out / f"kernel-{name}.json").read_text())
-        other = json.loads((out / f"copy-{name}.json").read_text())
-        assert other["diff"] == oracle["diff"], name
+        other = json.loads((out / f"{backend}-{name}.json").read_text())
+        assert other["diff"] == oracle["diff"], (name, backend)
         only_kernel = set(oracle["view"]) - set(other["view"])
         only_copy = set(other["view"]) - set(oracle["view"])
         assert (only_kernel, only_copy) == (set(), set()), name

@@ -35,8 +35,12 @@ Snapshot = dict[str, tuple[Any, ...]]
 
 @pytest.fixture(autouse=True)
 def needs_fuse() -> None:
-    """Every test here mounts FUSE."""
+    """Every test here mounts FUSE, in a private mount namespace so the host never sees it."""
     gate("fuse", client.availability())
+    if os.geteuid() == 0:
+        from pytest_overlay import _namespaces
+
+        _namespaces.ensure_private_mount_namespace()
 
 
 def _mounted(mountpoint: Path) -> bool:

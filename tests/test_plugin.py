@@ -39,11 +39,11 @@ def test_header_names_backend_and_reason(pytester: pytest.Pytester) -> None:
     [
         (("--overlay-backend=nfs",), "", "*unknown overlay backend 'nfs'; choose one of auto*"),
         ((), "overlay_backend = zfs", "*unknown overlay backend 'zfs'*"),
-        (("--overlay-backend=fuse",), "", "*FUSE backend is not part of this release*"),
         (("--overlay-lower=missing",), "", "*lower layer 'missing' does not exist*"),
         ((), "overlay_lowers = afile.txt", "*lower layer * is not a directory*"),
         (("--overlay-lower=.", "--overlay-lower=sub"), "", "*lower layers * overlap*"),
         (("--overlay-userns=sometimes",), "", "*overlay_userns: unknown value 'sometimes'*"),
+        (("--overlay", "--overlay-backend=fuse"), "", "*in-place mode needs the kernel backend*"),
     ],
 )
 def test_configuration_mistakes_are_usage_errors(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import _unpriv
-from tests._gates import gate, kernel_reason
+from tests._gates import fuse_reason, gate, kernel_reason
 from tests._sample_project import SUITE_TESTS, build_project, overlay_mounts, tree_digest
 
 QUIET_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
@@ -63,13 +63,15 @@ def _check_run(
     assert tree_digest(project) == before, "the real tree was modified"
 
 
-@pytest.mark.parametrize("backend", ["kernel", "copy"])
+@pytest.mark.parametrize("backend", ["kernel", "fuse", "copy"])
 def test_suite_as_root(project: Path, backend: str) -> None:
     if backend == "kernel":
         gate("kernel", kernel_reason())
+    if backend == "fuse":
+        gate("fuse", fuse_reason())
     before, mounts = tree_digest(project), overlay_mounts()
     result = _run_as_root(project, [f"--overlay-backend={backend}"])
-    expected = "overlay: backend=kernel (root)" if backend == "kernel" else "backend=copy"
+    expected = f"overlay: backend={backend}"
     _check_run(result, project, before, expected)
     assert overlay_mounts() == mounts
 

@@ -10,11 +10,11 @@ from pytest_overlay._errors import BackendUnavailableError
 
 from .base import Backend, Mount
 from .copytree import CopyBackend
+from .fusebackend import FuseBackend
 from .kernel import KernelBackend
 
 __all__ = [
     "BACKEND_CHOICES",
-    "FUSE_NOT_YET",
     "Backend",
     "Mount",
     "Selection",
@@ -23,9 +23,6 @@ __all__ = [
 ]
 
 BACKEND_CHOICES = ("auto", "kernel", "fuse", "copy")
-FUSE_NOT_YET = (
-    "the FUSE backend is not part of this release yet; use --overlay-backend=kernel or copy"
-)
 
 
 def create_backend(name: str, scratch: Callable[[], Path], upper_size: str = "") -> Backend:
@@ -35,7 +32,7 @@ def create_backend(name: str, scratch: Callable[[], Path], upper_size: str = "")
     if name == "copy":
         return CopyBackend(lambda: scratch() / "copy")
     if name == "fuse":
-        raise BackendUnavailableError(FUSE_NOT_YET)
+        return FuseBackend(lambda: scratch() / "fuse")
     raise BackendUnavailableError(
         f"unknown overlay backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}"
     )
@@ -73,5 +70,13 @@ def select_backend(requested: str, scratch: Callable[[], Path], upper_size: str 
     if reason is None:
         return Selection(kernel)
     passed_over.append(("kernel", reason))
-    passed_over.append(("fuse", FUSE_NOT_YET))
-    return Selection(create_backend("copy", scratch), tuple(passed_over))
+    return fall_back(scratch, tuple(passed_over))
+
+
+def fall_back(scratch: Callable[[], Path], passed_over: tuple[tuple[str, str], ...]) -> Selection:
+    """The kernel backend cannot be used: FUSE if it really mounts here, else copy."""
+    fuse = create_backend("fuse", scratch)
+    reason = fuse.unavailable_reason()
+    if reason is None:
+        return Selection(fuse, passed_over)
+    return Selection(create_backend("copy", scratch), (*passed_over, ("fuse", reason)))

@@ -1,0 +1,160 @@
+"""Our own overlay filesystem over FUSE, one server process per test's view.
+
+For machines where kernel overlayfs cannot be mounted but FUSE can.  The server writes the
+kernel's upper-layer format, so the diff, kept layers and the command treat it like the kernel
+backend.  It cannot overlay a directory at its own path (the server reads the lower through
+that very path), so in-place mode needs the kernel backend.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pytest_overlay import _namespaces
+from pytest_overlay._diff import TreeDiff, diff_upper
+from pytest_overlay._errors import MountError
+from pytest_overlay._keep import copy_layer
+
+from .base import IgnoreFn, safe_label
+from .copytree import remove_tree
+
+
+class FuseView:
+    """One test's FUSE-served view."""
+
+    def __init__(self, root: Path, merged: Path, lowers: tuple[Path, ...], served: object) -> None:
+        self._root = root
+        self._merged = merged
+        self._lowers = lowers
+        self._served = served
+        self._snapshots = itertools.count()
+
+    @property
+    def path(self) -> Path:
+        return self._merged
+
+    @property
+    def lowers(self) -> tuple[Path, ...]:
+        return self._lowers
+
+    @property
+    def upper(self) -> Path:
+        """The upper layer, in the kernel's format."""
+        return self._root / ".upper"
+
+    @property
+    def new_root(self) -> Path:
+        return self.upper
+
+    def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
+        return diff_upper(self.upper, self._lowers, ignore=ignore)
+
+    def snapshot(self) -> Path:
+        target = self._root / ".snapshots" / str(next(self._snapshots))
+        target.parent.mkdir(exist_ok=True)
+        copy_layer(self.upper, target)
+        return target
+
+    def close(self) -> list[str]:
+        from pytest_overlay._fuse.client import FuseMount
+
+        assert isinstance(self._served, FuseMount)
+        self._served.close()
+        remove_tree(self._root)
+        return []
+
+
+class FuseBackend:
+    """The overlay filesystem of :mod:`pytest_overlay._fuse`, served out of process."""
+
+    name = "fuse"
+
+    def __init__(self, scratch: Callable[[], Path]) -> None:
+        self._scratch_provider = scratch
+        self._scratch_path: Path | None = None
+        self._counter = itertools.count()
+        self._reason: str | None = None
+        self._probed = False
+
+    @property
+    def _scratch(self) -> Path:
+        if self._scratch_path is None:
+            self._scratch_path = self._scratch_provider()
+        return self._scratch_path
+
+    def unavailable_reason(self) -> str | None:
+        if not self._probed:
+            self._reason = probe_fuse()
+            self._probed = True
+        return self._reason
+
+    def describe(self) -> str:
+        return "root" if os.geteuid() == 0 else "fusermount3"
+
+    def mount(
+        self,
+        lowers: Sequence[Path],
+        *,
+        label: str,
+        target: Path | None = None,
+        passthrough: Sequence[Path] = (),
+    ) -> FuseView:
+        if target is not None:
+            raise MountError(
+                errno.EOPNOTSUPP,
+                "in-place mode (--overlay) needs the kernel backend: the FUSE server would "
+                "read the project through its own mount; use --overlay-backend=kernel, or "
+                "the overlay_root fixture without --overlay",
+            )
+        from pytest_overlay._fuse.client import start
+
+        if _namespaces.is_real_root() or _namespaces.entered_user_namespace():
+            # As with the kernel backend: the server inherits a private mount namespace, so
+            # its mount is never visible on the host and dies with the process.
+            _namespaces.ensure_private_mount_namespace()
+        root = self._scratch / f"{safe_label(label)}{next(self._counter)}"
+        merged = root / (lowers[0].name or "root")
+        for directory in (root / ".upper", root / ".work", merged):
+            directory.mkdir(parents=True)
+        st = lowers[0].stat()
+        os.chmod(root / ".upper", st.st_mode & 0o7777)
+        try:
+            served = start(lowers, root / ".upper", root / ".work", merged)
+        except BaseException:
+            remove_tree(root)
+            raise
+        return FuseView(root, merged, tuple(lowers), served)
+
+    def shutdown(self) -> None:
+        if self._scratch_path is not None:
+            remove_tree(self._scratch_path)
+
+
+def probe_fuse() -> str | None:
+    """Why FUSE cannot serve a view here, found by really mounting one; None if it can."""
+    import tempfile
+
+    from pytest_overlay._fuse.client import availability, start
+
+    reason = availability()
+    if reason is not None:
+        return reason
+    scratch = Path(tempfile.mkdtemp(prefix="pytest-overlay-fuse-probe-"))
+    try:
+        for name in ("lower", "upper", "work", "merged"):
+            (scratch / name).mkdir()
+        (scratch / "lower" / "f").write_text("x")
+        try:
+            with start(
+                [scratch / "lower"], scratch / "upper", scratch / "work", scratch / "merged"
+            ):
+                (scratch / "merged" / "f").write_text("y")
+        except (MountError, OSError) as exc:
+            return f"a FUSE test mount failed: {str(exc).splitlines()[0]}"
+        return None
+    finally:
+        remove_tree(scratch)
