@@ -1,11 +1,12 @@
 """Property-based differential testing: random operation sequences, kernel overlayfs as oracle.
 
 Hypothesis draws sequences of filesystem operations over a small tree of nested directories,
-symlinks and a read-only file; each sequence runs on the kernel backend and on the copy
-backend.  The merged views (types, contents, modes, link targets), the errno of every failing
-operation and the diffs must agree, and the lower layer must hash the same before and after.
-Renaming a directory is left out: the kernel answers EXDEV for lower directories on purpose
-(documented), while the copy backend renames.
+symlinks and a read-only file; each sequence runs on the kernel, copy and FUSE backends.  The
+merged views (types, contents, modes, link targets), the errno of every failing operation and
+the diffs must agree, and the lower layer must hash the same before and after.  Renaming a
+directory is left out: the kernel answers EXDEV for lower directories on purpose (documented),
+while the copy and FUSE backends rename.  Sequences with hard links are not compared on FUSE
+(a documented limit of libfuse's path API).
 
 The budget is small by default; ``PYTEST_OVERLAY_EXAMPLES`` raises it (the stress run does).
 """
@@ -16,7 +17,7 @@ import os
 
 import pytest
 
-from tests._gates import gate, kernel_reason
+from tests._gates import fuse_reason, gate, kernel_reason
 
 INNER = r"""
 import errno
@@ -29,6 +30,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pytest_overlay._backends.copytree import CopyBackend
+from pytest_overlay._backends.fusebackend import FuseBackend
 from pytest_overlay._backends.kernel import KernelBackend
 
 NAMES = ["a", "b", "ro", "d", "d/x", "d/y", "d/s", "d/s/deep", "e", "e/z", "l", "n"]
@@ -125,6 +127,7 @@ OPS = st.tuples(
 
 KERNEL = KernelBackend(lambda: SCRATCH / "kernel")
 COPY = CopyBackend(lambda: SCRATCH / "copy")
+FUSE = FuseBackend(lambda: SCRATCH / "fuse")
 
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -135,16 +138,20 @@ def test_backends_agree(tmp_path_factory, ops):
     build_lower(lower)
     before = digest(lower)
     results = {}
-    for backend in (KERNEL, COPY):
+    for backend in (KERNEL, COPY, FUSE):
         mount = backend.mount([lower], label="prop")
         try:
             errors = [apply(mount.path, op) for op in ops]
             results[backend.name] = (errors, view(mount.path), mount.diff())
         finally:
             mount.close()
-    assert results["copy"][0] == results["kernel"][0], "errno differ"
-    assert results["copy"][1] == results["kernel"][1], "merged views differ"
-    assert results["copy"][2] == results["kernel"][2], "diffs differ"
+    # FUSE's known limit: through libfuse's path API each hard link is its own inode, so a
+    # change through one name can leave the other's cached attributes stale (documented).
+    others = ("copy",) if any(op[0] == "link" for op in ops) else ("copy", "fuse")
+    for other in others:
+        assert results[other][0] == results["kernel"][0], f"errno differ on {other}"
+        assert results[other][1] == results["kernel"][1], f"merged views differ on {other}"
+        assert results[other][2] == results["kernel"][2], f"diffs differ on {other}"
     assert digest(lower) == before, "the lower layer changed"
 """
 
@@ -153,6 +160,7 @@ def test_random_operation_sequences_agree_with_the_kernel(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate("kernel", kernel_reason())
+    gate("fuse", fuse_reason())
     monkeypatch.setenv("PROPERTY_SCRATCH", str(pytester.path / "scratch"))
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     pytester.makepyfile(test_inner=INNER)
@@ -167,9 +175,10 @@ def test_larger_budget_of_random_sequences(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate("kernel", kernel_reason())
+    gate("fuse", fuse_reason())
     monkeypatch.setenv("PROPERTY_SCRATCH", str(pytester.path / "scratch"))
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    monkeypatch.setenv("PYTEST_OVERLAY_EXAMPLES", os.environ.get("PYTEST_OVERLAY_EXAMPLES", "1000"))
+    monkeypatch.setenv("PYTEST_OVERLAY_EXAMPLES", os.environ.get("PYTEST_OVERLAY_EXAMPLES", "500"))
     pytester.makepyfile(test_inner=INNER)
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly", timeout=1200
