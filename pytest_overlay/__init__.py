@@ -1,17 +1,24 @@
 """pytest-overlay: every test gets a private, writable overlay of the project tree.
 
-Only the names in ``__all__`` are public; everything in underscore modules may change.
+Only the names in ``__all__`` are public; everything in underscore modules may change.  The
+names are imported on first use, so that the FUSE server process, which imports this
+package, does not pay for importing pytest.
 """
 
 from __future__ import annotations
 
-from ._diff import Change, ChangeKind, TreeDiff
-from ._errors import BackendUnavailableError, MountError, OverlayError
-from ._layercache import Layer, LayerBuildError
-from ._layerfix import LayerFactory
-from ._overlay import Overlay
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from ._warnings import OverlayWarning
+
+if TYPE_CHECKING:
+    from ._diff import Change, ChangeKind, TreeDiff
+    from ._errors import BackendUnavailableError, MountError, OverlayError
+    from ._layercache import Layer, LayerBuildError
+    from ._layerfix import LayerFactory
+    from ._overlay import Overlay
+    from ._warnings import OverlayWarning
 
 __all__ = [
     "BackendUnavailableError",
@@ -27,3 +34,30 @@ __all__ = [
     "TreeDiff",
     "__version__",
 ]
+
+_HOMES = {
+    "Change": "_diff",
+    "ChangeKind": "_diff",
+    "TreeDiff": "_diff",
+    "BackendUnavailableError": "_errors",
+    "MountError": "_errors",
+    "OverlayError": "_errors",
+    "Layer": "_layercache",
+    "LayerBuildError": "_layercache",
+    "LayerFactory": "_layerfix",
+    "Overlay": "_overlay",
+    "OverlayWarning": "_warnings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'pytest_overlay' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
