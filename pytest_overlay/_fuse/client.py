@@ -152,12 +152,15 @@ def _command(
     work: str | os.PathLike[str],
     mountpoint: str | os.PathLike[str],
     ready_fd: int,
+    *,
+    detach: bool = False,
 ) -> list[str]:
     command = [sys.executable, "-m", "pytest_overlay._fuse.server"]
     for lower in lowers:
         command += ["--lower", os.fspath(lower)]
     command += ["--upper", os.fspath(upper), "--work", os.fspath(work)]
-    command += ["--ready-fd", str(ready_fd), "--parent", str(os.getpid())]
+    command += ["--ready-fd", str(ready_fd)]
+    command += ["--detach"] if detach else ["--parent", str(os.getpid())]
     command += ["--", os.fspath(mountpoint)]
     return command
 

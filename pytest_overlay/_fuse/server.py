@@ -3,7 +3,8 @@
 It mounts the overlay, writes ``ready`` to ``--ready-fd`` once the kernel has initialised the
 connection, and serves requests in one thread until it is unmounted (then it exits 0) or gets
 SIGTERM, SIGINT or SIGHUP (libfuse then unmounts and it exits 0).  It dies with the process
-that started it (``PR_SET_PDEATHSIG``); the mount is made with ``auto_unmount``, so that even a
+that started it (``PR_SET_PDEATHSIG``) unless it is started with ``--detach`` (as the mount
+helper :mod:`.helper` does); the mount is made with ``auto_unmount``, so that even a
 killed server leaves no mount behind (``fusermount`` keeps watch and unmounts lazily).
 
 Exit status 3 means that libfuse could not be loaded, 2 a usage error, 1 a failed mount.
@@ -91,6 +92,17 @@ def _die_with_parent(parent: int | None) -> None:
         sys.exit(1)  # the parent died before prctl: nobody will use this mount
 
 
+def _stdio_to_devnull() -> None:
+    """Point fds 0, 1 and 2 at ``/dev/null`` (a detached server has nobody to talk to)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pytest_overlay._fuse.server",
@@ -112,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--parent", type=int, metavar="PID", help="Exit at once unless this is the parent"
+    )
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="Outlive the starting process (no parent-death signal); once mounted, point "
+        "stdin, stdout and stderr at /dev/null.  Start it in a session of its own.",
     )
     parser.add_argument("--debug", action="store_true", help="Let libfuse log every request")
     parser.add_argument("mountpoint", help="Where to mount")
@@ -135,7 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = _check_layers(args.lower, args.upper, args.work)
     if problem is not None:
         parser.error(problem)
-    _die_with_parent(args.parent)
+    if args.detach:
+        if args.parent is not None:
+            parser.error("--detach and --parent exclude each other")
+    else:
+        _die_with_parent(args.parent)
     os.umask(0)  # the kernel has applied the caller's umask to every mode we get
     try:
         import mfusepy
@@ -150,9 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .ops import OverlayOperations
 
     ready_fd: int | None = args.ready_fd
+    detach: bool = args.detach
 
     def on_init() -> None:
         nonlocal ready_fd
+        if detach:
+            _stdio_to_devnull()
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
