@@ -94,7 +94,12 @@ class OverlaySession:
             )
             passed = tuple((str(a), str(b)) for a, b in self._inherited["passed_over"])
             return Selection(backend, passed)
-        return select_backend(self.settings.backend, self._scratch_dir, self.settings.upper_size)
+        return select_backend(
+            self.settings.backend,
+            self._scratch_dir,
+            self.settings.upper_size,
+            inplace=self.settings.inplace,
+        )
 
     def backend(self, name: str | None) -> Backend:
         """The session's backend, or the one a marker asks for by name."""
@@ -133,7 +138,9 @@ class OverlaySession:
         """
         self.kernel_unusable = reason
         if self.settings.backend == "auto":
-            self._selection = fall_back(self._scratch_dir, (("kernel", reason),))
+            self._selection = fall_back(
+                self._scratch_dir, (("kernel", reason),), inplace=self.settings.inplace
+            )
             name = self._selection.backend.name
             self._backends = {name: self._selection.backend}
             return f"kernel backend unusable, using the {name} backend instead: {reason}"

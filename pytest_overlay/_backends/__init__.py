@@ -53,7 +53,9 @@ class Selection:
         return line
 
 
-def select_backend(requested: str, scratch: Callable[[], Path], upper_size: str = "") -> Selection:
+def select_backend(
+    requested: str, scratch: Callable[[], Path], upper_size: str = "", *, inplace: bool = False
+) -> Selection:
     """Resolve ``auto`` or check an explicit choice; raise with the remedy if it cannot work."""
     if requested != "auto":
         backend = create_backend(requested, scratch, upper_size)
@@ -70,11 +72,17 @@ def select_backend(requested: str, scratch: Callable[[], Path], upper_size: str 
     if reason is None:
         return Selection(kernel)
     passed_over.append(("kernel", reason))
-    return fall_back(scratch, tuple(passed_over))
+    return fall_back(scratch, tuple(passed_over), inplace=inplace)
 
 
-def fall_back(scratch: Callable[[], Path], passed_over: tuple[tuple[str, str], ...]) -> Selection:
+def fall_back(
+    scratch: Callable[[], Path], passed_over: tuple[tuple[str, str], ...], *, inplace: bool
+) -> Selection:
     """The kernel backend cannot be used: FUSE if it really mounts here, else copy."""
+    if inplace:
+        # A FUSE server cannot overlay a directory at its own path; copy at least runs.
+        skipped = ("fuse", "in-place mode (--overlay) needs the kernel backend")
+        return Selection(create_backend("copy", scratch), (*passed_over, skipped))
     fuse = create_backend("fuse", scratch)
     reason = fuse.unavailable_reason()
     if reason is None:

@@ -154,7 +154,10 @@ def probe_fuse() -> str | None:
             ):
                 (scratch / "merged" / "f").write_text("y")
         except (MountError, OSError) as exc:
-            return f"a FUSE test mount failed: {str(exc).splitlines()[0]}"
+            # The first line says what failed, the last one what libfuse said about it.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = lines[0] if len(lines) < 2 else f"{lines[0]} ({lines[-1]})"
+            return f"a FUSE test mount failed: {detail}"
         return None
     finally:
         remove_tree(scratch)
