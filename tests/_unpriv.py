@@ -33,6 +33,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -291,6 +292,7 @@ def run_as_user(
     timeout: float = 300,
     extra_paths: Sequence[Path] = (),
     block_userns: bool = False,
+    open_dev_fuse: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run *argv* as :data:`TEST_USER` in *cwd* and return the finished process, unchecked.
 
@@ -303,7 +305,9 @@ def run_as_user(
 
     With *block_userns* the child runs chrooted (into a bind mount of ``/``, so it sees the
     same files): the kernel refuses user namespaces to chrooted processes, which is how a
-    machine that blocks them looks to the plugin.
+    machine that blocks them looks to the plugin.  With *open_dev_fuse* the child sees a
+    ``/dev/fuse`` of mode 0666, as most distributions ship it (this machine's is 0600, and
+    fusermount3 opens it with the user's own rights), without changing the host's.
     """
     if not argv:
         raise ValueError("argv must name a command")
@@ -320,6 +324,7 @@ def run_as_user(
             "cwd": os.fspath(cwd),
             "argv": list(argv),
             "block_userns": block_userns,
+            "open_dev_fuse": open_dev_fuse,
         }
         prelude = [sys.executable, "-I", "-S", os.fspath(_THIS_FILE), json.dumps(spec)]
         with subprocess.Popen(
@@ -446,6 +451,13 @@ def _prelude(spec_json: str) -> NoReturn:
         os.chdir(spec["scratch"])
         for index, (directory, children) in enumerate(spec["standins"]):
             _build_standin(libc, index, Path(directory), children)
+        if spec.get("open_dev_fuse"):
+            # The scratch tmpfs is nodev; the device node needs a filesystem that allows it.
+            os.mkdir("dev")
+            _mount(libc, "tmpfs", "dev", "tmpfs", _MS_NOSUID, "mode=0755,size=64k")
+            os.mknod("dev/fuse", stat.S_IFCHR | 0o666, os.makedev(10, 229))
+            os.chmod("dev/fuse", 0o666)  # noqa: S103 - what distributions ship for /dev/fuse
+            _mount(libc, "dev/fuse", "/dev/fuse", None, _MS_BIND, "")
         if spec.get("block_userns"):
             # unshare(CLONE_NEWUSER) fails with EPERM for a chrooted process, even when the
             # new root shows the very same tree.

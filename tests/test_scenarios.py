@@ -99,3 +99,15 @@ def test_suite_as_user_copy(user_project: Path) -> None:
     args = [sys.executable, "-m", "pytest", *INNER_ARGS, "--overlay-backend=copy"]
     result = _unpriv.run_as_user(args, cwd=user_project, env=QUIET_ENV)
     _check_run(result, user_project, before, "overlay: backend=copy")
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["plain", "xdist"])
+def test_suite_as_user_on_fuse(user_project: Path, xdist: bool) -> None:
+    # Through the setuid fusermount3, with /dev/fuse as open as distributions ship it.
+    gate("fuse", fuse_reason())
+    before = tree_digest(user_project)
+    args = [sys.executable, "-m", "pytest", *INNER_ARGS, "--overlay-backend=fuse"]
+    if xdist:
+        args += ["-n", "2"]
+    result = _unpriv.run_as_user(args, cwd=user_project, env=QUIET_ENV, open_dev_fuse=True)
+    _check_run(result, user_project, before, "overlay: backend=fuse (fusermount3)")
