@@ -15,49 +15,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pytest_overlay import _namespaces
-from pytest_overlay._diff import TreeDiff, diff_upper
 from pytest_overlay._errors import MountError
-from pytest_overlay._keep import copy_layer
 
-from .base import IgnoreFn, safe_label
+from .base import safe_label
 from .copytree import remove_tree
+from .upperview import UpperLayerView
 
 
-class FuseView:
+class FuseView(UpperLayerView):
     """One test's FUSE-served view."""
 
     def __init__(self, root: Path, merged: Path, lowers: tuple[Path, ...], served: object) -> None:
-        self._root = root
-        self._merged = merged
-        self._lowers = lowers
+        super().__init__(root, merged, lowers)
         self._served = served
-        self._snapshots = itertools.count()
-
-    @property
-    def path(self) -> Path:
-        return self._merged
-
-    @property
-    def lowers(self) -> tuple[Path, ...]:
-        return self._lowers
-
-    @property
-    def upper(self) -> Path:
-        """The upper layer, in the kernel's format."""
-        return self._root / ".upper"
-
-    @property
-    def new_root(self) -> Path:
-        return self.upper
-
-    def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
-        return diff_upper(self.upper, self._lowers, ignore=ignore)
-
-    def snapshot(self) -> Path:
-        target = self._root / ".snapshots" / str(next(self._snapshots))
-        target.parent.mkdir(exist_ok=True)
-        copy_layer(self.upper, target)
-        return target
 
     def close(self) -> list[str]:
         from pytest_overlay._fuse.client import FuseMount

@@ -19,11 +19,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pytest_overlay import _namespaces, _probe, _syscalls
-from pytest_overlay._diff import TreeDiff, diff_upper
 from pytest_overlay._errors import MountError
-from pytest_overlay._keep import copy_layer
 
-from .base import IgnoreFn, safe_label
+from .base import safe_label
+from .upperview import UpperLayerView
 
 # The mount(2) option string is cut at one page; beyond that only the new API works.
 _LEGACY_OPTIONS_LIMIT = 4095
@@ -37,47 +36,14 @@ def _escape_legacy(path: Path) -> str:
     return text
 
 
-class KernelMount:
+class KernelMount(UpperLayerView):
     """A mounted overlay of one test."""
 
     def __init__(self, root: Path, merged: Path, lowers: tuple[Path, ...]) -> None:
-        self._root = root
-        self._merged = merged
-        self._lowers = lowers
+        super().__init__(root, merged, lowers)
         self._closed = False
-        self._snapshots = itertools.count()
         # Real directories bound back into the view (pytest's own output), unmounted first.
         self.binds: list[Path] = []
-
-    @property
-    def path(self) -> Path:
-        return self._merged
-
-    @property
-    def lowers(self) -> tuple[Path, ...]:
-        return self._lowers
-
-    @property
-    def upper(self) -> Path:
-        """The upper layer, in the kernel's format."""
-        return self._root / ".upper"
-
-    @property
-    def new_root(self) -> Path:
-        """Where the new version of every changed file is: the upper layer."""
-        return self.upper
-
-    def snapshot(self) -> Path:
-        target = self._root / ".snapshots" / str(next(self._snapshots))
-        target.parent.mkdir(exist_ok=True)
-        with _namespaces.privileged():
-            copy_layer(self.upper, target)
-        return target
-
-    def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
-        # A test may leave unreadable files behind; reading them is the diff's business.
-        with _namespaces.privileged():
-            return diff_upper(self.upper, self._lowers, ignore=ignore)
 
     def close(self) -> list[str]:
         if self._closed:
