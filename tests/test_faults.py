@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._gates import gate, kernel_reason
+from tests._gates import fuse_reason, gate, kernel_reason
 from tests._sample_project import overlay_mounts, tree_digest
 
 ARGS = ("-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly")
@@ -107,3 +107,46 @@ def test_sigkill_mid_test_leaves_nothing_behind(tmp_path: Path, mode: tuple[str,
         check=False,
     )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+
+
+def test_fuse_server_killed_mid_test(pytester: pytest.Pytester) -> None:
+    gate("fuse", fuse_reason())
+    pytester.makepyfile(
+        """
+        import errno
+        import os
+        import signal
+
+        import pytest
+
+        from pathlib import Path
+
+        def _server_pids():
+            me = os.getpid()
+            children = Path(f"/proc/{me}/task/{me}/children").read_text().split()
+            return [
+                int(pid) for pid in children
+                if b"pytest_overlay._fuse.server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            ]
+
+        def test_server_dies(overlay_root):
+            (overlay_root / "before").write_text("x")
+            for pid in _server_pids():
+                os.kill(pid, signal.SIGKILL)
+            with pytest.raises(OSError) as excinfo:
+                for _ in range(100):
+                    (overlay_root / "after").write_text("y")
+            assert excinfo.value.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENOENT)
+
+        def test_next_test_is_fine(overlay_root):
+            (overlay_root / "fresh").write_text("z")
+            assert overlay_root.diff().added == {"fresh"}
+        """
+    )
+    mounts = overlay_mounts()
+    result = pytester.runpytest_subprocess(
+        *ARGS, "--overlay-backend=fuse", "-W", "default", timeout=120
+    )
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*FUSE server of * died during the test*"])
+    assert overlay_mounts() == mounts

@@ -33,8 +33,15 @@ class FuseView(UpperLayerView):
         from pytest_overlay._fuse.client import FuseMount
 
         assert isinstance(self._served, FuseMount)
+        died = self._served.process.poll()
         self._served.close()
         remove_tree(self._root)
+        if died is not None:
+            return [
+                f"the FUSE server of {self._merged} died during the test (exit status {died}), "
+                "so accesses to the view failed with 'Transport endpoint is not connected'; "
+                "the next test gets a new server"
+            ]
         return []
 
 
