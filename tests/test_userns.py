@@ -99,19 +99,28 @@ def test_explicit_kernel_with_threads_errors_each_test_clearly(user_dir: Path) -
     assert "During handling" not in output
 
 
-def test_blocked_user_namespaces_fall_back_to_copy_with_the_reason(user_dir: Path) -> None:
+@pytest.mark.parametrize("dev_fuse", ["as shipped here", "open to users"])
+def test_blocked_user_namespaces_fall_back_with_the_reason(user_dir: Path, dev_fuse: str) -> None:
     _write(user_dir, {"test_x.py": TESTS, "pytest.ini": "[pytest]\n"})
+    open_dev_fuse = dev_fuse == "open to users"
     result = _unpriv.run_as_user(
         [sys.executable, "-m", "pytest", *ARGS],
         cwd=user_dir,
         env={"PYTHONDONTWRITEBYTECODE": "1"},
         block_userns=True,
+        open_dev_fuse=open_dev_fuse,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "2 passed" in output
-    assert "overlay: backend=copy" in output
     assert "kernel not used: creating a user namespace is not permitted here" in output
+    if open_dev_fuse or os.stat("/dev/fuse").st_mode & 0o006 == 0o006:
+        assert "overlay: backend=fuse (fusermount3)" in output
+    else:
+        assert "overlay: backend=copy" in output
+        assert "fuse not used: /dev/fuse cannot be opened: Permission denied" in output
+    if open_dev_fuse:
+        return
     explicit = _unpriv.run_as_user(
         [sys.executable, "-m", "pytest", *ARGS, "--overlay-backend=kernel"],
         cwd=user_dir,
