@@ -33,10 +33,12 @@ class FuseView(UpperLayerView):
         from pytest_overlay._fuse.client import FuseMount
 
         assert isinstance(self._served, FuseMount)
-        died = self._served.process.poll()
         self._served.close()
         remove_tree(self._root)
-        if died is not None:
+        # A server we stopped exits 0; one killed while the test ran (perhaps still dying
+        # when the test ended, so asking earlier would race) did not.
+        died = self._served.process.returncode
+        if died and not self._served.stopped_by_signal:
             return [
                 f"the FUSE server of {self._merged} died during the test (exit status {died}), "
                 "so accesses to the view failed with 'Transport endpoint is not connected'; "

@@ -85,6 +85,8 @@ class FuseMount:
         """The server process."""
         self._log = log
         self._closed = False
+        self.stopped_by_signal = False
+        """Whether :meth:`close` had to signal the server (it did not exit on unmount)."""
 
     def stderr(self) -> str:
         """What the server has written to its standard error so far."""
@@ -126,6 +128,7 @@ class FuseMount:
                 self.process.wait(timeout)
         finally:
             if self.process.poll() is None:
+                self.stopped_by_signal = True
                 self.process.send_signal(signal.SIGTERM)  # libfuse unmounts on SIGTERM
                 try:
                     self.process.wait(1.0)
