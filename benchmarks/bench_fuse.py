@@ -13,6 +13,7 @@ how to read the output.  The script reports; it exits 0 whether or not the goals
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -24,7 +25,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_overlay._fuse.session import SessionServer
 
 from _common import (
     REPO_ROOT,
@@ -196,18 +200,28 @@ def fuse_overlayfs_argv(lower: Path, slot: Slot) -> list[str]:
     return [FUSE_OVERLAYFS, "-o", overlay_options(lower, slot), os.fspath(slot.mnt)]
 
 
+@functools.cache
+def session_server() -> SessionServer:
+    from pytest_overlay._fuse.session import SessionServer
+
+    return SessionServer()
+
+
 class Mounted:
     """One live mount of one implementation; :meth:`close` unmounts it."""
 
     def __init__(self, impl: str, lower: Path, slot: Slot) -> None:
         from pytest_overlay import _syscalls
-        from pytest_overlay._fuse import client
 
         self.impl = impl
         self.slot = slot
         self._handle: Any = None
         if impl == "ours":
-            self._handle = client.start([lower], slot.upper, slot.work, slot.mnt)
+            # As the plugin does: one session server forks a server per mount, in this
+            # thread's private mount namespace (so no auto_unmount watchdog is needed).
+            self._handle = session_server().start(
+                [lower], slot.upper, slot.work, slot.mnt, auto_unmount=False
+            )
         elif impl == "fuse_overlayfs":
             # fuse-overlayfs goes to the background once its mount is live.
             done = subprocess.run(
@@ -543,7 +557,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, value in versions.items():
         print(f"  {name}: {value}")
     print(f"mounts, each on a fresh upper + work directory under {cache}/fuse-scratch-*/:")
-    print("  ours: pytest_overlay._fuse.client.start([LOWER], UPPER, WORK, MNT) ... .close()")
+    print(
+        "  ours: pytest_overlay._fuse.session.SessionServer().start([LOWER], UPPER, WORK, MNT, "
+        "auto_unmount=False) ... .close() (the server started once, as in a pytest session)"
+    )
     print(f"  fuse-overlayfs: {shlex.join(fuse_overlayfs_argv(Path('LOWER'), Slot(Path('S'))))}")
     print("    ... umount2(MNT)")
     print(

@@ -20,7 +20,6 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 
 from ._diff import TreeDiff
 from ._names import safe_label
+from ._upper import copy_file_data
 
 STORE_DIR = "overlay"
 RUN_FILE = "run.json"
@@ -230,7 +230,7 @@ def copy_layer(source: Path, target: Path) -> int:
 def _copy_entry(src: Path, dst: Path, st: os.stat_result) -> int:
     mode = st.st_mode
     if stat.S_ISREG(mode):
-        shutil.copyfile(src, dst, follow_symlinks=False)
+        copy_file_data(src, dst)
         _copy_xattrs(src, dst)
         _copy_times_and_mode(src, dst)
         return st.st_size

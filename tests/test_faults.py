@@ -121,13 +121,24 @@ def test_fuse_server_killed_mid_test(pytester: pytest.Pytester) -> None:
 
         from pathlib import Path
 
+        def _descendants(pid):
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            for child in map(int, children):
+                yield child
+                yield from _descendants(child)
+
         def _server_pids():
-            me = os.getpid()
-            children = Path(f"/proc/{me}/task/{me}/children").read_text().split()
-            return [
-                int(pid) for pid in children
-                if b"pytest_overlay._fuse.server" in Path(f"/proc/{pid}/cmdline").read_bytes()
-            ]
+            # The processes below this one that hold /dev/fuse open: the mounts' servers.
+            found = []
+            for pid in _descendants(os.getpid()):
+                fds = Path(f"/proc/{pid}/fd")
+                try:
+                    if any(os.readlink(fd) == "/dev/fuse" for fd in fds.iterdir()):
+                        found.append(pid)
+                except FileNotFoundError:
+                    pass
+            assert found
+            return found
 
         def test_server_dies(overlay_root):
             (overlay_root / "before").write_text("x")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay._fuse.client import _PACKAGE_ROOT
+from pytest_overlay._fuse.client import PACKAGE_ROOT
 from pytest_overlay._fuse.helper import MountOptions, OptionError, parse_options
 from tests._gates import fuse_reason, gate
 
@@ -28,7 +28,7 @@ SERVER_MODULE = b"pytest_overlay._fuse.server"
 
 
 def _env() -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path}
 
 
@@ -62,11 +62,19 @@ def test_options_generic_ignored_unknown_kept() -> None:
         ("lowerdir=,upperdir=/u,workdir=/w", "lowerdir needs a value"),
         ("lowerdir=/a::/b,upperdir=/u,workdir=/w", "lowerdir has an empty directory"),
         ("lowerdir=/a,upperdir,workdir=/w", "upperdir needs a value"),
+        ("lowerdir=/a,upperdir=/u,workdir=/w,redirect_dir=yes", "redirect_dir must be one of"),
     ],
 )
 def test_options_errors(argument: str, message: str) -> None:
     with pytest.raises(OptionError, match=message):
         parse_options([argument])
+
+
+@pytest.mark.parametrize(("value", "renames"), [("on", True), ("off", False), ("follow", False)])
+def test_options_redirect_dir(value: str, renames: bool) -> None:
+    options = parse_options([f"lowerdir=/a,upperdir=/u,workdir=/w,redirect_dir={value}"])
+    assert options.rename_lower_dirs is renames
+    assert options.unknown == ()
 
 
 # --- errors from the command ------------------------------------------------------------------
@@ -225,6 +233,32 @@ def test_mount_write_umount(layers: Path, mnt: Path) -> None:
     assert (layers / "u" / "new").read_text() == "new\n"
     assert (layers / "u" / "bottom").read_text() == "from b\nchanged\n"
     assert (layers / "b" / "bottom").read_text() == "from b\n"  # the lower is untouched
+
+
+@pytest.mark.parametrize(("redirect_dir", "expected"), [("on", "renamed"), ("off", "EXDEV")])
+def test_redirect_dir_decides_lower_directory_renames(
+    layers: Path, mnt: Path, redirect_dir: str, expected: str
+) -> None:
+    (layers / "b" / "dir").mkdir()
+    (layers / "b" / "dir" / "inside").write_text("x\n")
+    t, m = (shlex.quote(str(p)) for p in (layers, mnt))
+    options = f"lowerdir={t}/a:{t}/b,upperdir={t}/u,workdir={t}/w,redirect_dir={redirect_dir}"
+    script = f"""
+        $HELPER src {m} -o {options}
+        python3 -c '
+import errno, os, sys
+try:
+    os.rename(sys.argv[1] + "/dir", sys.argv[1] + "/moved")
+    print("renamed")
+except OSError as exc:
+    print(errno.errorcode[exc.errno])
+' {m}
+        umount {m}
+    """
+    result = _in_namespace(script, layers)
+    _check_unmounted(result, mnt)
+    assert result.stdout.split() == [expected]
+    assert (layers / "b" / "dir" / "inside").read_text() == "x\n"
 
 
 def test_server_outlives_the_helper_detached(layers: Path, mnt: Path) -> None:

@@ -1,7 +1,8 @@
 """The pure-Python fallback: materialise the merged lowers as a private copy per test.
 
 It needs no privileges and works on any OS, at a cost linear in the size of the tree.  Files are
-cloned (reflink) where the filesystem can, and copied with the kernel's fast path otherwise.
+cloned (reflink) where the filesystem can, and copied with the kernel's fast path otherwise,
+holes left as holes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from pytest_overlay._diff import TreeDiff, diff_trees
 from pytest_overlay._layers import Entry, LayerStack
-from pytest_overlay._upper import synthesize_upper
+from pytest_overlay._upper import copy_file_data, synthesize_upper
 
 from .base import IgnoreFn, safe_label
 
@@ -44,7 +45,7 @@ class _Cloner:
                     if exc.errno not in _NO_CLONE_ERRNOS:
                         raise
                     self.enabled = False
-        shutil.copyfile(source, target, follow_symlinks=False)
+        copy_file_data(source, target)
 
 
 class CopyMount:

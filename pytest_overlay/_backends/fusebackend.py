@@ -1,4 +1,5 @@
-"""Our own overlay filesystem over FUSE, one server process per test's view.
+"""Our own overlay filesystem over FUSE: one server process per test's view, forked by the
+session's server (:mod:`pytest_overlay._fuse.session`).
 
 For machines where kernel overlayfs cannot be mounted but FUSE can.  The server writes the
 kernel's upper-layer format, so the diff, kept layers and the command treat it like the kernel
@@ -13,11 +14,15 @@ import itertools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_overlay import _namespaces
 from pytest_overlay._errors import MountError
 
 from .base import safe_label
+
+if TYPE_CHECKING:
+    from pytest_overlay._fuse.session import SessionServer
 from .copytree import remove_tree
 from .upperview import UpperLayerView
 
@@ -58,6 +63,7 @@ class FuseBackend:
         self._counter = itertools.count()
         self._reason: str | None = None
         self._probed = False
+        self._server: SessionServer | None = None
 
     @property
     def _scratch(self) -> Path:
@@ -89,12 +95,15 @@ class FuseBackend:
                 "read the project through its own mount; use --overlay-backend=kernel, or "
                 "the overlay_root fixture without --overlay",
             )
-        from pytest_overlay._fuse.client import start
+        from pytest_overlay._fuse.session import SessionServer
 
-        if _namespaces.is_real_root() or _namespaces.entered_user_namespace():
+        private = _namespaces.is_real_root() or _namespaces.entered_user_namespace()
+        if private:
             # As with the kernel backend: the server inherits a private mount namespace, so
             # its mount is never visible on the host and dies with the process.
             _namespaces.ensure_private_mount_namespace()
+        if self._server is None:
+            self._server = SessionServer()
         root = self._scratch / f"{safe_label(label)}{next(self._counter)}"
         merged = root / (lowers[0].name or "root")
         for directory in (root / ".upper", root / ".work", merged):
@@ -102,13 +111,17 @@ class FuseBackend:
         st = lowers[0].stat()
         os.chmod(root / ".upper", st.st_mode & 0o7777)
         try:
-            served = start(lowers, root / ".upper", root / ".work", merged)
+            served = self._server.start(
+                lowers, root / ".upper", root / ".work", merged, auto_unmount=not private
+            )
         except BaseException:
             remove_tree(root)
             raise
         return FuseView(root, merged, tuple(lowers), served)
 
     def shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
         if self._scratch_path is not None:
             remove_tree(self._scratch_path)
 

@@ -192,10 +192,11 @@ class KernelBackend:
                         mount.binds.append(path)
         except OSError as exc:
             mount.close()
+            hint = _stacking_hint(lowers) if exc.errno == errno.EINVAL else ""
             raise MountError(
                 exc.errno or 0,
                 f"could not mount overlayfs at {merged} over {', '.join(map(str, lowers))}: "
-                f"{exc.strerror}",
+                f"{exc.strerror}{hint}",
             ) from exc
         finally:
             for _, tree_fd in tree_fds:
@@ -251,6 +252,40 @@ class KernelBackend:
             self._ready_threads.discard(threading.get_native_id())
         with contextlib.suppress(OSError):
             self._scratch.rmdir()
+
+
+def _filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem *path* is on, as the calling thread's mount table says."""
+    real = Path(os.path.realpath(path))
+    found: tuple[int, str] | None = None
+    try:
+        with open("/proc/thread-self/mountinfo", "rb") as f:
+            for line in f:
+                fields = line.split(b" ")
+                point = Path(os.fsdecode(_namespaces._unescape_mountinfo(fields[4])))
+                fstype = os.fsdecode(fields[fields.index(b"-") + 1])
+                # The deepest mount point wins; of two on the same point, the later one.
+                if (point == real or point in real.parents) and (
+                    found is None or len(point.parts) >= found[0]
+                ):
+                    found = (len(point.parts), fstype)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if found is None else found[1]
+
+
+def _stacking_hint(lowers: Sequence[Path]) -> str:
+    """Why a mount over *lowers* may fail with EINVAL: an overlayfs lower stacked too deep."""
+    for lower in lowers:
+        if _filesystem_type(lower) == "overlay":
+            return (
+                f"; {lower} is on overlayfs, and the kernel stacks overlayfs at most two levels "
+                "deep: if that overlayfs itself lies on another one (a container inside a "
+                "container, or pytest run inside an overlay view), it cannot be a lower layer "
+                "(the kernel log then says 'maximum fs stacking depth exceeded'); use "
+                "--overlay-backend=copy, or --overlay-backend=fuse without --overlay"
+            )
+    return ""
 
 
 def _keep_fd(tree_fds: list[tuple[Path, int]], tree_fd: int) -> int:

@@ -22,16 +22,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, final
+from typing import IO, Protocol, final
 
 from pytest_overlay._errors import MountError
 
 from .server import EXIT_NO_LIBFUSE
 
-__all__ = ["FuseMount", "availability", "start"]
+__all__ = ["FuseMount", "ServerProcess", "availability", "start"]
 
 _DEV_FUSE = "/dev/fuse"
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 # umount2 errors that mean "already gone": EINVAL (not a mount point any more), ENOENT.
 _GONE = frozenset({errno.EINVAL, errno.ENOENT})
 _MNT_DETACH = 2
@@ -69,16 +69,35 @@ def availability() -> str | None:
     return None
 
 
-def _server_stderr(stream: IO[bytes]) -> str:
+def server_stderr(stream: IO[bytes]) -> str:
     stream.seek(0)
     return stream.read().decode(errors="replace").strip()
+
+
+class ServerProcess(Protocol):
+    """The process that serves one mount: a :class:`subprocess.Popen`, or a forked child of
+    the session's server (:class:`pytest_overlay._fuse.session.ForkedServer`)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
 
 
 @final
 class FuseMount:
     """A mounted overlay served by a server process; :meth:`close` unmounts and reaps it."""
 
-    def __init__(self, mountpoint: Path, process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
+    def __init__(self, mountpoint: Path, process: ServerProcess, log: IO[bytes]) -> None:
         self.mountpoint = mountpoint
         """Where the overlay is mounted."""
         self.process = process
@@ -90,7 +109,7 @@ class FuseMount:
 
     def stderr(self) -> str:
         """What the server has written to its standard error so far."""
-        return _server_stderr(self._log)
+        return server_stderr(self._log)
 
     def _unmount(self, *, lazy: bool) -> None:
         if os.geteuid() == 0:
@@ -117,13 +136,14 @@ class FuseMount:
             return
         self._closed = True
         try:
-            if self.process.poll() is None:
-                try:
-                    self._unmount(lazy=False)
-                except OSError as exc:
-                    if exc.errno != errno.EBUSY:
-                        raise
-                    self._unmount(lazy=True)
+            # Even when the server has died: a mount without auto_unmount stays behind,
+            # answering ENOTCONN, until it is unmounted.
+            try:
+                self._unmount(lazy=False)
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                self._unmount(lazy=True)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
         finally:
@@ -157,6 +177,7 @@ def _command(
     ready_fd: int,
     *,
     detach: bool = False,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     command = [sys.executable, "-m", "pytest_overlay._fuse.server"]
     for lower in lowers:
@@ -164,6 +185,7 @@ def _command(
     command += ["--upper", os.fspath(upper), "--work", os.fspath(work)]
     command += ["--ready-fd", str(ready_fd)]
     command += ["--detach"] if detach else ["--parent", str(os.getpid())]
+    command += extra
     command += ["--", os.fspath(mountpoint)]
     return command
 
@@ -211,7 +233,7 @@ def start(
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     log = tempfile.TemporaryFile(prefix="pytest-overlay-fuse-")  # noqa: SIM115  # FuseMount owns it
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
     try:
         process = subprocess.Popen(
             _command(lowers, upper, work, mountpoint, write_fd),
@@ -237,10 +259,15 @@ def start(
     finally:
         os.close(read_fd)
     if reason is not None:
-        output = handle.stderr()
-        handle.close()
-        detail = f"\n--- server output ---\n{output}" if output else ""
-        raise MountError(
-            errno.EIO, f"FUSE overlay mount failed: {reason}{detail}", os.fspath(mountpoint)
-        )
+        raise failed_mount(handle, reason)
     return handle
+
+
+def failed_mount(handle: FuseMount, reason: str) -> MountError:
+    """Close a mount that did not become live; the error says why, with the server's output."""
+    output = handle.stderr()
+    handle.close()
+    detail = f"\n--- server output ---\n{output}" if output else ""
+    return MountError(
+        errno.EIO, f"FUSE overlay mount failed: {reason}{detail}", os.fspath(handle.mountpoint)
+    )

@@ -14,6 +14,7 @@ exit status 1 (2 for usage errors), never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import subprocess
@@ -71,6 +72,10 @@ SOURCE is ignored (mount(8) shows it as the source).  OPTIONS is a comma-separat
   lowerdir=A:B   the read-only lower directories, colon-separated, topmost first (required)
   upperdir=U     the writable upper directory, in the kernel overlayfs format (required)
   workdir=W      an empty directory on the file system of U (required)
+  redirect_dir=on|off|follow|nofollow
+                 "on" (the default) renames directories that a lower directory has, as
+                 overlayfs with redirect_dir=on does; the others answer EXDEV to such a
+                 rename, as overlayfs does without redirect_dir (mv then copies)
 
 As in overlayfs, a backslash escapes the next character: write "\\:" and "\\," for a colon or
 a comma inside a path, and "\\\\" for a backslash.  "ro" is an error: read-only mounts are not
@@ -88,6 +93,9 @@ Exit status: 0 mounted, 1 bad options, missing directories or a failed mount, 2 
 """
 
 
+_REDIRECT_DIR = ("on", "off", "follow", "nofollow")
+
+
 class OptionError(ValueError):
     """A mount option that cannot be used (the message says which, and why)."""
 
@@ -102,6 +110,8 @@ class MountOptions:
     work: str
     unknown: tuple[str, ...] = ()
     """Options ignored with a warning."""
+    rename_lower_dirs: bool = True
+    """False for ``redirect_dir=off|follow|nofollow``: renaming a lower directory is EXDEV."""
 
 
 def _split_escaped(text: str, separator: str) -> Iterator[str]:
@@ -147,6 +157,11 @@ def parse_options(options: Sequence[str]) -> MountOptions:
                 if not has_value or not value:
                     raise OptionError(f"{key} needs a value: {key}=DIR")
                 values[key] = value
+            elif key == "redirect_dir":
+                if value not in _REDIRECT_DIR:
+                    choices = "|".join(_REDIRECT_DIR)
+                    raise OptionError(f"redirect_dir must be one of {choices}, not {value!r}")
+                values[key] = value
             else:
                 unknown.append(_unescape(option))
     missing = [key for key in ("lowerdir", "upperdir", "workdir") if key not in values]
@@ -160,6 +175,7 @@ def parse_options(options: Sequence[str]) -> MountOptions:
         upper=_unescape(values["upperdir"]),
         work=_unescape(values["workdir"]),
         unknown=tuple(unknown),
+        rename_lower_dirs=values.get("redirect_dir", "on") == "on",
     )
 
 
@@ -202,10 +218,16 @@ def _spawn(options: MountOptions, mountpoint: str, log: IO[bytes]) -> str | None
     from . import client
 
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [client._PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [client.PACKAGE_ROOT, env.get("PYTHONPATH")]))
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     command = client._command(
-        options.lowers, options.upper, options.work, mountpoint, write_fd, detach=True
+        options.lowers,
+        options.upper,
+        options.work,
+        mountpoint,
+        write_fd,
+        detach=True,
+        extra=() if options.rename_lower_dirs else ("--exdev-dir-rename",),
     )
     try:
         try:
@@ -255,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for option in options.unknown:
         print(f"{PROG}: warning: unknown option {option!r} ignored", file=sys.stderr, flush=True)
     mountpoint = os.path.abspath(args.mountpoint)
-    options = MountOptions(
+    options = dataclasses.replace(
+        options,
         lowers=tuple(os.path.abspath(lower) for lower in options.lowers),
         upper=os.path.abspath(options.upper),
         work=os.path.abspath(options.work),

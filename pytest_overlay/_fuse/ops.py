@@ -71,6 +71,8 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
     :param work: a directory on the same filesystem as *upper*, where copies are made before
         they are renamed into place.
     :param on_init: called once the kernel has sent ``FUSE_INIT`` (the mount is live).
+    :param rename_lower_dirs: rename directories that a lower layer has (the default); False
+        answers ``EXDEV`` as kernel overlayfs does without ``redirect_dir``.
 
     Caches assume that this object is the only writer of *upper* and that *lowers* never
     change while mounted, which is also what makes long kernel cache timeouts safe.
@@ -85,7 +87,9 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         work: str | os.PathLike[str],
         *,
         on_init: Callable[[], None] | None = None,
+        rename_lower_dirs: bool = True,
     ) -> None:
+        self._rename_lower_dirs = rename_lower_dirs
         self._upper = os.path.abspath(upper)
         self._work = os.path.abspath(work)
         self._view = MergedView((self._upper, *(os.path.abspath(p) for p in lowers)))
@@ -462,7 +466,7 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         return 0
 
     def rename(self, old: str, new: str) -> int:
-        """Rename anything, including directories of the lower layers.
+        """Rename anything, including directories of the lower layers (unless told not to).
 
         The source is copied up (a directory with its whole merged subtree), renamed in the
         upper layer, and its old name whited out if a lower layer has it.  A directory moved
@@ -489,6 +493,8 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
             elif dst.st.st_ino == src.st.st_ino and dst.st.st_dev == src.st.st_dev:
                 return 0  # two links of one file: rename(2) does nothing
         if is_dir and (src.layer > 0 or len(self._view.chain(old_rel)) > 1):
+            if not self._rename_lower_dirs:
+                raise fail(errno.EXDEV, old_rel)
             real = self._copy_up_tree(old_rel)
             moved_from_lower = True
         else:

@@ -50,7 +50,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["EXIT_NO_LIBFUSE", "TIMEOUT", "main", "mount_options"]
+__all__ = [
+    "EXIT_NO_LIBFUSE",
+    "TIMEOUT",
+    "LibfuseMissingError",
+    "die_with_parent",
+    "load_mfusepy",
+    "main",
+    "mount_options",
+    "serve",
+]
 
 EXIT_NO_LIBFUSE = 3
 TIMEOUT = 86400.0
@@ -82,9 +91,10 @@ def mount_options(fuse_major: int, *, as_root: bool) -> dict[str, Any]:
     return options
 
 
-def _die_with_parent(parent: int | None) -> None:
+def die_with_parent(parent: int | None) -> None:
     """Get SIGKILL when the parent dies; exit now if it has died already."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    # The process's own symbols include libc's; find_library("c") would run ldconfig.
+    libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
@@ -131,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
         help="Outlive the starting process (no parent-death signal); once mounted, point "
         "stdin, stdout and stderr at /dev/null.  Start it in a session of its own.",
     )
+    parser.add_argument(
+        "--exdev-dir-rename",
+        action="store_true",
+        help="Answer EXDEV to renames of directories that a lower layer has, as kernel "
+        "overlayfs does without redirect_dir (by default they are renamed)",
+    )
     parser.add_argument("--debug", action="store_true", help="Let libfuse log every request")
     parser.add_argument("mountpoint", help="Where to mount")
     return parser
@@ -157,22 +173,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.parent is not None:
             parser.error("--detach and --parent exclude each other")
     else:
-        _die_with_parent(args.parent)
-    os.umask(0)  # the kernel has applied the caller's umask to every mode we get
+        die_with_parent(args.parent)
+    try:
+        return serve(
+            args.lower,
+            args.upper,
+            args.work,
+            args.mountpoint,
+            ready_fd=args.ready_fd,
+            detach=args.detach,
+            debug=args.debug,
+            rename_lower_dirs=not args.exdev_dir_rename,
+        )
+    except LibfuseMissingError as exc:
+        print(f"libfuse not installed: apt install fuse3 / libfuse2 ({exc})", file=sys.stderr)
+        return EXIT_NO_LIBFUSE
+
+
+class LibfuseMissingError(Exception):
+    """mfusepy could not load libfuse."""
+
+
+def load_mfusepy() -> Any:
+    """Import mfusepy; raise :class:`LibfuseMissingError` when libfuse is unusable."""
     try:
         import mfusepy
     except (OSError, AttributeError) as exc:  # mfusepy raises these when libfuse is unusable
-        print(
-            f"libfuse not installed: apt install fuse3 / libfuse2 ({exc})",
-            file=sys.stderr,
-            flush=True,
-        )
-        return EXIT_NO_LIBFUSE
+        raise LibfuseMissingError(str(exc)) from exc
+    return mfusepy
 
+
+def serve(
+    lowers: Sequence[str],
+    upper: str,
+    work: str,
+    mountpoint: str,
+    *,
+    ready_fd: int | None = None,
+    detach: bool = False,
+    debug: bool = False,
+    auto_unmount: bool = True,
+    rename_lower_dirs: bool = True,
+) -> int:
+    """Mount the overlay on *mountpoint* and serve it in this thread until it is unmounted.
+
+    :param ready_fd: gets ``ready`` (and is closed) once the kernel has initialised the mount.
+    :param auto_unmount: let ``fusermount`` unmount if this process is killed.  Only a mount
+        in a private mount namespace, which dies with its processes, can do without; it then
+        skips starting ``fusermount`` (a few milliseconds per mount).
+    :param rename_lower_dirs: see :class:`.ops.OverlayOperations`.
+    :returns: the exit status (0 after an unmount, 1 if mounting failed).
+    """
+    os.umask(0)  # the kernel has applied the caller's umask to every mode we get
+    mfusepy = load_mfusepy()
     from .ops import OverlayOperations
-
-    ready_fd: int | None = args.ready_fd
-    detach: bool = args.detach
 
     def on_init() -> None:
         nonlocal ready_fd
@@ -183,14 +237,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.close(ready_fd)
             ready_fd = None
 
-    operations = OverlayOperations(args.lower, args.upper, args.work, on_init=on_init)
+    operations = OverlayOperations(
+        lowers, upper, work, on_init=on_init, rename_lower_dirs=rename_lower_dirs
+    )
     options = mount_options(mfusepy.fuse_version_major, as_root=os.geteuid() == 0)
-    if args.debug:
+    options["auto_unmount"] = auto_unmount
+    if debug:
         options["debug"] = True
     try:
-        mfusepy.FUSE(operations, args.mountpoint, **options)
+        mfusepy.FUSE(operations, mountpoint, **options)
     except RuntimeError as exc:  # libfuse's own message is on stderr already
-        print(f"mounting {args.mountpoint} failed: {exc}", file=sys.stderr, flush=True)
+        print(f"mounting {mountpoint} failed: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0
 

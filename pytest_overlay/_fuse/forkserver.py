@@ -1,0 +1,192 @@
+"""The session's FUSE server: ``python -m pytest_overlay._fuse.forkserver --control-fd N``.
+
+Starting a Python FUSE server costs 50-75 ms, nearly all of it interpreter start and imports.
+This process pays that once per pytest process: it imports mfusepy and the filesystem up front,
+then forks one child per mount.  A fork of this small, single-threaded process takes well under
+a millisecond, and each mount keeps a process of its own, so a test that kills its server (or a
+crash in one mount) leaves every other mount and the session's server alone.
+
+Protocol, over the ``SOCK_SEQPACKET`` socket at ``--control-fd``: each request is one message,
+a JSON object ``{"lowers": [...], "upper": ..., "work": ..., "mountpoint": ...,
+"auto_unmount": bool}`` carrying two descriptors: a ``SOCK_SEQPACKET`` *channel* for this mount
+and the file that gets the child's standard output and error.  On the channel the client then
+receives, in any order:
+
+``pid N``
+    with a pidfd of the child, for signals that cannot hit a recycled process id;
+``ready``
+    the kernel has initialised the mount;
+``exit N``
+    the child has exited with status N (negative: killed by signal -N), after which the
+    channel is closed.
+
+End of file on the control socket (the pytest process has gone) ends this process; its children
+get ``SIGKILL`` when it dies, and their mounts, which live in the pytest process's private mount
+namespace or have ``auto_unmount``, go with them.  Exit status 3 means that libfuse could not be
+loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .server import EXIT_NO_LIBFUSE, LibfuseMissingError, die_with_parent, load_mfusepy, serve
+
+__all__ = ["MAX_REQUEST", "main"]
+
+MAX_REQUEST = 1 << 20
+"""The largest request, in bytes (one message of a ``SOCK_SEQPACKET`` socket)."""
+
+
+def _child(request: dict[str, Any], channel: socket.socket, log: int) -> int:
+    """In the forked child: serve one mount; return the exit status."""
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    return serve(
+        request["lowers"],
+        request["upper"],
+        request["work"],
+        request["mountpoint"],
+        ready_fd=channel.detach(),  # ``ready`` goes to the client as one message
+        auto_unmount=bool(request.get("auto_unmount", True)),
+    )
+
+
+class _Children:
+    """The mounts' processes, by pid, each with the channel that gets its exit status."""
+
+    def __init__(self) -> None:
+        self._channels: dict[int, socket.socket] = {}
+
+    def add(self, pid: int, channel: socket.socket) -> None:
+        self._channels[pid] = channel
+
+    def reap(self) -> None:
+        while self._channels:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            channel = self._channels.pop(pid, None)
+            if channel is not None:
+                code = os.waitstatus_to_exitcode(status)
+                with contextlib.suppress(OSError):  # the client has gone: nobody to tell
+                    channel.send(f"exit {code}".encode())
+                channel.close()
+
+    def close_channels(self) -> None:
+        """In a new child: drop the other mounts' channels, which are not its business."""
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def kill_all(self) -> None:
+        for pid in list(self._channels):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _spawn(message: bytes, fds: list[int], children: _Children, inherited: Sequence[int]) -> None:
+    """Fork a child for one request; a malformed request is answered on stderr and dropped."""
+    if len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        print("forkserver: a request needs exactly two descriptors", file=sys.stderr, flush=True)
+        return
+    channel = socket.socket(fileno=fds[0])
+    log = fds[1]
+    try:
+        request = json.loads(message)
+    except ValueError as exc:
+        channel.close()
+        os.close(log)
+        print(f"forkserver: bad request: {exc}", file=sys.stderr, flush=True)
+        return
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; its work is checked through its mount
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            children.close_channels()
+            for fd in inherited:
+                os.close(fd)
+            die_with_parent(None)
+            code = _child(request, channel, log)
+        except BaseException as exc:  # report, then leave without cleanup
+            print(f"forkserver child: {exc!r}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(code)
+    os.close(log)
+    try:
+        pidfd = os.pidfd_open(pid)
+        try:
+            socket.send_fds(channel, [f"pid {pid}".encode()], [pidfd])
+        finally:
+            os.close(pidfd)
+    except OSError:
+        pass  # the client has gone already; the child will find its mount unused
+    children.add(pid, channel)
+
+
+def serve_requests(control: socket.socket) -> None:
+    """Answer requests until the control socket closes, then kill the remaining children."""
+    children = _Children()
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    try:
+        while True:
+            readable, _, _ = select.select([control.fileno(), wake_read], [], [])
+            if wake_read in readable:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_read, 512):
+                        pass
+                children.reap()
+            if control.fileno() in readable:
+                try:
+                    message, fds, _, _ = socket.recv_fds(control, MAX_REQUEST, 2)
+                except InterruptedError:
+                    continue
+                if not message and not fds:
+                    return  # the pytest process closed its end
+                _spawn(message, fds, children, (control.fileno(), wake_read, wake_write))
+    finally:
+        children.kill_all()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Import everything a mount needs, then serve requests; return the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pytest_overlay._fuse.forkserver",
+        description="Fork one FUSE overlay server per request on a control socket",
+    )
+    parser.add_argument("--control-fd", type=int, required=True, metavar="N")
+    parser.add_argument("--parent", type=int, metavar="PID")
+    args = parser.parse_args(argv)
+    die_with_parent(args.parent)
+    try:
+        load_mfusepy()
+    except LibfuseMissingError as exc:
+        print(f"libfuse not installed: apt install fuse3 / libfuse2 ({exc})", file=sys.stderr)
+        return EXIT_NO_LIBFUSE
+    from . import ops  # noqa: F401  # imported once here, so that children start warm
+
+    serve_requests(socket.socket(fileno=args.control_fd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The session's FUSE server (``pytest_overlay._fuse.session``): one process forks each mount's.
+
+Real mounts in this process's private mount namespace (as root), no mocks: many mounts served
+by one session server, each by a process of its own; a dead mount server or a dead session
+server; and the process tree going away with the process that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_overlay._errors import MountError
+from pytest_overlay._fuse import client
+from pytest_overlay._fuse.session import SessionServer
+from tests._gates import gate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def needs_fuse() -> None:
+    gate("fuse", client.availability())
+    if os.geteuid() == 0:
+        from pytest_overlay import _namespaces
+
+        _namespaces.ensure_private_mount_namespace()
+
+
+@pytest.fixture
+def server() -> Iterator[SessionServer]:
+    session = SessionServer()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def _mounted(mountpoint: Path) -> bool:
+    target = os.fsencode(mountpoint).replace(b" ", b"\\040")
+    with open("/proc/self/mountinfo", "rb") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def _slot(root: Path, name: str) -> tuple[Path, Path, Path]:
+    """An upper, a work directory and a mount point under *root*/*name*."""
+    paths = (root / name / "upper", root / name / "work", root / name / "mnt")
+    for path in paths:
+        path.mkdir(parents=True)
+    return paths
+
+
+@pytest.fixture
+def lower(tmp_path: Path) -> Path:
+    path = tmp_path / "lower"
+    path.mkdir()
+    (path / "f").write_text("lower\n")
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _wait(condition: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_one_session_server_serves_many_mounts_each_in_its_own_process(
+    server: SessionServer, lower: Path, tmp_path: Path
+) -> None:
+    handles = []
+    for n in range(5):
+        upper, work, mnt = _slot(tmp_path, f"m{n}")
+        handle = server.start([lower], upper, work, mnt, auto_unmount=False)
+        (mnt / "f").write_text(f"mount {n}\n")
+        handles.append(handle)
+    pids = {handle.process.pid for handle in handles}
+    assert len(pids) == 5
+    assert 0 not in pids
+    for n, handle in enumerate(handles):
+        assert (handle.mountpoint / "f").read_text() == f"mount {n}\n"
+        handle.close()
+        assert handle.process.returncode == 0
+        assert not _mounted(handle.mountpoint)
+    assert (lower / "f").read_text() == "lower\n"
+
+
+def test_a_killed_mount_server_fails_its_mount_only(
+    server: SessionServer, lower: Path, tmp_path: Path
+) -> None:
+    first = server.start([lower], *_slot(tmp_path, "a"), auto_unmount=False)
+    second = server.start([lower], *_slot(tmp_path, "b"), auto_unmount=False)
+    os.kill(first.process.pid, signal.SIGKILL)
+    assert first.process.wait(10) == -signal.SIGKILL
+    with pytest.raises(OSError, match="not connected"):
+        (first.mountpoint / "f").read_text()
+    assert (second.mountpoint / "f").read_text() == "lower\n"
+    first.close()
+    assert not _mounted(first.mountpoint)
+    second.close()
+    assert second.process.returncode == 0
+
+
+def test_a_dead_session_server_is_replaced(
+    server: SessionServer, lower: Path, tmp_path: Path
+) -> None:
+    before = server.start([lower], *_slot(tmp_path, "a"), auto_unmount=False)
+    before.close()
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
+    assert _wait(lambda: not _alive(server.pid or 0))
+    after = server.start([lower], *_slot(tmp_path, "b"), auto_unmount=False)
+    assert (after.mountpoint / "f").read_text() == "lower\n"
+    after.close()
+    assert after.process.returncode == 0
+
+
+def test_mount_servers_die_with_the_session_server(
+    server: SessionServer, lower: Path, tmp_path: Path
+) -> None:
+    handle = server.start([lower], *_slot(tmp_path, "a"), auto_unmount=False)
+    child = handle.process.pid
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
+    assert handle.process.wait(10) == -signal.SIGKILL
+    assert _wait(lambda: not _alive(child))
+    handle.close()
+    assert not _mounted(handle.mountpoint)
+
+
+def test_a_failed_mount_reports_the_server_output(
+    server: SessionServer, lower: Path, tmp_path: Path
+) -> None:
+    upper, work, _ = _slot(tmp_path, "a")
+    with pytest.raises(MountError, match="FUSE overlay mount failed"):
+        server.start([lower], upper, work, tmp_path / "missing", auto_unmount=False)
+    # The session server is still there for the next mount.
+    handle = server.start([lower], *_slot(tmp_path, "b"), auto_unmount=False)
+    handle.close()
+    assert handle.process.returncode == 0
+
+
+def test_everything_goes_when_the_starting_process_is_killed(lower: Path, tmp_path: Path) -> None:
+    """SIGKILL the process that started the session server: both servers and the mount go."""
+    upper, work, mnt = _slot(tmp_path, "a")
+    script = textwrap.dedent(
+        f"""
+        import time
+        from pytest_overlay._fuse.session import SessionServer
+        server = SessionServer()
+        handle = server.start([{str(lower)!r}], {str(upper)!r}, {str(work)!r}, {str(mnt)!r})
+        print(server.pid, handle.process.pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=REPO)
+    try:
+        assert parent.stdout is not None
+        session_pid, mount_pid = map(int, parent.stdout.readline().split())
+        assert _mounted(mnt)
+        parent.kill()
+        parent.wait()
+        assert _wait(lambda: not _alive(session_pid))
+        assert _wait(lambda: not _alive(mount_pid))
+        assert _wait(lambda: not _mounted(mnt))  # auto_unmount's fusermount3 unmounts it
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
+        if _mounted(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
