@@ -65,17 +65,40 @@ class MergedView:
         # Merged directory -> its (layer, real directory) parts, topmost first; () for a path
         # that is no directory.
         self._dirs: dict[str, tuple[tuple[int, str], ...]] = {}
+        # Real directory of a lower layer -> the names in it.  Lower layers never change while
+        # mounted, so one listing answers every later lookup there: a name that is not listed
+        # costs no lstat, and neither does the whiteout marker of a name that has none.
+        self._lower_names: dict[str, frozenset[str]] = {}
 
     def invalidate(self) -> None:
         """Forget cached directories: a directory was made, removed, moved or made opaque."""
         self._dirs.clear()
 
-    def _probe(self, directory: str, name: str) -> tuple[os.stat_result | None, bool]:
+    def _names(self, directory: str) -> frozenset[str]:
+        names = self._lower_names.get(directory)
+        if names is None:
+            try:
+                names = frozenset(os.listdir(directory))
+            except OSError:
+                names = frozenset()
+            self._lower_names[directory] = names
+        return names
+
+    def _probe(self, layer: int, directory: str, name: str) -> tuple[os.stat_result | None, bool]:
         """``lstat`` *name* in one layer's *directory*; and whether it hides the layers below."""
-        st = _lstat(os.path.join(directory, name))
+        marker_name = WHITEOUT_PREFIX + name
+        if layer > 0:
+            names = self._names(directory)
+            st = _lstat(os.path.join(directory, name)) if name in names else None
+            has_marker = marker_name in names
+        else:
+            st = _lstat(os.path.join(directory, name))
+            has_marker = True  # the upper layer changes: look
         if st is not None and is_whiteout(st):
             return None, True
-        marker = _lstat(os.path.join(directory, WHITEOUT_PREFIX + name))
+        if not has_marker:
+            return st, False
+        marker = _lstat(os.path.join(directory, marker_name))
         return st, marker is not None and stat.S_ISREG(marker.st_mode)
 
     def chain(self, rel: str) -> tuple[tuple[int, str], ...]:
@@ -90,7 +113,7 @@ class MergedView:
             parent, name = split(rel)
             if not name.startswith(WHITEOUT_PREFIX):
                 for layer, directory in self.chain(parent):
-                    st, hides_below = self._probe(directory, name)
+                    st, hides_below = self._probe(layer, directory, name)
                     if st is not None:
                         if not stat.S_ISDIR(st.st_mode):
                             break
@@ -112,7 +135,7 @@ class MergedView:
         if name.startswith(WHITEOUT_PREFIX):
             return None
         for layer, directory in self.chain(parent):
-            st, hides_below = self._probe(directory, name)
+            st, hides_below = self._probe(layer, directory, name)
             if st is not None:
                 return Node(os.path.join(directory, name), st, layer)
             if hides_below:
@@ -131,7 +154,7 @@ class MergedView:
         for layer, directory in self.chain(parent):
             if layer == 0:
                 continue
-            st, hides_below = self._probe(directory, name)
+            st, hides_below = self._probe(layer, directory, name)
             if st is not None:
                 return True
             if hides_below:
