@@ -228,8 +228,11 @@ def serve(
     mfusepy = load_mfusepy()
     from .ops import OverlayOperations
 
+    served = False
+
     def on_init() -> None:
-        nonlocal ready_fd
+        nonlocal ready_fd, served
+        served = True
         if detach:
             _stdio_to_devnull()
         if ready_fd is not None:
@@ -247,6 +250,11 @@ def serve(
     try:
         mfusepy.FUSE(operations, mountpoint, **options)
     except RuntimeError as exc:  # libfuse's own message is on stderr already
+        if served and mfusepy.fuse_version_major == 3:
+            # libfuse 3 reports a loop ended by SIGTERM, SIGINT or SIGHUP as an error
+            # (status 7 or 8, by version); it has unmounted by then, which is the end we
+            # asked for.
+            return 0
         print(f"mounting {mountpoint} failed: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -1,0 +1,62 @@
+"""The FUSE tests again, on the other libfuse.
+
+mfusepy loads libfuse 2 when it is installed and libfuse 3 otherwise, so the main run tests
+one of them.  Users get either: Ubuntu 24.04 ships only libfuse 3 by default, older systems
+libfuse 2.  This runs the FUSE test modules once more in a child pytest with the other library
+(``FUSE_LIBRARY_NAME``), where both are installed (CI installs both).
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests._gates import fuse_reason, gate
+
+REPO = Path(__file__).resolve().parents[1]
+MODULES = (
+    "tests/test_fuse_fs.py",
+    "tests/test_fuse_session.py",
+    "tests/test_fuse_helper.py",
+    "tests/test_faults.py",
+)
+
+
+def _other_library() -> tuple[str, str | None]:
+    """The FUSE_LIBRARY_NAME of the libfuse this process did not load, and why it cannot."""
+    import mfusepy
+
+    other = "fuse3" if mfusepy.fuse_version_major == 2 else "fuse"
+    if ctypes.util.find_library(other) is None:
+        return other, f"lib{other} is not installed: apt install fuse3 libfuse2"
+    return other, None
+
+
+def test_fuse_modules_pass_on_the_other_libfuse() -> None:
+    gate("fuse", fuse_reason())
+    other, reason = _other_library()
+    gate("libfuse2-and-3", reason)
+    env = {**os.environ, "FUSE_LIBRARY_NAME": other}
+    env.pop("FUSE_LIBRARY_PATH", None)
+    check = subprocess.run(
+        [sys.executable, "-c", "import mfusepy; print(mfusepy.fuse_version_major)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert check.stdout.strip() == ("3" if other == "fuse3" else "2")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:xdist", *MODULES],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
