@@ -21,6 +21,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -128,8 +129,16 @@ def _walk(path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def layer_key(name: str, key: object, inputs_digest: str, below: Sequence[Layer]) -> str:
-    """The cache key: name, user key, inputs, the layers below, and our layer format."""
-    parts = [LAYER_FORMAT, name, repr(key), inputs_digest, *(layer.key for layer in below)]
+    """The cache key: name, user key, inputs, the layers below, our layer format, and who
+    builds it.
+
+    Root marks opaque directories with ``trusted.overlay.opaque``, an ordinary user with
+    ``user.overlay.opaque``, and each kernel mount honours only its own kind, so a layer
+    directory shared by root and a user (``--overlay-layer-dir``) keeps one build of each.
+    """
+    builder = "root" if os.geteuid() == 0 else "user"
+    parts = [LAYER_FORMAT, builder, name, repr(key), inputs_digest]
+    parts += [layer.key for layer in below]
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -166,8 +175,8 @@ class LayerCache:
             self._raise_recorded_failure(name, key)
             if self._usable(final):
                 return Layer(name, key, final / LAYER_DIR, below)
+            self._remove_dead_builds(name)
             scratch = self.root / f".build-{name}-{key[:20]}-{os.getpid()}"
-            remove_layer_tree(scratch)
             scratch.mkdir()
             started = time.monotonic()
             try:
@@ -200,6 +209,17 @@ class LayerCache:
             os.rename(scratch, final)
             self._prune(name, keep=final)
             return Layer(name, key, final / LAYER_DIR, below)
+
+    def _remove_dead_builds(self, name: str) -> None:
+        """Remove half-made builds of *name* that a killed process left behind.
+
+        Called with the lock of *name* held: whoever builds *name* holds it, so every build
+        directory of *name* found now belongs to a process that died while building.
+        """
+        pattern = re.compile(rf"\.build-{re.escape(name)}-[0-9a-f]{{20}}-[0-9]+")
+        for path in self.root.glob(f".build-{name}-*"):
+            if pattern.fullmatch(path.name):
+                remove_layer_tree(path)
 
     def _usable(self, final: Path) -> bool:
         try:

@@ -151,11 +151,20 @@ def test_built_once_cached_and_rebuilt_on_change(
     assert counter.read_text() == "tools\n"
     assert tree_digest(cache) == layer_before, "a test changed the cached layer"
 
+    # What a build killed with SIGKILL leaves: its scratch directory.  The next build of
+    # that layer removes it; another layer's (here "tools-x") is not its business.
+    killed = cache / f".build-tools-{'0' * 20}-999999"
+    other = cache / f".build-tools-x-{'0' * 20}-999999"
+    for scratch in (killed, other):
+        (scratch / "layer").mkdir(parents=True)
+        (scratch / "layer" / "half-written").write_text("x")
     (project / "requirements.txt").write_text("tool==2\n")
     third = run(project, counter, cache, "-n", "2", f"--overlay-backend={backend}")
     assert "10 passed" in third.stdout, third.stdout
     assert counter.read_text() == "tools\ntools\n"
     assert len(list(cache.glob("tools-*"))) == 1, "the stale layer was not removed"
+    assert not killed.exists(), "a killed build's scratch directory was left behind"
+    assert other.exists()
 
     fourth = run(project, counter, cache, "--overlay-rebuild", f"--overlay-backend={backend}")
     assert "10 passed" in fourth.stdout, fourth.stdout
@@ -210,3 +219,15 @@ def test_failing_build_errors_every_dependent_test_once(
     )
     assert not list(cache.glob("tools-*")), "a half-built layer was published"
     assert not list(cache.glob(".build-*"))
+
+
+def test_root_and_a_user_get_separate_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their opaque markers differ (trusted.* against user.*), so they must not share one."""
+    from pytest_overlay._layercache import layer_key
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    as_root = layer_key("venv", "k", "digest", ())
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    as_user = layer_key("venv", "k", "digest", ())
+    assert as_root != as_user
+    assert layer_key("venv", "k", "digest", ()) == as_user
