@@ -128,6 +128,11 @@ def _walk(path: Path) -> Iterator[tuple[str, Path]]:
                 yield full.relative_to(path).as_posix(), full
 
 
+def builder() -> str:
+    """Who builds layers in this process: ``root`` or ``user`` (see :func:`layer_key`)."""
+    return "root" if os.geteuid() == 0 else "user"
+
+
 def layer_key(name: str, key: object, inputs_digest: str, below: Sequence[Layer]) -> str:
     """The cache key: name, user key, inputs, the layers below, our layer format, and who
     builds it.
@@ -136,8 +141,7 @@ def layer_key(name: str, key: object, inputs_digest: str, below: Sequence[Layer]
     ``user.overlay.opaque``, and each kernel mount honours only its own kind, so a layer
     directory shared by root and a user (``--overlay-layer-dir``) keeps one build of each.
     """
-    builder = "root" if os.geteuid() == 0 else "user"
-    parts = [LAYER_FORMAT, builder, name, repr(key), inputs_digest]
+    parts = [LAYER_FORMAT, builder(), name, repr(key), inputs_digest]
     parts += [layer.key for layer in below]
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -197,6 +201,7 @@ class LayerCache:
                         "size": size,
                         "run_id": self.run_id,
                         "format": LAYER_FORMAT,
+                        "builder": builder(),
                     },
                 )
             except BaseException as exc:
@@ -245,12 +250,17 @@ class LayerCache:
 
     def _prune(self, name: str, keep: Path) -> None:
         # Builds of the same layer from earlier runs are stale: their inputs changed.  Builds
-        # of this run stay, since one name may be built with several keys in a run.
+        # of this run stay, since one name may be built with several keys in a run, and so
+        # do the other builder's (root's or a user's), which are not stale.
         for path in self.root.glob(f"{name}-*"):
             if path != keep and path.is_dir() and (path / META_FILE).exists():
                 with contextlib.suppress(OSError, ValueError):
                     meta = json.loads((path / META_FILE).read_text())
-                    if meta.get("name") == name and meta.get("run_id") != self.run_id:
+                    if (
+                        meta.get("name") == name
+                        and meta.get("run_id") != self.run_id
+                        and meta.get("builder", builder()) == builder()
+                    ):
                         remove_layer_tree(path)
 
     def layers(self) -> list[LayerInfo]:
