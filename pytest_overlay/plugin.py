@@ -121,6 +121,24 @@ class _XdistHooks:
             "color": node.config.get_terminal_writer().hasmarkup,
         }
 
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        # A worker's notices (a layer build that failed there, say) belong in the one
+        # summary the user sees, once each.
+        output = getattr(node, "workeroutput", None) or {}
+        for notice in output.get(WORKER_NOTICES, ()):
+            if notice not in self._session.notices:
+                self._session.notices.append(notice)
+
+
+WORKER_NOTICES = "pytest_overlay_notices"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    overlay_session = session.config.stash.get(session_key, None)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if overlay_session is not None and workeroutput is not None:
+        workeroutput[WORKER_NOTICES] = list(overlay_session.notices)
+
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     session = config.stash.get(session_key, None)
