@@ -26,6 +26,7 @@ from ._diff import TreeDiff
 from ._keep import Record, Store, keep_test, remove_layer_tree, test_slug
 from ._layers import LayerStack
 from ._overlay import Overlay
+from ._render import safe_path
 from ._report import ReportOptions, render_report
 from ._session import OverlaySession
 from ._settings import make_ignore
@@ -193,7 +194,7 @@ def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path 
     mount = state.mounts[0]
     with _namespaces.privileged():
         diff = mount.diff(state.ignore)
-        report = render_changes_report(mount, diff, ReportOptions(max_lines=None))
+        report, others = _all_targets_report(state, ReportOptions(max_lines=None))
         record = Record(
             nodeid=item.nodeid,
             outcome=outcome(state.phases),
@@ -204,6 +205,8 @@ def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path 
             diff=json_dict(diff),
             report=report,
             worker=os.environ.get("PYTEST_XDIST_WORKER"),
+            # In place with several sandboxed directories: the others' changes, for --json.
+            extra={"other_targets": others} if others else {},
         )
         if mount.upper is not None:
             return keep_test(run_dir, record, mount.upper)
@@ -242,6 +245,29 @@ def render_changes_report(mount: Mount, diff: TreeDiff, options: ReportOptions) 
     return render_report(diff, old, new, options)
 
 
+def _all_targets_report(
+    state: TestState, options: ReportOptions
+) -> tuple[str, list[dict[str, object]]]:
+    """The report of every view of the test, and the JSON diffs of all but the first.
+
+    One view (the fixture, or in place with one sandboxed directory): its report as it is.
+    In place with several: one block per directory, headed by its path.
+    """
+    reports: list[str] = []
+    others: list[dict[str, object]] = []
+    several = len(state.mounts) > 1
+    for index, mount in enumerate(state.mounts):
+        diff = mount.diff(state.ignore)
+        text = render_changes_report(mount, diff, options) if diff else "(no changes)"
+        if not several:
+            return text, []
+        target = state.targets[index]
+        reports.append(f"changes under {safe_path(str(target))}:\n{text}")
+        if index > 0:
+            others.append({"target": str(target), "diff": json_dict(diff)})
+    return "\n\n".join(reports), others
+
+
 def failure_section(
     item: pytest.Item, state: TestState, session: OverlaySession, *, color: bool
 ) -> tuple[str, str]:
@@ -253,12 +279,10 @@ def failure_section(
     elif verbosity == 1 and limit is not None:
         limit *= 5
     hint = f"`pytest-overlay show '{item.nodeid}'`"
-    mount = state.mounts[0]
     try:
         options = ReportOptions(max_lines=limit, color=color, more_hint=hint)
         with _namespaces.privileged():
-            diff = mount.diff(state.ignore)
-            text = render_changes_report(mount, diff, options) if diff else "(no changes)"
+            text, _ = _all_targets_report(state, options)
     except Exception as exc:
         text = f"(could not compute the changes: {type(exc).__name__}: {exc})"
     return f"{SECTION} ({state.backend})", text

@@ -268,3 +268,36 @@ def test_pytest_outputs_inside_the_project_reach_disk(project: Path) -> None:
     assert "written through the log file" in (project / "run.log").read_text()
     kept = list((project / "inside-tmp").rglob("kept.txt"))
     assert [p.read_text() for p in kept] == ["tmp"]
+
+
+def test_several_sandboxed_directories_are_all_reported_and_kept(tmp_path: Path) -> None:
+    """``overlay_lowers`` with two directories: both sandboxed, both in the report."""
+    gate("kernel", kernel_reason())
+    project = tmp_path / "project"
+    shared = tmp_path / "shared"
+    project.mkdir()
+    shared.mkdir()
+    (shared / "fixture.txt").write_text("shared\n")
+    (project / "own.txt").write_text("own\n")
+    (project / "pytest.ini").write_text(f"[pytest]\noverlay_lowers =\n    .\n    {shared}\n")
+    (project / "test_two.py").write_text(
+        "from pathlib import Path\n"
+        "def test_changes_both():\n"
+        f"    Path({str(project / 'own.txt')!r}).write_text('OWN\\n')\n"
+        f"    Path({str(shared / 'fixture.txt')!r}).unlink()\n"
+        "    assert False\n"
+    )
+    before = (digest_without_cache(project), tree_digest(shared))
+    result = run_root(project, "--overlay")
+    output = result.stdout + result.stderr
+    assert "1 failed" in output, output
+    assert f"changes under {project}:" in output
+    assert f"changes under {shared}:" in output
+    assert "+OWN" in output
+    assert "D fixture.txt" in output
+    assert (digest_without_cache(project), tree_digest(shared)) == before
+    shown = cli(project, "show", "changes_both")
+    assert f"changes under {shared}:" in shown.stdout, shown.stdout + shown.stderr
+    as_json = cli(project, "show", "changes_both", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert str(shared) in as_json.stdout
