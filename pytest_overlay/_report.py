@@ -43,6 +43,10 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CHUNK = 1 << 20
 _TEXT_LIMIT = 1 << 20
 """Files up to this many bytes are read whole and may be shown as text; larger ones are hashed."""
+_HASH_LIMIT = 64 << 20
+"""Files larger than this are not hashed: the report must not read gigabytes (twice, once for
+the kept layer and once for the terminal) to say that a large file changed."""
+_NOT_HASHED = f"not hashed, over {_HASH_LIMIT >> 20} MiB"
 _SNIFF = 8 << 10
 """Like git, only the start of a file decides whether it is text."""
 _CONTEXT = 3
@@ -98,14 +102,14 @@ class _Content:
     """One version of a regular file."""
 
     size: int
-    digest: str
-    """SHA-256 of the whole content, in hex."""
+    digest: str | None
+    """SHA-256 of the whole content, in hex; None above :data:`_HASH_LIMIT`."""
     data: bytes | None
     """The content, or None when it is larger than :data:`_TEXT_LIMIT`."""
 
     @property
     def short_hash(self) -> str:
-        return self.digest[:_HASH_SHOWN] + "\u2026"
+        return "?" if self.digest is None else self.digest[:_HASH_SHOWN] + "\u2026"
 
     @property
     def text(self) -> str | None:
@@ -146,8 +150,11 @@ def _read(source: ContentSource, rel: str) -> _Content | str:
             return "not a regular file"
         fd = os.open(path, _OPEN_FLAGS)
         with open(fd, "rb") as file:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the lstat
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # replaced since the lstat
                 return "not a regular file"
+            if st.st_size > _HASH_LIMIT:
+                return _Content(st.st_size, None, None)
             data = file.read(_TEXT_LIMIT + 1)
             digest = hashlib.sha256(data)
             size = len(data)
@@ -281,7 +288,8 @@ def _new_file(change: Change, new: ContentSource) -> Iterator[tuple[str, str]]:
     text = content.text
     if text is None:
         label = "Binary" if content.data is not None else "Large"
-        yield "", f"{label} file {path}: new, {content.size} bytes, sha256 {content.short_hash}"
+        hashed = _NOT_HASHED if content.digest is None else f"sha256 {content.short_hash}"
+        yield "", f"{label} file {path}: new, {content.size} bytes, {hashed}"
         return
     groups = _hunks([], _split_lines(text))
     assert groups is not None  # nothing to match against: always within budget
@@ -301,7 +309,10 @@ def _changed_file(
     assert isinstance(before, _Content)
     assert isinstance(after, _Content)
     sizes = f"{before.size} -> {after.size} bytes"
-    summary = f"{path}: {sizes}, sha256 {before.short_hash} -> {after.short_hash}"
+    if before.digest is None or after.digest is None:
+        summary = f"{path}: {sizes} ({_NOT_HASHED})"
+    else:
+        summary = f"{path}: {sizes}, sha256 {before.short_hash} -> {after.short_hash}"
     if before.data is None or after.data is None:
         yield "", f"Large file {summary}"
         return

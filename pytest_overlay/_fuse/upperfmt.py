@@ -47,27 +47,49 @@ def is_private_xattr(name: str) -> bool:
     return name.startswith(PRIVATE_XATTR_PREFIXES)
 
 
+def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
+    """Copy the bytes ``[start, end)`` of *src_fd* to the same offsets of *dst_fd*."""
+    use_range = True
+    while start < end:
+        count = min(_CHUNK, end - start)
+        if use_range:
+            try:
+                copied = os.copy_file_range(src_fd, dst_fd, count, start, start)
+            except OSError as exc:
+                if exc.errno not in _NO_COPY_RANGE:
+                    raise
+                use_range = False
+                continue
+        else:
+            data = os.pread(src_fd, count, start)
+            copied = len(data)
+            view = memoryview(data)
+            offset = start
+            while view:
+                written = os.pwrite(dst_fd, view, offset)
+                view, offset = view[written:], offset + written
+        if copied == 0:
+            return  # the source shrank meanwhile
+        start += copied
+
+
 def _copy_data(src: str, dst_fd: int) -> None:
+    """Copy a regular file's content; holes stay holes (only the data extents are copied)."""
     src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        use_range = True
-        while True:
-            if use_range:
-                try:
-                    copied = os.copy_file_range(src_fd, dst_fd, _CHUNK)
-                except OSError as exc:
-                    if exc.errno not in _NO_COPY_RANGE:
-                        raise
-                    use_range = False
-                    continue
-            else:
-                data = os.read(src_fd, _CHUNK)
-                copied = len(data)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(dst_fd, view) :]
-            if copied == 0:
-                return
+        size = os.fstat(src_fd).st_size
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(src_fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: nothing but a hole from here on
+                    raise
+                break
+            end = min(os.lseek(src_fd, start, os.SEEK_HOLE), size)
+            _copy_range(src_fd, dst_fd, start, end)
+            offset = end
+        os.ftruncate(dst_fd, size)  # a hole at the end still counts in the size
     finally:
         os.close(src_fd)
 

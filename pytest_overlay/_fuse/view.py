@@ -21,8 +21,12 @@ from pytest_overlay._layers import WHITEOUT_PREFIX, is_opaque, is_whiteout, read
 
 __all__ = ["MergedView", "Node", "fail", "split"]
 
-# lstat errors that mean "this layer has no such entry".
-_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG})
+# lstat errors that mean "this layer has no such entry".  Not ENAMETOOLONG: a path beyond
+# PATH_MAX may well exist, and the caller must hear that it cannot be reached, as it would
+# from the kernel, rather than that it is not there.
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR})
+# A whiteout marker whose name is too long cannot exist.
+_NO_MARKER = _ABSENT | {errno.ENAMETOOLONG}
 
 
 class Node(NamedTuple):
@@ -47,11 +51,11 @@ def fail(err: int, rel: str) -> OSError:
     return OSError(err, os.strerror(err), rel)
 
 
-def _lstat(path: str) -> os.stat_result | None:
+def _lstat(path: str, absent: frozenset[int] = _ABSENT) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except OSError as exc:
-        if exc.errno in _ABSENT:
+        if exc.errno in absent:
             return None
         raise
 
@@ -98,7 +102,7 @@ class MergedView:
             return None, True
         if not has_marker:
             return st, False
-        marker = _lstat(os.path.join(directory, marker_name))
+        marker = _lstat(os.path.join(directory, marker_name), _NO_MARKER)
         return st, marker is not None and stat.S_ISREG(marker.st_mode)
 
     def chain(self, rel: str) -> tuple[tuple[int, str], ...]:
