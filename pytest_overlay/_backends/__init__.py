@@ -61,9 +61,13 @@ def select_backend(
         backend = create_backend(requested, scratch, upper_size)
         reason = backend.unavailable_reason()
         if reason is not None:
+            try:
+                instead = select_backend("auto", scratch, upper_size, inplace=inplace).backend.name
+                advice = f"use --overlay-backend={instead} (what auto picks here) instead"
+            except BackendUnavailableError:
+                advice = "use --overlay-backend=auto to fall back to one that can"
             raise BackendUnavailableError(
-                f"the {requested} backend cannot work here: {reason}. "
-                "Use --overlay-backend=auto to fall back to one that can."
+                f"the {requested} backend cannot work here: {reason}. To run anyway, {advice}."
             )
         return Selection(backend)
     passed_over: list[tuple[str, str]] = []

@@ -31,6 +31,9 @@ from .server import EXIT_NO_LIBFUSE
 __all__ = ["FuseMount", "ServerProcess", "availability", "start"]
 
 _DEV_FUSE = "/dev/fuse"
+LIBFUSE_MISSING = (
+    "libfuse not installed: install the fuse3 package (apt install fuse3; libfuse2 works too)"
+)
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 # umount2 errors that mean "already gone": EINVAL (not a mount point any more), ENOENT.
 _GONE = frozenset({errno.EINVAL, errno.ENOENT})
@@ -48,22 +51,31 @@ def availability() -> str | None:
     for an unprivileged user, ``fusermount3``.  Opening ``/dev/fuse`` mounts nothing.
     """
     if not os.path.exists(_DEV_FUSE):
-        return f"{_DEV_FUSE} does not exist (no FUSE in this kernel or container)"
+        return (
+            f"{_DEV_FUSE} does not exist (no FUSE in this kernel or container): load the "
+            "module (modprobe fuse), or start the container with --device /dev/fuse"
+        )
     try:
         fd = os.open(_DEV_FUSE, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        return f"{_DEV_FUSE} cannot be opened: {exc.strerror}"
+        advice = ""
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            advice = " (distributions ship it mode 0666: chmod 0666 /dev/fuse, or run as root)"
+        return f"{_DEV_FUSE} cannot be opened: {exc.strerror}{advice}"
     os.close(fd)
     import ctypes.util
 
     if not (ctypes.util.find_library("fuse") or ctypes.util.find_library("fuse3")):
-        return "libfuse not installed: apt install fuse3 / libfuse2"
+        return LIBFUSE_MISSING
     try:
         import mfusepy  # noqa: F401  # only to see that it loads
     except ImportError:
         return "mfusepy is not installed: pip install mfusepy"
     except (OSError, AttributeError) as exc:
-        return f"libfuse cannot be loaded ({exc}): apt install fuse3 / libfuse2"
+        return (
+            f"libfuse cannot be loaded ({exc}): check FUSE_LIBRARY_PATH and FUSE_LIBRARY_NAME "
+            "if they are set, or install it again: apt install fuse3"
+        )
     if os.geteuid() != 0 and _fusermount() is None:
         return "fusermount3 not found (it mounts FUSE for non-root users): apt install fuse3"
     return None
@@ -211,7 +223,7 @@ def _wait_ready(read_fd: int, process: subprocess.Popen[bytes], timeout: float) 
             except subprocess.TimeoutExpired:
                 return "the server closed its ready pipe but did not exit"
             if code == EXIT_NO_LIBFUSE:
-                return "libfuse not installed: apt install fuse3 / libfuse2"
+                return LIBFUSE_MISSING
             return f"the server exited with status {code}"
 
 

@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         load_mfusepy()
     except LibfuseMissingError as exc:
-        print(f"libfuse not installed: apt install fuse3 / libfuse2 ({exc})", file=sys.stderr)
+        print(f"libfuse not installed: apt install fuse3 ({exc})", file=sys.stderr)
         return EXIT_NO_LIBFUSE
     from . import ops  # noqa: F401  # imported once here, so that children start warm
 

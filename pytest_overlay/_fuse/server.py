@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rename_lower_dirs=not args.exdev_dir_rename,
         )
     except LibfuseMissingError as exc:
-        print(f"libfuse not installed: apt install fuse3 / libfuse2 ({exc})", file=sys.stderr)
+        print(f"libfuse not installed: apt install fuse3 ({exc})", file=sys.stderr)
         return EXIT_NO_LIBFUSE
 
 

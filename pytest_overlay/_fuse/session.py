@@ -27,7 +27,7 @@ from typing import IO, final
 
 from pytest_overlay._errors import MountError
 
-from .client import PACKAGE_ROOT, FuseMount, failed_mount, server_stderr
+from .client import LIBFUSE_MISSING, PACKAGE_ROOT, FuseMount, failed_mount, server_stderr
 from .forkserver import MAX_REQUEST
 from .server import EXIT_NO_LIBFUSE
 
@@ -201,7 +201,7 @@ class SessionServer:
         if self._process is None or self._process.poll() is None:
             return None
         if self._process.returncode == EXIT_NO_LIBFUSE:
-            return "libfuse not installed: apt install fuse3 / libfuse2"
+            return LIBFUSE_MISSING
         output = server_stderr(self._log) if self._log is not None else ""
         return f"the session's FUSE server exited with status {self._process.returncode}" + (
             f"\n--- server output ---\n{output}" if output else ""
