@@ -109,8 +109,11 @@ def test_sigkill_mid_test_leaves_nothing_behind(tmp_path: Path, mode: tuple[str,
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
 
 
-def test_fuse_server_killed_mid_test(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("victim", ["mount", "session"])
+def test_fuse_server_killed_mid_test(pytester: pytest.Pytester, victim: str) -> None:
+    """SIGKILL the test's own server, or the session's server that forked it."""
     gate("fuse", fuse_reason())
+    pytester.makeconftest(f"VICTIM = {victim!r}\n")
     pytester.makepyfile(
         """
         import errno
@@ -128,13 +131,22 @@ def test_fuse_server_killed_mid_test(pytester: pytest.Pytester) -> None:
                 yield from _descendants(child)
 
         def _server_pids():
-            # The processes below this one that hold /dev/fuse open: the mounts' servers.
+            # The mounts' servers hold /dev/fuse open; the session's server forked them.
+            from conftest import VICTIM
+
             found = []
             for pid in _descendants(os.getpid()):
-                fds = Path(f"/proc/{pid}/fd")
                 try:
-                    if any(os.readlink(fd) == "/dev/fuse" for fd in fds.iterdir()):
-                        found.append(pid)
+                    if VICTIM == "session":
+                        # Parents come first: this is the session's server, and the
+                        # mount's server dies with it.
+                        if b"_fuse.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                            found.append(pid)
+                            break
+                    else:
+                        fds = Path(f"/proc/{pid}/fd").iterdir()
+                        if any(os.readlink(fd) == "/dev/fuse" for fd in fds):
+                            found.append(pid)
                 except FileNotFoundError:
                     pass
             assert found
