@@ -94,8 +94,13 @@ def explain_overlay_failure(err: int, *, unprivileged: bool) -> str:
     return f"mounting overlayfs failed: {os.strerror(err)} (errno {errno.errorcode.get(err, err)})"
 
 
-def _probe_in_child(unprivileged: bool) -> ProbeResult:
-    """The probe body; runs in a forked child or in a fresh interpreter."""
+def _probe_in_child(unprivileged: bool, lower: str | None = None) -> ProbeResult:
+    """The probe body; runs in a forked child or in a fresh interpreter.
+
+    With *lower*, it mounts an overlay over that real directory (read-only, as every lower
+    layer; the upper is on the probe's tmpfs) and checks nothing else: whether the kernel
+    accepts that directory as a lower layer at all.
+    """
     mode = "user namespace" if unprivileged else "root"
     step = "unshare"
     try:
@@ -122,11 +127,18 @@ def _probe_in_child(unprivileged: bool) -> ProbeResult:
             options["userxattr"] = None
         try:
             with _namespaces.privileged():
-                _syscalls.mount_overlay_new_api(scratch / "merged", [scratch / "lower"], options)
+                _syscalls.mount_overlay_new_api(
+                    scratch / "merged", [Path(lower) if lower else scratch / "lower"], options
+                )
         except OSError as exc:
+            if lower is not None:
+                return ProbeResult(False, mode, explain_lower_failure(lower, exc.errno or 0))
             return ProbeResult(
                 False, mode, explain_overlay_failure(exc.errno or 0, unprivileged=unprivileged)
             )
+        if lower is not None:
+            os.listdir(scratch / "merged")
+            return ProbeResult(True, mode)
         # Recreating a lower directory needs an opaque xattr: without userxattr support this
         # is where an unprivileged overlay fails with EIO.
         shutil.rmtree(scratch / "merged/d")
@@ -144,25 +156,41 @@ def _probe_in_child(unprivileged: bool) -> ProbeResult:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def probe_kernel() -> ProbeResult:
-    """Probe kernel overlayfs for this process's privileges, without changing its state."""
+def explain_lower_failure(lower: str, err: int) -> str:
+    """Why the kernel refused *lower* as a lower layer, and what to use instead."""
+    if err == errno.EINVAL:
+        return (
+            f"the kernel refuses {lower} as a lower layer: it is on overlayfs that itself lies "
+            "on overlayfs (a container inside a container, or pytest run inside an overlay "
+            "view), and overlayfs stacks at most two levels deep"
+        )
+    return f"the kernel refuses {lower} as a lower layer: {os.strerror(err)}"
+
+
+def probe_kernel(lower: Path | None = None) -> ProbeResult:
+    """Probe kernel overlayfs for this process's privileges, without changing its state.
+
+    :param lower: instead of the general self-test, check that the kernel accepts this
+        directory as a lower layer (an overlayfs stacked too deep is refused).
+    """
     if not sys.platform.startswith("linux"):
         return ProbeResult(False, "", f"kernel overlayfs needs Linux, this is {sys.platform}")
     if _namespaces.entered_user_namespace():
+        # Probed before entering it; a lower layer stacked too deep shows at the first mount.
         return ProbeResult(True, "user namespace")
     unprivileged = not _namespaces.is_real_root()
     if _namespaces.thread_count() == 1:
-        return _run_forked(unprivileged)
-    return _run_interpreter(unprivileged)
+        return _run_forked(unprivileged, lower)
+    return _run_interpreter(unprivileged, lower)
 
 
-def _run_forked(unprivileged: bool) -> ProbeResult:
+def _run_forked(unprivileged: bool, lower: Path | None = None) -> ProbeResult:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
         os.close(read_fd)
         try:
-            result = _probe_in_child(unprivileged)
+            result = _probe_in_child(unprivileged, None if lower is None else str(lower))
             os.write(write_fd, json.dumps(result.__dict__).encode())
         finally:
             os._exit(0)
@@ -173,9 +201,10 @@ def _run_forked(unprivileged: bool) -> ProbeResult:
     return _decode(data, "user namespace" if unprivileged else "root")
 
 
-def _run_interpreter(unprivileged: bool) -> ProbeResult:
+def _run_interpreter(unprivileged: bool, lower: Path | None = None) -> ProbeResult:
     # Forking a multi-threaded process is unsafe, so probe from a fresh interpreter instead.
     argv = [sys.executable, "-m", "pytest_overlay._probe", "user" if unprivileged else "root"]
+    argv += [] if lower is None else [os.fspath(lower)]
     completed = subprocess.run(argv, capture_output=True, timeout=60, check=False)
     return _decode(completed.stdout, "user namespace" if unprivileged else "root")
 
@@ -188,4 +217,6 @@ def _decode(data: bytes, mode: str) -> ProbeResult:
 
 
 if __name__ == "__main__":  # pragma: no cover - entry point of _run_interpreter
-    print(json.dumps(_probe_in_child(sys.argv[1:] == ["user"]).__dict__))
+    args = sys.argv[1:]
+    result = _probe_in_child(args[:1] == ["user"], args[1] if len(args) > 1 else None)
+    print(json.dumps(result.__dict__))

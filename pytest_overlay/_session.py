@@ -99,6 +99,7 @@ class OverlaySession:
             self._scratch_dir,
             self.settings.upper_size,
             inplace=self.settings.inplace,
+            lowers=self.settings.lowers,
         )
 
     def backend(self, name: str | None) -> Backend:

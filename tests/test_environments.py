@@ -430,11 +430,13 @@ def test_project_on_overlayfs(container: Path, tmp_path: Path, mode: tuple[str, 
 
 
 @pytest.mark.usefixtures("root_env", "mounts")
-def test_project_on_overlayfs_stacked_twice_says_why_the_kernel_fails(
+def test_project_on_overlayfs_stacked_twice_falls_back_or_says_why(
     container: Path, tmp_path: Path
 ) -> None:
     # The container's root is itself on overlayfs (a container in a container): a third
-    # level exceeds the kernel's stacking limit, and each test's error says so and what to use.
+    # level exceeds the kernel's stacking limit.  auto finds that out with a test mount of the
+    # project and falls back (fuse, or copy in place); an explicit kernel makes each test's
+    # error say why and what to use.
     gate("kernel", kernel_reason())
     outer = tmp_path / "outer"
     for name in ("upper", "work", "merged"):
@@ -445,7 +447,8 @@ def test_project_on_overlayfs_stacked_twice_says_why_the_kernel_fails(
     ]
     before = _layers_digest(container, in_place=False)
     hint = "the kernel stacks overlayfs at most two levels deep"
-    for number, mode in enumerate([(), ("--overlay",), ("--overlay-backend=copy",)]):
+    modes = [(), ("--overlay",), ("--overlay-backend=kernel",), ("--overlay-backend=copy",)]
+    for number, mode in enumerate(modes):
         scratch = tmp_path / f"scratch{number}"
         scratch.mkdir()
         result = run_in_environment(
@@ -456,9 +459,16 @@ def test_project_on_overlayfs_stacked_twice_says_why_the_kernel_fails(
         )
         text = output(result)
         assert_clean(text)
-        if "--overlay-backend=copy" in mode:
+        if "--overlay-backend=kernel" not in mode:
             assert result.returncode == 0, text
             assert counts(result.stdout) == {"passed": SUITE_TESTS}
+            if not mode:
+                assert "overlay: backend=fuse (root)" in result.stdout, text
+            if mode == ("--overlay",):
+                assert "overlay: backend=copy" in result.stdout, text
+            if "--overlay-backend=copy" not in mode:
+                assert "kernel not used: the kernel refuses" in result.stdout, text
+                assert "overlayfs stacks at most two levels deep" in result.stdout
             continue
         assert counts(result.stdout) == {"error": SUITE_TESTS}, text
         assert "overlay: backend=kernel (root)" in result.stdout

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +11,7 @@ from pytest_overlay._errors import BackendUnavailableError
 from .base import Backend, Mount
 from .copytree import CopyBackend
 from .fusebackend import FuseBackend
-from .kernel import KernelBackend
+from .kernel import KernelBackend, refused_lower
 
 __all__ = [
     "BACKEND_CHOICES",
@@ -54,15 +54,26 @@ class Selection:
 
 
 def select_backend(
-    requested: str, scratch: Callable[[], Path], upper_size: str = "", *, inplace: bool = False
+    requested: str,
+    scratch: Callable[[], Path],
+    upper_size: str = "",
+    *,
+    inplace: bool = False,
+    lowers: Sequence[Path] = (),
 ) -> Selection:
-    """Resolve ``auto`` or check an explicit choice; raise with the remedy if it cannot work."""
+    """Resolve ``auto`` or check an explicit choice; raise with the remedy if it cannot work.
+
+    :param lowers: the session's lower layers: ``auto`` passes over the kernel if it refuses
+        one of them (an overlayfs stacked too deep, as in a container inside a container).
+    """
     if requested != "auto":
         backend = create_backend(requested, scratch, upper_size)
         reason = backend.unavailable_reason()
         if reason is not None:
             try:
-                instead = select_backend("auto", scratch, upper_size, inplace=inplace).backend.name
+                instead = select_backend(
+                    "auto", scratch, upper_size, inplace=inplace, lowers=lowers
+                ).backend.name
                 advice = f"use --overlay-backend={instead} (what auto picks here) instead"
             except BackendUnavailableError:
                 advice = "use --overlay-backend=auto to fall back to one that can"
@@ -72,7 +83,7 @@ def select_backend(
         return Selection(backend)
     passed_over: list[tuple[str, str]] = []
     kernel = create_backend("kernel", scratch, upper_size)
-    reason = kernel.unavailable_reason()
+    reason = kernel.unavailable_reason() or refused_lower(lowers)
     if reason is None:
         return Selection(kernel)
     passed_over.append(("kernel", reason))

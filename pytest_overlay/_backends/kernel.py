@@ -274,6 +274,20 @@ def _filesystem_type(path: Path) -> str | None:
     return None if found is None else found[1]
 
 
+def refused_lower(lowers: Sequence[Path]) -> str | None:
+    """Why the kernel refuses one of *lowers* as a lower layer, or None.
+
+    Only a lower on overlayfs can be refused (stacked too deep), so only those are checked,
+    with a real test mount in a throw-away child.
+    """
+    for lower in lowers:
+        if _filesystem_type(lower) == "overlay":
+            result = _probe.probe_kernel(lower)
+            if not result.ok:
+                return result.reason
+    return None
+
+
 def _stacking_hint(lowers: Sequence[Path]) -> str:
     """Why a mount over *lowers* may fail with EINVAL: an overlayfs lower stacked too deep."""
     for lower in lowers:
