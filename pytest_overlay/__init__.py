@@ -14,7 +14,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._diff import Change, ChangeKind, TreeDiff
-    from ._errors import BackendUnavailableError, MountError, OverlayError
+    from ._errors import BackendUnavailableError, MountError, OverlayError, ViewLostError
     from ._layercache import Layer, LayerBuildError
     from ._layerfix import LayerFactory
     from ._overlay import Overlay
@@ -32,6 +32,7 @@ __all__ = [
     "OverlayError",
     "OverlayWarning",
     "TreeDiff",
+    "ViewLostError",
     "__version__",
 ]
 
@@ -42,6 +43,7 @@ _HOMES = {
     "BackendUnavailableError": "_errors",
     "MountError": "_errors",
     "OverlayError": "_errors",
+    "ViewLostError": "_errors",
     "Layer": "_layercache",
     "LayerBuildError": "_layercache",
     "LayerFactory": "_layerfix",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import final
 
-__all__ = ["BackendUnavailableError", "MountError", "OverlayError"]
+__all__ = ["BackendUnavailableError", "MountError", "OverlayError", "ViewLostError"]
 
 
 class OverlayError(Exception):
@@ -23,5 +23,16 @@ class BackendUnavailableError(OverlayError):
 @final
 class MountError(OverlayError, OSError):
     """Mounting or unmounting an overlay failed; carries the errno and the path."""
+
+    __module__ = "pytest_overlay"
+
+
+@final
+class ViewLostError(OverlayError):
+    """A test's view stopped working while the test ran (its FUSE server died).
+
+    Raised when the view is closed, after everything is cleaned up: the test's result cannot be
+    trusted, so the plugin turns it into an error of that test.
+    """
 
     __module__ = "pytest_overlay"

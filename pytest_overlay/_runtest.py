@@ -23,6 +23,7 @@ import pytest
 from . import _namespaces
 from ._backends import Mount
 from ._diff import TreeDiff
+from ._errors import ViewLostError
 from ._keep import Record, Store, keep_test, remove_layer_tree, test_slug
 from ._layers import LayerStack
 from ._overlay import Overlay
@@ -151,7 +152,11 @@ def _enter_views(state: TestState) -> str | None:
 
 
 def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> list[str]:
-    """Keep the layer if the policy says so, unmount, and go back where the test started."""
+    """Keep the layer if the policy says so, unmount, and go back where the test started.
+
+    :returns: warnings for the user.
+    :raises ViewLostError: after all of that, if a view stopped working during the test.
+    """
     messages: list[str] = []
     try:
         if _should_keep(session.settings.keep, state.phases):
@@ -162,10 +167,16 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> list
         if state.saved_cwd is not None:
             # Leave the views first: a working directory inside one would keep it busy.
             os.chdir("/")
+        lost: list[str] = []
         for mount in state.mounts:
-            messages.extend(mount.close())
+            try:
+                messages.extend(mount.close())
+            except ViewLostError as exc:
+                lost.append(str(exc))
         if state.saved_cwd is not None:
             os.chdir(state.saved_cwd)
+        if lost:
+            raise ViewLostError("; ".join(lost))
     return messages
 
 

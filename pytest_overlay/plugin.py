@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from . import _namespaces
-from ._errors import BackendUnavailableError, OverlayError
+from ._errors import BackendUnavailableError, OverlayError, ViewLostError
 from ._keep import new_run_id
 from ._layerfix import LayerFactory, resolve_layers
 from ._overlay import Overlay
@@ -233,7 +233,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         state = item.stash.get(state_key, None)
         if session is not None and state is not None and state.inplace:
             del item.stash[state_key]
-            _warn_all(item, finish(item, session, state))
+            _finish_or_fail(item, session, state)
             if state.backend == "copy":
                 _check_real_trees(item, session, state)
 
@@ -277,7 +277,12 @@ def _check_real_trees(item: pytest.Item, session: OverlaySession, state: TestSta
         )
 
 
-def _warn_all(item: pytest.Item, messages: list[str]) -> None:
+def _finish_or_fail(item: pytest.Item, session: OverlaySession, state: TestState) -> None:
+    """Tear the test's views down; warn about what is worth knowing, fail if a view was lost."""
+    try:
+        messages = finish(item, session, state)
+    except ViewLostError as exc:
+        pytest.fail(f"pytest-overlay: {exc}", pytrace=False)
     for message in messages:
         warnings.warn(OverlayWarning(f"{item.nodeid}: {message}"), stacklevel=1)
 
@@ -315,7 +320,7 @@ def overlay_root(
         yield state.overlay
     finally:
         del request.node.stash[state_key]
-        _warn_all(request.node, finish(request.node, session, state))
+        _finish_or_fail(request.node, session, state)
 
 
 @pytest.fixture(scope="session")

@@ -167,9 +167,13 @@ def test_fuse_server_killed_mid_test(pytester: pytest.Pytester, victim: str) -> 
         """
     )
     mounts = overlay_mounts()
-    result = pytester.runpytest_subprocess(
-        *ARGS, "--overlay-backend=fuse", "-W", "default", timeout=120
+    result = pytester.runpytest_subprocess(*ARGS, "--overlay-backend=fuse", timeout=120)
+    # The test itself passed, but its view died under it: an error in its teardown.
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_server_dies*",
+            "*pytest-overlay: the FUSE server of * died during the test (killed by SIGKILL)*",
+        ]
     )
-    result.assert_outcomes(passed=2, warnings=1)
-    result.stdout.fnmatch_lines(["*FUSE server of * died during the test*"])
     assert overlay_mounts() == mounts

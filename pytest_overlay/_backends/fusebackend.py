@@ -9,15 +9,17 @@ that very path), so in-place mode needs the kernel backend.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_overlay import _namespaces
-from pytest_overlay._errors import MountError
+from pytest_overlay._errors import MountError, ViewLostError
 
 from .base import safe_label
 
@@ -44,12 +46,20 @@ class FuseView(UpperLayerView):
         # when the test ended, so asking earlier would race) did not.
         died = self._served.process.returncode
         if died and not self._served.stopped_by_signal:
-            return [
-                f"the FUSE server of {self._merged} died during the test (exit status {died}), "
-                "so accesses to the view failed with 'Transport endpoint is not connected'; "
-                "the next test gets a new server"
-            ]
+            raise ViewLostError(
+                f"the FUSE server of {self._merged} died during the test ({_how(died)}), so "
+                "from then on every access to the view failed with 'Transport endpoint is not "
+                "connected' and the test's result cannot be trusted; the next test gets a new "
+                "server"
+            )
         return []
+
+
+def _how(status: int) -> str:
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-status).name}"
+    return f"exit status {status}"
 
 
 class FuseBackend:
