@@ -8,7 +8,11 @@ skipping quietly.  The reasons come from the same probes the plugin uses.
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +50,19 @@ def fuse_reason() -> str | None:
     from pytest_overlay._backends.fusebackend import probe_fuse
 
     return probe_fuse()
+
+
+@functools.cache
+def server_libfuse() -> int:
+    """The libfuse major version the FUSE server loads here (it prefers 3)."""
+    code = (
+        "from pytest_overlay._fuse import server\nprint(server.load_mfusepy().fuse_version_major)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return int(done.stdout)

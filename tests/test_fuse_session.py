@@ -20,6 +20,7 @@ import pytest
 
 from pytest_overlay._errors import MountError
 from pytest_overlay._fuse import client
+from pytest_overlay._fuse.client import FuseMount
 from pytest_overlay._fuse.session import SessionServer
 from tests._gates import gate
 
@@ -86,20 +87,23 @@ def _wait(condition: object, timeout: float = 10.0) -> bool:
 def test_one_session_server_serves_many_mounts_each_in_its_own_process(
     server: SessionServer, lower: Path, tmp_path: Path
 ) -> None:
-    handles = []
-    for n in range(5):
-        upper, work, mnt = _slot(tmp_path, f"m{n}")
-        handle = server.start([lower], upper, work, mnt, auto_unmount=False)
-        (mnt / "f").write_text(f"mount {n}\n")
-        handles.append(handle)
-    pids = {handle.process.pid for handle in handles}
-    assert len(pids) == 5
-    assert 0 not in pids
-    for n, handle in enumerate(handles):
-        assert (handle.mountpoint / "f").read_text() == f"mount {n}\n"
-        handle.close()
-        assert handle.process.returncode == 0
-        assert not _mounted(handle.mountpoint)
+    handles: list[FuseMount] = []
+    try:
+        for n in range(5):
+            upper, work, mnt = _slot(tmp_path, f"m{n}")
+            handles.append(server.start([lower], upper, work, mnt, auto_unmount=False))
+            (mnt / "f").write_text(f"mount {n}\n")
+        pids = {handle.process.pid for handle in handles}
+        assert len(pids) == 5
+        assert 0 not in pids
+        for n, handle in enumerate(handles):
+            assert (handle.mountpoint / "f").read_text() == f"mount {n}\n"
+            handle.close()
+            assert handle.process.returncode == 0
+            assert not _mounted(handle.mountpoint)
+    finally:
+        for handle in handles:
+            handle.close()
     assert (lower / "f").read_text() == "lower\n"
 
 

@@ -1,9 +1,9 @@
 """The FUSE tests again, on the other libfuse.
 
-mfusepy loads libfuse 2 when it is installed and libfuse 3 otherwise, so the main run tests
-one of them.  Users get either: Ubuntu 24.04 ships only libfuse 3 by default, older systems
-libfuse 2.  This runs the FUSE test modules once more in a child pytest with the other library
-(``FUSE_LIBRARY_NAME``), where both are installed (CI installs both).
+The FUSE server loads libfuse 3 where it is installed and libfuse 2 otherwise, so the main run
+tests one of them.  Users get either: Ubuntu 24.04 ships only libfuse 3 by default, older
+systems libfuse 2.  This runs the FUSE test modules once more in a child pytest with the other
+library (``FUSE_LIBRARY_NAME``), where both are installed (CI installs both).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests._gates import fuse_reason, gate
+from tests._gates import fuse_reason, gate, server_libfuse
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = (
@@ -26,10 +26,8 @@ MODULES = (
 
 
 def _other_library() -> tuple[str, str | None]:
-    """The FUSE_LIBRARY_NAME of the libfuse this process did not load, and why it cannot."""
-    import mfusepy
-
-    other = "fuse3" if mfusepy.fuse_version_major == 2 else "fuse"
+    """The FUSE_LIBRARY_NAME of the libfuse the server does not load, and why it cannot."""
+    other = "fuse3" if server_libfuse() == 2 else "fuse"
     if ctypes.util.find_library(other) is None:
         return other, f"lib{other} is not installed: apt install fuse3 libfuse2"
     return other, None

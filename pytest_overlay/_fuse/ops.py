@@ -25,6 +25,7 @@ import mfusepy
 
 from pytest_overlay._layers import WHITEOUT_PREFIX
 
+from .links import LinkNames
 from .upperfmt import (
     clear_whiteout,
     copy_node,
@@ -73,6 +74,8 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
     :param on_init: called once the kernel has sent ``FUSE_INIT`` (the mount is live).
     :param rename_lower_dirs: rename directories that a lower layer has (the default); False
         answers ``EXDEV`` as kernel overlayfs does without ``redirect_dir``.
+    :param links: where the names of hard-linked files are kept, so that a change through one
+        reaches the kernel's view of the others (see :mod:`.links`).
 
     Caches assume that this object is the only writer of *upper* and that *lowers* never
     change while mounted, which is also what makes long kernel cache timeouts safe.
@@ -88,8 +91,12 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         *,
         on_init: Callable[[], None] | None = None,
         rename_lower_dirs: bool = True,
+        links: LinkNames | None = None,
     ) -> None:
         self._rename_lower_dirs = rename_lower_dirs
+        self._links = links or LinkNames(None)
+        # Writable handles on multiply-linked files: what to invalidate when one is written.
+        self._fh_links: dict[int, tuple[tuple[int, int], str]] = {}
         self._upper = os.path.abspath(upper)
         self._work = os.path.abspath(work)
         self._view = MergedView((self._upper, *(os.path.abspath(p) for p in lowers)))
@@ -243,6 +250,14 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         if is_dir:
             self._view.invalidate()
 
+    def _changed(self, rel: str, change: Callable[..., object] | None = None, *args: Any) -> None:
+        """Copy *rel* up, apply *change* to it, and tell the kernel about its other names."""
+        real = self.copy_up(rel)
+        if change is not None:
+            change(real, *args)
+        if self._links.active:
+            self._links.changed(self._links.key(os.lstat(real)), rel)
+
     # -- FUSE operations: reading ---------------------------------------------------------
 
     def init(self, path: str) -> None:
@@ -258,7 +273,10 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
             st = os.fstat(fh)
             return self._attrs(Node("", st, 0), None)
         rel = _rel(path)
-        return self._attrs(self._view.get(rel), rel)
+        node = self._view.get(rel)
+        if node.layer == 0 and node.st.st_nlink > 1 and self._links.active:
+            self._links.seen(rel, node.st)
+        return self._attrs(node, rel)
 
     def readlink(self, path: str) -> str:
         """The target of a symbolic link."""
@@ -307,6 +325,11 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         fd = os.open(real, (flags & ~_STRIP_FLAGS) | os.O_CLOEXEC)
         if write:
             self._writable.add(fd)
+            if self._links.active:
+                key = self._links.key(os.fstat(fd))
+                if key is not None:
+                    self._fh_links[fd] = (key, rel)
+                    self._links.changed(key, rel)  # O_TRUNC, or at least the times
         return fd
 
     def create(self, path: str, mode: int, flags: int = os.O_WRONLY) -> int:
@@ -330,14 +353,21 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         """Write to the open backing file (always an upper file)."""
-        return os.pwrite(fh, data, offset)
+        written = os.pwrite(fh, data, offset)
+        linked = self._fh_links.get(fh)
+        if linked is not None:
+            self._links.changed(*linked)
+        return written
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         """Truncate through the handle if it is writable, else copy up and truncate."""
         if fh is not None and fh in self._writable:
             os.ftruncate(fh, length)
+            linked = self._fh_links.get(fh)
+            if linked is not None:
+                self._links.changed(*linked)
         elif path is not None:
-            os.truncate(self.copy_up(_rel(path)), length)
+            self._changed(_rel(path), os.truncate, length)
         else:
             raise fail(errno.EBADF, "")
         return 0
@@ -353,6 +383,7 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
     def release(self, path: str | None, fh: int) -> int:
         """Close the backing file."""
         self._writable.discard(fh)
+        self._fh_links.pop(fh, None)
         os.close(fh)
         return 0
 
@@ -360,12 +391,12 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
 
     def chmod(self, path: str, mode: int) -> int:
         """Change permission bits, in the upper layer."""
-        os.chmod(self.copy_up(_rel(path)), stat.S_IMODE(mode))
+        self._changed(_rel(path), os.chmod, stat.S_IMODE(mode))
         return 0
 
     def chown(self, path: str, uid: int, gid: int) -> int:
         """Change the owner, in the upper layer (-1 leaves a side unchanged)."""
-        os.lchown(self.copy_up(_rel(path)), uid, gid)
+        self._changed(_rel(path), os.lchown, uid, gid)
         return 0
 
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
@@ -373,6 +404,7 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         real = self.copy_up(_rel(path))
         if times is None:
             os.utime(real, follow_symlinks=False)
+            self._changed(_rel(path))
             return 0
         now = time.time_ns()
         current: os.stat_result | None = None
@@ -385,13 +417,16 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
                 value = (current.st_atime_ns, current.st_mtime_ns)[index]
             resolved.append(value)
         os.utime(real, ns=(resolved[0], resolved[1]), follow_symlinks=False)
+        self._changed(_rel(path))
         return 0
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         """Set an xattr, in the upper layer; the overlay's own cannot be set."""
         if is_private_xattr(name):
             raise fail(errno.EOPNOTSUPP, _rel(path))  # the kernel refuses them the same way
-        os.setxattr(self.copy_up(_rel(path)), name, value, options, follow_symlinks=False)
+        real = self.copy_up(_rel(path))
+        os.setxattr(real, name, value, options, follow_symlinks=False)
+        self._changed(_rel(path))
         return 0
 
     def removexattr(self, path: str, name: str) -> int:
@@ -399,6 +434,7 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         if is_private_xattr(name):
             raise fail(errno.EOPNOTSUPP, _rel(path))
         os.removexattr(self.copy_up(_rel(path)), name, follow_symlinks=False)
+        self._changed(_rel(path))
         return 0
 
     # -- FUSE operations: the namespace ---------------------------------------------------
@@ -457,11 +493,23 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         except BaseException:
             self._restore_whiteout(rel, had_whiteout)
             raise
+        if self._links.active:
+            st = os.lstat(link)
+            self._links.seen(_rel(source), st)
+            self._links.seen(rel, st)
+            self._links.changed(self._links.key(st), rel)  # the source's link count
         return 0
 
     def unlink(self, path: str) -> int:
         """Remove a non-directory; a whiteout hides it if a lower layer has it."""
-        self._remove(_rel(path), directory=False)
+        rel = _rel(path)
+        key = None
+        if self._links.active:
+            node = self._view.lookup(rel)
+            key = self._links.key(node.st) if node is not None and node.layer == 0 else None
+        self._remove(rel, directory=False)
+        self._links.forget(rel)
+        self._links.changed(key, rel)  # the other names' link count
         return 0
 
     def rmdir(self, path: str) -> int:
@@ -527,6 +575,8 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
             make_whiteout(self._upper_dir(old_parent), old_name)
         if is_dir:
             self._view.invalidate()
+        else:
+            self._links.renamed(old_rel, new_rel)
         return 0
 
 

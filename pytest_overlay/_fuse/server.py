@@ -22,11 +22,11 @@ Mount options, and why:
     the kernel never needs to ask again (each ``stat`` is then ~15 µs instead of ~60-110 µs,
     perf-baselines §5).  fuse-overlayfs makes the same argument with a timeout of 1e9 s.
     ``kernel_cache`` keeps the page cache across opens for the same reason.
-    The one hole (a known limitation): libfuse's path-based API gives each hard link its own
-    kernel inode, so after a write through one link the other name shows the old size and
-    mtime, and reads stop at the old size, until the timeout.  ``auto_cache`` does not help
-    (it drops pages but not the cached size); a fix needs ``fuse_invalidate_path`` (libfuse 3)
-    or the low-level API.
+    The one hole: libfuse's path-based API gives each hard link its own kernel inode, so after
+    a write through one link the kernel would show the old size, mtime and pages through the
+    others until the timeout.  On libfuse 3, :mod:`.links` invalidates them by path; libfuse 2
+    has no way to (``auto_cache`` drops pages but not the cached size), which is why this
+    server prefers libfuse 3 (:func:`load_mfusepy`).
 ``hard_remove``
     no ``.fuse_hidden*`` renames of unlinked open files, which would land in the upper layer;
     our handles are real file descriptors, so unlinked open files still work.
@@ -195,7 +195,17 @@ class LibfuseMissingError(Exception):
 
 
 def load_mfusepy() -> Any:
-    """Import mfusepy; raise :class:`LibfuseMissingError` when libfuse is unusable."""
+    """Import mfusepy; raise :class:`LibfuseMissingError` when libfuse is unusable.
+
+    Where both libfuse 3 and 2 are installed and nothing says which (``FUSE_LIBRARY_NAME``,
+    ``FUSE_LIBRARY_PATH``), it takes libfuse 3, which mfusepy would not: only libfuse 3 can
+    tell the kernel that the other names of a hard link changed (:mod:`.links`).
+    """
+    if not ({"FUSE_LIBRARY_NAME", "FUSE_LIBRARY_PATH"} & os.environ.keys()):
+        import ctypes.util
+
+        if sys.platform.startswith("linux") and ctypes.util.find_library("fuse3"):
+            os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
     try:
         import mfusepy
     except (OSError, AttributeError) as exc:  # mfusepy raises these when libfuse is unusable
@@ -229,10 +239,15 @@ def serve(
     from .ops import OverlayOperations
 
     served = False
+    from .links import LinkNames, PathInvalidator
+
+    invalidator = PathInvalidator(mfusepy._libfuse) if mfusepy.fuse_version_major == 3 else None
 
     def on_init() -> None:
         nonlocal ready_fd, served
         served = True
+        if invalidator is not None:
+            invalidator.capture()
         if detach:
             _stdio_to_devnull()
         if ready_fd is not None:
@@ -241,7 +256,12 @@ def serve(
             ready_fd = None
 
     operations = OverlayOperations(
-        lowers, upper, work, on_init=on_init, rename_lower_dirs=rename_lower_dirs
+        lowers,
+        upper,
+        work,
+        on_init=on_init,
+        rename_lower_dirs=rename_lower_dirs,
+        links=LinkNames(invalidator),
     )
     options = mount_options(mfusepy.fuse_version_major, as_root=os.geteuid() == 0)
     options["auto_unmount"] = auto_unmount

@@ -88,9 +88,13 @@ class ForkedServer:
             self._pidfd = None
 
     def wait_ready(self, timeout: float) -> str | None:
-        """Wait until the mount is live; return why it is not (None when it is)."""
+        """Wait until the mount is live; return why it is not (None when it is).
+
+        Also waits for the process id and pidfd, which the session's server sends from its
+        side of the fork and which can arrive after the child's ``ready``.
+        """
         deadline = time.monotonic() + timeout
-        while not self._ready:
+        while not (self._ready and self._pid is not None):
             if self.returncode is not None:
                 return f"the server exited with status {self.returncode}"
             left = deadline - time.monotonic()
