@@ -96,12 +96,13 @@ class PathInvalidator:
     def capture(self) -> None:
         """Remember this mount's ``struct fuse``; call it from a request (``init``)."""
         self._fuse = self._libfuse.fuse_get_context().contents.fuse
-        self._thread = threading.Thread(target=self._run, name="invalidate", daemon=True)
-        self._thread.start()
 
     def __call__(self, paths: Sequence[str]) -> None:
         if self._fuse is None:
             return
+        if self._thread is None:  # most mounts never need it: no thread until one does
+            self._thread = threading.Thread(target=self._run, name="invalidate", daemon=True)
+            self._thread.start()
         done = threading.Event()
         self._queue.put((paths, done))
         done.wait(_WAIT_S)
