@@ -48,6 +48,7 @@ def build_lower(root):
     (root / "d" / "s" / "deep").write_text("deep\n")
     (root / "e" / "z").write_bytes(b"\0\1\2")
     (root / "l").symlink_to("a")
+    os.setxattr(root / "a", "user.origin", b"lower")
     for path in [*root.rglob("*"), root]:
         if not path.is_symlink():
             os.utime(path, ns=(1_000_000_000, 1_000_000_000))
@@ -65,6 +66,15 @@ def digest(root):
     return h.hexdigest()
 
 
+def xattrs(path):
+    names = os.listxattr(path, follow_symlinks=False)
+    return sorted(
+        (name, os.getxattr(path, name, follow_symlinks=False))
+        for name in names
+        if name.startswith("user.")
+    )
+
+
 def view(root):
     seen = {}
     for directory, dirnames, filenames in os.walk(root):
@@ -75,9 +85,9 @@ def view(root):
             if stat.S_ISLNK(st_.st_mode):
                 seen[rel] = ("link", os.readlink(path))
             elif stat.S_ISDIR(st_.st_mode):
-                seen[rel] = ("dir", stat.S_IMODE(st_.st_mode))
+                seen[rel] = ("dir", stat.S_IMODE(st_.st_mode), xattrs(path))
             else:
-                seen[rel] = ("file", stat.S_IMODE(st_.st_mode), path.read_bytes())
+                seen[rel] = ("file", stat.S_IMODE(st_.st_mode), path.read_bytes(), xattrs(path))
     return seen
 
 
@@ -112,6 +122,8 @@ def apply(root, op):
             os.chmod(path, 0o600 + len(data) % 2 * 0o55)
         elif kind == "utime":
             os.utime(path, ns=(2_000_000_000, 2_000_000_000 + len(data)), follow_symlinks=False)
+        elif kind == "setxattr":
+            os.setxattr(path, "user.t" + str(len(data) % 2), data or b"v", follow_symlinks=False)
     except OSError as exc:
         return errno.errorcode.get(exc.errno, str(exc.errno))
     return "ok"
@@ -119,7 +131,7 @@ def apply(root, op):
 
 OPS = st.tuples(
     st.sampled_from(["write", "append", "truncate", "unlink", "mkdir", "rmdir", "rmtree",
-                     "rename", "symlink", "link", "chmod", "utime"]),
+                     "rename", "symlink", "link", "chmod", "utime", "setxattr"]),
     st.sampled_from(NAMES),
     st.sampled_from(NAMES),
     st.binary(max_size=8),
