@@ -1,4 +1,4 @@
-"""Faults: a full upper layer, and a pytest process killed in the middle of a test."""
+"""Faults: a full upper layer, killed pytest processes, xdist workers and FUSE servers."""
 
 from __future__ import annotations
 
@@ -177,3 +177,43 @@ def test_fuse_server_killed_mid_test(pytester: pytest.Pytester, victim: str) -> 
         ]
     )
     assert overlay_mounts() == mounts
+
+
+@pytest.mark.parametrize("backend", ["kernel", "fuse"])
+def test_xdist_worker_killed_mid_test(tmp_path: Path, backend: str) -> None:
+    """One worker dies by SIGKILL mid-test: xdist replaces it, the rest of the run passes."""
+    gate(backend, kernel_reason() if backend == "kernel" else fuse_reason())
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")
+    (project / "data.txt").write_text("precious\n")
+    (project / "test_worker.py").write_text(
+        "import os, signal\n"
+        "import pytest\n"
+        "def test_worker_dies(overlay_root):\n"
+        "    (overlay_root / 'data.txt').write_text('clobbered')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "@pytest.mark.parametrize('i', range(6))\n"
+        "def test_others(overlay_root, i):\n"
+        "    (overlay_root / 'data.txt').unlink()\n"
+        "    assert overlay_root.diff().deleted == {'data.txt'}\n"
+    )
+    before, mounts = (
+        tree_digest(project, skip=(".pytest_cache",), dir_times=False),
+        (overlay_mounts()),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", *ARGS, "-n", "2", f"--overlay-backend={backend}"],
+        cwd=project,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert "crashed while running" in output, output
+    assert "1 failed, 6 passed" in result.stdout, output
+    time.sleep(0.2)
+    assert overlay_mounts() == mounts
+    assert tree_digest(project, skip=(".pytest_cache",), dir_times=False) == before
