@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import stat
@@ -162,7 +163,7 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> list
         if _should_keep(session.settings.keep, state.phases):
             _keep(item, session, state)
     except Exception as exc:
-        messages.append(f"could not keep the test's layer: {type(exc).__name__}: {exc}")
+        messages.append(f"could not keep the test's layer: {_describe(exc)}")
     finally:
         if state.saved_cwd is not None:
             # Leave the views first: a working directory inside one would keep it busy.
@@ -295,8 +296,18 @@ def failure_section(
         with _namespaces.privileged():
             text, _ = _all_targets_report(state, options)
     except Exception as exc:
-        text = f"(could not compute the changes: {type(exc).__name__}: {exc})"
+        text = f"(could not compute the changes: {_describe(exc)})"
     return f"{SECTION} ({state.backend})", text
+
+
+def _describe(exc: Exception) -> str:
+    """An exception for a report line: a path beyond PATH_MAX explained, not printed whole."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return (
+            "a path in the view is longer than the system allows (PATH_MAX, 4,096 bytes), and "
+            "the diff reaches files by path; inspect the view while the test runs instead"
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 Manifest = dict[str, tuple[int, int, int]]
