@@ -809,3 +809,22 @@ def test_sparse_8gib_file_in_a_failure_report_and_a_kept_layer(
     assert st.st_size == SPARSE_SIZE + 5
     assert st.st_blocks * 512 < 64 << 20, "the kept layer's copy is not sparse"
     assert _sparse_state(sparse_project, kept=True) == before
+
+
+# --- root without CAP_SYS_ADMIN -----------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("root_env", "mounts")
+def test_root_without_cap_sys_admin_uses_a_user_namespace(small_project: Path) -> None:
+    # A container's root is root without CAP_SYS_ADMIN (Docker's default): it cannot mount in
+    # the host's namespaces, but, where user namespaces are allowed, it can in its own.
+    gate("setpriv", None if shutil.which("setpriv") else "setpriv is not installed (util-linux)")
+    before = tree_digest(small_project, skip=(".pytest_cache",), dir_times=False)
+    drop = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]
+    result = run_here([*drop, *pytest_argv()], cwd=small_project)
+    text = output(result)
+    assert result.returncode == 0, text
+    assert counts(result.stdout) == {"passed": 2}, text
+    assert "overlay: backend=kernel (user namespace)" in result.stdout, text
+    assert_clean(text)
+    assert tree_digest(small_project, skip=(".pytest_cache",), dir_times=False) == before
