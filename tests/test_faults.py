@@ -67,6 +67,9 @@ def test_sigkill_mid_test_leaves_nothing_behind(tmp_path: Path, mode: tuple[str,
     (project / "test_slow.py").write_text(
         "import os, time\n"
         "from pathlib import Path\n"
+        "def test_fails_first(overlay_root):\n"
+        "    (overlay_root / 'kept.txt').write_text('evidence')\n"
+        "    assert False\n"
         "def test_hangs(overlay_root):\n"
         "    (overlay_root / 'data.txt').write_text('clobbered')\n"
         "    os.unlink(overlay_root / 'data.txt')\n"
@@ -96,6 +99,19 @@ def test_sigkill_mid_test_leaves_nothing_behind(tmp_path: Path, mode: tuple[str,
     assert overlay_mounts() == mounts
     assert tree_digest(project, skip=(".pytest_cache",), dir_times=False) == before
     assert (project / "data.txt").read_text() == "precious\n"
+    if mode != ("-n", "2"):  # under xdist the failing test may not have run before the kill
+        # The layer kept before the crash survives it, and the command reads it.
+        listing = subprocess.run(
+            [sys.executable, "-m", "pytest_overlay", "show", "fails_first", "--name-only"],
+            cwd=project,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert listing.returncode == 0, listing.stdout + listing.stderr
+        assert "kept.txt" in listing.stdout
     (project / "test_slow.py").write_text("def test_quick(overlay_root):\n    pass\n")
     rerun = subprocess.run(
         [sys.executable, "-m", "pytest", *ARGS, *mode],
