@@ -13,7 +13,8 @@ and the file that gets the child's standard output and error.  On the channel th
 receives, in any order:
 
 ``pid N``
-    with a pidfd of the child, for signals that cannot hit a recycled process id;
+    with a pidfd of the child, for signals that cannot hit a recycled process id (none
+    before Linux 5.3, which has no pidfds);
 ``ready``
     the kernel has initialised the mount;
 ``exit N``
@@ -131,13 +132,16 @@ def _spawn(message: bytes, fds: list[int], children: _Children, inherited: Seque
             os._exit(code)
     os.close(log)
     try:
-        pidfd = os.pidfd_open(pid)
-        try:
-            socket.send_fds(channel, [f"pid {pid}".encode()], [pidfd])
-        finally:
-            os.close(pidfd)
+        pidfd: int | None = os.pidfd_open(pid)
+    except OSError:
+        pidfd = None  # before Linux 5.3: the client signals by process id
+    try:
+        socket.send_fds(channel, [f"pid {pid}".encode()], [] if pidfd is None else [pidfd])
     except OSError:
         pass  # the client has gone already; the child will find its mount unused
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
     children.add(pid, channel)
 
 

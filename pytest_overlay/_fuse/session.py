@@ -119,9 +119,13 @@ class ForkedServer:
 
     def send_signal(self, sig: int) -> None:
         """Signal the process, unless it is known to have exited (no recycled pid is hit)."""
-        if self.poll() is None and self._pidfd is not None:
-            with contextlib.suppress(ProcessLookupError):
+        if self.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if self._pidfd is not None:
                 signal.pidfd_send_signal(self._pidfd, sig)
+            elif self._pid:  # no pidfds (before Linux 5.3): it has not been reaped yet
+                os.kill(self._pid, sig)
 
     def kill(self) -> None:
         """Send SIGKILL."""
