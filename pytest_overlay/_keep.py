@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ._diff import TreeDiff
+from ._filecopy import copy_file_data
 from ._names import safe_label
-from ._upper import copy_file_data
 
 STORE_DIR = "overlay"
 RUN_FILE = "run.json"

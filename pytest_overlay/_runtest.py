@@ -205,8 +205,14 @@ def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path 
     run_dir = session.run_dir(store)
     mount = state.mounts[0]
     with _namespaces.privileged():
-        diff = mount.diff(state.ignore)
-        report, others = _all_targets_report(state, ReportOptions(max_lines=None))
+        diffs = [view.diff(state.ignore) for view in state.mounts]
+        diff = diffs[0]
+        report = _all_targets_report(state, diffs, ReportOptions(max_lines=None))
+        # In place with several sandboxed directories: the others' changes, for --json.
+        others = [
+            {"target": str(target), "diff": json_dict(other)}
+            for target, other in zip(state.targets[1:], diffs[1:], strict=True)
+        ]
         record = Record(
             nodeid=item.nodeid,
             outcome=outcome(state.phases),
@@ -217,7 +223,6 @@ def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path 
             diff=json_dict(diff),
             report=report,
             worker=os.environ.get("PYTEST_XDIST_WORKER"),
-            # In place with several sandboxed directories: the others' changes, for --json.
             extra={"other_targets": others} if others else {},
         )
         if mount.upper is not None:
@@ -257,27 +262,22 @@ def render_changes_report(mount: Mount, diff: TreeDiff, options: ReportOptions) 
     return render_report(diff, old, new, options)
 
 
-def _all_targets_report(
-    state: TestState, options: ReportOptions
-) -> tuple[str, list[dict[str, object]]]:
-    """The report of every view of the test, and the JSON diffs of all but the first.
+def _all_targets_report(state: TestState, diffs: list[TreeDiff], options: ReportOptions) -> str:
+    """The report of every view of the test, given their *diffs*.
 
     One view (the fixture, or in place with one sandboxed directory): its report as it is.
     In place with several: one block per directory, headed by its path.
     """
-    reports: list[str] = []
-    others: list[dict[str, object]] = []
-    several = len(state.mounts) > 1
-    for index, mount in enumerate(state.mounts):
-        diff = mount.diff(state.ignore)
-        text = render_changes_report(mount, diff, options) if diff else "(no changes)"
-        if not several:
-            return text, []
-        target = state.targets[index]
-        reports.append(f"changes under {safe_path(str(target))}:\n{text}")
-        if index > 0:
-            others.append({"target": str(target), "diff": json_dict(diff)})
-    return "\n\n".join(reports), others
+    texts = [
+        render_changes_report(mount, diff, options) if diff else "(no changes)"
+        for mount, diff in zip(state.mounts, diffs, strict=True)
+    ]
+    if len(texts) == 1:
+        return texts[0]
+    return "\n\n".join(
+        f"changes under {safe_path(str(target))}:\n{text}"
+        for target, text in zip(state.targets, texts, strict=True)
+    )
 
 
 def failure_section(
@@ -294,7 +294,8 @@ def failure_section(
     try:
         options = ReportOptions(max_lines=limit, color=color, more_hint=hint)
         with _namespaces.privileged():
-            text, _ = _all_targets_report(state, options)
+            diffs = [mount.diff(state.ignore) for mount in state.mounts]
+            text = _all_targets_report(state, diffs, options)
     except Exception as exc:
         text = f"(could not compute the changes: {_describe(exc)})"
     return f"{SECTION} ({state.backend})", text

@@ -7,14 +7,13 @@ The copy backend has no upper layer of its own; a kept test still needs one, so 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import stat
-import sys
 from pathlib import Path
 
 from ._diff import ChangeKind, TreeDiff
+from ._filecopy import copy_file_data
 
 
 def make_whiteout(path: Path) -> None:
@@ -23,45 +22,6 @@ def make_whiteout(path: Path) -> None:
         os.mknod(path, stat.S_IFCHR | 0o600, 0)
     except (PermissionError, AttributeError):
         (path.parent / f".wh.{path.name}").touch()
-
-
-def copy_file_data(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
-    """Copy the content of the regular file *source* into *target* (created or truncated).
-
-    Holes stay holes: on Linux only the data extents are copied (``SEEK_DATA``/``SEEK_HOLE``),
-    so a sparse file of 8 GiB with a few bytes in it costs a few bytes and no time, where
-    :func:`shutil.copyfile` would write all 8 GiB.  Elsewhere it is :func:`shutil.copyfile`.
-    """
-    if not sys.platform.startswith("linux"):
-        shutil.copyfile(source, target, follow_symlinks=False)
-        return
-    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        try:
-            size = os.fstat(src).st_size
-            offset = 0
-            while offset < size:
-                try:
-                    start = os.lseek(src, offset, os.SEEK_DATA)
-                except OSError as exc:
-                    if exc.errno != errno.ENXIO:  # ENXIO: nothing but a hole from here on
-                        raise
-                    break
-                end = min(os.lseek(src, start, os.SEEK_HOLE), size)
-                os.lseek(dst, start, os.SEEK_SET)
-                while start < end:
-                    sent = os.sendfile(dst, src, start, end - start)
-                    if sent == 0:  # the file shrank meanwhile
-                        break
-                    start += sent
-                offset = end
-            if os.lseek(dst, 0, os.SEEK_CUR) < size:
-                os.ftruncate(dst, size)  # a trailing hole
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
 
 
 def synthesize_upper(diff: TreeDiff, new_root: Path, upper: Path) -> None:

@@ -18,8 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pytest_overlay._diff import TreeDiff, diff_trees
+from pytest_overlay._filecopy import copy_file_data, copy_xattrs
 from pytest_overlay._layers import Entry, LayerStack
-from pytest_overlay._upper import copy_file_data, synthesize_upper
+from pytest_overlay._upper import synthesize_upper
 
 from .base import IgnoreFn, safe_label
 
@@ -184,36 +185,13 @@ class CopyBackend:
 
 def _copy_metadata(entry: Entry, target: Path) -> None:
     st = entry.stat
-    _copy_xattrs(entry.real_path, target)
+    copy_xattrs(entry.real_path, target)
     if os.geteuid() == 0:
         with contextlib.suppress(OSError):
             os.lchown(target, st.st_uid, st.st_gid)
     if not stat.S_ISLNK(st.st_mode):
         os.chmod(target, stat.S_IMODE(st.st_mode))
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _copy_xattrs(source: Path, target: Path) -> None:
-    """Copy extended attributes as a kernel copy-up does: all but the overlay's own markers.
-
-    Best effort: an xattr that cannot be written here (``trusted.*`` without privileges,
-    ``security.*`` under an LSM, a filesystem without xattrs) is left out, as the kernel's
-    copy-up would fail rather than silently drop it, and a test on the copy backend is better
-    served by a copy without it.
-    """
-    try:
-        names = os.listxattr(source, follow_symlinks=False)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(_OVERLAY_XATTRS):
-            continue
-        with contextlib.suppress(OSError):
-            value = os.getxattr(source, name, follow_symlinks=False)
-            os.setxattr(target, name, value, follow_symlinks=False)
-
-
-_OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
 
 
 def remove_tree(path: Path) -> None:

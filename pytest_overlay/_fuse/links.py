@@ -41,8 +41,17 @@ class LinkNames:
 
     @property
     def active(self) -> bool:
-        """Whether anything is tracked at all."""
+        """Whether names are recorded at all (only where they can be invalidated)."""
         return self._invalidate is not None
+
+    @property
+    def tracking(self) -> bool:
+        """Whether any multiply-linked file has been shown yet.
+
+        Until one has, no change can have other names to invalidate, so the requests that
+        change files skip the extra ``stat`` this would cost them.
+        """
+        return bool(self._names)
 
     def seen(self, rel: str, st: os.stat_result) -> None:
         """The view showed *rel*, an upper file with *st*."""

@@ -255,7 +255,7 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         real = self.copy_up(rel)
         if change is not None:
             change(real, *args)
-        if self._links.active:
+        if self._links.tracking:
             self._links.changed(self._links.key(os.lstat(real)), rel)
 
     # -- FUSE operations: reading ---------------------------------------------------------
@@ -325,7 +325,7 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         fd = os.open(real, (flags & ~_STRIP_FLAGS) | os.O_CLOEXEC)
         if write:
             self._writable.add(fd)
-            if self._links.active:
+            if self._links.tracking:
                 key = self._links.key(os.fstat(fd))
                 if key is not None:
                     self._fh_links[fd] = (key, rel)
@@ -504,7 +504,7 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         """Remove a non-directory; a whiteout hides it if a lower layer has it."""
         rel = _rel(path)
         key = None
-        if self._links.active:
+        if self._links.tracking:
             node = self._view.lookup(rel)
             key = self._links.key(node.st) if node is not None and node.layer == 0 else None
         self._remove(rel, directory=False)

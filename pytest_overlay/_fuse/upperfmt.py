@@ -16,6 +16,7 @@ import errno
 import os
 import stat
 
+from pytest_overlay._filecopy import OVERLAY_XATTR_PREFIXES, copy_extents, copy_xattrs
 from pytest_overlay._layers import OPAQUE_SENTINEL, WHITEOUT_PREFIX, is_whiteout
 
 __all__ = [
@@ -29,13 +30,9 @@ __all__ = [
     "strip_markers",
 ]
 
-PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+PRIVATE_XATTR_PREFIXES = OVERLAY_XATTR_PREFIXES
 """Xattrs that belong to the overlay format: hidden from the merged view, never copied up."""
 
-_CHUNK = 1 << 20
-# copy_file_range cannot work here (another filesystem, an old kernel, a special file):
-# fall back to read and write.
-_NO_COPY_RANGE = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
 # mknod of a whiteout refused: no CAP_MKNOD (EPERM), or the filesystem has no device nodes.
 _NO_MKNOD = frozenset({errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, errno.EINVAL})
 # setxattr refused: no such namespace here (ENOTSUP), or not allowed (EPERM/EACCES).
@@ -45,73 +42,6 @@ _NO_XATTR = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCE
 def is_private_xattr(name: str) -> bool:
     """Tell whether the xattr *name* belongs to the overlay format rather than to the file."""
     return name.startswith(PRIVATE_XATTR_PREFIXES)
-
-
-def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
-    """Copy the bytes ``[start, end)`` of *src_fd* to the same offsets of *dst_fd*."""
-    use_range = True
-    while start < end:
-        count = min(_CHUNK, end - start)
-        if use_range:
-            try:
-                copied = os.copy_file_range(src_fd, dst_fd, count, start, start)
-            except OSError as exc:
-                if exc.errno not in _NO_COPY_RANGE:
-                    raise
-                use_range = False
-                continue
-        else:
-            data = os.pread(src_fd, count, start)
-            copied = len(data)
-            view = memoryview(data)
-            offset = start
-            while view:
-                written = os.pwrite(dst_fd, view, offset)
-                view, offset = view[written:], offset + written
-        if copied == 0:
-            return  # the source shrank meanwhile
-        start += copied
-
-
-def _copy_data(src: str, dst_fd: int) -> None:
-    """Copy a regular file's content; holes stay holes (only the data extents are copied)."""
-    src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        size = os.fstat(src_fd).st_size
-        offset = 0
-        while offset < size:
-            try:
-                start = os.lseek(src_fd, offset, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno != errno.ENXIO:  # ENXIO: nothing but a hole from here on
-                    raise
-                break
-            end = min(os.lseek(src_fd, start, os.SEEK_HOLE), size)
-            _copy_range(src_fd, dst_fd, start, end)
-            offset = end
-        os.ftruncate(dst_fd, size)  # a hole at the end still counts in the size
-    finally:
-        os.close(src_fd)
-
-
-def _copy_xattrs(src: str, dst: str) -> None:
-    try:
-        names = os.listxattr(src, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in _NO_XATTR:
-            return
-        raise
-    for name in names:
-        if is_private_xattr(name):
-            continue
-        try:
-            value = os.getxattr(src, name, follow_symlinks=False)
-            os.setxattr(dst, name, value, follow_symlinks=False)
-        except OSError as exc:
-            # An xattr we may read but not write (trusted.* unprivileged; security.* under an
-            # LSM): the kernel fails the copy-up here; we keep the data and drop that xattr.
-            if exc.errno not in _NO_XATTR and exc.errno != errno.ENODATA:
-                raise
 
 
 def copy_node(src: str, dst: str, st: os.stat_result, *, as_root: bool) -> None:
@@ -127,7 +57,11 @@ def copy_node(src: str, dst: str, st: os.stat_result, *, as_root: bool) -> None:
     if stat.S_ISREG(mode):
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            _copy_data(src, fd)
+            src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                copy_extents(src_fd, fd)
+            finally:
+                os.close(src_fd)
         finally:
             os.close(fd)
     elif stat.S_ISDIR(mode):
@@ -136,7 +70,7 @@ def copy_node(src: str, dst: str, st: os.stat_result, *, as_root: bool) -> None:
         os.symlink(os.readlink(src), dst)
     else:
         os.mknod(dst, mode, st.st_rdev)
-    _copy_xattrs(src, dst)
+    copy_xattrs(src, dst)
     if as_root:
         os.lchown(dst, st.st_uid, st.st_gid)
     if not stat.S_ISLNK(mode):
