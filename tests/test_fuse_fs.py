@@ -166,6 +166,43 @@ def test_find_lists_everything(fuse: Layers) -> None:
     )
 
 
+def test_readdir_agrees_with_lstat(fuse: Layers) -> None:
+    # readdir answers from d_type and d_ino without an lstat per name: what it says of every
+    # kind of entry, from every layer and after copy-up, must match what lstat says.
+    mnt = fuse.mnt
+    with open(mnt / "d" / "b", "a") as f:
+        f.write("copied up\n")
+    (mnt / "d" / "new").write_text("new\n")
+    os.mkfifo(mnt / "d" / "fifo")
+    os.mknod(mnt / "d" / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.symlink("b", mnt / "d" / "to-b")
+    (mnt / "d" / "c").unlink()
+    for directory in (mnt, mnt / "d", mnt / "d" / "sub", mnt / "opq"):
+        with os.scandir(directory) as it:
+            listed = {
+                entry.name: (
+                    entry.inode(),
+                    entry.is_dir(follow_symlinks=False),
+                    entry.is_file(follow_symlinks=False),
+                    entry.is_symlink(),
+                )
+                for entry in it
+            }
+        for name, (ino, is_dir, is_file, is_link) in listed.items():
+            st = (directory / name).lstat()
+            assert ino == st.st_ino, name
+            assert (is_dir, is_file, is_link) == (
+                stat.S_ISDIR(st.st_mode),
+                stat.S_ISREG(st.st_mode),
+                stat.S_ISLNK(st.st_mode),
+            ), name
+    with os.scandir(mnt / "d") as it:
+        kinds = {entry.name: entry for entry in it}
+    assert "c" not in kinds
+    assert not kinds["fifo"].is_file()
+    assert not kinds["fifo"].is_dir()
+
+
 # -- copy-up ------------------------------------------------------------------------------
 
 

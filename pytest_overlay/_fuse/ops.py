@@ -19,7 +19,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import mfusepy
 
@@ -56,6 +56,17 @@ _STATVFS_FIELDS = (
     "f_favail",
     "f_namemax",
 )
+
+
+class KernelStat(NamedTuple):
+    """What the kernel is told of one entry."""
+
+    st: os.stat_result
+    """Its ``lstat`` in the layer that provides it (or ``fstat`` of an open handle)."""
+    ino: int
+    """The inode number shown: a copied-up entry keeps the one it had below."""
+    nlink: int
+    """The link count shown: 1 for a directory merged from several layers."""
 
 
 def _rel(path: str) -> str:
@@ -119,32 +130,6 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         """An upper entry is being removed: drop its inode alias with its last link."""
         if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
             self._origin_ino.pop(st.st_ino, None)
-
-    def _attrs(self, node: Node, rel: str | None) -> dict[str, Any]:
-        st = node.st
-        mode = st.st_mode
-        nlink = st.st_nlink
-        if rel is not None and stat.S_ISDIR(mode) and len(self._view.chain(rel)) > 1:
-            nlink = 1  # a merged directory's link count is unknown, as in the kernel
-        ino = st.st_ino
-        if node.layer == 0:
-            ino = self._origin_ino.get(ino, ino)
-        attrs = {
-            "st_mode": mode,
-            "st_ino": ino,
-            "st_nlink": nlink,
-            "st_uid": st.st_uid,
-            "st_gid": st.st_gid,
-            "st_size": st.st_size,
-            "st_blocks": st.st_blocks,
-            "st_blksize": st.st_blksize,
-            "st_atime": st.st_atime_ns,
-            "st_mtime": st.st_mtime_ns,
-            "st_ctime": st.st_ctime_ns,
-        }
-        if st.st_rdev:  # the struct starts zeroed; every key costs mfusepy a setattr
-            attrs["st_rdev"] = st.st_rdev
-        return attrs
 
     # -- writing the upper layer ----------------------------------------------------------
 
@@ -235,7 +220,7 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
             raise fail(errno.ENOTDIR, rel)
         if not directory and is_dir:
             raise fail(errno.EISDIR, rel)
-        if directory and self._view.listdir(rel):
+        if directory and self._view.entries(rel):
             raise fail(errno.ENOTEMPTY, rel)
         below = self._view.below(rel)
         parent, name = split(rel)
@@ -265,18 +250,50 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         if self._on_init is not None:
             self._on_init()
 
-    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
-        """``lstat`` of the merged entry (``fstat`` of the handle for an unlinked open file)."""
+    def kernel_stat(self, path: str | None, fh: int | None = None) -> KernelStat:
+        """What ``getattr`` tells the kernel: ``lstat`` of the merged entry (``fstat`` of the
+        handle for an unlinked open file), with the inode and link count it shows."""
         if path is None:
             if fh is None:
                 raise fail(errno.ENOENT, "")
             st = os.fstat(fh)
-            return self._attrs(Node("", st, 0), None)
+            return KernelStat(st, st.st_ino, st.st_nlink)
         rel = _rel(path)
         node = self._view.get(rel)
-        if node.layer == 0 and node.st.st_nlink > 1 and self._links.active:
-            self._links.seen(rel, node.st)
-        return self._attrs(node, rel)
+        st = node.st
+        nlink = st.st_nlink
+        if node.layer == 0:
+            ino = self._origin_ino.get(st.st_ino, st.st_ino)
+            if nlink > 1 and self._links.active:
+                self._links.seen(rel, st)
+        else:
+            ino = st.st_ino
+        if nlink > 1 and stat.S_ISDIR(st.st_mode) and len(self._view.chain(rel)) > 1:
+            nlink = 1  # a merged directory's link count is unknown, as in the kernel
+        return KernelStat(st, ino, nlink)
+
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
+        """:meth:`kernel_stat` as the fusepy API has it (a dict; times in nanoseconds).
+
+        mfusepy's class from :func:`.statpack.fuse_class` calls :meth:`kernel_stat` instead.
+        """
+        st, ino, nlink = self.kernel_stat(path, fh)
+        attrs = {
+            "st_mode": st.st_mode,
+            "st_ino": ino,
+            "st_nlink": nlink,
+            "st_uid": st.st_uid,
+            "st_gid": st.st_gid,
+            "st_size": st.st_size,
+            "st_blocks": st.st_blocks,
+            "st_blksize": st.st_blksize,
+            "st_atime": st.st_atime_ns,
+            "st_mtime": st.st_mtime_ns,
+            "st_ctime": st.st_ctime_ns,
+        }
+        if st.st_rdev:  # the struct starts zeroed; every key costs mfusepy a setattr
+            attrs["st_rdev"] = st.st_rdev
+        return attrs
 
     def readlink(self, path: str) -> str:
         """The target of a symbolic link."""
@@ -293,8 +310,10 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
             (".", {"st_ino": self._ino(own), "st_mode": own.st.st_mode}, 0),
             ("..", {"st_ino": self._ino(parent or own), "st_mode": stat.S_IFDIR}, 0),
         ]
-        for name, node in sorted(self._view.listdir(rel).items()):
-            result.append((name, {"st_ino": self._ino(node), "st_mode": node.st.st_mode}, 0))
+        origin = self._origin_ino
+        for name, entry in sorted(self._view.entries(rel).items()):
+            ino = origin.get(entry.ino, entry.ino) if entry.layer == 0 else entry.ino
+            result.append((name, {"st_ino": ino, "st_mode": entry.kind}, 0))
         return result
 
     def statfs(self, path: str) -> dict[str, int]:
@@ -538,7 +557,7 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
             if stat.S_ISDIR(dst.st.st_mode):
                 if not is_dir:
                     raise fail(errno.EISDIR, new_rel)
-                if self._view.listdir(new_rel):
+                if self._view.entries(new_rel):
                     raise fail(errno.ENOTEMPTY, new_rel)
             elif is_dir:
                 raise fail(errno.ENOTDIR, new_rel)

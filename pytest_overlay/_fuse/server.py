@@ -237,6 +237,7 @@ def serve(
     os.umask(0)  # the kernel has applied the caller's umask to every mode we get
     mfusepy = load_mfusepy()
     from .ops import OverlayOperations
+    from .statpack import fuse_class
 
     served = False
     from .links import LinkNames, PathInvalidator
@@ -268,7 +269,7 @@ def serve(
     if debug:
         options["debug"] = True
     try:
-        mfusepy.FUSE(operations, mountpoint, **options)
+        fuse_class(mfusepy)(operations, mountpoint, **options)
     except RuntimeError as exc:  # libfuse's own message is on stderr already
         if served and mfusepy.fuse_version_major == 3:
             # libfuse 3 reports a loop ended by SIGTERM, SIGINT or SIGHUP as an error
