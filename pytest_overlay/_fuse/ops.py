@@ -69,6 +69,9 @@ class KernelStat(NamedTuple):
     """The link count shown: 1 for a directory merged from several layers."""
 
 
+_new_tuple = tuple.__new__
+
+
 def _rel(path: str) -> str:
     return path.strip("/")
 
@@ -270,7 +273,7 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
             ino = st.st_ino
         if nlink > 1 and stat.S_ISDIR(st.st_mode) and len(self._view.chain(rel)) > 1:
             nlink = 1  # a merged directory's link count is unknown, as in the kernel
-        return KernelStat(st, ino, nlink)
+        return _new_tuple(KernelStat, (st, ino, nlink))  # without a Python-level __new__
 
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
         """:meth:`kernel_stat` as the fusepy API has it (a dict; times in nanoseconds).

@@ -87,8 +87,13 @@ def _scan_layer_dir(directory: str, layer: int) -> tuple[dict[str, Entry], froze
                     kind = stat.S_IFMT(st.st_mode)
             except FileNotFoundError:  # removed since readdir
                 continue
-            entries[name] = Entry(layer, dirent.inode(), kind)
+            entries[name] = _new_tuple(Entry, (layer, dirent.inode(), kind))
     return entries, frozenset(whiteouts)
+
+
+# Building a NamedTuple through its generated __new__ costs a Python call, and these are
+# built once per LOOKUP or per name listed.
+_new_tuple = tuple.__new__
 
 
 def split(rel: str) -> tuple[str, str]:
@@ -199,11 +204,19 @@ class MergedView:
         parent, _, name = rel.rpartition("/")
         if name.startswith(WHITEOUT_PREFIX):
             return None
-        for layer, directory in self.chain(parent):
+        chain = self._dirs.get(parent)
+        for layer, directory in self.chain(parent) if chain is None else chain:
             path = f"{directory}/{name}"
+            names = self._lower_names.get(directory) if layer else None
+            if names is not None and name in names and WHITEOUT_PREFIX + name not in names:
+                # The common case, a listed lower name with no marker: one lstat, inlined
+                # because every LOOKUP the kernel sends comes here.
+                st = _lstat(path)
+                if st is not None and not (stat.S_ISCHR(st.st_mode) and is_whiteout(st)):
+                    return _new_tuple(Node, (path, st, layer))
             st, hides_below = self._probe(layer, directory, name, path)
             if st is not None:
-                return Node(path, st, layer)
+                return _new_tuple(Node, (path, st, layer))
             if hides_below:
                 return None
         return None
