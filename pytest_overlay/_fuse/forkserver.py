@@ -186,7 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LibfuseMissingError as exc:
         print(f"libfuse not installed: apt install fuse3 ({exc})", file=sys.stderr)
         return EXIT_NO_LIBFUSE
-    from . import ops  # noqa: F401  # imported once here, so that children start warm
+    # Imported once here, so that children start warm.
+    from . import ops  # noqa: F401
+    from .statpack import fuse_class
+
+    fuse_class(load_mfusepy())
 
     serve_requests(socket.socket(fileno=args.control_fd))
     return 0

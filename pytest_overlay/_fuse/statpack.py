@@ -14,6 +14,7 @@ mfusepy's class unchanged and the dict path answers, only slower.
 from __future__ import annotations
 
 import ctypes
+import functools
 import operator
 import struct
 import sys
@@ -101,6 +102,7 @@ def stat_packer(c_stat: Any) -> Packer | None:
     return pack
 
 
+@functools.cache
 def fuse_class(mfusepy: Any) -> Any:
     """mfusepy's ``FUSE`` class, answering ``getattr`` through :func:`stat_packer` where it can.
 
