@@ -71,6 +71,10 @@ class KernelStat(NamedTuple):
 
 _new_tuple = tuple.__new__
 
+# libfuse 3's capability bits (fuse_common.h).
+_CAP_READDIRPLUS = 1 << 13
+_CAP_READDIRPLUS_AUTO = 1 << 14
+
 
 def _rel(path: str) -> str:
     return path.strip("/")
@@ -252,6 +256,16 @@ class OverlayOperations(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ha
         """The kernel answered: the mount is live."""
         if self._on_init is not None:
             self._on_init()
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """mfusepy calls this instead of :meth:`init` where it can; with libfuse 3 (*config*
+        given) it turns off READDIRPLUS before the kernel hears the capabilities."""
+        if config is not None and conn is not None:
+            # libfuse 3 asks for READDIRPLUS, but its path-based API cannot give the kernel
+            # the entries' attributes through mfusepy: every entry then takes the bigger
+            # READDIRPLUS record for nothing, four times the READDIR round trips.
+            conn.want &= ~(_CAP_READDIRPLUS | _CAP_READDIRPLUS_AUTO)
+        self.init("/")
 
     def kernel_stat(self, path: str | None, fh: int | None = None) -> KernelStat:
         """What ``getattr`` tells the kernel: ``lstat`` of the merged entry (``fstat`` of the
