@@ -1,11 +1,12 @@
 """Where `git status` spends its time on our FUSE server and on fuse-overlayfs: server CPU.
 
-``bench_fuse.py`` shows that ``git status`` on a fresh mount of the 10,000-file repository is
-slower on ours than on fuse-overlayfs.  This script says why: for each implementation it runs
-``git status --porcelain`` on fresh mounts and reads the serving process's user and system CPU
-time from ``/proc/PID/stat`` before and after, then prints the medians side by side with the
-ratios.  Equal system time and more user time means that the difference is the server's own
-code (for ours: Python per request), not the kernel's work or the number of requests.
+``git status`` on a fresh mount of the 10,000-file repository is the workload of
+``bench_fuse.py`` where every request counts: about 10,000 ``LOOKUP``s.  This script shows
+where each server spends that time: for each implementation it runs ``git status --porcelain``
+on fresh mounts and reads the serving process's user and system CPU time from
+``/proc/PID/stat`` before and after, then prints the medians side by side with the ratios.
+The user time is the server's own code (for ours: Python per request); the system time is the
+kernel's work for the requests the server answers.
 
 Run as root from a checkout: ``python benchmarks/bench_fuse_cpu.py [--rounds N]``.
 """
