@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import warnings
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -309,7 +310,9 @@ def overlay_root(
         state = start_fixture(request, session, lowers, backend)
     except BackendUnavailableError as exc:
         problem = f"pytest-overlay: {exc}"
-    except (OverlayError, OSError) as exc:
+    except OSError as exc:
+        problem = f"pytest-overlay could not set up the overlay: {_setup_problem(exc)}"
+    except OverlayError as exc:
         problem = f"pytest-overlay could not set up the overlay: {exc}"
     else:
         problem = ""
@@ -338,6 +341,18 @@ def overlay_layer(
     session = request.config.stash[session_key]
     session.set_scratch(tmp_path_factory.getbasetemp() / "overlay")
     return LayerFactory(request.config, session)
+
+
+def _setup_problem(exc: OSError) -> str:
+    if exc.errno == errno.ENAMETOOLONG:
+        # Only the copy backend walks the tree at setup; the mounts do not.
+        return (
+            "a path in the tree is longer than the system allows (PATH_MAX, 4,096 bytes), and "
+            "the copy backend copies the tree by path. Use --overlay-backend=kernel, which "
+            "mounts the tree without copying it, or leave that directory out of the lower "
+            "layers (--overlay-lower)"
+        )
+    return str(exc)
 
 
 def _marker_choices(
