@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,9 +57,10 @@ def test_options_generic_ignored_unknown_kept() -> None:
 @pytest.mark.parametrize(
     ("argument", "message"),
     [
-        ("ro,lowerdir=/a,upperdir=/u,workdir=/w", "read-only mounts are not supported yet"),
         ("lowerdir=/a,workdir=/w", "missing option upperdir="),
-        ("rw", "missing option lowerdir=, upperdir=, workdir="),
+        ("ro,lowerdir=/a,upperdir=/u", "missing option workdir="),
+        ("rw", "missing option lowerdir="),
+        ("upperdir=/u,workdir=/w", "missing option lowerdir="),
         ("lowerdir=,upperdir=/u,workdir=/w", "lowerdir needs a value"),
         ("lowerdir=/a::/b,upperdir=/u,workdir=/w", "lowerdir has an empty directory"),
         ("lowerdir=/a,upperdir,workdir=/w", "upperdir needs a value"),
@@ -68,6 +70,15 @@ def test_options_generic_ignored_unknown_kept() -> None:
 def test_options_errors(argument: str, message: str) -> None:
     with pytest.raises(OptionError, match=message):
         parse_options([argument])
+
+
+def test_options_read_only() -> None:
+    # As in overlayfs: "ro" makes any mount read-only, and no upper directory means one.
+    options = parse_options(["ro,lowerdir=/a,upperdir=/u,workdir=/w"])
+    assert (options.upper, options.work, options.read_only) == ("/u", "/w", True)
+    options = parse_options(["lowerdir=/a:/b"])
+    assert options == MountOptions(lowers=("/a", "/b"), upper=None, work=None, read_only=True)
+    assert not parse_options(["lowerdir=/a,upperdir=/u,workdir=/w"]).read_only
 
 
 @pytest.mark.parametrize(("value", "renames"), [("on", True), ("off", False), ("follow", False)])
@@ -103,12 +114,9 @@ def _run_helper(*args: str) -> subprocess.CompletedProcess[str]:
     [
         ("lowerdir={t}/a,workdir={t}/w", "missing option upperdir="),
         ("lowerdir={t}/a:{t}/nope,upperdir={t}/u,workdir={t}/w", "not a directory: {t}/nope"),
-        (
-            "ro,lowerdir={t}/a,upperdir={t}/u,workdir={t}/w",
-            "read-only mounts are not supported yet",
-        ),
+        ("ro,lowerdir={t}/a,upperdir={t}/nope,workdir={t}/w", "not a directory: {t}/nope"),
     ],
-    ids=["missing-upperdir", "nonexistent-lower", "ro"],
+    ids=["missing-upperdir", "nonexistent-lower", "nonexistent-upper-read-only"],
 )
 def test_errors_are_one_clear_line(layers: Path, options: str, message: str) -> None:
     result = _run_helper("src", str(layers / "m"), "-o", options.format(t=layers))
@@ -261,6 +269,46 @@ except OSError as exc:
     assert (layers / "b" / "dir" / "inside").read_text() == "x\n"
 
 
+def _ro_scratch() -> set[str]:
+    return {name for name in os.listdir(tempfile.gettempdir()) if "pytest-overlay-fs-ro-" in name}
+
+
+@pytest.mark.parametrize("how", ["ro", "lower-only"])
+def test_read_only_mount(layers: Path, mnt: Path, how: str) -> None:
+    t, m = (shlex.quote(str(p)) for p in (layers, mnt))
+    (layers / "u" / "from-upper").write_text("upper\n")
+    options = {
+        "ro": f"ro,lowerdir={t}/a:{t}/b,upperdir={t}/u,workdir={t}/w",
+        "lower-only": f"lowerdir={t}/a:{t}/b",
+    }[how]
+    before = _ro_scratch()
+    script = f"""
+        $HELPER src {m} -o {options}
+        ls {m}
+        cat {m}/shared
+        for action in "echo x > {m}/new" "echo x >> {m}/top" "rm {m}/bottom" "mkdir {m}/d"; do
+            if sh -c "$action" 2>/dev/null; then echo "WROTE: $action"; fi
+        done
+        python3 -c 'import errno, os, sys
+try:
+    os.open(sys.argv[1] + "/top", os.O_WRONLY)
+except OSError as exc:
+    print(errno.errorcode[exc.errno])' {m}
+        umount {m}
+        if grep -q " {m} " /proc/self/mountinfo; then echo STILL MOUNTED; fi
+    """
+    result = _in_namespace(script, layers)
+    _check_unmounted(result, mnt)
+    shown = ["bottom", "shared", "top"] + (["from-upper"] if how == "ro" else [])
+    lines = result.stdout.split()
+    assert sorted(lines[: len(shown)]) == sorted(shown), result.stdout
+    assert lines[len(shown) :] == ["a", "wins", "EROFS"], result.stdout
+    assert sorted(os.listdir(layers / "u")) == ["from-upper"]  # nothing written
+    assert os.listdir(layers / "w") == []
+    assert (layers / "a" / "top").read_text() == "from a\n"
+    assert _ro_scratch() == before, "the lower-only mount's empty upper was left behind"
+
+
 def test_server_outlives_the_helper_detached(layers: Path, mnt: Path) -> None:
     t, m = (shlex.quote(str(p)) for p in (layers, mnt))
     script = f"""
@@ -323,7 +371,7 @@ def test_through_mount_8(layers: Path, mnt: Path) -> None:
     ``/usr/local/sbin``, inside the private mount namespace only.
     """
     if shutil.which("mount.fuse3") is None and not os.path.exists("/usr/sbin/mount.fuse3"):
-        pytest.skip("mount.fuse3 is not installed")
+        gate("fuse", "mount.fuse3 is not installed (apt install fuse3)")
     bin_dir = layers / "bin"
     bin_dir.mkdir()
     wrapper = bin_dir / "pytest-overlay-fs"
@@ -335,7 +383,10 @@ def test_through_mount_8(layers: Path, mnt: Path) -> None:
     mount = f"mount -t fuse.pytest-overlay-fs pytest-overlay-fs {m} -o"
     script = f"""
         mount --bind {shlex.quote(str(bin_dir))} /usr/local/sbin
-        if {mount} ro,lowerdir={t}/a,upperdir={t}/u,workdir={t}/w; then echo RO MOUNTED; fi
+        {mount} ro,lowerdir={t}/a,upperdir={t}/u,workdir={t}/w
+        grep " {m} " /proc/self/mountinfo | cut -d' ' -f6 | cut -d, -f1
+        if echo no > {m}/top; then echo WROTE; fi
+        umount {m}
         {mount} lowerdir={t}/a:{t}/b,upperdir={t}/u,workdir={t}/w
         cat {m}/shared {m}/bottom
         echo via-mount > {m}/new
@@ -344,8 +395,8 @@ def test_through_mount_8(layers: Path, mnt: Path) -> None:
     """
     result = _in_namespace(script, layers)
     _check_unmounted(result, mnt)
-    assert result.stdout == "a wins\nfrom b\n"
-    assert "pytest-overlay-fs: read-only mounts are not supported yet" in result.stderr
+    assert result.stdout == "ro\na wins\nfrom b\n"
+    assert "Read-only file system" in result.stderr
     assert (layers / "u" / "new").read_text() == "via-mount\n"
 
 

@@ -183,8 +183,8 @@ class FuseMount:
 
 def _command(
     lowers: Sequence[str | os.PathLike[str]],
-    upper: str | os.PathLike[str],
-    work: str | os.PathLike[str],
+    upper: str | os.PathLike[str] | None,
+    work: str | os.PathLike[str] | None,
     mountpoint: str | os.PathLike[str],
     ready_fd: int,
     *,
@@ -194,7 +194,8 @@ def _command(
     command = [sys.executable, "-m", "pytest_overlay._fuse.server"]
     for lower in lowers:
         command += ["--lower", os.fspath(lower)]
-    command += ["--upper", os.fspath(upper), "--work", os.fspath(work)]
+    if upper is not None and work is not None:
+        command += ["--upper", os.fspath(upper), "--work", os.fspath(work)]
     command += ["--ready-fd", str(ready_fd)]
     command += ["--detach"] if detach else ["--parent", str(os.getpid())]
     command += extra

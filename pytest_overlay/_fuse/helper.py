@@ -70,17 +70,18 @@ SOURCE is ignored (mount(8) shows it as the source).  OPTIONS is a comma-separat
 (-o may be repeated):
 
   lowerdir=A:B   the read-only lower directories, colon-separated, topmost first (required)
-  upperdir=U     the writable upper directory, in the kernel overlayfs format (required)
-  workdir=W      an empty directory on the file system of U (required)
+  upperdir=U     the writable upper directory, in the kernel overlayfs format; without it
+                 (and workdir) the mount is a read-only merge of the lower directories
+  workdir=W      an empty directory on the file system of U (required with upperdir)
+  ro             mount read-only: every write fails with EROFS, and U is only read
   redirect_dir=on|off|follow|nofollow
                  "on" (the default) renames directories that a lower directory has, as
                  overlayfs with redirect_dir=on does; the others answer EXDEV to such a
                  rename, as overlayfs does without redirect_dir (mv then copies)
 
 As in overlayfs, a backslash escapes the next character: write "\\:" and "\\," for a colon or
-a comma inside a path, and "\\\\" for a backslash.  "ro" is an error: read-only mounts are not
-supported yet.  An unknown option is ignored with a warning.  These generic mount options are
-ignored silently:
+a comma inside a path, and "\\\\" for a backslash.  An unknown option is ignored with a
+warning.  These generic mount options are ignored silently:
 
 {textwrap.fill(", ".join(sorted(_IGNORED)), width=92, initial_indent="  ", subsequent_indent="  ")}
 
@@ -106,12 +107,15 @@ class MountOptions:
 
     lowers: tuple[str, ...]
     """Topmost first."""
-    upper: str
-    work: str
+    upper: str | None
+    """None for a read-only merge of the lower directories."""
+    work: str | None
     unknown: tuple[str, ...] = ()
     """Options ignored with a warning."""
     rename_lower_dirs: bool = True
     """False for ``redirect_dir=off|follow|nofollow``: renaming a lower directory is EXDEV."""
+    read_only: bool = False
+    """``ro``, or no upper directory."""
 
 
 def _split_escaped(text: str, separator: str) -> Iterator[str]:
@@ -142,16 +146,18 @@ def _unescape(text: str) -> str:
 def parse_options(options: Sequence[str]) -> MountOptions:
     """Parse the ``-o`` arguments (each a comma-separated list).
 
-    :raises OptionError: for ``ro``, a missing required option or an empty value.
+    :raises OptionError: for a missing required option or an empty value.
     """
     values: dict[str, str] = {}
     unknown: list[str] = []
+    read_only = False
     for argument in options:
         for option in _split_escaped(argument, ","):
             if not option or option in _IGNORED:
                 continue
             if option == "ro":
-                raise OptionError("read-only mounts are not supported yet")
+                read_only = True
+                continue
             key, has_value, value = option.partition("=")
             if key in ("lowerdir", "upperdir", "workdir"):
                 if not has_value or not value:
@@ -164,18 +170,25 @@ def parse_options(options: Sequence[str]) -> MountOptions:
                 values[key] = value
             else:
                 unknown.append(_unescape(option))
-    missing = [key for key in ("lowerdir", "upperdir", "workdir") if key not in values]
+    # As in overlayfs: lowerdir always; workdir with upperdir; neither means read-only.
+    required = ["lowerdir"]
+    if "upperdir" in values or "workdir" in values:
+        required += ["upperdir", "workdir"]
+    missing = [key for key in required if key not in values]
     if missing:
         raise OptionError("missing option " + ", ".join(f"{key}=" for key in missing))
     lowers = tuple(_unescape(part) for part in _split_escaped(values["lowerdir"], ":"))
     if "" in lowers:
         raise OptionError(f"lowerdir has an empty directory: {values['lowerdir']}")
+    upper = values.get("upperdir")
+    work = values.get("workdir")
     return MountOptions(
         lowers=lowers,
-        upper=_unescape(values["upperdir"]),
-        work=_unescape(values["workdir"]),
+        upper=None if upper is None else _unescape(upper),
+        work=None if work is None else _unescape(work),
         unknown=tuple(unknown),
         rename_lower_dirs=values.get("redirect_dir", "on") == "on",
+        read_only=read_only or upper is None,
     )
 
 
@@ -227,7 +240,10 @@ def _spawn(options: MountOptions, mountpoint: str, log: IO[bytes]) -> str | None
         mountpoint,
         write_fd,
         detach=True,
-        extra=() if options.rename_lower_dirs else ("--exdev-dir-rename",),
+        extra=(
+            *(() if options.rename_lower_dirs else ("--exdev-dir-rename",)),
+            *(("--read-only",) if options.read_only else ()),
+        ),
     )
     try:
         try:
@@ -280,8 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = dataclasses.replace(
         options,
         lowers=tuple(os.path.abspath(lower) for lower in options.lowers),
-        upper=os.path.abspath(options.upper),
-        work=os.path.abspath(options.work),
+        upper=None if options.upper is None else os.path.abspath(options.upper),
+        work=None if options.work is None else os.path.abspath(options.work),
     )
     if not os.path.isdir(mountpoint):
         return _fail(f"mount point is not a directory: {mountpoint}")

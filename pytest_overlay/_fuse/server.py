@@ -45,8 +45,10 @@ import argparse
 import ctypes
 import ctypes.util
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,9 +127,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="A read-only lower layer; repeat it, topmost first",
     )
-    parser.add_argument("--upper", required=True, metavar="DIR", help="The writable upper layer")
     parser.add_argument(
-        "--work", required=True, metavar="DIR", help="A work directory on the upper's filesystem"
+        "--upper",
+        metavar="DIR",
+        help="The writable upper layer; without it (and --work) the mount is read-only",
+    )
+    parser.add_argument("--work", metavar="DIR", help="A work directory on the upper's filesystem")
+    parser.add_argument(
+        "--read-only", action="store_true", help="Mount read-only (writes fail with EROFS)"
     )
     parser.add_argument(
         "--ready-fd", type=int, metavar="N", help="Write 'ready' to this fd once mounted"
@@ -152,12 +159,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_layers(lowers: Sequence[str], upper: str, work: str) -> str | None:
-    """Why these layers cannot be served, or None."""
+def _check_layers(lowers: Sequence[str], upper: str | None, work: str | None) -> str | None:
+    """Why these layers cannot be served, or None (no upper and work: a read-only mount)."""
+    if not lowers:
+        return "no lower directory"
+    if (upper is None) != (work is None):
+        return "an upper directory and a work directory go together"
     for path in (*lowers, upper, work):
-        if not os.path.isdir(path):
+        if path is not None and not os.path.isdir(path):
             return f"not a directory: {path}"
-    if os.stat(upper).st_dev != os.stat(work).st_dev:
+    if upper is not None and work is not None and os.stat(upper).st_dev != os.stat(work).st_dev:
         return f"the work directory {work} is not on the filesystem of the upper {upper}"
     return None
 
@@ -174,20 +185,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--detach and --parent exclude each other")
     else:
         die_with_parent(args.parent)
+    scratch = None
+    upper, work = args.upper, args.work
+    if upper is None:
+        # A lower-only mount is read-only, as in overlayfs; the view still wants an upper
+        # layer, so it gets an empty one that nothing can write (the mount is read-only).
+        scratch = tempfile.mkdtemp(prefix="pytest-overlay-fs-ro-")
+        upper, work = os.path.join(scratch, "upper"), os.path.join(scratch, "work")
+        os.mkdir(upper)
+        os.mkdir(work)
     try:
         return serve(
             args.lower,
-            args.upper,
-            args.work,
+            upper,
+            work,
             args.mountpoint,
             ready_fd=args.ready_fd,
             detach=args.detach,
             debug=args.debug,
             rename_lower_dirs=not args.exdev_dir_rename,
+            read_only=args.read_only or scratch is not None,
         )
     except LibfuseMissingError as exc:
         print(f"libfuse not installed: apt install fuse3 ({exc})", file=sys.stderr)
         return EXIT_NO_LIBFUSE
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 class LibfuseMissingError(Exception):
@@ -224,6 +248,7 @@ def serve(
     debug: bool = False,
     auto_unmount: bool = True,
     rename_lower_dirs: bool = True,
+    read_only: bool = False,
 ) -> int:
     """Mount the overlay on *mountpoint* and serve it in this thread until it is unmounted.
 
@@ -232,6 +257,8 @@ def serve(
         in a private mount namespace, which dies with its processes, can do without; it then
         skips starting ``fusermount`` (a few milliseconds per mount).
     :param rename_lower_dirs: see :class:`.ops.OverlayOperations`.
+    :param read_only: mount read-only: the kernel answers every write with ``EROFS`` before
+        it reaches the server, so *upper* is only read.
     :returns: the exit status (0 after an unmount, 1 if mounting failed).
     """
     os.umask(0)  # the kernel has applied the caller's umask to every mode we get
@@ -266,6 +293,8 @@ def serve(
     )
     options = mount_options(mfusepy.fuse_version_major, as_root=os.geteuid() == 0)
     options["auto_unmount"] = auto_unmount
+    if read_only:
+        options["ro"] = True
     if debug:
         options["debug"] = True
     try:
