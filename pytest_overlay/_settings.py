@@ -175,12 +175,6 @@ class Settings:
             check_overlap=False,
         )
         inplace = bool(value("overlay"))
-        if inplace and backend == "fuse":
-            raise pytest.UsageError(
-                "--overlay with --overlay-backend=fuse: in-place mode needs the kernel backend "
-                "(a FUSE server cannot read the project through the mount that covers it); "
-                "use --overlay-backend=kernel, or the overlay_root fixture without --overlay"
-            )
         return cls(
             backend=backend,
             lowers=lowers or (root,),

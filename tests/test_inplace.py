@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import _unpriv
-from tests._gates import gate, kernel_reason
+from tests._gates import fuse_reason, gate, kernel_reason
 from tests._sample_project import overlay_mounts, tree_digest
 
 SUITE = r"""
@@ -144,29 +144,41 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
+IN_PLACE_BACKENDS = pytest.mark.parametrize("backend", ["kernel", "fuse"])
+
+
+def need(backend: str) -> tuple[str, ...]:
+    """Gate on *backend*; the command-line arguments that choose it."""
+    gate(backend, kernel_reason() if backend == "kernel" else fuse_reason())
+    return (f"--overlay-backend={backend}",)
+
+
 def digest_without_cache(root: Path) -> str:
     # Directory times are left out: pytest itself may create .pytest_cache in the root.
     return tree_digest(root, skip=(".pytest_cache", "__pycache__"), dir_times=False)
 
 
+@IN_PLACE_BACKENDS
 @pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["plain", "xdist"])
-def test_whole_suite_in_place_as_root(project: Path, xdist: Sequence[str]) -> None:
-    gate("kernel", kernel_reason())
+def test_whole_suite_in_place_as_root(project: Path, xdist: Sequence[str], backend: str) -> None:
+    chosen = need(backend)
     before, mounts = digest_without_cache(project), overlay_mounts()
-    result = run_root(project, "--overlay", *xdist)
+    result = run_root(project, "--overlay", *chosen, *xdist)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "7 passed" in output, output
     assert "overlay: in-place mode:" in output
+    assert f"overlay: backend={backend} (root)" in output
     assert digest_without_cache(project) == before
     assert overlay_mounts() == mounts
 
 
-def test_failure_keeps_layer_and_pytest_files_reach_disk(project: Path) -> None:
-    gate("kernel", kernel_reason())
+@IN_PLACE_BACKENDS
+def test_failure_keeps_layer_and_pytest_files_reach_disk(project: Path, backend: str) -> None:
+    chosen = need(backend)
     (project / "test_failing.py").write_text(FAILING)
     before = digest_without_cache(project)
-    result = run_root(project, "--overlay", "--junitxml=report.xml")
+    result = run_root(project, "--overlay", *chosen, "--junitxml=report.xml")
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "1 failed" in output
@@ -179,7 +191,7 @@ def test_failure_keeps_layer_and_pytest_files_reach_disk(project: Path) -> None:
     os.unlink(project / "report.xml")
     assert digest_without_cache(project) == before
 
-    rerun = run_root(project, "--overlay", "--lf")
+    rerun = run_root(project, "--overlay", *chosen, "--lf")
     assert "1 failed" in rerun.stdout, rerun.stdout
     assert "passed" not in rerun.stdout.splitlines()[-1], rerun.stdout
 
@@ -229,6 +241,25 @@ def test_whole_suite_in_place_as_user(user_project: Path, xdist: Sequence[str]) 
     assert digest_without_cache(user_project) == before
 
 
+def test_fuse_in_place_as_user_is_a_clear_usage_error(user_project: Path) -> None:
+    # Through fusermount3 the view would cover the project for every process on the host.
+    argv = [sys.executable, "-m", "pytest", *ARGS, "-p", "no:cacheprovider", "--overlay"]
+    before = digest_without_cache(user_project)
+    result = _unpriv.run_as_user(
+        [*argv, "--overlay-backend=fuse"],
+        cwd=user_project,
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+        open_dev_fuse=True,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert "in-place mode (--overlay) on the fuse backend needs a private mount namespace" in (
+        output
+    )
+    assert "Traceback" not in output
+    assert digest_without_cache(user_project) == before
+
+
 def test_xdist_workers_keep_layers_into_one_run(project: Path) -> None:
     gate("kernel", kernel_reason())
     (project / "test_two_failures.py").write_text(
@@ -249,8 +280,9 @@ def test_xdist_workers_keep_layers_into_one_run(project: Path) -> None:
     assert "test_second" in listing.stdout, listing.stdout
 
 
-def test_pytest_outputs_inside_the_project_reach_disk(project: Path) -> None:
-    gate("kernel", kernel_reason())
+@IN_PLACE_BACKENDS
+def test_pytest_outputs_inside_the_project_reach_disk(project: Path, backend: str) -> None:
+    chosen = need(backend)
     (project / "test_outputs.py").write_text(
         "import logging\n"
         "def test_logs_and_tmp_path(tmp_path):\n"
@@ -260,6 +292,7 @@ def test_pytest_outputs_inside_the_project_reach_disk(project: Path) -> None:
     result = run_root(
         project,
         "--overlay",
+        *chosen,
         "--basetemp=inside-tmp",
         "--log-file=run.log",
         "test_outputs.py",

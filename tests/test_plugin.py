@@ -43,7 +43,6 @@ def test_header_names_backend_and_reason(pytester: pytest.Pytester) -> None:
         ((), "overlay_lowers = afile.txt", "*lower layer * is not a directory*"),
         (("--overlay-lower=.", "--overlay-lower=sub"), "", "*lower layers * overlap*"),
         (("--overlay-userns=sometimes",), "", "*overlay_userns: unknown value 'sometimes'*"),
-        (("--overlay", "--overlay-backend=fuse"), "", "*in-place mode needs the kernel backend*"),
     ],
 )
 def test_configuration_mistakes_are_usage_errors(

@@ -6,11 +6,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_overlay import _namespaces
 from pytest_overlay._errors import BackendUnavailableError
 
 from .base import Backend, Mount
 from .copytree import CopyBackend
-from .fusebackend import FuseBackend
+from .fusebackend import IN_PLACE_NEEDS_PRIVATE_NAMESPACE, FuseBackend
 from .kernel import KernelBackend, refused_lower
 
 __all__ = [
@@ -67,6 +68,8 @@ def select_backend(
         one of them (an overlayfs stacked too deep, as in a container inside a container).
     """
     if requested != "auto":
+        if requested == "fuse" and inplace and not _private_mounts_possible():
+            raise BackendUnavailableError(IN_PLACE_NEEDS_PRIVATE_NAMESPACE)
         backend = create_backend(requested, scratch, upper_size)
         reason = backend.unavailable_reason()
         if reason is not None:
@@ -90,13 +93,20 @@ def select_backend(
     return fall_back(scratch, tuple(passed_over), inplace=inplace)
 
 
+def _private_mounts_possible() -> bool:
+    return _namespaces.is_real_root() or _namespaces.entered_user_namespace()
+
+
 def fall_back(
     scratch: Callable[[], Path], passed_over: tuple[tuple[str, str], ...], *, inplace: bool
 ) -> Selection:
     """The kernel backend cannot be used: FUSE if it really mounts here, else copy."""
-    if inplace:
-        # A FUSE server cannot overlay a directory at its own path; copy at least runs.
-        skipped = ("fuse", "in-place mode (--overlay) needs the kernel backend")
+    if inplace and not _private_mounts_possible():
+        # Mounted through fusermount3, the view would cover the project machine-wide.
+        skipped = (
+            "fuse",
+            "in-place mode (--overlay) on FUSE needs root (a private mount namespace)",
+        )
         return Selection(create_backend("copy", scratch), (*passed_over, skipped))
     fuse = create_backend("fuse", scratch)
     reason = fuse.unavailable_reason()

@@ -3,8 +3,12 @@ session's server (:mod:`pytest_overlay._fuse.session`).
 
 For machines where kernel overlayfs cannot be mounted but FUSE can.  The server writes the
 kernel's upper-layer format, so the diff, kept layers and the command treat it like the kernel
-backend.  It cannot overlay a directory at its own path (the server reads the lower through
-that very path), so in-place mode needs the kernel backend.
+backend.
+
+In-place mode mounts the view over the project itself, which needs a private mount
+namespace (root, or our user namespace).  As in the kernel backend, a read-only clone of the
+project's mount is attached in the test's scratch directory first: the server reads the lower
+layer there, and the diff too.  The server opens its layers before the mount covers them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_overlay import _namespaces
+from pytest_overlay import _namespaces, _syscalls
 from pytest_overlay._errors import MountError, ViewLostError
 
 from .base import safe_label
@@ -28,24 +32,47 @@ if TYPE_CHECKING:
 from .copytree import remove_tree
 from .upperview import UpperLayerView
 
+IN_PLACE_NEEDS_PRIVATE_NAMESPACE = (
+    "in-place mode (--overlay) on the fuse backend needs a private mount namespace, to mount "
+    "the view over the project for this run only: run pytest as root (a container's root "
+    "with CAP_SYS_ADMIN will do), or where unprivileged user namespaces are allowed (see "
+    "'kernel not used' in the report header); a view mounted through fusermount3 would "
+    "cover the project for every process on the machine. Or use --overlay-backend=copy, or "
+    "the overlay_root fixture without --overlay"
+)
+
 
 class FuseView(UpperLayerView):
     """One test's FUSE-served view."""
 
-    def __init__(self, root: Path, merged: Path, lowers: tuple[Path, ...], served: object) -> None:
+    def __init__(self, root: Path, merged: Path, lowers: tuple[Path, ...]) -> None:
         super().__init__(root, merged, lowers)
-        self._served = served
+        self.served: object = None
+        # In place: real directories bound back into the view (pytest's own output), and the
+        # read-only clones of the project the server reads; unmounted around the view.
+        self.binds: list[Path] = []
+        self.clones: list[Path] = []
 
     def close(self) -> list[str]:
         from pytest_overlay._fuse.client import FuseMount
 
-        assert isinstance(self._served, FuseMount)
-        self._served.close()
+        with _namespaces.privileged():
+            for bind in reversed(self.binds):
+                _detach(bind)
+            self.binds.clear()
+        if isinstance(self.served, FuseMount):
+            self.served.close()
+        with _namespaces.privileged():
+            for clone in self.clones:
+                _detach(clone)
+            self.clones.clear()
         remove_tree(self._root)
+        if not isinstance(self.served, FuseMount):
+            return []
         # A server we stopped exits 0; one killed while the test ran (perhaps still dying
         # when the test ended, so asking earlier would race) did not.
-        died = self._served.process.returncode
-        if died and not self._served.stopped_by_signal:
+        died = self.served.process.returncode
+        if died and not self.served.stopped_by_signal:
             raise ViewLostError(
                 f"the FUSE server of {self._merged} died during the test ({_how(died)}), so "
                 "from then on every access to the view failed with 'Transport endpoint is not "
@@ -53,6 +80,14 @@ class FuseView(UpperLayerView):
                 "server"
             )
         return []
+
+
+def _detach(path: Path) -> None:
+    try:
+        _syscalls.umount(path, _syscalls.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: not mounted, a mount that failed half-way
+            raise MountError(exc.errno, f"could not unmount {path}: {exc.strerror}") from exc
 
 
 def _how(status: int) -> str:
@@ -98,16 +133,11 @@ class FuseBackend:
         target: Path | None = None,
         passthrough: Sequence[Path] = (),
     ) -> FuseView:
-        if target is not None:
-            raise MountError(
-                errno.EOPNOTSUPP,
-                "in-place mode (--overlay) needs the kernel backend: the FUSE server would "
-                "read the project through its own mount; use --overlay-backend=kernel, or "
-                "the overlay_root fixture without --overlay",
-            )
         from pytest_overlay._fuse.session import SessionServer
 
         private = _namespaces.is_real_root() or _namespaces.entered_user_namespace()
+        if target is not None and not private:
+            raise MountError(errno.EPERM, IN_PLACE_NEEDS_PRIVATE_NAMESPACE)
         if private:
             # As with the kernel backend: the server inherits a private mount namespace, so
             # its mount is never visible on the host and dies with the process.
@@ -115,19 +145,50 @@ class FuseBackend:
         if self._server is None:
             self._server = SessionServer()
         root = self._scratch / f"{safe_label(label)}{next(self._counter)}"
-        merged = root / (lowers[0].name or "root")
-        for directory in (root / ".upper", root / ".work", merged):
+        merged = target or root / (lowers[0].name or "root")
+        for directory in (root / ".upper", root / ".work", *(() if target else (merged,))):
             directory.mkdir(parents=True)
         st = lowers[0].stat()
         os.chmod(root / ".upper", st.st_mode & 0o7777)
+        readable = [
+            root / f".lower{i}" if lower == target else lower for i, lower in enumerate(lowers)
+        ]
+        view = FuseView(root, merged, tuple(readable))
+        tree_fds: list[tuple[Path, int]] = []
         try:
-            served = self._server.start(
-                lowers, root / ".upper", root / ".work", merged, auto_unmount=not private
+            with _namespaces.privileged():
+                # Take hold of the real directories before the view hides them: the project
+                # (for the server and the diff to read) and pytest's own output directories
+                # (to write through).
+                for lower, path in zip(lowers, readable, strict=True):
+                    if lower != path:
+                        path.mkdir()
+                        clone = _syscalls.clone_tree(lower, readonly=True)
+                        tree_fds.append((path, clone))
+                        _syscalls.attach_tree(clone, path)
+                        view.clones.append(path)
+                for path in passthrough:
+                    tree_fds.append((path, _syscalls.clone_tree(path)))
+            view.served = self._server.start(
+                readable,
+                root / ".upper",
+                root / ".work",
+                merged,
+                auto_unmount=not private,
+                over_itself=target is not None,
             )
+            with _namespaces.privileged():
+                for path, tree_fd in tree_fds:
+                    if path in passthrough:
+                        _syscalls.attach_tree(tree_fd, path)
+                        view.binds.append(path)
         except BaseException:
-            remove_tree(root)
+            view.close()
             raise
-        return FuseView(root, merged, tuple(lowers), served)
+        finally:
+            for _, tree_fd in tree_fds:
+                os.close(tree_fd)
+        return view
 
     def shutdown(self) -> None:
         if self._server is not None:

@@ -297,7 +297,7 @@ def _stacking_hint(lowers: Sequence[Path]) -> str:
                 "deep: if that overlayfs itself lies on another one (a container inside a "
                 "container, or pytest run inside an overlay view), it cannot be a lower layer "
                 "(the kernel log then says 'maximum fs stacking depth exceeded'); use "
-                "--overlay-backend=copy, or --overlay-backend=fuse without --overlay"
+                "--overlay-backend=fuse (as root also with --overlay), or --overlay-backend=copy"
             )
     return ""
 

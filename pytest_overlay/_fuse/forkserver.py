@@ -60,6 +60,7 @@ def _child(request: dict[str, Any], channel: socket.socket, log: int) -> int:
         request["mountpoint"],
         ready_fd=channel.detach(),  # ``ready`` goes to the client as one message
         auto_unmount=bool(request.get("auto_unmount", True)),
+        over_itself=bool(request.get("over_itself", False)),
     )
 
 

@@ -237,6 +237,36 @@ def load_mfusepy() -> Any:
     return mfusepy
 
 
+def _layers_by_fd(lowers: Sequence[str], upper: str, work: str) -> tuple[list[str], str, str]:
+    """The layers as ``/proc/self/fd/N`` paths of descriptors opened now, before the mount.
+
+    Such a path jumps to the directory the descriptor holds, whatever is mounted over its
+    old path since; the descriptors stay open for the life of the process.
+    """
+
+    def pin(path: str) -> str:
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY)
+        return f"/proc/self/fd/{fd}"
+
+    return [pin(lower) for lower in lowers], pin(upper), pin(work)
+
+
+def _stay_off(mountpoint: str) -> None:
+    """Keep this process from reaching *mountpoint* by path once it is mounted."""
+    os.chdir("/")
+    inside = os.path.join(os.path.realpath(mountpoint), "")
+    # Everything the server runs is imported already; a later import must not look there.
+    sys.path[:] = [
+        entry
+        for entry in sys.path
+        if not os.path.join(os.path.realpath(entry or "."), "").startswith(inside)
+    ]
+    # A logged traceback reads source lines, perhaps from a package under the project.
+    import linecache
+
+    linecache.getlines = lambda filename, module_globals=None: []
+
+
 def serve(
     lowers: Sequence[str],
     upper: str,
@@ -249,6 +279,7 @@ def serve(
     auto_unmount: bool = True,
     rename_lower_dirs: bool = True,
     read_only: bool = False,
+    over_itself: bool = False,
 ) -> int:
     """Mount the overlay on *mountpoint* and serve it in this thread until it is unmounted.
 
@@ -259,9 +290,17 @@ def serve(
     :param rename_lower_dirs: see :class:`.ops.OverlayOperations`.
     :param read_only: mount read-only: the kernel answers every write with ``EROFS`` before
         it reaches the server, so *upper* is only read.
+    :param over_itself: the mount will cover paths this server needs (in-place mode: the
+        project, and perhaps pytest's basetemp inside it).  The layers are then reached
+        through descriptors opened before the mount (:func:`_layers_by_fd`), and nothing in
+        this process may go through *mountpoint* again: that would be a request to itself,
+        which a single-threaded server never answers.
     :returns: the exit status (0 after an unmount, 1 if mounting failed).
     """
     os.umask(0)  # the kernel has applied the caller's umask to every mode we get
+    if over_itself:
+        lowers, upper, work = _layers_by_fd(lowers, upper, work)
+        _stay_off(mountpoint)
     mfusepy = load_mfusepy()
     from .ops import OverlayOperations
     from .statpack import fuse_class

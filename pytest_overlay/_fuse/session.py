@@ -223,12 +223,15 @@ class SessionServer:
         mountpoint: str | os.PathLike[str],
         *,
         auto_unmount: bool = True,
+        over_itself: bool = False,
         timeout: float = 10.0,
     ) -> FuseMount:
         """Mount like :func:`.client.start`, served by a child of the session's server.
 
         :param auto_unmount: False only where the mount lives in a private mount namespace
             that dies with this process (as root, or in our user namespace).
+        :param over_itself: the mount covers paths of the layers (in-place mode); see
+            :func:`.server.serve`.
         :raises MountError: if the mount does not become live within *timeout*.
         """
         request = {
@@ -237,6 +240,7 @@ class SessionServer:
             "work": os.fspath(work),
             "mountpoint": os.fspath(mountpoint),
             "auto_unmount": auto_unmount,
+            "over_itself": over_itself,
         }
         payload = json.dumps(request).encode()
         if len(payload) > MAX_REQUEST:

@@ -200,7 +200,10 @@ class MergedView:
     def lookup(self, rel: str) -> Node | None:
         """The entry at the relative path *rel* (``""`` is the root), or None."""
         if rel == "":
-            return Node(self._layers[0], os.lstat(self._layers[0]), 0)
+            # With a trailing slash: the upper may be a /proc/self/fd/N link to it (see
+            # server.serve's over_itself), which lstat would describe, not follow.
+            root = os.path.join(self._layers[0], "")
+            return _new_tuple(Node, (root, os.lstat(root), 0))
         parent, _, name = rel.rpartition("/")
         if name.startswith(WHITEOUT_PREFIX):
             return None
