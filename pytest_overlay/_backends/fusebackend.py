@@ -30,7 +30,7 @@ from .base import safe_label
 if TYPE_CHECKING:
     from pytest_overlay._fuse.session import SessionServer
 from .copytree import remove_tree
-from .upperview import UpperLayerView
+from .upperview import UpperLayerView, detach
 
 IN_PLACE_NEEDS_PRIVATE_NAMESPACE = (
     "in-place mode (--overlay) on the fuse backend needs a private mount namespace, to mount "
@@ -58,13 +58,13 @@ class FuseView(UpperLayerView):
 
         with _namespaces.privileged():
             for bind in reversed(self.binds):
-                _detach(bind)
+                detach(bind)
             self.binds.clear()
         if isinstance(self.served, FuseMount):
             self.served.close()
         with _namespaces.privileged():
             for clone in self.clones:
-                _detach(clone)
+                detach(clone)
             self.clones.clear()
         remove_tree(self._root)
         if not isinstance(self.served, FuseMount):
@@ -80,14 +80,6 @@ class FuseView(UpperLayerView):
                 "server"
             )
         return []
-
-
-def _detach(path: Path) -> None:
-    try:
-        _syscalls.umount(path, _syscalls.MNT_DETACH)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # EINVAL: not mounted, a mount that failed half-way
-            raise MountError(exc.errno, f"could not unmount {path}: {exc.strerror}") from exc
 
 
 def _how(status: int) -> str:

@@ -22,7 +22,7 @@ from pytest_overlay import _namespaces, _probe, _syscalls
 from pytest_overlay._errors import MountError
 
 from .base import safe_label
-from .upperview import UpperLayerView
+from .upperview import UpperLayerView, detach
 
 # The mount(2) option string is cut at one page; beyond that only the new API works.
 _LEGACY_OPTIONS_LIMIT = 4095
@@ -53,11 +53,11 @@ class KernelMount(UpperLayerView):
             # Every unmount waits for an RCU grace period (~50 us), so detach whole trees at
             # once; MNT_EXPIRE answers "busy?" without unmounting and without that wait.
             for bind in reversed(self.binds):
-                _detach(bind)
+                detach(bind)
             busy = _is_busy(self._merged)
             if self._merged.parent != self._root:
-                _detach(self._merged)  # in-place: the view sits outside our tmpfs
-            _detach(self._root)
+                detach(self._merged)  # in-place: the view sits outside our tmpfs
+            detach(self._root)
             try:
                 self._root.rmdir()
             except OSError as exc:
@@ -77,14 +77,6 @@ def _is_busy(target: Path) -> bool:
         # EAGAIN: idle (now marked for expiry, which the detach below makes moot).
         return exc.errno == errno.EBUSY
     return False
-
-
-def _detach(target: Path) -> None:
-    try:
-        _syscalls.umount(target, _syscalls.MNT_DETACH)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # EINVAL: not mounted, a mount that failed half-way
-            raise MountError(exc.errno, f"could not unmount {target}: {exc.strerror}") from exc
 
 
 class KernelBackend:

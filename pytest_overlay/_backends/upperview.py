@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 from pathlib import Path
 
-from pytest_overlay import _namespaces
+from pytest_overlay import _namespaces, _syscalls
 from pytest_overlay._diff import TreeDiff, diff_upper
+from pytest_overlay._errors import MountError
 from pytest_overlay._keep import copy_layer
 
 from .base import IgnoreFn
+
+
+def detach(path: Path) -> None:
+    """Unmount *path* and everything below it at once (``MNT_DETACH``)."""
+    try:
+        _syscalls.umount(path, _syscalls.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: not mounted, a mount that failed half-way
+            raise MountError(exc.errno, f"could not unmount {path}: {exc.strerror}") from exc
 
 
 class UpperLayerView:
