@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests._gates import fuse_reason, gate, kernel_reason
-from tests._sample_project import overlay_mounts, tree_digest
+from tests._sample_project import overlay_mounts, processes_with, tree_digest
 
 ARGS = ("-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly")
 
@@ -55,10 +55,21 @@ def test_bad_upper_size_is_a_usage_error(pytester: pytest.Pytester) -> None:
 
 
 @pytest.mark.parametrize(
-    "mode", [(), ("--overlay",), ("-n", "2")], ids=["fixture", "inplace", "xdist"]
+    "mode",
+    [
+        (),
+        ("--overlay",),
+        ("-n", "2"),
+        ("--overlay-backend=fuse",),
+        ("--overlay", "--overlay-backend=fuse"),
+    ],
+    ids=["fixture", "inplace", "xdist", "fuse", "fuse-inplace"],
 )
 def test_sigkill_mid_test_leaves_nothing_behind(tmp_path: Path, mode: tuple[str, ...]) -> None:
-    gate("kernel", kernel_reason())
+    if "--overlay-backend=fuse" in mode:
+        gate("fuse", fuse_reason())
+    else:
+        gate("kernel", kernel_reason())
     project = tmp_path / "project"
     project.mkdir()
     (project / "pytest.ini").write_text("[pytest]\n")
@@ -80,10 +91,11 @@ def test_sigkill_mid_test_leaves_nothing_behind(tmp_path: Path, mode: tuple[str,
         tree_digest(project, skip=(".pytest_cache",), dir_times=False),
         overlay_mounts(),
     )
+    run_marker = f"FAULT_RUN={tmp_path}"
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest", *ARGS, *mode],
         cwd=project,
-        env=_env(),
+        env={**_env(), "FAULT_RUN": str(tmp_path)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -95,7 +107,10 @@ def test_sigkill_mid_test_leaves_nothing_behind(tmp_path: Path, mode: tuple[str,
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while processes_with(run_marker) and time.monotonic() < deadline:
+        time.sleep(0.05)  # servers in a session of their own die by their parent-death signal
+    assert processes_with(run_marker) == [], "a process of the killed run is still alive"
     assert overlay_mounts() == mounts
     assert tree_digest(project, skip=(".pytest_cache",), dir_times=False) == before
     assert (project / "data.txt").read_text() == "precious\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests._gates import fuse_reason, gate, kernel_reason
-from tests._sample_project import overlay_mounts
+from tests._sample_project import overlay_mounts, processes_with
 
 COUNT = 2000
 
@@ -85,19 +85,6 @@ def test_write_and_delete(overlay_root, i):
 """
 
 
-def _processes_with(marker: str) -> list[int]:
-    """Processes whose environment has *marker* (this run's servers, whoever their parent)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
-
-
 @pytest.mark.stress
 @pytest.mark.parametrize(
     "mode",
@@ -152,7 +139,7 @@ def test_two_thousand_tests_leave_nothing_behind(tmp_path: Path, mode: tuple[str
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"{COUNT} passed" in result.stdout
     assert overlay_mounts() == mounts
-    assert _processes_with(f"STRESS_OUT={out}") == [], "a server outlived the run"
+    assert processes_with(f"STRESS_OUT={out}") == [], "a server outlived the run"
     assert (project / "data.txt").read_text() == "data\n"
     scratch = [p for p in basetemp.rglob("*") if "overlay" in p.parts and not p.is_dir()]
     assert scratch == [], "per-test scratch space was left behind"
