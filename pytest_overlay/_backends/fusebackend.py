@@ -33,12 +33,12 @@ from .copytree import remove_tree
 from .upperview import UpperLayerView, detach
 
 IN_PLACE_NEEDS_PRIVATE_NAMESPACE = (
-    "in-place mode (--overlay) on the fuse backend needs a private mount namespace, to mount "
-    "the view over the project for this run only: run pytest as root (a container's root "
-    "with CAP_SYS_ADMIN will do), or where unprivileged user namespaces are allowed (see "
-    "'kernel not used' in the report header); a view mounted through fusermount3 would "
-    "cover the project for every process on the machine. Or use --overlay-backend=copy, or "
-    "the overlay_root fixture without --overlay"
+    "in-place mode (--overlay) on the fuse backend needs root: the view is mounted over the "
+    "project in a private mount namespace, and an ordinary user's FUSE mounts are made by "
+    "fusermount3 for the whole machine instead. Run pytest as root (a container's root with "
+    "CAP_SYS_ADMIN will do), or let the kernel backend run in place (allow unprivileged user "
+    "namespaces; see 'kernel not used' in the report header), or use --overlay-backend=copy, "
+    "or the overlay_root fixture without --overlay"
 )
 
 
