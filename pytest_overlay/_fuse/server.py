@@ -334,6 +334,8 @@ def serve(
     options["auto_unmount"] = auto_unmount
     if read_only:
         options["ro"] = True
+    if over_itself and mfusepy.fuse_version_major == 2:
+        options["nonempty"] = True  # libfuse 2 refuses a non-empty mount point without it
     if debug:
         options["debug"] = True
     try:
