@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._gates import gate, kernel_reason
+from tests._gates import fuse_reason, gate, kernel_reason
 from tests._sample_project import overlay_mounts
 
 BASE_ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark")
@@ -171,26 +171,42 @@ def test_nothing_left_behind(pytester: pytest.Pytester) -> None:
     assert sorted({p.name for p in leftovers}) == ["overlay"]
 
 
-@pytest.mark.usefixtures("kernel")
-def test_busy_mount_is_detached_with_a_warning(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("backend", ["kernel", "fuse"])
+def test_busy_mount_is_detached_with_a_warning(pytester: pytest.Pytester, backend: str) -> None:
+    gate(backend, kernel_reason() if backend == "kernel" else fuse_reason())
     pytester.makepyfile(
         """
         import subprocess
+        import time
 
         STILL_RUNNING = []
 
         def test_leaves_a_process_behind(overlay_root):
+            (overlay_root / "seen").write_text("by the process")
             STILL_RUNNING.append(
-                subprocess.Popen(["sleep", "5"], cwd=overlay_root, start_new_session=True)
+                subprocess.Popen(
+                    # Longer than the 5 s a closing FUSE view waits for its server.
+                    ["sh", "-c", "sleep 6; cat seen > /dev/null && echo read > $OUT"],
+                    cwd=overlay_root,
+                    start_new_session=True,
+                )
             )
 
         def test_next(overlay_root):
-            assert not (overlay_root / "leftover").exists()
+            assert not (overlay_root / "seen").exists()
+
+        def test_the_process_still_had_its_view():
+            STILL_RUNNING[0].wait()
         """
     )
-    result = run(pytester, "-W", "default")
-    result.assert_outcomes(passed=2, warnings=1)
+    out = pytester.path / "out.txt"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OUT", str(out))
+        result = run(pytester, "-W", "default", "-p", "no:randomly", f"--overlay-backend={backend}")
+    result.assert_outcomes(passed=3, warnings=1)
     result.stdout.fnmatch_lines(["*OverlayWarning*still in use*detached lazily*"])
+    # The process kept working in the detached view after its test had ended.
+    assert out.read_text() == "read\n"
 
 
 @pytest.mark.usefixtures("kernel")

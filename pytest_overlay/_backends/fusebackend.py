@@ -66,9 +66,18 @@ class FuseView(UpperLayerView):
             for clone in self.clones:
                 detach(clone)
             self.clones.clear()
-        remove_tree(self._root)
         if not isinstance(self.served, FuseMount):
+            remove_tree(self._root)
             return []
+        if self.served.busy:
+            # Its server still serves the process from this upper layer: the backend's
+            # shutdown removes it, after the session's server has stopped.
+            return [
+                f"{self._merged} was still in use (a process the test started, or an open "
+                "file), so it was detached lazily: its FUSE server keeps serving that process "
+                "until it lets go, at the latest until the end of the run"
+            ]
+        remove_tree(self._root)
         # A server we stopped exits 0; one killed while the test ran (perhaps still dying
         # when the test ended, so asking earlier would race) did not.
         died = self.served.process.returncode

@@ -118,6 +118,10 @@ class FuseMount:
         self._closed = False
         self.stopped_by_signal = False
         """Whether :meth:`close` had to signal the server (it did not exit on unmount)."""
+        self.busy = False
+        """Whether :meth:`close` found the mount in use and detached it lazily.  The server
+        then keeps serving whoever still uses it, and exits once they let go (or with the
+        session's server)."""
 
     def stderr(self) -> str:
         """What the server has written to its standard error so far."""
@@ -136,13 +140,17 @@ class FuseMount:
         tool = _fusermount()
         if tool is None:
             raise MountError(errno.ENOENT, "fusermount3 not found", str(self.mountpoint))
-        command = [tool, "-u", "-q", *(["-z"] if lazy else []), str(self.mountpoint)]
-        subprocess.run(command, check=False, capture_output=True)
+        command = [tool, "-u", *(["-z"] if lazy else []), str(self.mountpoint)]
+        done = subprocess.run(command, check=False, capture_output=True, text=True)
+        if done.returncode != 0 and "busy" in done.stderr:
+            raise OSError(errno.EBUSY, done.stderr.strip(), str(self.mountpoint))
 
     def close(self, timeout: float = 5.0) -> None:
-        """Unmount (lazily if busy), wait for the server to exit, kill it if it does not.
+        """Unmount, wait for the server to exit, kill it if it does not.
 
-        Safe to call twice.  The server exits by itself once its mount is gone.
+        A mount still in use (a process the test left running) is detached lazily instead,
+        and its server left serving that process (:attr:`busy`).  Safe to call twice.  The
+        server exits by itself once its mount is gone.
         """
         if self._closed:
             return
@@ -156,10 +164,17 @@ class FuseMount:
                 if exc.errno != errno.EBUSY:
                     raise
                 self._unmount(lazy=True)
+                self.busy = True
+                # The server still has work; it exits when the last user lets go.  A server
+                # forked by the session's server is its to reap (a plain Popen is left be).
+                release = getattr(self.process, "release", None)
+                if release is not None:
+                    release()
+                return
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
         finally:
-            if self.process.poll() is None:
+            if not self.busy and self.process.poll() is None:
                 self.stopped_by_signal = True
                 self.process.send_signal(signal.SIGTERM)  # libfuse unmounts on SIGTERM
                 try:

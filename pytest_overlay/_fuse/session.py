@@ -55,6 +55,8 @@ class ForkedServer:
         """Handle one message from the channel; False if none came within *timeout*."""
         if self.returncode is not None:
             return True
+        if self._channel.fileno() < 0:  # released: nothing more will be heard
+            return False
         readable, _, _ = select.select([self._channel], [], [], timeout)
         if not readable:
             return False
@@ -130,6 +132,15 @@ class ForkedServer:
     def kill(self) -> None:
         """Send SIGKILL."""
         self.send_signal(signal.SIGKILL)
+
+    def release(self) -> None:
+        """Stop watching the process and let it run on (its mount was detached lazily and it
+        still serves someone); the session's server reaps it, or kills it at the end."""
+        if self.returncode is None:
+            self._channel.close()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
 
 
 @final
