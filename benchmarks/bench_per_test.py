@@ -7,7 +7,8 @@ variant is its median setup + teardown minus that of a test requesting no fixtur
 way (as the same user, on the same tree).
 
 Variants: kernel backend as root; kernel backend as an unprivileged user (``tests/_unpriv.py``);
-the copy backend; and what users do today, ``tmp_path`` + ``shutil.copytree``.
+the fuse backend as root; the copy backend; and what users do today, ``tmp_path`` +
+``shutil.copytree``.
 
 Run ``python benchmarks/bench_per_test.py --help`` for the options; ``benchmarks/README.md`` says
 how to read the output.  The script reports; it exits 0 whether or not the goals are met.
@@ -183,6 +184,13 @@ VARIANTS = {
             expect={"backend": "kernel", "is_mount": True, "sees_tree": True},
         ),
         Variant(
+            "fuse_root",
+            "fuse(root)",
+            "overlay_root",
+            ("--overlay-backend=fuse",),
+            expect={"backend": "fuse", "euid": 0, "is_mount": True, "sees_tree": True},
+        ),
+        Variant(
             "copy",
             "copy",
             "overlay_root",
@@ -199,7 +207,7 @@ VARIANTS = {
         ),
     )
 }
-MEASURED = ("kernel_root", "kernel_user", "copy", "copytree")
+MEASURED = ("kernel_root", "kernel_user", "fuse_root", "copy", "copytree")
 
 
 @dataclass(frozen=True)
@@ -374,7 +382,13 @@ def _fmt_files(files: int) -> str:
 
 
 def overhead_table(results: Results, sizes: Sequence[int], q: float) -> str:
-    headers = ["tree", *[VARIANTS[k].label for k in MEASURED], "copy/kernel", "copytree/kernel"]
+    headers = [
+        "tree",
+        *[VARIANTS[k].label for k in MEASURED],
+        "copy/kernel",
+        "copytree/kernel",
+        "copytree/fuse",
+    ]
     rows = []
     for files in sizes:
         values = {k: results.overhead(files, k, q) for k in MEASURED}
@@ -385,6 +399,7 @@ def overhead_table(results: Results, sizes: Sequence[int], q: float) -> str:
                 *[fmt_ms(values[k]) for k in MEASURED],
                 fmt_ratio(ratio(values["copy"], kernel)),
                 fmt_ratio(ratio(values["copytree"], kernel)),
+                fmt_ratio(ratio(values["copytree"], values["fuse_root"])),
             ]
         )
     return render_table(headers, rows)
@@ -457,7 +472,7 @@ def goals(results: Results, sizes: Sequence[int]) -> list[Goal]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Per-test overhead of overlay_root (kernel, as root and as a user; copy) "
+        description="Per-test overhead of overlay_root (kernel, as root and as a user; fuse; copy) "
         "against tmp_path + shutil.copytree, on generated trees of small files",
     )
     parser.add_argument(
