@@ -306,7 +306,8 @@ except OSError as exc:
     assert sorted(os.listdir(layers / "u")) == ["from-upper"]  # nothing written
     assert os.listdir(layers / "w") == []
     assert (layers / "a" / "top").read_text() == "from a\n"
-    assert _ro_scratch() == before, "the lower-only mount's empty upper was left behind"
+    if how == "lower-only":  # the only test that makes such a directory
+        assert _ro_scratch() == before, "the lower-only mount's empty upper was left behind"
 
 
 def test_server_outlives_the_helper_detached(layers: Path, mnt: Path) -> None:
