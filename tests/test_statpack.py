@@ -101,5 +101,15 @@ def test_unknown_layout_falls_back(tmp_path: Path) -> None:
             for name, type_, *_ in _OtherOrderStat._fields_
         ]
 
+    class _SecondsOnly(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_int64)]
+
+    class HalfTimes(ctypes.Structure):
+        _fields_ = [
+            (name, _SecondsOnly if type_ is _Timespec else type_)
+            for name, type_, *_ in _OtherOrderStat._fields_
+        ]
+
     assert stat_packer(NoTimes) is None
     assert stat_packer(FloatSize) is None
+    assert stat_packer(HalfTimes) is None

@@ -36,7 +36,9 @@ Packer = Callable[[Any, Any, int, int], None]
 
 
 def _code(ctype: Any) -> str | None:
-    """The :mod:`struct` code, standard size, of a ctypes integer type."""
+    """The :mod:`struct` code, standard size, of a ctypes integer type (None: not one)."""
+    if ctype is None:
+        return None
     size = ctypes.sizeof(ctype)
     codes = {1: "b", 2: "h", 4: "i", 8: "q"}
     kind = getattr(ctype, "_type_", None)
