@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import stat
@@ -829,5 +830,32 @@ def test_root_without_cap_sys_admin_uses_a_user_namespace(small_project: Path) -
     assert result.returncode == 0, text
     assert counts(result.stdout) == {"passed": 2}, text
     assert "overlay: backend=kernel (user namespace)" in result.stdout, text
+    assert_clean(text)
+    assert tree_digest(small_project, skip=(".pytest_cache",), dir_times=False) == before
+
+
+@pytest.mark.usefixtures("root_env", "mounts")
+def test_docker_like_container_falls_back_to_copy_and_says_why(small_project: Path) -> None:
+    # Docker's default: root without CAP_SYS_ADMIN, and a seccomp profile that refuses
+    # unshare, mount and namespace clones (tests/_seccomp.py), so neither a user namespace
+    # nor a FUSE mount (fusermount3 is refused too) can be had.
+    gate("setpriv", None if shutil.which("setpriv") else "setpriv is not installed (util-linux)")
+    gate("x86-64", None if platform.machine() == "x86_64" else "the filter is for x86-64")
+    before = tree_digest(small_project, skip=(".pytest_cache",), dir_times=False)
+    drop = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]
+    seccomp = [sys.executable, str(Path(__file__).with_name("_seccomp.py"))]
+    result = run_here([*drop, *seccomp, *pytest_argv()], cwd=small_project)
+    text = output(result)
+    assert result.returncode == 0, text
+    assert counts(result.stdout) == {"passed": 2}, text
+    assert "overlay: backend=copy (copy of the tree per test)" in result.stdout, text
+    # Each reason says what blocked it and what to change.
+    assert (
+        "kernel not used: creating a user namespace is not permitted here (a container's "
+        "seccomp profile, such as Docker's default, or a chroot blocks it); run the container "
+        "with `--security-opt seccomp=unconfined --cap-add SYS_ADMIN`" in result.stdout
+    ), text
+    assert "fuse not used: a FUSE test mount failed:" in result.stdout, text
+    assert "(fusermount3: mount failed: Operation not permitted)" in result.stdout, text
     assert_clean(text)
     assert tree_digest(small_project, skip=(".pytest_cache",), dir_times=False) == before

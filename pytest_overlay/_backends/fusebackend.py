@@ -218,9 +218,12 @@ def probe_fuse() -> str | None:
             ):
                 (scratch / "merged" / "f").write_text("y")
         except (MountError, OSError) as exc:
-            # The first line says what failed, the last one what libfuse said about it.
+            # The first line says what failed; libfuse's and fusermount3's own lines say why
+            # (the server's last line only repeats that the mount failed).
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            detail = lines[0] if len(lines) < 2 else f"{lines[0]} ({lines[-1]})"
+            causes = [line for line in lines[1:] if line.startswith(("fuse:", "fusermount"))]
+            why = causes[-1] if causes else lines[-1]
+            detail = lines[0] if len(lines) < 2 else f"{lines[0]} ({why})"
             return f"a FUSE test mount failed: {detail}"
         return None
     finally:
