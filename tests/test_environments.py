@@ -594,28 +594,44 @@ def _scratch_left(basetemp: Path) -> list[str]:
     return sorted(os.listdir(scratch)) if scratch.exists() else []
 
 
-@pytest.mark.parametrize("backend", ["kernel", "fuse", "copy"])
-@pytest.mark.usefixtures("mounts")
-def test_paths_beyond_path_max_made_by_a_test(tmp_path: Path, backend: str) -> None:
+def _run_deep_suite(
+    tmp_path: Path, project: Path, backend: str, **fill: str
+) -> tuple[subprocess.CompletedProcess[str], str, str]:
+    """Run :data:`DEEP_SUITE`, its placeholders filled from *fill*, in *project* on *backend*.
+
+    :returns: the run, its whole output, and the project's digest just before the run.
+    """
     if backend == "kernel":
         gate("kernel", kernel_reason())
     if backend == "fuse":
         gate("fuse", fuse_reason())
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "pytest.ini").write_text("[pytest]\n")
-    suite = DEEP_SUITE.replace("{where}", "made_deep").replace("{top}", "new")
-    suite = suite.replace("{create}", "True").replace("{expected}", "b'more\\n'")
+    suite = DEEP_SUITE
+    for key, value in fill.items():
+        suite = suite.replace("{" + key + "}", value)
     (project / "test_deep.py").write_text(suite)
     before = fd_tree_digest(project)
-    basetemp = tmp_path / "basetemp"
     result = run_here(
         pytest_argv(
-            f"--overlay-backend={backend}", "--overlay-keep=none", f"--basetemp={basetemp}"
+            f"--overlay-backend={backend}",
+            "--overlay-keep=none",
+            f"--basetemp={tmp_path / 'basetemp'}",
         ),
         cwd=project,
     )
-    text = output(result)
+    return result, output(result), before
+
+
+@pytest.mark.parametrize("backend", ["kernel", "fuse", "copy"])
+@pytest.mark.usefixtures("mounts")
+def test_paths_beyond_path_max_made_by_a_test(tmp_path: Path, backend: str) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")
+    result, text, before = _run_deep_suite(
+        tmp_path, project, backend, where="made_deep", top="new", create="True",
+        expected="b'more\\n'",
+    )  # fmt: skip
+    basetemp = tmp_path / "basetemp"
     assert counts(result.stdout) == {"passed": 1, "failed": 1}, text
     # The failure report prints, whatever it makes of paths it cannot name in full.
     assert f"overlay changes ({backend})" in result.stdout, text
@@ -639,27 +655,16 @@ def test_paths_beyond_path_max_made_by_a_test(tmp_path: Path, backend: str) -> N
 )
 @pytest.mark.usefixtures("mounts")
 def test_paths_beyond_path_max_in_the_lower_layer(tmp_path: Path, backend: str) -> None:
-    if backend == "kernel":
-        gate("kernel", kernel_reason())
-    if backend == "fuse":
-        gate("fuse", fuse_reason())
     project = tmp_path / "project"
     project.mkdir()
     # pytest's own collection cannot walk the deep tree; tell it not to.
     (project / "pytest.ini").write_text("[pytest]\nnorecursedirs = deep\n")
     make_chain(project, ["deep", *[SEGMENT] * DEPTH], b"leaf\n")
-    suite = DEEP_SUITE.replace("{where}", "deep_lower").replace("{top}", "deep")
-    suite = suite.replace("{create}", "False").replace("{expected}", "b'leaf\\nmore\\n'")
-    (project / "test_deep.py").write_text(suite)
-    before = fd_tree_digest(project)
+    result, text, before = _run_deep_suite(
+        tmp_path, project, backend, where="deep_lower", top="deep", create="False",
+        expected="b'leaf\\nmore\\n'",
+    )  # fmt: skip
     basetemp = tmp_path / "basetemp"
-    result = run_here(
-        pytest_argv(
-            f"--overlay-backend={backend}", "--overlay-keep=none", f"--basetemp={basetemp}"
-        ),
-        cwd=project,
-    )
-    text = output(result)
     assert_clean(text)
     if backend == "copy":
         # A known limit: the copy backend copies the tree by path, and says so at setup.

@@ -6,12 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_overlay import _namespaces
 from pytest_overlay._errors import BackendUnavailableError
 
 from .base import Backend, Mount
 from .copytree import CopyBackend
-from .fusebackend import IN_PLACE_NEEDS_PRIVATE_NAMESPACE, FuseBackend
+from .fusebackend import IN_PLACE_NEEDS_PRIVATE_NAMESPACE, FuseBackend, private_mounts_possible
 from .kernel import KernelBackend, refused_lower
 
 __all__ = [
@@ -68,7 +67,7 @@ def select_backend(
         one of them (an overlayfs stacked too deep, as in a container inside a container).
     """
     if requested != "auto":
-        if requested == "fuse" and inplace and not _private_mounts_possible():
+        if requested == "fuse" and inplace and not private_mounts_possible():
             raise BackendUnavailableError(IN_PLACE_NEEDS_PRIVATE_NAMESPACE)
         backend = create_backend(requested, scratch, upper_size)
         reason = backend.unavailable_reason()
@@ -93,15 +92,11 @@ def select_backend(
     return fall_back(scratch, tuple(passed_over), inplace=inplace)
 
 
-def _private_mounts_possible() -> bool:
-    return _namespaces.is_real_root() or _namespaces.entered_user_namespace()
-
-
 def fall_back(
     scratch: Callable[[], Path], passed_over: tuple[tuple[str, str], ...], *, inplace: bool
 ) -> Selection:
     """The kernel backend cannot be used: FUSE if it really mounts here, else copy."""
-    if inplace and not _private_mounts_possible():
+    if inplace and not private_mounts_possible():
         # Mounted through fusermount3, the view would cover the project machine-wide.
         skipped = (
             "fuse",

@@ -22,15 +22,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_overlay import _namespaces, _syscalls
+from pytest_overlay import _namespaces
 from pytest_overlay._errors import MountError, ViewLostError
 
 from .base import safe_label
+from .copytree import remove_tree
+from .upperview import RealDirs, UpperLayerView, detach, readable_lowers
 
 if TYPE_CHECKING:
+    from pytest_overlay._fuse.client import FuseMount
     from pytest_overlay._fuse.session import SessionServer
-from .copytree import remove_tree
-from .upperview import UpperLayerView, detach
 
 IN_PLACE_NEEDS_PRIVATE_NAMESPACE = (
     "in-place mode (--overlay) on the fuse backend needs root: the view is mounted over the "
@@ -42,31 +43,35 @@ IN_PLACE_NEEDS_PRIVATE_NAMESPACE = (
 )
 
 
+def private_mounts_possible() -> bool:
+    """Whether views can be mounted in a private mount namespace: as root, or in our user
+    namespace (otherwise ``fusermount3`` mounts them for the whole machine)."""
+    return _namespaces.is_real_root() or _namespaces.entered_user_namespace()
+
+
 class FuseView(UpperLayerView):
     """One test's FUSE-served view."""
 
     def __init__(self, root: Path, merged: Path, lowers: tuple[Path, ...]) -> None:
         super().__init__(root, merged, lowers)
-        self.served: object = None
+        self.served: FuseMount | None = None
         # In place: real directories bound back into the view (pytest's own output), and the
         # read-only clones of the project the server reads; unmounted around the view.
         self.binds: list[Path] = []
         self.clones: list[Path] = []
 
     def close(self) -> list[str]:
-        from pytest_overlay._fuse.client import FuseMount
-
         with _namespaces.privileged():
             for bind in reversed(self.binds):
                 detach(bind)
             self.binds.clear()
-        if isinstance(self.served, FuseMount):
+        if self.served is not None:
             self.served.close()
         with _namespaces.privileged():
             for clone in self.clones:
                 detach(clone)
             self.clones.clear()
-        if not isinstance(self.served, FuseMount):
+        if self.served is None:  # the mount failed
             remove_tree(self._root)
             return []
         if self.served.busy:
@@ -136,7 +141,7 @@ class FuseBackend:
     ) -> FuseView:
         from pytest_overlay._fuse.session import SessionServer
 
-        private = _namespaces.is_real_root() or _namespaces.entered_user_namespace()
+        private = private_mounts_possible()
         if target is not None and not private:
             raise MountError(errno.EPERM, IN_PLACE_NEEDS_PRIVATE_NAMESPACE)
         if private:
@@ -151,25 +156,13 @@ class FuseBackend:
             directory.mkdir(parents=True)
         st = lowers[0].stat()
         os.chmod(root / ".upper", st.st_mode & 0o7777)
-        readable = [
-            root / f".lower{i}" if lower == target else lower for i, lower in enumerate(lowers)
-        ]
+        readable = readable_lowers(lowers, target, root)
         view = FuseView(root, merged, tuple(readable))
-        tree_fds: list[tuple[Path, int]] = []
+        real = RealDirs(passthrough)
+        view.clones = real.clones  # detached by the view's close, as they are attached
         try:
-            with _namespaces.privileged():
-                # Take hold of the real directories before the view hides them: the project
-                # (for the server and the diff to read) and pytest's own output directories
-                # (to write through).
-                for lower, path in zip(lowers, readable, strict=True):
-                    if lower != path:
-                        path.mkdir()
-                        clone = _syscalls.clone_tree(lower, readonly=True)
-                        tree_fds.append((path, clone))
-                        _syscalls.attach_tree(clone, path)
-                        view.clones.append(path)
-                for path in passthrough:
-                    tree_fds.append((path, _syscalls.clone_tree(path)))
+            # Before the view hides them: the server and the diff read the project's clone.
+            real.hold(lowers, readable)
             view.served = self._server.start(
                 readable,
                 root / ".upper",
@@ -178,17 +171,12 @@ class FuseBackend:
                 auto_unmount=not private,
                 over_itself=target is not None,
             )
-            with _namespaces.privileged():
-                for path, tree_fd in tree_fds:
-                    if path in passthrough:
-                        _syscalls.attach_tree(tree_fd, path)
-                        view.binds.append(path)
+            view.binds.extend(real.put_back())
         except BaseException:
             view.close()
             raise
         finally:
-            for _, tree_fd in tree_fds:
-                os.close(tree_fd)
+            real.close()
         return view
 
     def shutdown(self) -> None:

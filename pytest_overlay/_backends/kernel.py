@@ -22,7 +22,7 @@ from pytest_overlay import _namespaces, _probe, _syscalls
 from pytest_overlay._errors import MountError
 
 from .base import safe_label
-from .upperview import UpperLayerView, detach
+from .upperview import RealDirs, UpperLayerView, detach, readable_lowers
 
 # The mount(2) option string is cut at one page; beyond that only the new API works.
 _LEGACY_OPTIONS_LIMIT = 4095
@@ -159,29 +159,15 @@ class KernelBackend:
         for directory in (upper, work) if target else (upper, work, merged):
             directory.mkdir()
         _copy_root_metadata(lowers[0], upper)
-        hidden = [lower for lower in lowers if target is not None and lower == target]
-        readable = [
-            root / f".lower{i}" if lower in hidden else lower for i, lower in enumerate(lowers)
-        ]
+        readable = readable_lowers(lowers, target, root)
         mount = KernelMount(root, merged, tuple(readable))
-        tree_fds: list[tuple[Path, int]] = []
+        real = RealDirs(passthrough)
         try:
+            # Before the overlay hides them (the clones go with this mount's tmpfs).
+            real.hold(lowers, readable)
             with _namespaces.privileged():
-                # Take hold of the real directories before the overlay hides them: the lower
-                # (to diff against) and pytest's own output directories (to write through).
-                for lower, path in zip(lowers, readable, strict=True):
-                    if lower != path:
-                        path.mkdir()
-                        # Read-only: the diff reads the real lower here, nothing may write it.
-                        clone = _syscalls.clone_tree(lower, readonly=True)
-                        _syscalls.attach_tree(_keep_fd(tree_fds, clone), path)
-                for path in passthrough:
-                    tree_fds.append((path, _syscalls.clone_tree(path)))
                 self._mount_overlay(merged, lowers, upper, work)
-                for path, tree_fd in tree_fds:
-                    if path in passthrough:
-                        _syscalls.attach_tree(tree_fd, path)
-                        mount.binds.append(path)
+            mount.binds.extend(real.put_back())
         except OSError as exc:
             mount.close()
             hint = _stacking_hint(lowers) if exc.errno == errno.EINVAL else ""
@@ -191,8 +177,7 @@ class KernelBackend:
                 f"{exc.strerror}{hint}",
             ) from exc
         finally:
-            for _, tree_fd in tree_fds:
-                os.close(tree_fd)
+            real.close()
         return mount
 
     def _mount_overlay(self, merged: Path, lowers: Sequence[Path], upper: Path, work: Path) -> None:
@@ -292,12 +277,6 @@ def _stacking_hint(lowers: Sequence[Path]) -> str:
                 "--overlay-backend=fuse (as root also with --overlay), or --overlay-backend=copy"
             )
     return ""
-
-
-def _keep_fd(tree_fds: list[tuple[Path, int]], tree_fd: int) -> int:
-    # Recorded so that the caller closes it whatever happens.
-    tree_fds.append((Path(), tree_fd))
-    return tree_fd
 
 
 def _copy_root_metadata(lower_root: Path, upper: Path) -> None:

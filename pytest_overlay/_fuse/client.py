@@ -133,15 +133,14 @@ class FuseMount:
 
             try:
                 _syscalls.umount(self.mountpoint, _MNT_DETACH if lazy else 0)
+                return
             except OSError as exc:
+                if exc.errno in _GONE:
+                    return
                 # EPERM: root without CAP_SYS_ADMIN (a container's), whose mounts, if any,
                 # fusermount3 made; it unmounts them too.
                 if exc.errno != errno.EPERM:
-                    if exc.errno not in _GONE:
-                        raise
-                    return
-            else:
-                return
+                    raise
         tool = _fusermount()
         if tool is None:
             raise MountError(errno.ENOENT, "fusermount3 not found", str(self.mountpoint))

@@ -156,9 +156,7 @@ class MergedView:
         layers below."""
         marker_name = WHITEOUT_PREFIX + name
         if layer > 0:
-            names = self._lower_names.get(directory)
-            if names is None:
-                names = self._names(directory)
+            names = self._names(directory)
             st = _lstat(path) if name in names else None
             has_marker = marker_name in names
         else:
