@@ -41,8 +41,6 @@ class OverlaySession:
         # Kept layers of this run (xdist workers share the controller's run id).
         self.run_id: str | None = (inherited or {}).get("run_id")
         self._run_dir: Path | None = None
-        # In-place mode on the copy backend: what the real trees looked like, per directory.
-        self.manifests: dict[Path, dict[str, tuple[int, int, int]]] = {}
 
     def run_dir(self, store: Store) -> Path:
         """This run's directory in the kept-layer store, created on first use."""

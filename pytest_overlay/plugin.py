@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import warnings
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -11,19 +12,17 @@ from typing import Any
 import pytest
 
 from . import _namespaces
+from ._backends.inplace import in_place_impossible
 from ._errors import BackendUnavailableError, OverlayError, ViewLostError
 from ._keep import new_run_id
 from ._layerfix import LayerFactory, resolve_layers
 from ._overlay import Overlay
-from ._probe import explain_userns_failure
-from ._render import safe_path
+from ._probe import explain_userns_failure, probe_kernel
 from ._runtest import (
     TestState,
     failure_section,
     finish,
     kept_summary,
-    manifest,
-    real_tree_writes,
     start_fixture,
     start_in_place,
     state_key,
@@ -42,6 +41,74 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """In place (or ``overlay_userns = early``), enter the user namespace before conftests.
+
+    A conftest may import a library that starts threads, after which the process can never
+    enter a user namespace; in place that would leave no backend that keeps tests' writes off
+    the real tree, so the namespace is entered before any conftest is imported.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") or hasattr(early_config, "workerinput"):
+        return  # workers inherit the controller's namespace
+    options = early_config.known_args_namespace
+
+    def value(name: str) -> Any:
+        given = getattr(options, name, None)
+        return early_config.getini(name) if given is None else given
+
+    inplace = bool(value("overlay"))
+    early = str(value("overlay_userns") or "").strip() == "early"
+    backend = str(value("overlay_backend") or "auto").strip()
+    if not (inplace or early) or backend not in ("auto", "kernel"):
+        return
+    if _namespaces.is_real_root() or _namespaces.entered_user_namespace():
+        return
+    probe = probe_kernel()
+    if not probe.ok:
+        if inplace:
+            raise pytest.UsageError(in_place_impossible(_not_in_place("kernel", probe.reason)))
+        return  # the selection falls back and says why
+    threads = _namespaces.thread_count()
+    if threads > 1:
+        if inplace:
+            reason = _threads_reason(threads, hint_early=False)
+            raise pytest.UsageError(in_place_impossible(_not_in_place("kernel", reason)))
+        return
+    controller = bool(getattr(options, "numprocesses", None)) or (
+        getattr(options, "dist", "no") not in ("no", None)
+    )
+    try:
+        _namespaces.enter_user_namespace(for_children=controller)
+    except OSError as exc:
+        if inplace:
+            reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
+            raise pytest.UsageError(in_place_impossible(_not_in_place("kernel", reason))) from None
+
+
+def _not_in_place(name: str, reason: str) -> tuple[tuple[str, str], ...]:
+    return ((name, reason), ("fuse", "in place, FUSE needs root (a private mount namespace)"))
+
+
+def _threads_reason(threads: int, *, hint_early: bool) -> str:
+    """Why a multi-threaded process cannot enter a user namespace, and what helps."""
+    reason = (
+        f"this process already runs {threads} threads, and only a single-threaded process may "
+        "enter a user namespace"
+    )
+    if hint_early:
+        return reason + (
+            " (a library imported by a conftest or by the tests, such as NumPy's OpenBLAS, "
+            "starts them); set overlay_userns = early (or --overlay-userns=early) to enter it "
+            "before anything is imported, or limit the library's threads "
+            "(OPENBLAS_NUM_THREADS=1), or run as root"
+        )
+    return reason + (
+        " (a plugin loaded before pytest-overlay, or sitecustomize, started them, before any "
+        "conftest was imported); disable that plugin with -p no:NAME, or run as root"
+    )
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
@@ -58,7 +125,7 @@ def pytest_configure(config: pytest.Config) -> None:
             _namespaces.drop_inherited_capabilities()
         return
     session.run_id = new_run_id()
-    if session.settings.backend != "auto":
+    if session.settings.backend != "auto" or session.settings.inplace:
         try:
             session.selection  # noqa: B018 - asking explicitly must fail now, not in a test
         except BackendUnavailableError as exc:
@@ -78,19 +145,15 @@ def _enter_user_namespace(
 ) -> None:
     threads = _namespaces.thread_count()
     if threads > 1:
-        reason = (
-            f"this process already runs {threads} threads (a library imported by a conftest "
-            "or by the tests, such as NumPy's OpenBLAS, starts them), and only a "
-            "single-threaded process may enter a user namespace; set overlay_userns = early "
-            "(or --overlay-userns=early) to enter it before anything is imported, or limit "
-            "the library's threads (OPENBLAS_NUM_THREADS=1), or run as root"
-        )
+        reason = _threads_reason(threads, hint_early=session.settings.userns != "early")
     else:
         try:
             _namespaces.enter_user_namespace(for_children=for_children)
             return
         except OSError as exc:
             reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
+    if session.settings.inplace:
+        raise pytest.UsageError(in_place_impossible(_not_in_place("kernel", reason)))
     # Not a warning: under ``filterwarnings = error`` a warning raised from a hook aborts the
     # whole run, and falling back is exactly what keeps the run going.
     notice = session.give_up_kernel(reason)
@@ -156,12 +219,6 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
 def _in_place_header(session: OverlaySession) -> str:
     where = ", ".join(str(p) for p in session.settings.lowers)
-    if session.selection.backend.name == "copy":
-        return (
-            f"overlay: in-place mode on the copy backend: each test works in its own copy of "
-            f"{where}, but writes through absolute paths still reach the real tree; they are "
-            "detected and reported as errors"
-        )
     return f"overlay: in-place mode: {where} is sandboxed for every test"
 
 
@@ -213,8 +270,6 @@ def _overlay_in_place(request: pytest.FixtureRequest) -> None:
     else:
         problem = ""
         item.stash[state_key] = state
-        if state.backend == "copy":
-            _remember_real_trees(item, session, state)
     if problem:
         pytest.fail(problem, pytrace=False)
 
@@ -235,47 +290,6 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         if session is not None and state is not None and state.inplace:
             del item.stash[state_key]
             _finish_or_fail(item, session, state)
-            if state.backend == "copy":
-                _check_real_trees(item, session, state)
-
-
-def _real_tree_ignore(session: OverlaySession, state: TestState, target: Path) -> Any:
-    # Pass-through directories are the real tree on purpose: writes there are no escape.
-    prefixes = []
-    for path in session.settings.passthrough:
-        if target in path.parents:
-            prefixes.append(path.relative_to(target).as_posix())
-    return lambda rel: (
-        state.ignore(rel) or any(rel == p or rel.startswith(p + "/") for p in prefixes)
-    )
-
-
-def _remember_real_trees(item: pytest.Item, session: OverlaySession, state: TestState) -> None:
-    for target in session.settings.lowers:
-        if target not in session.manifests:
-            ignore = _real_tree_ignore(session, state, target)
-            session.manifests[target] = manifest(target, ignore)
-
-
-def _check_real_trees(item: pytest.Item, session: OverlaySession, state: TestState) -> None:
-    escaped: list[str] = []
-    for target in session.settings.lowers:
-        now = manifest(target, _real_tree_ignore(session, state, target))
-        lines = real_tree_writes(session.manifests[target], now)
-        session.manifests[target] = now
-        escaped += [f"{line[:2]}{safe_path(str(target / line[2:]))}" for line in lines]
-    if escaped:
-        parallel = (
-            " (under xdist a test running at the same time on another worker may have written it)"
-            if hasattr(item.config, "workerinput")
-            else ""
-        )
-        pytest.fail(
-            "pytest-overlay: this test wrote to the real tree, which the copy backend cannot "
-            "prevent (absolute paths bypass the per-test copy); use the kernel backend to "
-            f"sandbox it{parallel}:\n" + "\n".join(escaped),
-            pytrace=False,
-        )
 
 
 def _finish_or_fail(item: pytest.Item, session: OverlaySession, state: TestState) -> None:

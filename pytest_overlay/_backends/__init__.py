@@ -11,6 +11,7 @@ from pytest_overlay._errors import BackendUnavailableError
 from .base import Backend, Mount
 from .copytree import CopyBackend
 from .fusebackend import IN_PLACE_NEEDS_PRIVATE_NAMESPACE, FuseBackend, private_mounts_possible
+from .inplace import COPY_IN_PLACE, in_place_impossible
 from .kernel import KernelBackend, refused_lower
 
 __all__ = [
@@ -67,6 +68,8 @@ def select_backend(
         one of them (an overlayfs stacked too deep, as in a container inside a container).
     """
     if requested != "auto":
+        if requested == "copy" and inplace:
+            raise BackendUnavailableError(COPY_IN_PLACE)
         if requested == "fuse" and inplace and not private_mounts_possible():
             raise BackendUnavailableError(IN_PLACE_NEEDS_PRIVATE_NAMESPACE)
         backend = create_backend(requested, scratch, upper_size)
@@ -78,6 +81,9 @@ def select_backend(
                 ).backend.name
                 advice = f"use --overlay-backend={instead} (what auto picks here) instead"
             except BackendUnavailableError:
+                if inplace:
+                    # No backend can run in place: the whole story, with every remedy.
+                    raise
                 advice = "use --overlay-backend=auto to fall back to one that can"
             raise BackendUnavailableError(
                 f"the {requested} backend cannot work here: {reason}. To run anyway, {advice}."
@@ -95,16 +101,19 @@ def select_backend(
 def fall_back(
     scratch: Callable[[], Path], passed_over: tuple[tuple[str, str], ...], *, inplace: bool
 ) -> Selection:
-    """The kernel backend cannot be used: FUSE if it really mounts here, else copy."""
+    """The kernel backend cannot be used: FUSE if it really mounts here, else copy.
+
+    In place the copy backend is never a fallback: it cannot keep tests' writes off the real
+    tree, so the run stops with :func:`in_place_impossible` instead.
+    """
     if inplace and not private_mounts_possible():
         # Mounted through fusermount3, the view would cover the project machine-wide.
-        skipped = (
-            "fuse",
-            "in-place mode (--overlay) on FUSE needs root (a private mount namespace)",
-        )
-        return Selection(create_backend("copy", scratch), (*passed_over, skipped))
+        skipped = ("fuse", "in place, FUSE needs root (a private mount namespace)")
+        raise BackendUnavailableError(in_place_impossible((*passed_over, skipped)))
     fuse = create_backend("fuse", scratch)
     reason = fuse.unavailable_reason()
     if reason is None:
         return Selection(fuse, passed_over)
+    if inplace:
+        raise BackendUnavailableError(in_place_impossible((*passed_over, ("fuse", reason))))
     return Selection(create_backend("copy", scratch), (*passed_over, ("fuse", reason)))

@@ -1,0 +1,70 @@
+"""Which backends may run in place, and what to tell a user whose machine has none of them.
+
+In-place mode (``--overlay``) promises that no test's write reaches the real tree.  Only a
+backend whose view stands at the project's real paths can keep that promise: kernel overlayfs,
+or FUSE mounted in a private mount namespace.  A copy cannot stand there, so a test writing
+through an absolute path would change the real tree; in place, the copy backend is refused
+rather than used as a fallback.  This module owns those messages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+__all__ = ["COPY_IN_PLACE", "in_place_impossible"]
+
+_FIXTURE_MODE = (
+    "drop --overlay and use the overlay_root fixture, which works everywhere (on the copy "
+    "backend too): tests then write into overlay_root instead of the real paths"
+)
+
+COPY_IN_PLACE = (
+    "in-place mode (--overlay) cannot run on the copy backend: a copy cannot stand at the "
+    "project's real paths, so a test writing through an absolute path would change the real "
+    "tree. Use --overlay-backend=auto (kernel overlayfs, or FUSE as root), or " + _FIXTURE_MODE
+)
+
+_APPARMOR_SYSCTL = "/proc/sys/kernel/apparmor_restrict_unprivileged_userns"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _in_container() -> bool:
+    return any(os.path.exists(p) for p in ("/.dockerenv", "/run/.containerenv"))
+
+
+def _fixes() -> list[str]:
+    """The remedies, the one that fits this machine first."""
+    apparmor = (
+        "on Ubuntu 23.10+ (GitHub's ubuntu-24.04 runners among them), allow unprivileged user "
+        "namespaces: `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`"
+    )
+    docker = (
+        "in a container, give it what a mount needs: `docker run --cap-add SYS_ADMIN --device "
+        "/dev/fuse --security-opt apparmor=unconfined` (or `--privileged`)"
+    )
+    root = "run pytest as root (`sudo -E python -m pytest --overlay`)"
+    fixes = [apparmor, root, docker]
+    if _in_container() and _read(_APPARMOR_SYSCTL) != "1":
+        fixes = [docker, root, apparmor]
+    return [*fixes, _FIXTURE_MODE]
+
+
+def in_place_impossible(passed_over: Sequence[tuple[str, str]]) -> str:
+    """The usage error of a run in place where no backend can intercept the real paths."""
+    lines = [
+        "in-place mode (--overlay) needs a backend whose view stands at the project's real "
+        "paths (kernel overlayfs, or FUSE as root), and none works here, so no test was run "
+        "(the copy backend would let tests write to the real tree):"
+    ]
+    lines += [f"  {name} not used: {reason}" for name, reason in passed_over]
+    lines.append("To fix it, either:")
+    lines += [f"  - {fix}" for fix in _fixes()]
+    return "\n".join(lines)

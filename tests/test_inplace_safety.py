@@ -1,0 +1,191 @@
+"""In place, no test's write may reach the real tree, on any machine.
+
+``pytest --overlay`` runs only on a backend whose view stands at the project's real paths
+(kernel overlayfs, or FUSE as root).  Where none can, the run stops with a usage error before
+any test runs; the copy backend, which cannot redirect absolute paths, is never a fallback in
+place.  Each run here deletes project data through absolute paths and hashes the real tree
+before and after.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests import _unpriv
+from tests._gates import gate, kernel_reason
+from tests._sample_project import tree_digest as full_digest
+
+ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark", "-rA")
+ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
+THREAD = (
+    "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+)
+DESTRUCTIVE = """
+import shutil
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+def test_deletes_project_data():
+    shutil.rmtree(HERE / "data")
+    (HERE / "notes.txt").write_text("clobbered\\n")
+
+def test_starts_pristine():
+    assert (HERE / "data" / "a.txt").read_text() == "alpha\\n"
+    assert (HERE / "notes.txt").read_text() == "one\\n"
+"""
+
+
+def build(root: Path, conftest: str = "") -> None:
+    (root / "data").mkdir()
+    (root / "data" / "a.txt").write_text("alpha\n")
+    (root / "notes.txt").write_text("one\n")
+    (root / "pytest.ini").write_text("[pytest]\n")
+    (root / "test_destructive.py").write_text(DESTRUCTIVE)
+    if conftest:
+        (root / "conftest.py").write_text(conftest)
+
+
+def tree_digest(root: Path) -> str:
+    # In place the plugin makes its kept-layer store in .pytest_cache (and with it the root's
+    # mtime moves); everything else must be byte-identical.
+    return full_digest(root, skip=(".pytest_cache", "__pycache__"), dir_times=False)
+
+
+def run_user(root: Path, *args: str, block_userns: bool = False) -> tuple[int, str]:
+    result = _unpriv.run_as_user(
+        [sys.executable, "-m", "pytest", *ARGS, *args],
+        cwd=root,
+        env=ENV,
+        block_userns=block_userns,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def run_root(argv: Sequence[str], *, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    return subprocess.run(
+        argv, cwd=cwd, env={**env, **ENV}, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def assert_clean(text: str) -> None:
+    assert "Traceback (most recent call last)" not in text, text
+    assert "INTERNALERROR" not in text, text
+
+
+@pytest.fixture
+def threaded_project() -> Iterator[Path]:
+    gate("unprivileged-user", _unpriv.can_run_as_user())
+    with _unpriv.user_project_ctx(lambda root: build(root, conftest=THREAD)) as root:
+        yield root
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["plain", "xdist"])
+def test_conftest_thread_cannot_stop_the_user_namespace(
+    threaded_project: Path, xdist: tuple[str, ...]
+) -> None:
+    # The namespace is entered before any conftest is imported, so the thread comes too late
+    # to matter: the suite runs sandboxed on the kernel.
+    gate("kernel", kernel_reason())
+    before = tree_digest(threaded_project)
+    code, text = run_user(threaded_project, "--overlay", *xdist)
+    assert code == 0, text
+    assert "2 passed" in text, text
+    assert "overlay: backend=kernel (user namespace)" in text, text
+    assert_clean(text)
+    assert tree_digest(threaded_project) == before
+
+
+def test_without_user_namespaces_in_place_is_a_usage_error(threaded_project: Path) -> None:
+    # An ordinary user whose user namespaces are blocked has no backend that can stand at
+    # the real paths: no test runs, and the message says what to do.
+    before = tree_digest(threaded_project)
+    code, text = run_user(threaded_project, "--overlay", block_userns=True)
+    assert code == pytest.ExitCode.USAGE_ERROR, text
+    assert "in-place mode (--overlay) needs a backend whose view stands at" in text, text
+    assert "kernel not used:" in text, text
+    assert "fuse not used: in place, FUSE needs root" in text, text
+    assert "kernel.apparmor_restrict_unprivileged_userns=0" in text, text
+    assert "--cap-add SYS_ADMIN --device /dev/fuse" in text, text
+    assert "use the overlay_root fixture" in text, text
+    assert "passed" not in text, text
+    assert_clean(text)
+    assert tree_digest(threaded_project) == before
+
+
+def test_thread_from_a_plugin_is_a_usage_error_in_place() -> None:
+    # A plugin imported before ours (-p) starts a thread: the namespace cannot be entered, and
+    # the hint is not to set overlay_userns = early, which cannot help there.
+    gate("unprivileged-user", _unpriv.can_run_as_user())
+    gate("kernel", kernel_reason())
+
+    def make(root: Path) -> None:
+        build(root)
+        (root / "threadplugin.py").write_text(THREAD)
+
+    with _unpriv.user_project_ctx(make) as root:
+        before = tree_digest(root)
+        result = _unpriv.run_as_user(
+            [sys.executable, "-m", "pytest", *ARGS, "-p", "threadplugin", "--overlay"],
+            cwd=root,
+            env={**ENV, "PYTHONPATH": str(root)},
+        )
+        text = result.stdout + result.stderr
+        assert result.returncode == pytest.ExitCode.USAGE_ERROR, text
+        assert "only a single-threaded process may enter a user namespace" in text, text
+        assert "-p no:NAME" in text, text
+        assert "overlay_userns = early" not in text, text
+        assert_clean(text)
+        assert tree_digest(root) == before
+
+
+@pytest.mark.parametrize("where", ["option", "ini"])
+def test_copy_backend_in_place_is_refused(tmp_path: Path, where: str) -> None:
+    root = tmp_path / "project"
+    root.mkdir()
+    build(root)
+    if where == "ini":
+        (root / "pytest.ini").write_text("[pytest]\noverlay = true\noverlay_backend = copy\n")
+        args: tuple[str, ...] = ()
+    else:
+        args = ("--overlay", "--overlay-backend=copy")
+    before = tree_digest(root)
+    result = run_root([sys.executable, "-m", "pytest", *ARGS, *args], cwd=root)
+    text = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, text
+    assert "in-place mode (--overlay) cannot run on the copy backend" in text, text
+    assert "use the overlay_root fixture" in text, text
+    assert_clean(text)
+    assert tree_digest(root) == before
+
+
+def test_docker_like_container_in_place_is_a_usage_error(tmp_path: Path) -> None:
+    # Docker's default profile (tests/_seccomp.py, and no CAP_SYS_ADMIN): neither a user
+    # namespace nor a FUSE mount; in place, that is a usage error naming Docker's flags.
+    gate("setpriv", None if shutil.which("setpriv") else "setpriv is not installed (util-linux)")
+    gate("x86-64", None if platform.machine() == "x86_64" else "the filter is for x86-64")
+    root = tmp_path / "project"
+    root.mkdir()
+    build(root)
+    before = tree_digest(root)
+    drop = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]
+    seccomp = [sys.executable, str(Path(__file__).with_name("_seccomp.py"))]
+    result = run_root(
+        [*drop, *seccomp, sys.executable, "-m", "pytest", *ARGS, "--overlay"], cwd=root
+    )
+    text = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, text
+    assert "kernel not used: creating a user namespace is not permitted here" in text, text
+    assert "--cap-add SYS_ADMIN --device /dev/fuse" in text, text
+    assert "passed" not in text, text
+    assert_clean(text)
+    assert tree_digest(root) == before
