@@ -23,6 +23,7 @@ import pytest
 
 from . import _namespaces
 from ._backends import Mount
+from ._backends.idmap import overflow_note
 from ._diff import TreeDiff
 from ._errors import ViewLostError
 from ._keep import Record, Store, keep_test, remove_layer_tree, test_slug
@@ -281,9 +282,18 @@ def _all_targets_report(state: TestState, diffs: list[TreeDiff], options: Report
 
 
 def failure_section(
-    item: pytest.Item, state: TestState, session: OverlaySession, *, color: bool
+    item: pytest.Item,
+    state: TestState,
+    session: OverlaySession,
+    *,
+    color: bool,
+    error: BaseException | None = None,
 ) -> tuple[str, str]:
-    """The report section that shows a failed test's changes."""
+    """The report section that shows a failed test's changes.
+
+    *error*, the exception the phase failed with, adds a note when it is the ``EOVERFLOW`` of
+    a copy-up in the user-namespace kernel backend (a file with an unmapped owner).
+    """
     verbosity = item.config.get_verbosity()
     limit: int | None = session.settings.diff_lines
     if limit == 0 or verbosity >= 2:
@@ -298,6 +308,9 @@ def failure_section(
             text = _all_targets_report(state, diffs, options)
     except Exception as exc:
         text = f"(could not compute the changes: {_describe(exc)})"
+    if state.backend == "kernel" and not _namespaces.is_real_root():
+        note = overflow_note(error)
+        text = f"{note}\n\n{text}" if note else text
     return f"{SECTION} ({state.backend})", text
 
 

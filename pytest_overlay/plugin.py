@@ -404,7 +404,9 @@ def pytest_runtest_makereport(
     state.phases[report.when] = report.outcome
     if report.failed and report.when in ("setup", "call"):
         session = item.config.stash[session_key]
-        report.sections.append(failure_section(item, state, session, color=_color(item)))
+        error = call.excinfo.value if call.excinfo is not None else None
+        section = failure_section(item, state, session, color=_color(item), error=error)
+        report.sections.append(section)
     return report
 
 

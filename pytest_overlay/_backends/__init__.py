@@ -11,6 +11,7 @@ from pytest_overlay._errors import BackendUnavailableError
 from .base import Backend, Mount
 from .copytree import CopyBackend
 from .fusebackend import IN_PLACE_NEEDS_PRIVATE_NAMESPACE, FuseBackend, private_mounts_possible
+from .idmap import unmapped_owner
 from .inplace import COPY_IN_PLACE, in_place_impossible
 from .kernel import KernelBackend, refused_lower
 
@@ -74,6 +75,8 @@ def select_backend(
             raise BackendUnavailableError(IN_PLACE_NEEDS_PRIVATE_NAMESPACE)
         backend = create_backend(requested, scratch, upper_size)
         reason = backend.unavailable_reason()
+        if reason is None and requested == "kernel":
+            reason = unmapped_owner(lowers)
         if reason is not None:
             try:
                 instead = select_backend(
@@ -91,7 +94,7 @@ def select_backend(
         return Selection(backend)
     passed_over: list[tuple[str, str]] = []
     kernel = create_backend("kernel", scratch, upper_size)
-    reason = kernel.unavailable_reason() or refused_lower(lowers)
+    reason = kernel.unavailable_reason() or refused_lower(lowers) or unmapped_owner(lowers)
     if reason is None:
         return Selection(kernel)
     passed_over.append(("kernel", reason))
