@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, final
 
 from ._layers import LayerStack, is_opaque, read_layer_dir
 
-__all__ = ["Change", "ChangeKind", "TreeDiff", "diff_trees", "diff_upper"]
+__all__ = ["Change", "ChangeKind", "TreeDiff", "diff_paths", "diff_trees", "diff_upper"]
 
 _CHUNK = 1 << 20
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -428,13 +428,13 @@ class _Walker:
                 children.append(_Item(rel, old_nodes.get(name), new_nodes.get(name), False))
         return children
 
-    def run(self, root: _Item, *, trust_stat: bool) -> TreeDiff:
+    def run(self, root: _Item, *, trust_stat: bool, report_root: bool = False) -> TreeDiff:
         todo = [root]
         while todo:
             item = todo.pop()
             change = _compare(item.rel, item.old, item.new, trust_stat=trust_stat)
-            if item is root:
-                change = None  # the root is never reported
+            if item is root and not report_root:
+                change = None  # the view's root is never reported
             if _is_dir(item.new):
                 try:
                     todo.extend(self._children(item))
@@ -509,3 +509,69 @@ def diff_trees(
     root = _Item("", _old_node(stack, ""), _Node(new_root, new_root.stat()), False)
     walker = _Walker(stack, layer_format=False, ignore=ignore, skip=skip_rels)
     return walker.run(root, trust_stat=True)
+
+
+def _lstat_node(path: Path) -> _Node | None:
+    try:
+        return _Node(path, os.lstat(path))
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+
+
+def diff_paths(
+    new_root: Path,
+    lowers: Sequence[Path],
+    paths: Collection[str],
+    *,
+    replaced: Collection[str] = (),
+    ignore: Callable[[str], bool] | None = None,
+    skip: Collection[str] = (),
+) -> TreeDiff:
+    """What :func:`diff_trees` would say, looking only where the caller says things changed.
+
+    For a tracked copy (the copy backend): the caller vouches that every path not in *paths*
+    (and not below one of *replaced*) is as the lowers have it.  A path that is now a directory
+    where the lowers have none is walked whole, as are the directories in *replaced* (put there
+    by a rename or made anew, so their contents are unknown); a directory on both sides is
+    compared for its own mode and owner only.  The cost is in proportion to the changes.
+
+    :param paths: relative paths that may have changed, in any order.
+    :param replaced: relative paths of directories whose whole subtree must be compared.
+    :param skip: relative paths to leave out with everything below them.
+    """
+    new_root = Path(new_root)
+    stack = LayerStack(lowers)
+    walker = _Walker(stack, layer_format=False, ignore=ignore, skip=skip)
+    whole = set(replaced)
+    covered: set[str] = set()
+    for rel in sorted(set(paths) | whole, key=_sort_key):
+        if not rel or _hidden(rel, covered, walker):
+            continue
+        old = _old_node(stack, rel)
+        new = _lstat_node(new_root / rel)
+        if old is None and new is None:
+            continue
+        if _is_dir(new) and (rel in whole or not _is_dir(old)):
+            walker.run(_Item(rel, old, new, False), trust_stat=True, report_root=True)
+            covered.add(rel)
+            continue
+        if _is_dir(old) and not _is_dir(new):
+            covered.add(rel)  # deleted or replaced: reported once, nothing below it
+        change = _compare(rel, old, new, trust_stat=True)
+        if change is not None:
+            walker.changes.append(change)
+    return TreeDiff(tuple(walker.changes))
+
+
+def _hidden(rel: str, covered: set[str], walker: _Walker) -> bool:
+    """Whether *rel* or a directory above it is already handled, skipped or ignored."""
+    prefix = rel
+    while True:
+        if prefix in covered or not walker._wanted(prefix):
+            return True
+        cut = prefix.rfind("/")
+        if cut < 0:
+            return False
+        prefix = prefix[:cut]

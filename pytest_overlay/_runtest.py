@@ -13,7 +13,6 @@ import datetime as _dt
 import errno
 import json
 import os
-import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -322,40 +321,6 @@ def _describe(exc: Exception) -> str:
             "the diff reaches files by path; inspect the view while the test runs instead"
         )
     return f"{type(exc).__name__}: {exc}"
-
-
-Manifest = dict[str, tuple[int, int, int]]
-
-
-def real_tree_writes(before: Manifest, after: Manifest) -> list[str]:
-    """A/M/D lines for what changed between two manifests of a real tree."""
-    lines = [f"A {p}" for p in sorted(after.keys() - before.keys())]
-    lines += [f"M {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
-    lines += [f"D {p}" for p in sorted(before.keys() - after.keys())]
-    return lines
-
-
-def manifest(root: Path, ignore: Callable[[str], bool]) -> Manifest:
-    """Type, size and mtime of everything under *root* that is not ignored (no content)."""
-    seen: Manifest = {}
-    stack = [("", root)]
-    while stack:
-        rel, directory = stack.pop()
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            continue
-        for entry in entries:
-            child = f"{rel}/{entry.name}" if rel else entry.name
-            if ignore(child):
-                continue
-            st = entry.stat(follow_symlinks=False)
-            size = st.st_size if stat.S_ISREG(st.st_mode) else 0
-            mtime = 0 if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns
-            seen[child] = (st.st_mode, size, mtime)
-            if entry.is_dir(follow_symlinks=False):
-                stack.append((child, Path(entry.path)))
-    return seen
 
 
 def kept_summary(config: pytest.Config, session: OverlaySession) -> str | None:

@@ -424,7 +424,9 @@ def test_project_on_overlayfs(container: Path, tmp_path: Path, mode: tuple[str, 
     assert result.returncode == 0, text
     assert counts(result.stdout) == {"passed": SUITE_TESTS}
     backend = mode[-1].split("=")[1]
-    described = "copy of the tree per test" if backend == "copy" else "root"
+    described = (
+        "a copy of the tree per session, reset after each test" if backend == "copy" else "root"
+    )
     assert f"overlay: backend={backend} ({described})" in result.stdout
     assert_clean(text)
     assert _layers_digest(container, in_place=in_place) == before, "the project was modified"
@@ -853,7 +855,10 @@ def test_docker_like_container_falls_back_to_copy_and_says_why(small_project: Pa
     text = output(result)
     assert result.returncode == 0, text
     assert counts(result.stdout) == {"passed": 2}, text
-    assert "overlay: backend=copy (copy of the tree per test)" in result.stdout, text
+    assert (
+        "overlay: backend=copy (a copy of the tree per session, reset after each test)"
+        in result.stdout
+    ), text
     # Each reason says what blocked it and what to change.
     assert (
         "kernel not used: creating a user namespace is not permitted here (a container's "

@@ -31,7 +31,9 @@ def test_header_names_backend_and_reason(pytester: pytest.Pytester) -> None:
     result = run(pytester)
     result.stdout.fnmatch_lines(["overlay: backend=kernel (root)"])
     result = run(pytester, "--overlay-backend=copy")
-    result.stdout.fnmatch_lines(["overlay: backend=copy (copy of the tree per test)"])
+    result.stdout.fnmatch_lines(
+        ["overlay: backend=copy (a copy of the tree per session, reset after each test)"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from pytest_overlay._backends.copytree import CopyBackend
 from pytest_overlay._backends.fusebackend import FuseBackend
 from pytest_overlay._backends.kernel import KernelBackend
+from pytest_overlay._diff import diff_trees
 
 NAMES = ["a", "b", "ro", "d", "d/x", "d/y", "d/s", "d/s/deep", "e", "e/z", "l", "n"]
 EXAMPLES = int(os.environ.get("PYTEST_OVERLAY_EXAMPLES", "40"))
@@ -142,6 +143,8 @@ OPS = st.tuples(
 
 KERNEL = KernelBackend(lambda: SCRATCH / "kernel")
 COPY = CopyBackend(lambda: SCRATCH / "copy")
+# Where inotify is missing (or overflowed), the copy backend finds changes by a stat walk.
+WALKING_COPY = CopyBackend(lambda: SCRATCH / "walking-copy", watch=False)
 FUSE = FuseBackend(lambda: SCRATCH / "fuse")
 
 
@@ -149,13 +152,36 @@ def run_everywhere(lower, backends, ops):
     # Apply *ops* on a fresh view of each backend: by name, (errnos, merged view, diff).
     results = {}
     for backend in backends:
-        mount = backend.mount([lower], label="prop")
-        try:
-            errors = [apply(mount.path, op) for op in ops]
-            results[backend.name] = (errors, view(mount.path), mount.diff())
-        finally:
-            mount.close()
+        results[backend.name] = run_once(backend, lower, ops)
+        if isinstance(backend, CopyBackend):
+            check_copy_reset(backend, lower, ops, results[backend.name])
     return results
+
+
+def run_once(backend, lower, ops):
+    mount = backend.mount([lower], label="prop")
+    try:
+        errors = [apply(mount.path, op) for op in ops]
+        diff = mount.diff()
+        if isinstance(backend, CopyBackend):
+            # The tracked diff (O(changes)) against a full comparison of the copy.
+            assert diff == diff_trees(mount.path, [lower]), "tracked diff differs from a walk"
+        return errors, view(mount.path), diff
+    finally:
+        mount.close()
+
+
+def check_copy_reset(backend, lower, ops, first):
+    # The copy is reset after the test and handed to the next: it must be the pristine tree
+    # again, and the same operations must do the same there.
+    mount = backend.mount([lower], label="prop-reset")
+    try:
+        assert view(mount.path) == view(lower), "the reset copy is not the pristine tree"
+        assert digest(mount.path) == digest(lower), "the reset copy's modes or times differ"
+        assert not mount.diff(), "the reset copy reports changes"
+    finally:
+        mount.close()
+    assert run_once(backend, lower, ops) == first, "a reset copy behaves differently"
 
 
 def assert_agree(results, oracle, other):
@@ -172,11 +198,12 @@ def test_backends_agree(tmp_path_factory, ops):
     build_lower(lower)
     before = digest(lower)
     results = run_everywhere(lower, (KERNEL, COPY, FUSE), ops)
+    results["walking-copy"] = run_everywhere(lower, (WALKING_COPY,), ops)["copy"]
     # FUSE's known limit on libfuse 2: through libfuse's path API each hard link is its own
     # inode, so a change through one name can leave the other's cached attributes stale
     # (documented); libfuse 3 lets the server invalidate the other names.
     stale_links = os.environ["SERVER_LIBFUSE"] == "2" and any(op[0] == "link" for op in ops)
-    for other in ("copy",) if stale_links else ("copy", "fuse"):
+    for other in ("copy", "walking-copy") if stale_links else ("copy", "walking-copy", "fuse"):
         assert_agree(results, "kernel", other)
     assert digest(lower) == before, "the lower layer changed"
 

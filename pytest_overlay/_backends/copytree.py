@@ -1,8 +1,10 @@
-"""The pure-Python fallback: materialise the merged lowers as a private copy per test.
+"""The pure-Python fallback: a private copy of the merged lowers, reset after each test.
 
-It needs no privileges and works on any OS, at a cost linear in the size of the tree.  Files are
-cloned (reflink) where the filesystem can, and copied with the kernel's fast path otherwise,
-holes left as holes.
+It needs no privileges and works on any OS.  The copy is made once per session (per xdist
+worker) and handed to one test at a time; afterwards only what the test changed is put back
+from the lowers (copytrack.py finds it), so a test costs in proportion to its changes, not to
+the tree.  Files are cloned (reflink) where the filesystem can, and copied with the kernel's
+fast path otherwise, holes left as holes.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pytest_overlay._diff import TreeDiff, diff_trees
+from pytest_overlay._diff import TreeDiff, diff_paths
 from pytest_overlay._filecopy import copy_file_data, copy_xattrs
 from pytest_overlay._layers import Entry, LayerStack
 from pytest_overlay._upper import synthesize_upper
 
 from .base import IgnoreFn, safe_label
+from .copytrack import ChangeTracker, signature
 
 # ioctl(FICLONE): share the source's extents instead of copying bytes (btrfs, xfs, bcachefs).
 _FICLONE = 0x40049409
@@ -49,26 +52,233 @@ class _Cloner:
         copy_file_data(source, target)
 
 
-class CopyMount:
-    """A per-test copy of the merged lowers."""
+class _Copy:
+    """One copy of a stack of lowers, pristine whenever no test holds it.
+
+    Made once (the only cost in proportion to the tree); after each test only what the test
+    changed, as the tracker reports it, is put back from the lowers and checked.
+    """
 
     def __init__(
-        self, root: Path, merged: Path, lowers: tuple[Path, ...], hidden: tuple[Path, ...]
+        self,
+        root: Path,
+        lowers: tuple[Path, ...],
+        skip: set[str],
+        cloner: _Cloner,
+        *,
+        watch: bool = True,
     ) -> None:
-        self._root = root
-        self._merged = merged
-        self._lowers = lowers
+        self.root = root
+        self.merged = root / (lowers[0].name or "root")
+        self.lowers = lowers
+        self._stack = LayerStack(lowers)
+        self._cloner = cloner
+        self.tracker = ChangeTracker(self.merged, watch=watch)
         # Our own scratch space, where it sits inside a lower, is neither copied nor diffed.
-        self._hidden = hidden
+        self.hidden = tuple(
+            os.path.relpath(scratch, lower)
+            for scratch in skip
+            for lower in map(os.path.realpath, lowers)
+            if os.path.commonpath([scratch, lower]) == lower
+        )
+
+    def build(self) -> None:
+        top = self._stack.lookup("")
+        if top is None:
+            raise FileNotFoundError(errno.ENOENT, "lower layer not found", str(self.lowers[0]))
+        self.root.mkdir(parents=True)
+        self.merged.mkdir()
+        self._copy_children("", self.merged)
+        self._finish_entry("", top, self.merged)
+        self.tracker.settle()
+
+    def _is_hidden(self, rel: str) -> bool:
+        return any(rel == h or rel.startswith(h + "/") for h in self.hidden)
+
+    def _copy_children(self, rel: str, target: Path) -> None:
+        for name, entry in sorted(self._stack.listdir(rel).items()):
+            child = f"{rel}/{name}" if rel else name
+            if not (self.hidden and self._is_hidden(child)):
+                self._copy_entry(child, entry, target / name)
+
+    def _copy_entry(self, rel: str, entry: Entry, target: Path) -> None:
+        mode = entry.stat.st_mode
+        if stat.S_ISDIR(mode):
+            target.mkdir()
+            self._copy_children(rel, target)
+        elif stat.S_ISREG(mode):
+            self._cloner.copy_file(entry.real_path, target, mode)
+        elif stat.S_ISLNK(mode):
+            os.symlink(os.readlink(entry.real_path), target)
+        elif stat.S_ISFIFO(mode):
+            os.mkfifo(target, stat.S_IMODE(mode))
+        else:
+            try:
+                os.mknod(target, mode, entry.stat.st_rdev)
+            except PermissionError:
+                # Sockets and devices need privileges to recreate; they cannot be used
+                # through a copy anyway, so the view simply lacks them.
+                return
+        self._finish_entry(rel, entry, target)
+
+    def _finish_entry(self, rel: str, entry: Entry, target: Path) -> None:
+        _copy_metadata(entry, target)
+        is_dir = stat.S_ISDIR(entry.stat.st_mode)
+        self.tracker.record(rel, target, os.lstat(target), is_dir=is_dir)
+
+    def diff(self, ignore: IgnoreFn | None) -> TreeDiff:
+        self.tracker.collect()
+        return diff_paths(
+            self.merged,
+            self.lowers,
+            self.tracker.dirty,
+            replaced=self.tracker.replaced,
+            ignore=ignore,
+            skip=self.hidden,
+        )
+
+    def reset(self) -> None:
+        """Put back what changed; raises if the copy cannot be shown pristine again."""
+        tracker = self.tracker
+        tracker.collect()
+        if not tracker.dirty and not tracker.replaced:
+            return
+        whole = set(tracker.replaced)
+        done: list[str] = []
+        restored: list[str] = []
+        directories: set[str] = set()
+        for rel in sorted(tracker.dirty | whole, key=_sort_key):
+            if any(rel == d or rel.startswith(d + "/") for d in done):
+                continue
+            old = None if self._is_hidden(rel) else self._stack.lookup(rel)
+            path = self.merged / rel if rel else self.merged
+            now = _lstat(path)
+            old_dir = old is not None and stat.S_ISDIR(old.stat.st_mode)
+            if old_dir and now is not None and stat.S_ISDIR(now.st_mode) and rel not in whole:
+                directories.add(rel)
+                continue
+            unchanged = now is not None and tracker.manifest.get(rel) == signature(now)
+            if old is not None and not old_dir and unchanged:
+                continue  # an event without a change (opened for writing, say)
+            parent = rel.rpartition("/")[0]
+            directories.add(parent)
+            if now is not None:
+                _writable(path.parent)
+                if stat.S_ISDIR(now.st_mode):
+                    remove_tree(path)
+                else:
+                    path.unlink()
+            if old is not None:
+                _writable(path.parent)
+                self._copy_entry(rel, old, path)
+            done.append(rel)
+            restored.append(rel)
+        for rel in sorted(directories, key=_sort_key, reverse=True):
+            entry = self._stack.lookup(rel)
+            if entry is not None:
+                path = self.merged / rel if rel else self.merged
+                _drop_added_xattrs(entry.real_path, path)
+                self._finish_entry(rel, entry, path)
+        tracker.settle()
+        self._verify(restored, directories)
+
+    def _verify(self, restored: list[str], directories: set[str]) -> None:
+        """Check each path the reset touched against the lowers; raise on a difference."""
+        for rel in restored:
+            old = None if self._is_hidden(rel) else self._stack.lookup(rel)
+            now = _lstat(self.merged / rel)
+            if old is None or now is None:
+                if now is not None:
+                    raise OSError(errno.EEXIST, "left behind after the reset", rel)
+                continue
+            _check_same(rel, old, now)
+        for rel in directories:
+            old = self._stack.lookup(rel)
+            if old is None:
+                continue
+            path = self.merged / rel if rel else self.merged
+            _check_same(rel, old, os.lstat(path))
+            if set(os.listdir(path)) - self._names(rel):
+                raise OSError(errno.EEXIST, "entries left behind after the reset", rel)
+
+    def _names(self, rel: str) -> set[str]:
+        """The names the lowers show in the directory *rel* (without our scratch)."""
+        if len(self.lowers) == 1:
+            # One plain layer: its listing is the answer, without an lstat per name.
+            names = set(os.listdir(self.lowers[0] / rel))
+        else:
+            names = set(self._stack.listdir(rel))
+        prefix = f"{rel}/" if rel else ""
+        return {n for n in names if not (self.hidden and self._is_hidden(prefix + n))}
+
+    def remove(self) -> None:
+        self.tracker.close()
+        remove_tree(self.root)
+
+
+def _sort_key(rel: str) -> tuple[str, ...]:
+    return tuple(rel.split("/")) if rel else ()
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _writable(directory: Path) -> None:
+    # A test may leave a directory read-only (or the project has one); the reset still needs
+    # to write in it, and puts its mode back afterwards.
+    st = os.lstat(directory)
+    if stat.S_IMODE(st.st_mode) & 0o700 != 0o700:
+        os.chmod(directory, stat.S_IMODE(st.st_mode) | 0o700)
+
+
+def _drop_added_xattrs(source: Path, target: Path) -> None:
+    # A directory survives the reset in place, so xattrs a test set on it must go explicitly.
+    if not hasattr(os, "listxattr"):
+        return
+    try:
+        wanted = set(os.listxattr(source, follow_symlinks=False))
+        present = os.listxattr(target, follow_symlinks=False)
+    except OSError:
+        return
+    for name in present:
+        if name not in wanted:
+            with contextlib.suppress(OSError):
+                os.removexattr(target, name, follow_symlinks=False)
+
+
+def _check_same(rel: str, old: Entry, now: os.stat_result) -> None:
+    a = old.stat
+    same = stat.S_IFMT(a.st_mode) == stat.S_IFMT(now.st_mode)
+    same = same and (
+        stat.S_ISLNK(a.st_mode) or stat.S_IMODE(a.st_mode) == stat.S_IMODE(now.st_mode)
+    )
+    if stat.S_ISREG(a.st_mode):
+        same = same and a.st_size == now.st_size and a.st_mtime_ns == now.st_mtime_ns
+    if not same:
+        raise OSError(errno.EIO, "differs from the lowers after the reset", rel)
+
+
+class CopyMount:
+    """A test's hold on a pooled copy; closing it resets the copy for the next test."""
+
+    def __init__(self, backend: CopyBackend, copy: _Copy, snapshots: Path) -> None:
+        self._backend = backend
+        self._copy = copy
+        self._snapshots_dir = snapshots
         self._snapshots = itertools.count()
+        self._closed = False
 
     @property
     def path(self) -> Path:
-        return self._merged
+        return self._copy.merged
 
     @property
     def lowers(self) -> tuple[Path, ...]:
-        return self._lowers
+        return self._copy.lowers
 
     @property
     def upper(self) -> Path | None:
@@ -78,33 +288,41 @@ class CopyMount:
     @property
     def new_root(self) -> Path:
         """Where the new version of every changed file is: the copy."""
-        return self._merged
+        return self._copy.merged
 
     def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
-        return diff_trees(self._merged, self._lowers, ignore=ignore, skip=self._hidden)
+        return self._copy.diff(ignore)
 
     def snapshot(self) -> Path:
-        target = self._root / ".snapshots" / str(next(self._snapshots))
-        target.parent.mkdir(exist_ok=True)
-        synthesize_upper(self.diff(), self._merged, target)
+        target = self._snapshots_dir / str(next(self._snapshots))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        synthesize_upper(self.diff(), self._copy.merged, target)
         return target
 
     def close(self) -> list[str]:
-        remove_tree(self._root)
+        if self._closed:
+            return []
+        self._closed = True
+        remove_tree(self._snapshots_dir)
+        self._backend.release(self._copy)
         return []
 
 
 class CopyBackend:
-    """Copy-up emulated by copying everything up front."""
+    """Copy-up emulated with a copy of the tree, made once and reset after each test."""
 
     name = "copy"
 
-    def __init__(self, scratch: Callable[[], Path]) -> None:
+    def __init__(self, scratch: Callable[[], Path], *, watch: bool = True) -> None:
+        """*watch* False finds changes by a stat walk alone, as where inotify is missing."""
         # The scratch directory lives in pytest's basetemp, known only once a test runs.
+        self._watch = watch
         self._scratch_provider = scratch
         self._scratch_path: Path | None = None
         self._counter = itertools.count()
         self._cloner = _Cloner()
+        self._idle: dict[tuple[Path, ...], list[_Copy]] = {}
+        self._copies: list[_Copy] = []
 
     @property
     def _scratch(self) -> Path:
@@ -116,7 +334,7 @@ class CopyBackend:
         return None
 
     def describe(self) -> str:
-        return "copy of the tree per test"
+        return "a copy of the tree per session, reset after each test"
 
     def mount(
         self,
@@ -126,61 +344,53 @@ class CopyBackend:
         target: Path | None = None,
         passthrough: Sequence[Path] = (),
     ) -> CopyMount:
-        # A copy cannot appear at the real path (*target*), and leaves the real directories
-        # (*passthrough*) alone anyway: in-place mode works in the copy instead.
-        root = self._scratch / f"{safe_label(label)}{next(self._counter)}"
-        root.mkdir(parents=True)
-        merged = root / (lowers[0].name or "root")
-        stack = LayerStack(lowers)
-        # The scratch directory may sit inside a lower (``--basetemp`` in the project).
+        # A copy cannot appear at the real path (*target*); in-place mode never uses this
+        # backend (see inplace.py), and *passthrough* only matters there.
+        key = tuple(lowers)
+        copy = self._take(key)
+        snapshots = self._scratch / f"{safe_label(label)}{next(self._counter)}.snapshots"
+        return CopyMount(self, copy, snapshots)
+
+    def _take(self, key: tuple[Path, ...]) -> _Copy:
+        idle = self._idle.setdefault(key, [])
+        while idle:
+            copy = idle.pop()
+            try:
+                copy.reset()  # a process the last test left behind may have written since
+                return copy
+            except OSError:
+                self._discard(copy)
         scratch = os.path.realpath(self._scratch)
-        skip = {scratch}
-        hidden = tuple(
-            merged / os.path.relpath(scratch, lower)
-            for lower in map(os.path.realpath, lowers)
-            if os.path.commonpath([scratch, lower]) == lower
-        )
-        mount = CopyMount(root, merged, tuple(lowers), hidden)
+        root = self._scratch / f"copy{next(self._counter)}"
+        copy = _Copy(root, key, {scratch}, self._cloner, watch=self._watch)
+        self._copies.append(copy)
         try:
-            top = stack.lookup("")
-            if top is None:
-                raise FileNotFoundError(errno.ENOENT, "lower layer not found", str(lowers[0]))
-            merged.mkdir()
-            self._copy_dir(stack, "", merged, skip)
-            _copy_metadata(top, merged)
+            copy.build()
         except BaseException:
-            mount.close()
+            self._discard(copy)
             raise
-        return mount
+        return copy
+
+    def release(self, copy: _Copy) -> None:
+        """Reset *copy* for the next test, or throw it away if the reset cannot be verified."""
+        try:
+            copy.reset()
+        except OSError:
+            self._discard(copy)
+            return
+        self._idle.setdefault(copy.lowers, []).append(copy)
+
+    def _discard(self, copy: _Copy) -> None:
+        if copy in self._copies:
+            self._copies.remove(copy)
+        copy.remove()
 
     def shutdown(self) -> None:
+        for copy in list(self._copies):
+            self._discard(copy)
+        self._idle.clear()
         if self._scratch_path is not None:
             remove_tree(self._scratch_path)
-
-    def _copy_dir(self, stack: LayerStack, rel: str, target: Path, skip: set[str]) -> None:
-        for name, entry in sorted(stack.listdir(rel).items()):
-            if os.path.realpath(entry.real_path) in skip:
-                continue
-            child_rel = f"{rel}/{name}" if rel else name
-            child = target / name
-            mode = entry.stat.st_mode
-            if stat.S_ISDIR(mode):
-                child.mkdir()
-                self._copy_dir(stack, child_rel, child, skip)
-            elif stat.S_ISREG(mode):
-                self._cloner.copy_file(entry.real_path, child, mode)
-            elif stat.S_ISLNK(mode):
-                os.symlink(os.readlink(entry.real_path), child)
-            elif stat.S_ISFIFO(mode):
-                os.mkfifo(child, stat.S_IMODE(mode))
-            else:
-                try:
-                    os.mknod(child, mode, entry.stat.st_rdev)
-                except PermissionError:
-                    # Sockets and devices need privileges to recreate; they cannot be used
-                    # through a copy anyway, so the view simply lacks them.
-                    continue
-            _copy_metadata(entry, child)
 
 
 def _copy_metadata(entry: Entry, target: Path) -> None:

@@ -1,0 +1,241 @@
+"""What changed in a copy of the tree since it was last pristine: inotify, with a stat walk behind.
+
+The copy backend keeps one copy of the merged lowers per session and puts back, after each
+test, only what the test changed.  That is only as good as knowing exactly what changed, so
+two sources are used:
+
+* inotify watches on every directory of the copy (they work unprivileged, in containers too):
+  each event names a path that may differ, at a cost in proportion to the changes;
+* a manifest of every entry's ``lstat`` (type and mode, inode, size, mtime, ctime), compared
+  with a walk of the copy where inotify cannot be trusted: no inotify (not Linux), no watch
+  left (``fs.inotify.max_user_watches``), or a queue overflow.  The ctime moves on every write,
+  chmod, chown, link and rename, and no process can set it back.
+
+Renamed and newly made directories are reported as *replaced*: what is inside them is
+unknown, so the diff and the reset take them whole.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+import struct
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["ChangeTracker", "Signature", "signature"]
+
+Signature = tuple[int, int, int, int, int]
+
+_IN_MODIFY = 0x2
+_IN_ATTRIB = 0x4
+_IN_CLOSE_WRITE = 0x8
+_IN_MOVED_FROM = 0x40
+_IN_MOVED_TO = 0x80
+_IN_CREATE = 0x100
+_IN_DELETE = 0x200
+_IN_DELETE_SELF = 0x400
+_IN_MOVE_SELF = 0x800
+_IN_Q_OVERFLOW = 0x4000
+_IN_IGNORED = 0x8000
+_IN_ONLYDIR = 0x01000000
+_IN_DONT_FOLLOW = 0x02000000
+_IN_EXCL_UNLINK = 0x04000000
+_IN_ISDIR = 0x40000000
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+_WATCH_MASK = (
+    _IN_MODIFY
+    | _IN_ATTRIB
+    | _IN_CLOSE_WRITE
+    | _IN_MOVED_FROM
+    | _IN_MOVED_TO
+    | _IN_CREATE
+    | _IN_DELETE
+    | _IN_DELETE_SELF
+    | _IN_MOVE_SELF
+    | _IN_ONLYDIR
+    | _IN_DONT_FOLLOW
+    | _IN_EXCL_UNLINK
+)
+_EVENT = struct.Struct("iIII")
+# A directory that appeared whole (renamed in, or made by the test): its contents are unknown.
+_NEW_DIRECTORY = _IN_CREATE | _IN_MOVED_TO
+
+
+def signature(st: os.stat_result) -> Signature:
+    """What a manifest keeps of an entry: any change to the entry changes one of these."""
+    return (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class _Inotify:
+    """An inotify instance, non-blocking, through ctypes (the standard library has none)."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._add = libc.inotify_add_watch
+        self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        self.fd: int = fd
+
+    def add(self, path: Path) -> int:
+        wd = int(self._add(self.fd, os.fsencode(path), _WATCH_MASK))
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_add_watch: {os.strerror(err)}", str(path))
+        return wd
+
+    def read(self) -> Iterator[tuple[int, int, bytes]]:
+        """Every queued event as ``(wd, mask, name)``; returns when the queue is empty."""
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return
+            offset = 0
+            while offset < len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                start = offset + _EVENT.size
+                yield wd, mask, data[start : start + length].rstrip(b"\0")
+                offset = start + length
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class ChangeTracker:
+    """The paths of one copy that may differ from its pristine state, relative to *root*."""
+
+    def __init__(self, root: Path, *, watch: bool = True) -> None:
+        self._root = root
+        self.manifest: dict[str, Signature] = {}
+        # Inode -> a path that had it: a hard link the test makes to a file shares its inode,
+        # and a write through the new name must also mark the old one.
+        self._inodes: dict[int, str] = {}
+        self._watches: dict[int, str] = {}
+        self._inotify: _Inotify | None = None
+        self.why_walk: str | None = None
+        self.dirty: set[str] = set()
+        self.replaced: set[str] = set()
+        if not watch:
+            self.why_walk = "watching turned off"
+        elif sys.platform.startswith("linux"):
+            try:
+                self._inotify = _Inotify()
+            except OSError as exc:
+                self.why_walk = str(exc)
+        else:
+            self.why_walk = f"no inotify on {sys.platform}"
+
+    @property
+    def watching(self) -> bool:
+        """Whether inotify alone finds the changes (no walk of the whole copy needed)."""
+        return self._inotify is not None and self.why_walk is None
+
+    def record(self, rel: str, path: Path, st: os.stat_result, *, is_dir: bool) -> None:
+        """Take the pristine copy's entry at *rel* into the manifest (and watch a directory)."""
+        self.manifest[rel] = signature(st)
+        if not is_dir:
+            self._inodes[st.st_ino] = rel
+            return
+        if self._inotify is None or self.why_walk is not None:
+            return
+        try:
+            self._watches[self._inotify.add(path)] = rel
+        except OSError as exc:
+            # ENOSPC: fs.inotify.max_user_watches reached; the walk still finds everything.
+            self.why_walk = str(exc)
+
+    def collect(self) -> None:
+        """Move what happened since the last call into :attr:`dirty` and :attr:`replaced`."""
+        if self._inotify is not None:
+            for wd, mask, name in self._inotify.read():
+                self._event(wd, mask, os.fsdecode(name))
+        if self.why_walk is not None:
+            self._walk()
+
+    def _event(self, wd: int, mask: int, name: str) -> None:
+        if mask & _IN_Q_OVERFLOW:
+            self.why_walk = "the inotify queue overflowed"
+            return
+        base = self._watches.get(wd)
+        if mask & _IN_IGNORED:
+            self._watches.pop(wd, None)
+            return
+        if base is None:
+            return
+        if not name:
+            if mask & (_IN_DELETE_SELF | _IN_MOVE_SELF) or mask & _IN_ATTRIB:
+                self.dirty.add(base)
+            return
+        rel = f"{base}/{name}" if base else name
+        self.dirty.add(rel)
+        self.dirty.add(base)
+        if mask & _IN_ISDIR and mask & _NEW_DIRECTORY:
+            self.replaced.add(rel)
+        elif not mask & _IN_ISDIR and not mask & (_IN_DELETE | _IN_MOVED_FROM):
+            self._linked(rel)
+
+    def _linked(self, rel: str) -> None:
+        try:
+            st = os.lstat(self._root / rel)
+        except OSError:
+            return
+        if st.st_nlink > 1:
+            other = self._inodes.get(st.st_ino)
+            if other is not None:
+                self.dirty.add(other)
+
+    def _walk(self) -> None:
+        """Compare the whole copy with the manifest: every entry that differs, or is gone."""
+        seen: set[str] = set()
+        todo = [("", self._root)]
+        while todo:
+            rel, directory = todo.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                self.replaced.add(rel)
+                continue
+            for entry in entries:
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                seen.add(child)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    self.dirty.add(child)
+                    continue
+                if self.manifest.get(child) != signature(st):
+                    self.dirty.add(child)
+                    self.dirty.add(rel)
+                if stat.S_ISDIR(st.st_mode) and child in self.manifest:
+                    todo.append((child, Path(entry.path)))
+                elif stat.S_ISDIR(st.st_mode):
+                    self.replaced.add(child)
+        gone = self.manifest.keys() - seen - {""}
+        self.dirty |= gone
+        self.dirty |= {p.rpartition("/")[0] for p in gone}
+        root = os.lstat(self._root)
+        if self.manifest.get("") != signature(root):
+            self.dirty.add("")
+
+    def settle(self) -> None:
+        """After a reset: forget the events it caused, and trust inotify again if it can."""
+        if self._inotify is not None:
+            for _ in self._inotify.read():
+                pass
+        if self.why_walk == "the inotify queue overflowed":
+            self.why_walk = None
+        self.dirty.clear()
+        self.replaced.clear()
+
+    def close(self) -> None:
+        """Release the inotify instance."""
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
