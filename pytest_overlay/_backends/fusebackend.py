@@ -38,8 +38,8 @@ IN_PLACE_NEEDS_PRIVATE_NAMESPACE = (
     "project in a private mount namespace, and an ordinary user's FUSE mounts are made by "
     "fusermount3 for the whole machine instead. Run pytest as root (a container's root with "
     "CAP_SYS_ADMIN will do), or let the kernel backend run in place (allow unprivileged user "
-    "namespaces; see 'kernel not used' in the report header), or use --overlay-backend=copy, "
-    "or the overlay_root fixture without --overlay"
+    "namespaces; see 'kernel not used' in the report header), or use the overlay_root fixture "
+    "without --overlay"
 )
 
 
