@@ -47,15 +47,36 @@ def _kernel_version() -> tuple[int, int]:
         return 0, 0
 
 
+_APPARMOR_SYSCTL = "/proc/sys/kernel/apparmor_restrict_unprivileged_userns"
+_APPARMOR_RESTRICTS = (
+    "AppArmor restricts unprivileged user namespaces "
+    "(kernel.apparmor_restrict_unprivileged_userns=1, the default on Ubuntu 23.10+)"
+)
+_APPARMOR_FIX = (
+    "`sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (permanently: "
+    "`echo kernel.apparmor_restrict_unprivileged_userns=0 "
+    "| sudo tee /etc/sysctl.d/60-pytest-overlay.conf`)"
+)
+_DOCKER_FIX = (
+    "--security-opt seccomp=unconfined --security-opt apparmor=unconfined --cap-add SYS_ADMIN"
+)
+_MEANWHILE = (
+    "meanwhile the overlay_root fixture works on the fuse backend or with --overlay-backend=copy"
+)
+# A policy, not a missing feature: AppArmor's unprivileged_userns profile answers a mount in
+# the new namespace with EPERM (capability denied) or EACCES (mount rule denied), and so do
+# seccomp profiles and other LSMs.
+_MOUNT_DENIED = frozenset({errno.EPERM, errno.EACCES})
+
+
+def _errno_name(err: int) -> str:
+    return errno.errorcode.get(err, str(err))
+
+
 def explain_userns_failure(step: str, err: int) -> str:
     """Turn a failed step of entering a user namespace into advice for the user."""
-    if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
-        return (
-            "AppArmor restricts unprivileged user namespaces "
-            "(kernel.apparmor_restrict_unprivileged_userns=1, the default on Ubuntu 23.10+); "
-            "allow them with `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` "
-            "(make it permanent in /etc/sysctl.d/), or run the tests as root"
-        )
+    if _read(_APPARMOR_SYSCTL) == "1":
+        return f"{_APPARMOR_RESTRICTS}; allow them with {_APPARMOR_FIX}, or run the tests as root"
     if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
         return (
             "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0); "
@@ -73,6 +94,26 @@ def explain_userns_failure(step: str, err: int) -> str:
             "`--security-opt seccomp=unconfined --cap-add SYS_ADMIN`, or run the tests as root"
         )
     return f"{step} failed: {os.strerror(err)} (errno {errno.errorcode.get(err, err)})"
+
+
+def explain_mount_denied(what: str, err: int) -> str:
+    """Advice for a user namespace that was created but in which *what* was denied *err*.
+
+    This is how Ubuntu 23.10+ looks to an ordinary user (GitHub's ubuntu-24.04 runners among
+    them): AppArmor lets ``unshare(CLONE_NEWUSER)`` succeed, then denies every mount in it.
+    """
+    denied = f"the user namespace was created, but {what} in it was denied ({_errno_name(err)})"
+    if _read(_APPARMOR_SYSCTL) == "1":
+        return (
+            f"{_APPARMOR_RESTRICTS}: {denied}; lift it with {_APPARMOR_FIX}, or run as root "
+            f"(`sudo -E pytest`); {_MEANWHILE}"
+        )
+    return (
+        f"{denied}: on Ubuntu 23.10+ AppArmor's kernel.apparmor_restrict_unprivileged_userns "
+        f"does this, lifted with {_APPARMOR_FIX}; in a container a seccomp or LSM policy, "
+        f"lifted with `docker run {_DOCKER_FIX}`; or run as root (`sudo -E pytest`); "
+        f"{_MEANWHILE}"
+    )
 
 
 def explain_overlay_failure(err: int, *, unprivileged: bool) -> str:
@@ -103,6 +144,7 @@ def _probe_in_child(unprivileged: bool, lower: str | None = None) -> ProbeResult
     """
     mode = "user namespace" if unprivileged else "root"
     step = "unshare"
+    outside = _user_namespace_id()
     try:
         if unprivileged:
             _namespaces.enter_user_namespace(for_children=False)
@@ -111,11 +153,20 @@ def _probe_in_child(unprivileged: bool, lower: str | None = None) -> ProbeResult
             step = "make mounts private"
             _syscalls.mount(None, "/", None, _syscalls.MS_REC | _syscalls.MS_PRIVATE)
     except OSError as exc:
-        return ProbeResult(False, mode, explain_userns_failure(step, exc.errno or 0))
+        err = exc.errno or 0
+        if unprivileged and err in _MOUNT_DENIED and _ids_mapped(outside):
+            # Only the mount that makes the new namespace's mounts private was left.
+            return ProbeResult(False, mode, explain_mount_denied("a mount", err))
+        return ProbeResult(False, mode, explain_userns_failure(step, err))
     scratch = Path(tempfile.mkdtemp(prefix="pytest-overlay-probe-"))
     try:
-        with _namespaces.privileged():
-            _syscalls.mount("tmpfs", scratch, "tmpfs", 0, "mode=0755")
+        try:
+            with _namespaces.privileged():
+                _syscalls.mount("tmpfs", scratch, "tmpfs", 0, "mode=0755")
+        except OSError as exc:
+            if unprivileged and exc.errno in _MOUNT_DENIED:
+                return ProbeResult(False, mode, explain_mount_denied("a tmpfs mount", exc.errno))
+            raise
         for name in ("lower/d", "upper", "work", "merged"):
             (scratch / name).mkdir(parents=True)
         (scratch / "lower/d/f").write_text("x")
@@ -133,6 +184,10 @@ def _probe_in_child(unprivileged: bool, lower: str | None = None) -> ProbeResult
         except OSError as exc:
             if lower is not None:
                 return ProbeResult(False, mode, explain_lower_failure(lower, exc.errno or 0))
+            if unprivileged and exc.errno in _MOUNT_DENIED and _kernel_version() >= (5, 11):
+                return ProbeResult(
+                    False, mode, explain_mount_denied("the overlay mount", exc.errno)
+                )
             return ProbeResult(
                 False, mode, explain_overlay_failure(exc.errno or 0, unprivileged=unprivileged)
             )
@@ -154,6 +209,24 @@ def _probe_in_child(unprivileged: bool, lower: str | None = None) -> ProbeResult
                 with contextlib.suppress(OSError):
                     _syscalls.umount(target, _syscalls.MNT_DETACH)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _user_namespace_id() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/user").st_ino
+    except OSError:
+        return None
+
+
+def _ids_mapped(outside: int | None) -> bool:
+    """Whether this process left the user namespace *outside* and its ids are mapped.
+
+    After a failure of :func:`_namespaces.enter_user_namespace`, that means creating the
+    namespace worked and its mount did not.
+    """
+    if outside is None or _user_namespace_id() in (None, outside):
+        return False
+    return all(_read(f"/proc/self/{name}") for name in ("uid_map", "gid_map"))
 
 
 def explain_lower_failure(lower: str, err: int) -> str:
