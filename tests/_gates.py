@@ -9,6 +9,7 @@ skipping quietly.  The reasons come from the same probes the plugin uses.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +51,41 @@ def fuse_reason() -> str | None:
     from pytest_overlay._backends.fusebackend import probe_fuse
 
     return probe_fuse()
+
+
+_USER_FUSE_PROBE = """
+import json
+from pytest_overlay._backends.fusebackend import probe_fuse
+print(json.dumps(probe_fuse()))
+"""
+
+
+@functools.cache
+def user_fuse_reason() -> str | None:
+    """Why the FUSE backend cannot serve the ordinary test user here, or None if it can.
+
+    The plugin's own probe (a real test mount through ``fusermount3``) run as
+    :data:`tests._unpriv.TEST_USER`, so a test of auto's fallback expects ``fuse`` exactly where
+    the plugin will pick it: where that user can open ``/dev/fuse`` (mode 0666, as distributions
+    ship it) and mount.  Where ``/dev/fuse`` is 0600 (root only), the reason says it cannot be
+    opened.  Call it after gating on :func:`tests._unpriv.can_run_as_user`.
+    """
+    from tests import _unpriv
+
+    with _unpriv.user_workdir_ctx() as workdir:
+        done = _unpriv.run_as_user(
+            [sys.executable, "-c", _USER_FUSE_PROBE],
+            cwd=workdir,
+            env={"PYTHONDONTWRITEBYTECODE": "1"},
+            timeout=120,
+        )
+    lines = done.stdout.splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"the FUSE probe as {_unpriv.TEST_USER} failed: {done.stderr.strip()}")
+    reason = json.loads(lines[-1])
+    if reason is not None and not isinstance(reason, str):
+        raise RuntimeError(f"the FUSE probe as {_unpriv.TEST_USER} printed {done.stdout!r}")
+    return reason
 
 
 @functools.cache
