@@ -57,10 +57,17 @@ def _time(action: Callable[[], None], repeat: int) -> float:
     return median(samples)
 
 
+def _constant(path: Path) -> Callable[[], Path]:
+    def scratch() -> Path:
+        return path
+
+    return scratch
+
+
 def measure(tree: Path, scratch: Path, repeat: int, slow_repeat: int) -> dict[str, float]:
     figures: dict[str, float] = {}
     for watch, name in ((True, "reset"), (False, "walk")):
-        backend = CopyBackend(lambda w=watch: scratch / f"copy-{w}", watch=watch)
+        backend = CopyBackend(_constant(scratch / f"copy-{name}"), watch=watch)
         backend.mount([tree], label="warm").close()  # the one copy per session
         for changed in (0, 10):
             files = _spread(tree, changed)
@@ -89,7 +96,11 @@ def measure(tree: Path, scratch: Path, repeat: int, slow_repeat: int) -> dict[st
     if os.geteuid() == 0:
         kernel = KernelBackend(lambda: scratch / "kernel")
         if kernel.unavailable_reason() is None:
-            figures["kernel"] = _time(lambda: kernel.mount([tree], label="t").close(), repeat)
+
+            def kernel_cycle() -> None:
+                kernel.mount([tree], label="t").close()
+
+            figures["kernel"] = _time(kernel_cycle, repeat)
             kernel.shutdown()
     return figures
 
