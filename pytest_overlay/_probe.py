@@ -52,7 +52,7 @@ _APPARMOR_RESTRICTS = (
     "AppArmor restricts unprivileged user namespaces "
     "(kernel.apparmor_restrict_unprivileged_userns=1, the default on Ubuntu 23.10+)"
 )
-_APPARMOR_FIX = (
+APPARMOR_FIX = (
     "`sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (permanently: "
     "`echo kernel.apparmor_restrict_unprivileged_userns=0 "
     "| sudo tee /etc/sysctl.d/60-pytest-overlay.conf`)"
@@ -69,14 +69,19 @@ _MEANWHILE = (
 _MOUNT_DENIED = frozenset({errno.EPERM, errno.EACCES})
 
 
+def apparmor_restricts_userns() -> bool:
+    """Whether AppArmor's sysctl restricts unprivileged user namespaces on this machine."""
+    return _read(_APPARMOR_SYSCTL) == "1"
+
+
 def _errno_name(err: int) -> str:
     return errno.errorcode.get(err, str(err))
 
 
 def explain_userns_failure(step: str, err: int) -> str:
     """Turn a failed step of entering a user namespace into advice for the user."""
-    if _read(_APPARMOR_SYSCTL) == "1":
-        return f"{_APPARMOR_RESTRICTS}; allow them with {_APPARMOR_FIX}, or run the tests as root"
+    if apparmor_restricts_userns():
+        return f"{_APPARMOR_RESTRICTS}; allow them with {APPARMOR_FIX}, or run the tests as root"
     if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
         return (
             "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0); "
@@ -103,14 +108,14 @@ def explain_mount_denied(what: str, err: int) -> str:
     them): AppArmor lets ``unshare(CLONE_NEWUSER)`` succeed, then denies every mount in it.
     """
     denied = f"the user namespace was created, but {what} in it was denied ({_errno_name(err)})"
-    if _read(_APPARMOR_SYSCTL) == "1":
+    if apparmor_restricts_userns():
         return (
-            f"{_APPARMOR_RESTRICTS}: {denied}; lift it with {_APPARMOR_FIX}, or run as root "
+            f"{_APPARMOR_RESTRICTS}: {denied}; lift it with {APPARMOR_FIX}, or run as root "
             f"(`sudo -E pytest`); {_MEANWHILE}"
         )
     return (
         f"{denied}: on Ubuntu 23.10+ AppArmor's kernel.apparmor_restrict_unprivileged_userns "
-        f"does this, lifted with {_APPARMOR_FIX}; in a container a seccomp or LSM policy, "
+        f"does this, lifted with {APPARMOR_FIX}; in a container a seccomp or LSM policy, "
         f"lifted with `docker run {_DOCKER_FIX}`; or run as root (`sudo -E pytest`); "
         f"{_MEANWHILE}"
     )

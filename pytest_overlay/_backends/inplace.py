@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from pytest_overlay._probe import APPARMOR_FIX, apparmor_restricts_userns
+
 __all__ = ["COPY_IN_PLACE", "in_place_impossible"]
 
 _FIXTURE_MODE = (
@@ -25,16 +27,6 @@ COPY_IN_PLACE = (
     "tree. Use --overlay-backend=auto (kernel overlayfs, or FUSE as root), or " + _FIXTURE_MODE
 )
 
-_APPARMOR_SYSCTL = "/proc/sys/kernel/apparmor_restrict_unprivileged_userns"
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
 
 def _in_container() -> bool:
     return any(os.path.exists(p) for p in ("/.dockerenv", "/run/.containerenv"))
@@ -44,7 +36,7 @@ def _fixes() -> list[str]:
     """The remedies, the one that fits this machine first."""
     apparmor = (
         "on Ubuntu 23.10+ (GitHub's ubuntu-24.04 runners among them), allow unprivileged user "
-        "namespaces: `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`"
+        f"namespaces: {APPARMOR_FIX}"
     )
     docker = (
         "in a container, give it what a mount needs: `docker run --cap-add SYS_ADMIN --device "
@@ -52,7 +44,7 @@ def _fixes() -> list[str]:
     )
     root = "run pytest as root (`sudo -E python -m pytest --overlay`)"
     fixes = [apparmor, root, docker]
-    if _in_container() and _read(_APPARMOR_SYSCTL) != "1":
+    if _in_container() and not apparmor_restricts_userns():
         fixes = [docker, root, apparmor]
     return [*fixes, _FIXTURE_MODE]
 
