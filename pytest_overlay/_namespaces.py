@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import _syscalls
+from . import _mountinfo, _syscalls
 
 CAP_SYS_ADMIN = 21
 
@@ -159,23 +159,4 @@ def ensure_private_mount_namespace() -> None:
 
 def mounted_paths() -> set[Path]:
     """The mount points visible to the calling thread."""
-    points: set[Path] = set()
-    with open("/proc/thread-self/mountinfo", "rb") as f:
-        for line in f:
-            field = line.split(b" ")[4]
-            points.add(Path(os.fsdecode(_unescape_mountinfo(field))))
-    return points
-
-
-def _unescape_mountinfo(field: bytes) -> bytes:
-    # mountinfo escapes space, tab, newline and backslash as three-digit octal.
-    out = bytearray()
-    index = 0
-    while index < len(field):
-        if field[index : index + 1] == b"\\" and field[index + 1 : index + 4].isdigit():
-            out.append(int(field[index + 1 : index + 4], 8))
-            index += 4
-        else:
-            out.append(field[index])
-            index += 1
-    return bytes(out)
+    return {mount.point for mount in _mountinfo.read()}

@@ -18,22 +18,11 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pytest_overlay import _namespaces, _probe, _syscalls
+from pytest_overlay import _mountinfo, _namespaces, _overlayopts, _probe, _syscalls
 from pytest_overlay._errors import MountError
 
 from .base import safe_label
 from .upperview import RealDirs, UpperLayerView, detach, readable_lowers
-
-# The mount(2) option string is cut at one page; beyond that only the new API works.
-_LEGACY_OPTIONS_LIMIT = 4095
-
-
-def _escape_legacy(path: Path) -> str:
-    # overlayfs splits lowerdir on ':' and the option parser on ','; both take a backslash.
-    text = os.fspath(path)
-    for char in ("\\", ":", ","):
-        text = text.replace(char, "\\" + char)
-    return text
 
 
 class KernelMount(UpperLayerView):
@@ -91,7 +80,6 @@ class KernelBackend:
         self._counter = itertools.count()
         self._probe: _probe.ProbeResult | None = None
         self._ready_threads: set[int] = set()
-        self._new_api = True
         self._unprivileged: bool | None = None
         self._tmpfs_options = "mode=0755" + (f",size={upper_size}" if upper_size else "")
 
@@ -182,41 +170,9 @@ class KernelBackend:
 
     def _mount_overlay(self, merged: Path, lowers: Sequence[Path], upper: Path, work: Path) -> None:
         options: dict[str, str | None] = {"upperdir": str(upper), "workdir": str(work)}
-        if self.unprivileged:
-            # Without userxattr the mount succeeds but recreating a directory fails with EIO.
-            options["userxattr"] = None
-        else:
-            # Pin the features our upper-layer reader understands, whatever the kernel's
-            # defaults: no directory redirects, no metadata-only copy-up, no index.
-            options.update({"redirect_dir": "off", "metacopy": "off", "index": "off"})
+        options.update(_overlayopts.feature_options(userxattr=self.unprivileged))
         options["volatile"] = None
-        paths = [os.fspath(p) for p in lowers] + [str(upper), str(work)]
-        data = ",".join(
-            ["lowerdir=" + ":".join(_escape_legacy(p) for p in lowers)]
-            + [k if v is None else f"{k}={_escape_legacy(Path(v))}" for k, v in options.items()]
-        )
-        plain = not any(char in path for path in paths for char in "\\:,")
-        if plain and len(data) <= _LEGACY_OPTIONS_LIMIT:
-            # The common case: one mount(2) call is cheaper than the eight of the new API.
-            _syscalls.mount("overlay", merged, "overlay", 0, data)
-            return
-        if self._new_api:
-            try:
-                _syscalls.mount_overlay_new_api(merged, lowers, options)
-                return
-            except OSError as exc:
-                # Kernels before 6.8 reject "lowerdir+"; fall back to mount(2) for good.
-                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                self._new_api = False
-        if len(data) > _LEGACY_OPTIONS_LIMIT:
-            raise MountError(
-                errno.E2BIG,
-                f"the lower layer paths need {len(data)} bytes of mount options, more than the "
-                "4 KiB mount(2) allows on this kernel (Linux 6.8+ lifts the limit); use fewer "
-                "or shorter lower paths",
-            )
-        _syscalls.mount("overlay", merged, "overlay", 0, data)
+        _overlayopts.mount_overlay(merged, lowers, options)
 
     def shutdown(self) -> None:
         if self._scratch_path is None:
@@ -233,22 +189,12 @@ class KernelBackend:
 
 def _filesystem_type(path: Path) -> str | None:
     """The type of the filesystem *path* is on, as the calling thread's mount table says."""
-    real = Path(os.path.realpath(path))
-    found: tuple[int, str] | None = None
     try:
-        with open("/proc/thread-self/mountinfo", "rb") as f:
-            for line in f:
-                fields = line.split(b" ")
-                point = Path(os.fsdecode(_namespaces._unescape_mountinfo(fields[4])))
-                fstype = os.fsdecode(fields[fields.index(b"-") + 1])
-                # The deepest mount point wins; of two on the same point, the later one.
-                if (point == real or point in real.parents) and (
-                    found is None or len(point.parts) >= found[0]
-                ):
-                    found = (len(point.parts), fstype)
-    except (OSError, ValueError, IndexError):
+        mounts = _mountinfo.read()
+    except OSError:
         return None
-    return None if found is None else found[1]
+    mount = _mountinfo.containing_mount(Path(os.path.realpath(path)), mounts)
+    return None if mount is None else mount.fstype
 
 
 def refused_lower(lowers: Sequence[Path]) -> str | None:

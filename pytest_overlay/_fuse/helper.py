@@ -21,9 +21,11 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, NoReturn
+
+from pytest_overlay._overlayopts import split, unescape
 
 __all__ = ["MountOptions", "OptionError", "main", "parse_options"]
 
@@ -118,31 +120,6 @@ class MountOptions:
     """``ro``, or no upper directory."""
 
 
-def _split_escaped(text: str, separator: str) -> Iterator[str]:
-    """Split *text* at each *separator* not escaped by a backslash; keep the escapes."""
-    part: list[str] = []
-    chars = iter(text)
-    for char in chars:
-        if char == "\\":
-            part.append(char)
-            part.append(next(chars, ""))
-        elif char == separator:
-            yield "".join(part)
-            part = []
-        else:
-            part.append(char)
-    yield "".join(part)
-
-
-def _unescape(text: str) -> str:
-    """Drop each escaping backslash (a trailing lone backslash stays)."""
-    out: list[str] = []
-    chars = iter(text)
-    for char in chars:
-        out.append(next(chars, "\\") if char == "\\" else char)
-    return "".join(out)
-
-
 def parse_options(options: Sequence[str]) -> MountOptions:
     """Parse the ``-o`` arguments (each a comma-separated list).
 
@@ -152,7 +129,7 @@ def parse_options(options: Sequence[str]) -> MountOptions:
     unknown: list[str] = []
     read_only = False
     for argument in options:
-        for option in _split_escaped(argument, ","):
+        for option in split(argument, ","):
             if not option or option in _IGNORED:
                 continue
             if option == "ro":
@@ -169,7 +146,7 @@ def parse_options(options: Sequence[str]) -> MountOptions:
                     raise OptionError(f"redirect_dir must be one of {choices}, not {value!r}")
                 values[key] = value
             else:
-                unknown.append(_unescape(option))
+                unknown.append(unescape(option))
     # As in overlayfs: lowerdir always; workdir with upperdir; neither means read-only.
     required = ["lowerdir"]
     if "upperdir" in values or "workdir" in values:
@@ -177,15 +154,15 @@ def parse_options(options: Sequence[str]) -> MountOptions:
     missing = [key for key in required if key not in values]
     if missing:
         raise OptionError("missing option " + ", ".join(f"{key}=" for key in missing))
-    lowers = tuple(_unescape(part) for part in _split_escaped(values["lowerdir"], ":"))
+    lowers = tuple(unescape(part) for part in split(values["lowerdir"], ":"))
     if "" in lowers:
         raise OptionError(f"lowerdir has an empty directory: {values['lowerdir']}")
     upper = values.get("upperdir")
     work = values.get("workdir")
     return MountOptions(
         lowers=lowers,
-        upper=None if upper is None else _unescape(upper),
-        work=None if work is None else _unescape(work),
+        upper=None if upper is None else unescape(upper),
+        work=None if work is None else unescape(work),
         unknown=tuple(unknown),
         rename_lower_dirs=values.get("redirect_dir", "on") == "on",
         read_only=read_only or upper is None,
