@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay import _cli, _cli_mount, _probe
+from pytest_overlay import _probe
 from pytest_overlay._cli import main
+from pytest_overlay._cli import mount as cli_mount
+from pytest_overlay._cli.common import human_size
 from pytest_overlay._diff import diff_upper
 from pytest_overlay._keep import RECORD_FILE, Record, Store, keep_test
 from pytest_overlay._render import safe_path
@@ -224,13 +226,11 @@ def test_store_is_found_from_a_subdirectory_or_given(
     code, out, _ = run_main(capsys, "list")
     assert code == 0
     assert "test_alpha" in out
-    # A project that moved pytest's cache (cache_dir in its ini): --cache-dir, before or after
-    # the command.
+    # --cache-dir, before or after the command, relative to the current directory.
     other = kept.scratch / "other"
     other.mkdir()
-    (other / "tox.ini").write_text("[pytest]\ncache_dir = build/cache\n")
     run = kept.run(store=Store(other / "build" / "cache" / "d" / "overlay"))
-    kept.keep(run, "tests/test_t.py::test_tox", {"t": "t"})
+    kept.keep(run, "tests/test_t.py::test_moved", {"t": "t"})
     monkeypatch.chdir(other)
     code, out, _ = run_main(capsys, "list")
     assert code == 0
@@ -238,7 +238,7 @@ def test_store_is_found_from_a_subdirectory_or_given(
     for argv in (["--cache-dir", "build/cache", "list"], ["list", "--cache-dir", "build/cache"]):
         code, out, _ = run_main(capsys, *argv)
         assert code == 0
-        assert "test_tox" in out
+        assert "test_moved" in out
 
 
 # --- show -----------------------------------------------------------------------------------
@@ -401,6 +401,7 @@ def test_clean(kept: Project, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(capsys, "clean", "--run", RUN_OLD, "--yes")
     assert code == 0
     assert f"removed run {RUN_OLD}: 1 kept test, 1 B" in out
+    assert "removed 1 run (1 test, 1 B) from" in out
     assert kept.store.run_ids() == [RUN_NEW]
 
     code, out, _ = run_main(capsys, "clean", "-y")
@@ -507,7 +508,7 @@ def test_latest_file_cannot_point_outside_the_runs(
     ],
 )
 def test_human_size(size: int, shown: str) -> None:
-    assert _cli.human_size(size) == shown
+    assert human_size(size) == shown
 
 
 # --- mount: what is refused before anything is mounted ----------------------------------------
@@ -795,20 +796,15 @@ def test_user_mount_rw_writes_into_the_kept_layer(user_project: Project) -> None
     assert (upper / "new").read_text() == "written"
 
 
-def test_mountinfo_fields_are_unescaped() -> None:
-    assert _cli_mount._unescape(b"/a\\040b\\134c\\012d") == "/a b\\c\nd"
-    assert _cli_mount._unescape(b"/plain\\x") == "/plain\\x"
-
-
 def test_scan_upper_finds_user_xattrs_and_wh_files(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / ".wh.gone").touch()
-    assert _cli_mount._scan_upper(tmp_path) == (False, ["d/.wh.gone"])
+    assert cli_mount._scan_upper(tmp_path) == (False, ["d/.wh.gone"])
     try:
         os.setxattr(tmp_path / "d", "user.overlay.opaque", b"y")
     except OSError as exc:
         gate("user-xattrs", f"no user xattrs on {tmp_path}: {exc}")
-    assert _cli_mount._scan_upper(tmp_path) == (True, ["d/.wh.gone"])
+    assert cli_mount._scan_upper(tmp_path) == (True, ["d/.wh.gone"])
     if os.geteuid() == 0:
         os.setxattr(tmp_path, "trusted.overlay.opaque", b"y")
-        assert _cli_mount._scan_upper(tmp_path) == (False, ["d/.wh.gone"])
+        assert cli_mount._scan_upper(tmp_path) == (False, ["d/.wh.gone"])

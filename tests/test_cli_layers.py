@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay import _cli_mount
+from pytest_overlay._cli import clean as cli_clean
 from pytest_overlay._cli import main
-from pytest_overlay._cli_layers import age
+from pytest_overlay._cli.layers import age
 from pytest_overlay._keep import Store
 from pytest_overlay._layercache import LAYER_DIR, META_FILE, LayerCache, default_layer_root
 
@@ -304,7 +304,7 @@ def test_clean_layers_refuses_while_a_view_uses_one(
         seen.append(directory)
         return [Path("/mnt/view")]
 
-    monkeypatch.setattr(_cli_mount, "views_of", views_of)
+    monkeypatch.setattr(cli_clean, "views_of", views_of)
     code, out, err = run_main(capsys, "clean", "--layers", "--layer-dir", str(cache), "--yes")
     assert (code, out) == (1, "")
     assert seen == [cache]

@@ -1,4 +1,9 @@
-"""``pytest-overlay layers``: the cached snapshot layers of a project, and where they live."""
+"""``pytest-overlay layers``: the cached snapshot layers of a project, and where they live.
+
+The project is pytest's rootdir as :func:`pytest_overlay._storepath.find_project` finds it;
+the plugin caches its layers in ``default_layer_root(rootdir)`` unless ``overlay_layer_dir``
+says otherwise.  ``clean --layers`` (:mod:`.clean`) removes them.
+"""
 
 from __future__ import annotations
 
@@ -8,35 +13,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._cli import (
-    CONFIG_FILES,
-    EXIT_OK,
-    LAYERS_HINT,
-    CliError,
-    Context,
-    human_size,
-    plural,
-    shown_path,
-    subparser,
+from pytest_overlay._layercache import LayerInfo, default_layer_root, list_layers
+from pytest_overlay._render import safe_path
+from pytest_overlay._storepath import find_project
+
+from .common import EXIT_OK, CliError, Context, human_size, plural, shown_path, subparser
+
+LAYERS_HINT = (
+    "the overlay_layer fixture builds snapshot layers when a test marked "
+    "@pytest.mark.overlay(layers=[...]) needs one; a project that sets overlay_layer_dir "
+    "needs --layer-dir"
 )
-from ._layercache import LayerInfo, default_layer_root, list_layers
-from ._render import safe_path
 
 # --- finding the snapshot layers ---------------------------------------------------------------
-
-
-def find_project(cwd: Path) -> Path | None:
-    """The nearest directory upward from *cwd* that holds ``.pytest_cache`` or a pytest config.
-
-    That is the project (pytest's rootdir) whose snapshot layers the command lists: the plugin
-    caches them in ``default_layer_root(rootdir)``.
-    """
-    for directory in (cwd, *cwd.parents):
-        if (directory / ".pytest_cache").is_dir() or any(
-            (directory / name).is_file() for name in CONFIG_FILES
-        ):
-            return directory
-    return None
 
 
 def locate_layers(layer_dir: str | None, cwd: Path) -> tuple[Path, str]:
@@ -47,7 +36,7 @@ def locate_layers(layer_dir: str | None, cwd: Path) -> tuple[Path, str]:
     if project is None:
         # pytest's rootdir, with no config file anywhere, is the directory it runs in.
         return default_layer_root(cwd), f"of {shown_path(cwd)}: no project found upward"
-    return default_layer_root(project), f"of the project {shown_path(project)}"
+    return default_layer_root(project.rootdir), f"of the project {shown_path(project.rootdir)}"
 
 
 def read_layers(root: Path) -> list[LayerInfo]:
@@ -130,7 +119,7 @@ def cmd_layers(ctx: Context) -> int:
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Register ``layers``."""
+    """Add ``layers`` to the parser of ``pytest-overlay``."""
     sub = subparser(
         subparsers,
         "layers",

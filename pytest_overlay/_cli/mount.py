@@ -1,8 +1,8 @@
-"""``pytest-overlay mount``, ``umount`` and ``clean``: the commands that mount or remove layers.
+"""``pytest-overlay mount`` and ``umount``: a kept test's view of the tree, with kernel overlayfs.
 
-``mount`` rebuilds a kept test's view of the tree with kernel overlayfs; ``clean`` refuses to
-remove a run that a view still uses.  ``clean --layers`` removes the cached snapshot layers
-instead (and refuses while a view uses one of them).
+:func:`views_of` tells :mod:`.clean` which views still use a layer it would remove.  The
+mount options come from :mod:`pytest_overlay._overlayopts`, the mount table from
+:mod:`pytest_overlay._mountinfo`.
 
 The view stacks the kept upper layer over the lower layers the test ran on.  Read-only, the
 kept upper is the topmost *lower* layer, which writes nothing anywhere.  The default store lies
@@ -30,100 +30,27 @@ import errno
 import os
 import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import _namespaces, _probe, _syscalls
-from ._cli import (
+from pytest_overlay import _mountinfo, _namespaces, _overlayopts, _probe, _syscalls
+from pytest_overlay._errors import MountError
+from pytest_overlay._keep import RECORD_FILE, remove_layer_tree
+from pytest_overlay._render import safe_path
+
+from .common import (
     EXIT_CANNOT_MOUNT,
     EXIT_OK,
-    EXIT_USAGE,
     CliError,
     Context,
-    Kept,
     add_run_option,
-    find_test,
-    human_size,
-    plural,
-    select_run,
-    shown_path,
     subparser,
-    tests_of,
 )
-from ._cli_layers import add_layer_dir_option, locate_layers, read_layers
-from ._keep import LATEST_FILE, RECORD_FILE, Store, remove_layer_tree
-from ._layercache import clean_layers
-from ._render import safe_path
+from .records import Kept, find_test, select_run
 
 SOURCE = "pytest-overlay"
 WORK_DIR = "work"
 VIEW_ENV = "PYTEST_OVERLAY_VIEW"
-# The mount(2) option string is cut at one page; beyond that only the new API works.
-_LEGACY_OPTIONS_LIMIT = 4095
-# The new mount API refuses "lowerdir+" before Linux 6.8 with one of these; mount(2) then.
-_NEW_API_MISSING = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    """One line of ``/proc/self/mountinfo``."""
-
-    point: Path
-    fstype: str
-    source: str
-    options: dict[str, list[str]]
-    """Superblock options by name (``lowerdir+`` occurs once per layer), values unescaped."""
-
-
-def _unescape(field: bytes) -> str:
-    # mountinfo and overlayfs's option output escape separators as backslash + 3 octal digits.
-    out = bytearray()
-    index = 0
-    while index < len(field):
-        chunk = field[index + 1 : index + 4]
-        if field[index : index + 1] == b"\\" and len(chunk) == 3 and chunk.isdigit():
-            out.append(int(chunk, 8) & 0xFF)
-            index += 4
-        else:
-            out.append(field[index])
-            index += 1
-    return os.fsdecode(bytes(out))
-
-
-def mount_table() -> list[MountEntry]:
-    """The mounts this process sees, in mount order."""
-    entries = []
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.rstrip(b"\n").split(b" ")
-            try:
-                tail = fields.index(b"-")
-                fstype, source, raw = fields[tail + 1 : tail + 4]
-            except ValueError:
-                continue  # a line we do not understand: not one of ours
-            options: dict[str, list[str]] = {}
-            for option in raw.split(b","):
-                key, _, value = option.partition(b"=")
-                options.setdefault(os.fsdecode(key), []).append(_unescape(value))
-            entries.append(
-                MountEntry(
-                    Path(_unescape(fields[4])), _unescape(fstype), _unescape(source), options
-                )
-            )
-    return entries
-
-
-def _layer_paths(entry: MountEntry) -> list[Path]:
-    paths = [Path(v) for key in ("upperdir", "workdir") for v in entry.options.get(key, [])]
-    paths += [Path(v) for v in entry.options.get("lowerdir+", [])]
-    for value in entry.options.get("lowerdir", []):
-        paths += [Path(part) for part in value.split(":")]  # mount(2) joins the layers with ':'
-    return paths
-
-
-def _is_within(path: Path, directory: Path) -> bool:
-    return path == directory or directory in path.parents
 
 
 def views_of(directory: Path) -> list[Path]:
@@ -132,22 +59,26 @@ def views_of(directory: Path) -> list[Path]:
         return []
     directory = directory.resolve()
     try:
-        table = mount_table()
+        table = _mountinfo.read()
     except OSError:
         return []
     return [
-        entry.point
-        for entry in table
-        if entry.source == SOURCE
-        and any(_is_within(path, directory) for path in _layer_paths(entry))
+        mount.point
+        for mount in table
+        if mount.source == SOURCE
+        and any(_is_within(path, directory) for path in mount.layer_dirs())
     ]
+
+
+def _is_within(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
 
 
 # --- the commands' arguments -------------------------------------------------------------------
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Add ``mount``, ``umount`` and ``clean`` to the parser of ``pytest-overlay``."""
+    """Add ``mount`` and ``umount`` to the parser of ``pytest-overlay``."""
     sub = subparser(
         subparsers,
         "mount",
@@ -182,26 +113,6 @@ def add_parsers(subparsers: Any) -> None:
     sub.add_argument("dir", metavar="DIR", help="Where the view is mounted")
     sub.set_defaults(handler=_cmd_umount)
 
-    sub = subparser(
-        subparsers,
-        "clean",
-        "Remove kept layers (or, with --layers, the snapshot layers)",
-        "Remove the kept layers of tests, of every run or of one run; the cached snapshot "
-        "layers stay.  With --layers, remove every cached snapshot layer instead (see "
-        "`pytest-overlay layers`) and nothing else; the overlay_layer fixture rebuilds them "
-        "when a test next needs them.  Asks first on a terminal; elsewhere --yes is needed.",
-    )
-    what = sub.add_mutually_exclusive_group()
-    what.add_argument("--run", metavar="RUN_ID", help="Remove only this run (a run id, or latest)")
-    what.add_argument(
-        "--layers",
-        action="store_true",
-        help="Remove the cached snapshot layers instead of the kept layers of tests",
-    )
-    add_layer_dir_option(sub)
-    sub.add_argument("--yes", "-y", action="store_true", help="Remove without asking")
-    sub.set_defaults(handler=clean)
-
 
 def _cmd_mount(ctx: Context) -> int:
     store = ctx.located.require()
@@ -230,7 +141,7 @@ def _check_target(target: Path, test_dir: Path) -> Path:
     if any(target.iterdir()):
         raise CliError(f"{shown} is not empty", hint="mount the view at an empty directory")
     resolved = target.resolve()
-    if any(entry.point == resolved for entry in mount_table()):
+    if any(mount.point == resolved for mount in _mountinfo.read()):
         raise CliError(f"{shown} is already a mount point", hint="give another empty directory")
     if _is_within(resolved, test_dir.resolve()):
         raise CliError(f"{shown} is inside the kept layer itself", hint="give another directory")
@@ -255,32 +166,8 @@ def _scan_upper(upper: Path) -> tuple[bool, list[str]]:
     return found["user.overlay.opaque"] and not found["trusted.overlay.opaque"], sorted(foreign)
 
 
-def _escape_legacy(path: str) -> str:
-    # overlayfs splits lowerdir on ':' and the option parser on ','; both take a backslash.
-    for char in ("\\", ":", ","):
-        path = path.replace(char, "\\" + char)
-    return path
-
-
 def _mount_overlay(target: Path, lowers: list[Path], options: dict[str, str | None]) -> None:
-    try:
-        _syscalls.mount_overlay_new_api(target, lowers, {**options, "source": SOURCE})
-        return
-    except OSError as exc:
-        if exc.errno not in _NEW_API_MISSING:
-            raise
-    flags = _syscalls.MS_RDONLY if "ro" in options else 0
-    data = ",".join(
-        ["lowerdir=" + ":".join(_escape_legacy(os.fspath(p)) for p in lowers)]
-        + [k if v is None else f"{k}={_escape_legacy(v)}" for k, v in options.items() if k != "ro"]
-    )
-    if len(data) > _LEGACY_OPTIONS_LIMIT:
-        raise CliError(
-            f"the layer paths need {len(data)} bytes of mount options, more than the 4 KiB "
-            "mount(2) allows before Linux 6.8",
-            code=EXIT_CANNOT_MOUNT,
-        )
-    _syscalls.mount(SOURCE, target, "overlay", flags, data)
+    _overlayopts.mount_overlay(target, lowers, options, source=SOURCE)
 
 
 def _mount_view(
@@ -346,13 +233,9 @@ def mount_kept(ctx: Context, kept: Kept, target: Path) -> int:
             + ", ".join(safe_path(name) for name in foreign[:5])
         )
     root = _namespaces.is_real_root()
-    options: dict[str, str | None]
-    if root and not user_xattrs:
-        # Pin what our upper-layer reader understands: no redirects, metacopy or index.
-        options = {"redirect_dir": "off", "metacopy": "off", "index": "off"}
-    else:
-        # Opaque directories marked the way unprivileged overlays mark them.
-        options = {"userxattr": None}
+    # A layer whose opaque directories are marked the way unprivileged overlays mark them
+    # needs userxattr even as root.
+    options = _overlayopts.feature_options(userxattr=user_xattrs or not root)
     rw = bool(ctx.args.rw)
     command: str | None = ctx.args.command
     if root and command is None:
@@ -381,6 +264,12 @@ def _mount_or_explain(
 ) -> None:
     try:
         _mount_view(target, upper, lowers, rw=rw, options=options)
+    except MountError as exc:
+        # Already says what is wrong and what to do (the option string is too long).
+        raise CliError(
+            f"could not mount the view at {safe_path(str(target))}: {exc.strerror}",
+            code=EXIT_CANNOT_MOUNT,
+        ) from exc
     except OSError as exc:
         unprivileged = not _namespaces.is_real_root()
         reason = _probe.explain_overlay_failure(exc.errno or 0, unprivileged=unprivileged)
@@ -426,8 +315,7 @@ def unmount_view(ctx: Context, target: Path) -> int:
     _require_linux()
     shown = safe_path(os.fspath(target))
     resolved = Path(os.path.realpath(target))
-    table = mount_table()
-    entries = [entry for entry in table if entry.point == resolved]
+    entries = [mount for mount in _mountinfo.read() if mount.point == resolved]
     root = _namespaces.is_real_root()
     user_hint = (
         "a view mounted by an ordinary user lives in a private namespace only as long as the "
@@ -466,10 +354,10 @@ def unmount_view(ctx: Context, target: Path) -> int:
     return EXIT_OK
 
 
-def _remove_work_dirs(ctx: Context, entry: MountEntry) -> None:
-    still_used = {path for other in mount_table() for path in _layer_paths(other)}
-    for value in entry.options.get("workdir", []):
-        work = Path(value)
+def _remove_work_dirs(ctx: Context, entry: _mountinfo.MountInfo) -> None:
+    still_used = {path for other in _mountinfo.read() for path in other.layer_dirs()}
+    for value in entry.option_values("workdir"):
+        work = Path(_overlayopts.unescape(value))
         # Only the directory mount made: named "work", beside a kept test's record.
         if work.name != WORK_DIR or not (work.parent / RECORD_FILE).is_file():
             continue
@@ -479,100 +367,3 @@ def _remove_work_dirs(ctx: Context, entry: MountEntry) -> None:
             remove_layer_tree(work)
         except OSError as exc:
             ctx.warn(f"could not remove the work directory {safe_path(value)}: {exc.strerror}")
-
-
-# --- clean ----------------------------------------------------------------------------------
-
-
-def clean(ctx: Context) -> int:
-    """Remove the kept layers of every run, or of ``--run``, after asking (or ``--yes``).
-
-    With ``--layers``, remove the cached snapshot layers instead.
-    """
-    if ctx.args.layers:
-        return _clean_snapshot_layers(ctx)
-    if ctx.args.layer_dir is not None:
-        # Without this, `clean --layer-dir X --yes` would remove the kept layers of tests.
-        raise CliError(
-            "--layer-dir names the snapshot-layer cache, which only `clean --layers` removes",
-            code=EXIT_USAGE,
-            hint="add --layers to remove the snapshot layers",
-        )
-    store = ctx.located.store
-    runs = store.run_ids()
-    if not runs:
-        ctx.print(f"no kept layers in {shown_path(store.root)}; nothing to clean")
-        return EXIT_OK
-    targets = runs if ctx.args.run is None else [select_run(store, ctx.args.run)]
-    for run_id in targets:
-        busy = views_of(store.runs_dir / run_id)
-        if busy:
-            raise CliError(
-                f"run {safe_path(run_id)} is mounted at {shown_path(busy[0])}",
-                hint=f"unmount it first: pytest-overlay umount {shown_path(busy[0])}",
-            )
-    sizes = {run_id: _run_summary(store, run_id) for run_id in targets}
-    what = plural(len(targets), "run")
-    if not ctx.args.yes and not _confirm(ctx, f"remove {what} from {shown_path(store.root)}?"):
-        raise CliError(f"nothing removed ({what} kept)", hint="pass --yes to remove them")
-    if ctx.args.run is None:
-        store.clean()
-    else:
-        remove_layer_tree(store.runs_dir / targets[0])
-        if store.latest_run() is None:
-            with contextlib.suppress(FileNotFoundError):
-                (store.root / LATEST_FILE).unlink()
-    total_tests = total_size = 0
-    for run_id, (count, size) in sizes.items():
-        ctx.print(
-            f"removed run {safe_path(run_id)}: {plural(count, 'kept test')}, {human_size(size)}"
-        )
-        total_tests += count
-        total_size += size
-    where = shown_path(store.root)
-    ctx.print(f"removed {what} ({total_tests} tests, {human_size(total_size)}) from {where}")
-    return EXIT_OK
-
-
-def _clean_snapshot_layers(ctx: Context) -> int:
-    root, how = locate_layers(ctx.args.layer_dir, Path.cwd())
-    layers = read_layers(root)
-    where = shown_path(root)
-    if not layers:
-        ctx.print(f"no snapshot layers in {where} ({how}); nothing to clean")
-        return EXIT_OK
-    busy = views_of(root)
-    if busy:
-        raise CliError(
-            f"a snapshot layer in {where} is part of the view mounted at {shown_path(busy[0])}",
-            hint=f"unmount it first: pytest-overlay umount {shown_path(busy[0])}",
-        )
-    what = plural(len(layers), "snapshot layer")
-    total = human_size(sum(info.size for info in layers))
-    if not ctx.args.yes and not _confirm(ctx, f"remove {what} ({total}) from {where}?"):
-        raise CliError(f"nothing removed ({what} cached)", hint="pass --yes to remove them")
-    clean_layers(root)
-    for info in layers:
-        ctx.print(
-            f"removed layer {safe_path(info.name)} "
-            f"({safe_path(info.key[:12])}, {human_size(info.size)})"
-        )
-    ctx.print(f"removed {what} ({total}) from {where}")
-    return EXIT_OK
-
-
-def _run_summary(store: Store, run_id: str) -> tuple[int, int]:
-    kept = tests_of(store, run_id)
-    return len(kept), sum(k.record.size for k in kept if k.record is not None)
-
-
-def _confirm(ctx: Context, question: str) -> bool:
-    if not sys.stdin.isatty():
-        return False
-    ctx.err.write(f"{question} [y/N] ")
-    ctx.err.flush()
-    try:
-        answer = sys.stdin.readline()
-    except (OSError, KeyboardInterrupt):
-        return False
-    return answer.strip().lower() in ("y", "yes")
