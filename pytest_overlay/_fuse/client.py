@@ -28,7 +28,7 @@ from pytest_overlay._errors import MountError
 
 from .server import EXIT_NO_LIBFUSE
 
-__all__ = ["FuseMount", "ServerProcess", "availability", "start"]
+__all__ = ["FuseMount", "ServerProcess", "availability", "fusermount_refusal", "start"]
 
 _DEV_FUSE = "/dev/fuse"
 LIBFUSE_MISSING = (
@@ -40,8 +40,63 @@ _GONE = frozenset({errno.EINVAL, errno.ENOENT})
 _MNT_DETACH = 2
 
 
+# fusermount3's own words (libfuse's util/fusermount.c) for the refusals one can fix, and how.
+_FUSERMOUNT_FIXES = (
+    (
+        "only allowed if 'user_allow_other' is set",
+        "add the line user_allow_other to /etc/fuse.conf (as root), or run as root",
+    ),
+    (
+        "not owned by user",
+        "in a sticky directory such as /tmp an ordinary user may mount FUSE only on a directory "
+        "they own: mount on one of your own, or run as root",
+    ),
+    (
+        "no write access to mountpoint",
+        "an ordinary user may mount FUSE only on a directory they may write to: mount on one of "
+        "your own, or run as root",
+    ),
+    (
+        "too many FUSE filesystems mounted",
+        "unmount FUSE mounts left behind (grep fuse /proc/self/mounts), or raise mount_max in "
+        "/etc/fuse.conf",
+    ),
+    (
+        "fuse device not found",
+        "load the module (modprobe fuse), or start the container with --device /dev/fuse",
+    ),
+    (
+        "failed to open /dev/fuse",
+        "make /dev/fuse usable by everyone (chmod 0666 /dev/fuse, as distributions ship it), "
+        "or run as root",
+    ),
+    (
+        "mount failed: Operation not permitted",
+        "the kernel refused fusermount3's mount: fusermount3 must be setuid root (ls -l "
+        "$(command -v fusermount3)), and under no_new_privs, a seccomp filter or an AppArmor "
+        "policy (in a container, say) it cannot mount; there, run as root with CAP_SYS_ADMIN",
+    ),
+)
+
+
 def _fusermount() -> str | None:
     return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+def fusermount_refusal(output: str) -> str | None:
+    """Why ``fusermount3`` refused a mount, from a server's *output*, and what to do about it.
+
+    None when *output* has no line of ``fusermount3`` (or libfuse 2's ``fusermount``).
+    """
+    for line in output.splitlines():
+        tool, colon, message = line.strip().partition(": ")
+        if not colon or tool not in ("fusermount3", "fusermount"):
+            continue
+        for words, fix in _FUSERMOUNT_FIXES:
+            if words in message:
+                return f"{tool} refused it: {message}; {fix}"
+        return f"{tool} refused it: {message}"
+    return None
 
 
 def availability() -> str | None:
@@ -296,9 +351,14 @@ def start(
 
 
 def failed_mount(handle: FuseMount, reason: str) -> MountError:
-    """Close a mount that did not become live; the error says why, with the server's output."""
+    """Close a mount that did not become live; the error says why, with the server's output.
+
+    When ``fusermount3`` refused the mount, its reason and the fix replace *reason*.
+    """
     output = handle.stderr()
     handle.close()
+    # fusermount3's line says why; the server's own last line only that mounting failed.
+    reason = fusermount_refusal(output) or reason
     detail = f"\n--- server output ---\n{output}" if output else ""
     return MountError(
         errno.EIO, f"FUSE overlay mount failed: {reason}{detail}", os.fspath(handle.mountpoint)

@@ -256,7 +256,11 @@ def _spawn(options: MountOptions, mountpoint: str, log: IO[bytes]) -> str | None
             process.kill()  # auto_unmount's fusermount then unmounts
             process.wait()
     log.seek(0)
-    output = _one_line(log.read().decode(errors="replace"))
+    text = log.read().decode(errors="replace")
+    refusal = client.fusermount_refusal(text)
+    if refusal is not None:
+        return refusal
+    output = _one_line(text)
     return f"{reason}: {output}" if output else reason
 
 
