@@ -9,26 +9,28 @@ Layout, inside pytest's cache directory (``.pytest_cache/d/overlay`` by default)
 
 Every JSON file is written to a temporary name and renamed, so a crash leaves either the old
 file or the new one, never half of one; a test directory without a record is incomplete and
-the command says so.
+the command says so.  The layers themselves are written by :mod:`._layerwrite`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import hashlib
 import json
 import os
-import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._diff import TreeDiff
-from ._filecopy import copy_file_data
+from ._files import remove_tree
+from ._layerwrite import copy_layer as copy_layer  # re-exported for _layercache, _layerfix
 from ._names import safe_label
+
+# _cli_mount and _layercache still import it by this name; it is _files.remove_tree.
+remove_layer_tree = remove_tree
 
 STORE_DIR = "overlay"
 RUN_FILE = "run.json"
@@ -127,7 +129,7 @@ class Store:
         for run_id in doomed:
             if run_id == keep_run:
                 continue
-            remove_layer_tree(self.runs_dir / run_id)
+            remove_tree(self.runs_dir / run_id)
             removed.append(run_id)
         return removed
 
@@ -162,7 +164,7 @@ class Store:
         """Remove every kept layer; returns how many runs were removed."""
         runs = self.run_ids()
         for run_id in runs:
-            remove_layer_tree(self.runs_dir / run_id)
+            remove_tree(self.runs_dir / run_id)
         with contextlib.suppress(FileNotFoundError):
             (self.root / LATEST_FILE).unlink()
         return len(runs)
@@ -177,107 +179,23 @@ def read_record(test_dir: Path) -> Record | None:
         return None
 
 
-def keep_test(run_dir: Path, record: Record, upper: Path | None) -> Path:
-    """Store one test: its upper layer first, then the record that makes it complete."""
+def keep_test(run_dir: Path, record: Record, layer: Path | Callable[[Path], int] | None) -> Path:
+    """Store one test: its upper layer first, then the record that makes it complete.
+
+    *layer* is the test's upper layer: a directory to copy, or what writes it at the path it
+    is given and returns its size in bytes (a mount's :meth:`~._backends.base.Mount.export`);
+    None keeps the record alone.
+    """
     test_dir = run_dir / "tests" / test_slug(record.nodeid)
     if test_dir.exists():
-        remove_layer_tree(test_dir)
+        remove_tree(test_dir)
     test_dir.mkdir(parents=True)
     size = 0
     stored_upper: str | None = None
-    if upper is not None:
-        size = copy_layer(upper, test_dir / UPPER_DIR)
+    if layer is not None:
+        target = test_dir / UPPER_DIR
+        size = layer(target) if callable(layer) else copy_layer(layer, target)
         stored_upper = UPPER_DIR
     final = Record(**{**asdict(record), "size": size, "upper": stored_upper})
     write_json_atomic(test_dir / RECORD_FILE, asdict(final))
     return test_dir
-
-
-def copy_layer(source: Path, target: Path) -> int:
-    """Copy an upper layer with its whiteouts, opaque markers, modes and times; returns bytes.
-
-    Whiteouts are character devices 0/0, which Linux lets anyone create since 5.8; where that
-    fails they become ``.wh.<name>`` files, a format the diff reader also understands.
-    """
-    total = 0
-    target.mkdir(mode=0o700)
-    for directory, dirnames, filenames in os.walk(source):
-        rel = os.path.relpath(directory, source)
-        out_dir = target if rel == "." else target / rel
-        for name in dirnames:
-            src = Path(directory, name)
-            st = src.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(src), out_dir / name)
-                continue
-            (out_dir / name).mkdir(mode=0o700)
-        for name in filenames:
-            src, dst = Path(directory, name), out_dir / name
-            st = src.lstat()
-            total += _copy_entry(src, dst, st)
-        _copy_xattrs(Path(directory), out_dir)
-    # Modes last, bottom-up, so that read-only directories could be filled first.
-    _copy_times_and_mode(source, target)
-    for directory, dirnames, _ in os.walk(source, topdown=False):
-        rel = os.path.relpath(directory, source)
-        for name in dirnames:
-            src = Path(directory, name)
-            if not src.is_symlink():
-                _copy_times_and_mode(src, (target if rel == "." else target / rel) / name)
-    return total
-
-
-def _copy_entry(src: Path, dst: Path, st: os.stat_result) -> int:
-    mode = st.st_mode
-    if stat.S_ISREG(mode):
-        copy_file_data(src, dst)
-        _copy_xattrs(src, dst)
-        _copy_times_and_mode(src, dst)
-        return st.st_size
-    if stat.S_ISLNK(mode):
-        os.symlink(os.readlink(src), dst)
-    elif stat.S_ISCHR(mode) and st.st_rdev == 0:
-        try:
-            os.mknod(dst, stat.S_IFCHR | 0o600, 0)
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EACCES):
-                raise
-            (dst.parent / f".wh.{dst.name}").touch()
-    elif stat.S_ISFIFO(mode):
-        os.mkfifo(dst, stat.S_IMODE(mode))
-    else:
-        # Sockets and devices a test created cannot be recreated without privileges, and
-        # carry no content: note their presence only.
-        with contextlib.suppress(OSError):
-            os.mknod(dst, mode, st.st_rdev)
-    return 0
-
-
-def _copy_times_and_mode(src: Path, dst: Path) -> None:
-    st = src.lstat()
-    os.chmod(dst, stat.S_IMODE(st.st_mode))
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _copy_xattrs(src: Path, dst: Path) -> None:
-    # Only the overlay's own markers matter to the diff reader (opaque directories).
-    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
-        try:
-            value = os.getxattr(src, name, follow_symlinks=False)
-        except OSError:
-            continue
-        try:
-            os.setxattr(dst, name, value, follow_symlinks=False)
-        except OSError:
-            if name.startswith("trusted."):
-                # Unprivileged copies cannot write trusted xattrs; the user namespace form
-                # means the same to our reader.
-                with contextlib.suppress(OSError):
-                    os.setxattr(dst, "user.overlay.opaque", value, follow_symlinks=False)
-
-
-def remove_layer_tree(path: Path) -> None:
-    """Remove a kept layer, read-only directories included."""
-    from ._backends.copytree import remove_tree
-
-    remove_tree(path)

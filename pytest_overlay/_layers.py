@@ -10,7 +10,9 @@ on-disk formats are honoured inside it:
   set to ``y``, or holds a ``.wh..wh..opq`` file; it hides the same directory in every layer
   below it.
 
-Nothing here follows a symbolic link, opens a file or reads one: only ``lstat``, ``readdir`` and
+This module owns the format's names (:data:`WHITEOUT_PREFIX`, :data:`OPAQUE_SENTINEL`, the
+overlay's xattrs) and reads it; :mod:`._layerwrite` beside it is the one writer.  Nothing here
+follows a symbolic link, opens a file or reads one: only ``lstat``, ``readdir`` and
 ``getxattr`` are used, so FIFOs and device nodes are harmless.  The layers are assumed not to
 change while a :class:`LayerStack` is in use (results are cached).
 """
@@ -29,17 +31,21 @@ from typing import final
 __all__ = [
     "OPAQUE_SENTINEL",
     "OPAQUE_XATTRS",
+    "OVERLAY_XATTR_PREFIXES",
     "WHITEOUT_PREFIX",
     "Entry",
     "LayerStack",
     "is_opaque",
     "is_whiteout",
+    "opaque_xattr",
     "read_layer_dir",
 ]
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_SENTINEL = ".wh..wh..opq"
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+"""Xattrs that belong to the overlay format (opaque markers and the like), not to the file."""
 
 # getxattr errors that mean "this directory is not marked opaque", not "something broke":
 # ENODATA: no such attribute; ENOTSUP: the filesystem has no xattrs (or not in this namespace);
@@ -70,7 +76,8 @@ def is_whiteout(st: os.stat_result) -> bool:
 
 if sys.platform == "linux":
 
-    def _has_opaque_xattr(path: Path) -> bool:
+    def opaque_xattr(path: Path | str) -> str | None:
+        """The xattr of :data:`OPAQUE_XATTRS` that marks the directory *path* opaque, if any."""
         for name in OPAQUE_XATTRS:
             try:
                 value = os.getxattr(path, name, follow_symlinks=False)
@@ -79,13 +86,14 @@ if sys.platform == "linux":
                     continue
                 raise
             if value == b"y":
-                return True
-        return False
+                return name
+        return None
 
 else:  # pragma: no cover - no overlay xattrs outside Linux
 
-    def _has_opaque_xattr(path: Path) -> bool:
-        return False
+    def opaque_xattr(path: Path | str) -> str | None:
+        """The xattr of :data:`OPAQUE_XATTRS` that marks the directory *path* opaque, if any."""
+        return None
 
 
 def _lstat(path: Path) -> os.stat_result | None:
@@ -99,7 +107,7 @@ def _lstat(path: Path) -> os.stat_result | None:
 
 def is_opaque(path: Path) -> bool:
     """Tell whether the directory *path* is marked opaque (by xattr or by sentinel file)."""
-    if _has_opaque_xattr(path):
+    if opaque_xattr(path) is not None:
         return True
     sentinel = _lstat(path / OPAQUE_SENTINEL)
     return sentinel is not None and stat.S_ISREG(sentinel.st_mode)

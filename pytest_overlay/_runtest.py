@@ -14,7 +14,7 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,14 +25,13 @@ from ._backends import Mount
 from ._backends.idmap import overflow_note
 from ._diff import TreeDiff
 from ._errors import ViewLostError
-from ._keep import Record, Store, keep_test, remove_layer_tree, test_slug
+from ._keep import Record, Store, keep_test
 from ._layers import LayerStack
 from ._overlay import Overlay
 from ._render import safe_path
 from ._report import ReportOptions, render_report
 from ._session import OverlaySession
 from ._settings import make_ignore
-from ._upper import synthesize_upper
 
 SECTION = "overlay changes"
 
@@ -203,7 +202,6 @@ def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path 
         return None
     store = Store(_cache_dir(item.config) / "d" / "overlay")
     run_dir = session.run_dir(store)
-    mount = state.mounts[0]
     with _namespaces.privileged():
         diffs = [view.diff(state.ignore) for view in state.mounts]
         diff = diffs[0]
@@ -225,20 +223,7 @@ def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path 
             worker=os.environ.get("PYTEST_XDIST_WORKER"),
             extra={"other_targets": others} if others else {},
         )
-        if mount.upper is not None:
-            return keep_test(run_dir, record, mount.upper)
-        with _scratch_upper(run_dir, item.nodeid) as upper:
-            synthesize_upper(diff, mount.new_root, upper)
-            return keep_test(run_dir, record, upper)
-
-
-@contextlib.contextmanager
-def _scratch_upper(run_dir: Path, nodeid: str) -> Iterator[Path]:
-    scratch = run_dir / f".building-{test_slug(nodeid)}-{os.getpid()}"
-    try:
-        yield scratch
-    finally:
-        remove_layer_tree(scratch)
+        return keep_test(run_dir, record, state.mounts[0].export)
 
 
 def json_dict(diff: TreeDiff) -> dict[str, object]:

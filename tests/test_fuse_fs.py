@@ -27,7 +27,7 @@ import pytest
 from pytest_overlay._diff import TreeDiff, diff_upper
 from pytest_overlay._errors import MountError
 from pytest_overlay._fuse import client
-from pytest_overlay._fuse.upperfmt import make_whiteout, set_opaque
+from pytest_overlay._layerwrite import make_whiteout, set_opaque
 from tests._gates import gate, kernel_reason, server_libfuse
 
 Snapshot = dict[str, tuple[Any, ...]]

@@ -1,4 +1,9 @@
-"""The one narrow interface every backend implements."""
+"""The one narrow interface every backend implements.
+
+A :class:`Mount` hides how a backend stores a test's changes: callers ask it for a diff, or to
+:meth:`~Mount.export` the changes as an upper layer (keeping, snapshot layers), and never look
+at its storage.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +30,10 @@ class Mount(Protocol):
 
     @property
     def upper(self) -> Path | None:
-        """The upper layer in overlayfs format, for backends that have one."""
+        """The upper layer in overlayfs format, for backends that have one.
+
+        Deprecated: callers use :meth:`export`; kept only until ``_layerfix`` does.
+        """
 
     @property
     def new_root(self) -> Path:
@@ -34,8 +42,14 @@ class Mount(Protocol):
     def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
         """What changed in the merged view compared with the lowers."""
 
+    def export(self, destination: Path) -> int:
+        """Write the changes so far to *destination* (created; it must not exist) as an upper
+        layer in overlayfs format, which :mod:`pytest_overlay._layers` reads over the lowers;
+        returns the bytes of file data written.  Whatever the backend keeps them in."""
+
     def snapshot(self) -> Path:
-        """Copy the changes so far, as an upper layer, to a new private directory."""
+        """:meth:`export` the changes so far to a new private directory, removed by
+        :meth:`close`; returns it."""
 
     def close(self) -> list[str]:
         """Unmount and remove everything; returns warnings worth showing the user."""

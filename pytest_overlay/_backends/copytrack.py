@@ -13,10 +13,15 @@ two sources are used:
 
 Renamed and newly made directories are reported as *replaced*: what is inside them is
 unknown, so the diff and the reset take them whole.
+
+Neither source can see what a process still running in the copy will change after the reset,
+so :func:`processes_inside` finds such processes in ``/proc`` when a test ends: a copy one of
+them holds is never reset and reused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import stat
@@ -25,7 +30,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["ChangeTracker", "Signature", "signature"]
+__all__ = ["ChangeTracker", "Signature", "processes_inside", "signature"]
 
 Signature = tuple[int, int, int, int, int]
 
@@ -239,3 +244,76 @@ class ChangeTracker:
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
+
+
+def processes_inside(root: str) -> list[tuple[int, str]]:
+    """The processes, as ``(pid, command)``, whose working directory, root directory,
+    executable or an open file is inside the directory *root* (a real path).
+
+    Read from ``/proc`` (Linux; elsewhere nothing is found).  Only this process and younger
+    ones are looked at, since an older one cannot have been started by a test (a stat line per
+    process; the links of those few); processes we may not inspect are passed over.
+    """
+    if sys.platform != "linux":
+        return []
+    own = os.getpid()
+    try:
+        born = _start_time(own)
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []  # no procfs mounted here
+    prefix = root.rstrip("/") + "/"
+    found = []
+    for pid in pids:
+        try:
+            if pid != own and _start_time(pid) < born:
+                continue
+            if _holds(f"/proc/{pid}/", root, prefix):
+                found.append((pid, _command(pid)))
+        except OSError:  # gone meanwhile, or not ours to inspect
+            continue
+    return found
+
+
+def _read_proc(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def _start_time(pid: int) -> int:
+    data = _read_proc(f"/proc/{pid}/stat")
+    # The command in parentheses may hold spaces; field 22, the start time, is the 20th after.
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+def _holds(base: str, root: str, prefix: str) -> bool:
+    for link in ("cwd", "root", "exe"):
+        try:
+            target = os.readlink(base + link)
+        except FileNotFoundError:  # a kernel thread has no executable
+            continue
+        if target == root or target.startswith(prefix):
+            return True
+    for fd in os.listdir(base + "fd"):
+        try:
+            target = os.readlink(f"{base}fd/{fd}")
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if target.startswith(prefix) or target == root:
+            return True
+    return False
+
+
+def _command(pid: int) -> str:
+    try:
+        words = _read_proc(f"/proc/{pid}/cmdline").rstrip(b"\0").split(b"\0")
+        command = " ".join(os.fsdecode(b" ".join(words)).split())  # one line, for a warning
+    except OSError:
+        command = ""
+    if not command:  # a zombie, or a kernel thread
+        with contextlib.suppress(OSError):
+            command = os.fsdecode(_read_proc(f"/proc/{pid}/comm")).strip()
+    return command if len(command) <= 80 else command[:77] + "..."

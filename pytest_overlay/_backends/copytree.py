@@ -13,19 +13,18 @@ import contextlib
 import errno
 import itertools
 import os
-import shutil
 import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pytest_overlay._diff import TreeDiff, diff_paths
-from pytest_overlay._filecopy import copy_file_data, copy_xattrs
+from pytest_overlay._files import copy_file_data, remove_tree
 from pytest_overlay._layers import Entry, LayerStack
-from pytest_overlay._upper import synthesize_upper
+from pytest_overlay._layerwrite import copy_metadata, copy_node, synthesize_upper
 
 from .base import IgnoreFn, safe_label
-from .copytrack import ChangeTracker, signature
+from .copytrack import ChangeTracker, processes_inside, signature
 
 # ioctl(FICLONE): share the source's extents instead of copying bytes (btrfs, xfs, bcachefs).
 _FICLONE = 0x40049409
@@ -37,7 +36,7 @@ class _Cloner:
     def __init__(self) -> None:
         self.enabled = sys.platform.startswith("linux")
 
-    def copy_file(self, source: Path, target: Path, mode: int) -> None:
+    def copy_file(self, source: str, target: str) -> None:
         if self.enabled:
             import fcntl
 
@@ -70,9 +69,10 @@ class _Copy:
     ) -> None:
         self.root = root
         self.merged = root / (lowers[0].name or "root")
+        self.real_root = str(root)  # resolved once it exists (build)
         self.lowers = lowers
         self._stack = LayerStack(lowers)
-        self._cloner = cloner
+        self._copy_data = cloner.copy_file
         self.tracker = ChangeTracker(self.merged, watch=watch)
         # Our own scratch space, where it sits inside a lower, is neither copied nor diffed.
         self.hidden = tuple(
@@ -87,9 +87,10 @@ class _Copy:
         if top is None:
             raise FileNotFoundError(errno.ENOENT, "lower layer not found", str(self.lowers[0]))
         self.root.mkdir(parents=True)
+        self.real_root = os.path.realpath(self.root)
         self.merged.mkdir()
         self._copy_children("", self.merged)
-        self._finish_entry("", top, self.merged)
+        self._finish_dir("", top, self.merged)
         self.tracker.settle()
 
     def _is_hidden(self, rel: str) -> bool:
@@ -102,29 +103,22 @@ class _Copy:
                 self._copy_entry(child, entry, target / name)
 
     def _copy_entry(self, rel: str, entry: Entry, target: Path) -> None:
-        mode = entry.stat.st_mode
-        if stat.S_ISDIR(mode):
-            target.mkdir()
+        if stat.S_ISDIR(entry.stat.st_mode):
+            target.mkdir(mode=0o700)  # its own mode once it is filled
             self._copy_children(rel, target)
-        elif stat.S_ISREG(mode):
-            self._cloner.copy_file(entry.real_path, target, mode)
-        elif stat.S_ISLNK(mode):
-            os.symlink(os.readlink(entry.real_path), target)
-        elif stat.S_ISFIFO(mode):
-            os.mkfifo(target, stat.S_IMODE(mode))
-        else:
-            try:
-                os.mknod(target, mode, entry.stat.st_rdev)
-            except PermissionError:
-                # Sockets and devices need privileges to recreate; they cannot be used
-                # through a copy anyway, so the view simply lacks them.
-                return
-        self._finish_entry(rel, entry, target)
+            self._finish_dir(rel, entry, target)
+            return
+        source, st = os.fspath(entry.real_path), entry.stat
+        # A socket or device node that needs privileges to recreate is left out: it cannot
+        # be used through a copy anyway.
+        if copy_node(
+            source, os.fspath(target), st, owner=_is_root(), exact=False, copy_data=self._copy_data
+        ):
+            self.tracker.record(rel, target, os.lstat(target), is_dir=False)
 
-    def _finish_entry(self, rel: str, entry: Entry, target: Path) -> None:
-        _copy_metadata(entry, target)
-        is_dir = stat.S_ISDIR(entry.stat.st_mode)
-        self.tracker.record(rel, target, os.lstat(target), is_dir=is_dir)
+    def _finish_dir(self, rel: str, entry: Entry, target: Path) -> None:
+        copy_metadata(entry.real_path, target, entry.stat, owner=_is_root(), exact=False)
+        self.tracker.record(rel, target, os.lstat(target), is_dir=True)
 
     def diff(self, ignore: IgnoreFn | None) -> TreeDiff:
         self.tracker.collect()
@@ -178,7 +172,7 @@ class _Copy:
             if entry is not None:
                 path = self.merged / rel if rel else self.merged
                 _drop_added_xattrs(entry.real_path, path)
-                self._finish_entry(rel, entry, path)
+                self._finish_dir(rel, entry, path)
         tracker.settle()
         self._verify(restored, directories)
 
@@ -214,6 +208,10 @@ class _Copy:
     def remove(self) -> None:
         self.tracker.close()
         remove_tree(self.root)
+
+
+def _is_root() -> bool:
+    return sys.platform != "win32" and os.geteuid() == 0
 
 
 def _sort_key(rel: str) -> tuple[str, ...]:
@@ -263,7 +261,8 @@ def _check_same(rel: str, old: Entry, now: os.stat_result) -> None:
 
 
 class CopyMount:
-    """A test's hold on a pooled copy; closing it resets the copy for the next test."""
+    """A test's hold on a pooled copy; closing it resets the copy for the next test, unless a
+    process the test started still runs in it (then the copy is set aside, with a warning)."""
 
     def __init__(self, backend: CopyBackend, copy: _Copy, snapshots: Path) -> None:
         self._backend = backend
@@ -293,10 +292,13 @@ class CopyMount:
     def diff(self, ignore: IgnoreFn | None = None) -> TreeDiff:
         return self._copy.diff(ignore)
 
+    def export(self, destination: Path) -> int:
+        return synthesize_upper(self.diff(), self._copy.merged, destination)
+
     def snapshot(self) -> Path:
         target = self._snapshots_dir / str(next(self._snapshots))
         target.parent.mkdir(parents=True, exist_ok=True)
-        synthesize_upper(self.diff(), self._copy.merged, target)
+        self.export(target)
         return target
 
     def close(self) -> list[str]:
@@ -304,8 +306,20 @@ class CopyMount:
             return []
         self._closed = True
         remove_tree(self._snapshots_dir)
-        self._backend.release(self._copy)
-        return []
+        users = processes_inside(self._copy.real_root)
+        if not users:
+            self._backend.release(self._copy)
+            return []
+        # It would go on changing the copy after the reset: the copy is no longer ours to
+        # reuse, and stays as it is for that process until the end of the run.
+        self._backend.set_aside(self._copy)
+        named = ", ".join(f"pid {pid} ({command})" for pid, command in users[:3])
+        more = f" and {len(users) - 3} more" if len(users) > 3 else ""
+        return [
+            f"{self.path} was still in use by {named}{more} when the test ended, so that copy "
+            "was set aside: the process may go on using it until the end of the run, when it "
+            "is removed, and the next test gets a fresh copy"
+        ]
 
 
 class CopyBackend:
@@ -371,6 +385,10 @@ class CopyBackend:
             raise
         return copy
 
+    def set_aside(self, copy: _Copy) -> None:
+        """Never hand *copy* out again (a process still uses it); :meth:`shutdown` removes it."""
+        copy.tracker.close()
+
     def release(self, copy: _Copy) -> None:
         """Reset *copy* for the next test, or throw it away if the reset cannot be verified."""
         try:
@@ -391,38 +409,3 @@ class CopyBackend:
         self._idle.clear()
         if self._scratch_path is not None:
             remove_tree(self._scratch_path)
-
-
-def _copy_metadata(entry: Entry, target: Path) -> None:
-    st = entry.stat
-    copy_xattrs(entry.real_path, target)
-    if os.geteuid() == 0:
-        with contextlib.suppress(OSError):
-            os.lchown(target, st.st_uid, st.st_gid)
-    if not stat.S_ISLNK(st.st_mode):
-        os.chmod(target, stat.S_IMODE(st.st_mode))
-    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove *path* even where the test left read-only or mode-000 directories behind."""
-
-    def make_writable(function: object, failed: str, exc: object) -> None:
-        try:
-            os.chmod(os.path.dirname(failed), 0o700)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, 0o700)
-                _rmtree(failed)
-            else:
-                os.unlink(failed)
-        except FileNotFoundError:
-            pass
-
-    def _rmtree(target: str | Path) -> None:
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(target, onexc=make_writable)
-        else:
-            shutil.rmtree(target, onerror=make_writable)
-
-    if path.exists() or path.is_symlink():
-        _rmtree(path)

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 from pytest_overlay import _namespaces
 from pytest_overlay._errors import MountError, ViewLostError
+from pytest_overlay._files import remove_tree
 
 from .base import safe_label
-from .copytree import remove_tree
 from .upperview import RealDirs, UpperLayerView, detach, readable_lowers
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from pathlib import Path
 from pytest_overlay import _namespaces, _syscalls
 from pytest_overlay._diff import TreeDiff, diff_upper
 from pytest_overlay._errors import MountError
-from pytest_overlay._keep import copy_layer
+from pytest_overlay._layerwrite import copy_layer
 
 from .base import IgnoreFn
 
@@ -108,9 +108,13 @@ class UpperLayerView:
         with _namespaces.privileged():
             return diff_upper(self.upper, self._lowers, ignore=ignore)
 
+    def export(self, destination: Path) -> int:
+        # A test may leave unreadable files behind; the copy needs to read them.
+        with _namespaces.privileged():
+            return copy_layer(self.upper, destination)
+
     def snapshot(self) -> Path:
         target = self._root / ".snapshots" / str(next(self._snapshots))
         target.parent.mkdir(exist_ok=True)
-        with _namespaces.privileged():
-            copy_layer(self.upper, target)
+        self.export(target)
         return target

@@ -2,7 +2,7 @@
 
 The merged view follows kernel overlayfs: the topmost layer holding a name provides it; a
 whiteout, an opaque directory or a non-directory hides the layers below.  Every change is made
-in the upper layer in the kernel's on-disk format (see :mod:`.upperfmt`), so
+in the upper layer in the kernel's on-disk format (see :mod:`pytest_overlay._layerwrite`), so
 :func:`pytest_overlay._diff.diff_upper` reads it as it reads a kernel upper layer.  Two things
 are deliberately better than the kernel: a directory that exists in a lower layer can be
 renamed (it is copied up whole, then moved; the kernel says ``EXDEV``), and a copied-up entry
@@ -23,17 +23,11 @@ from typing import Any, NamedTuple
 
 import mfusepy
 
-from pytest_overlay._layers import WHITEOUT_PREFIX
+from pytest_overlay._files import remove_tree
+from pytest_overlay._layers import OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX
+from pytest_overlay._layerwrite import clear_whiteout, make_whiteout, set_opaque, strip_markers
 
 from .links import LinkNames
-from .upperfmt import (
-    clear_whiteout,
-    is_private_xattr,
-    make_whiteout,
-    remove_tree,
-    set_opaque,
-    strip_markers,
-)
 from .upperwrite import UpperWriter
 from .view import MergedView, fail, split
 
@@ -217,14 +211,14 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         """An xattr of the merged entry; the overlay's own are not shown."""
-        if is_private_xattr(name):
+        if name.startswith(OVERLAY_XATTR_PREFIXES):
             raise fail(errno.ENODATA, _rel(path))
         return os.getxattr(self._view.get(_rel(path)).path, name, follow_symlinks=False)
 
     def listxattr(self, path: str) -> list[str]:
         """The xattr names of the merged entry, without the overlay's own."""
         names = os.listxattr(self._view.get(_rel(path)).path, follow_symlinks=False)
-        return [name for name in names if not is_private_xattr(name)]
+        return [name for name in names if not name.startswith(OVERLAY_XATTR_PREFIXES)]
 
     # -- FUSE operations: files -----------------------------------------------------------
     # No ``flush``: writes go straight to the backing file, so there is nothing to do, and
@@ -335,7 +329,7 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         """Set an xattr, in the upper layer; the overlay's own cannot be set."""
-        if is_private_xattr(name):
+        if name.startswith(OVERLAY_XATTR_PREFIXES):
             raise fail(errno.EOPNOTSUPP, _rel(path))  # the kernel refuses them the same way
         real = self.copy_up(_rel(path))
         os.setxattr(real, name, value, options, follow_symlinks=False)
@@ -344,7 +338,7 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
 
     def removexattr(self, path: str, name: str) -> int:
         """Remove an xattr, in the upper layer."""
-        if is_private_xattr(name):
+        if name.startswith(OVERLAY_XATTR_PREFIXES):
             raise fail(errno.EOPNOTSUPP, _rel(path))
         os.removexattr(self.copy_up(_rel(path)), name, follow_symlinks=False)
         self._changed(_rel(path))

@@ -1,5 +1,8 @@
 """Changing the upper layer: copy-up, new entries, removals, in the kernel's format.
 
+The format itself (whiteouts, opaque markers, copying an entry) is written by
+:mod:`pytest_overlay._layerwrite`; this module decides when.
+
 :class:`UpperWriter` is the half of :class:`.ops.OverlayOperations` that changes the upper
 layer; the other half answers FUSE requests with it.  A copy-up is made under a temporary
 name in the work directory and renamed into place, so that a crash never leaves half a copy
@@ -16,10 +19,11 @@ from typing import Any
 
 import mfusepy
 
+from pytest_overlay._files import remove_tree
 from pytest_overlay._layers import WHITEOUT_PREFIX
+from pytest_overlay._layerwrite import clear_whiteout, copy_node, make_whiteout
 
 from .links import LinkNames
-from .upperfmt import clear_whiteout, copy_node, make_whiteout, remove_tree
 from .view import MergedView, Node, fail, split
 
 __all__ = ["UpperWriter", "discard"]
@@ -70,7 +74,7 @@ class UpperWriter:
         target = os.path.join(self._upper_dir(parent), name)
         tmp = self._tmp()
         try:
-            copy_node(node.path, tmp, node.st, as_root=self._as_root)
+            copy_node(node.path, tmp, node.st, owner=self._as_root)
             new_ino = os.lstat(tmp).st_ino
             os.rename(tmp, target)
         except BaseException:

@@ -1,0 +1,318 @@
+"""The one writer of the overlayfs upper-layer format that :mod:`._layers` reads.
+
+Whatever writes a layer goes through here: the FUSE server (copy-up, whiteouts, opaque
+directories; :mod:`._fuse.ops`), keeping a test's layer and building snapshot layers
+(:func:`copy_layer`), and the copy backend, which has no upper layer of its own
+(:func:`synthesize_upper`; and :func:`copy_node` / :func:`copy_metadata` for its copy of the
+tree).  What it writes, with one fallback each where the filesystem refuses:
+
+* a whiteout is a character device 0/0, as the kernel writes it; where ``mknod`` is refused
+  (no ``CAP_MKNOD``, a filesystem without device nodes) an empty regular file ``.wh.<name>``;
+* an opaque directory carries ``trusted.overlay.opaque=y`` as root, ``user.overlay.opaque=y``
+  otherwise (as the kernel's ``userxattr`` mode does) or where ``trusted.*`` is refused, and
+  where the filesystem has neither (ramfs, vfat, tmpfs before Linux 6.6) a ``.wh..wh..opq``
+  file: kernel overlayfs does not read that one, our reader and the FUSE server do;
+* a copied entry keeps its xattrs (but the overlay's own), its permission bits and times, and
+  as root its owner.
+
+Standard library only: the FUSE server imports it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ._diff import ChangeKind, TreeDiff
+from ._files import copy_file_data
+from ._layers import (
+    OPAQUE_SENTINEL,
+    OPAQUE_XATTRS,
+    OVERLAY_XATTR_PREFIXES,
+    WHITEOUT_PREFIX,
+    is_whiteout,
+    opaque_xattr,
+)
+
+__all__ = [
+    "clear_whiteout",
+    "copy_layer",
+    "copy_metadata",
+    "copy_node",
+    "copy_xattrs",
+    "make_whiteout",
+    "set_opaque",
+    "strip_markers",
+    "synthesize_upper",
+]
+
+CopyData = Callable[[str, str], None]
+"""Copies a regular file's content from the first path to the second (created)."""
+
+# mknod refused: no CAP_MKNOD (EPERM; EACCES under some LSMs), or a filesystem without device
+# nodes (EOPNOTSUPP, EINVAL).
+_NO_MKNOD = frozenset({errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, errno.EINVAL})
+# An xattr this filesystem or this process cannot have: no such namespace here (ENOTSUP), not
+# allowed (EPERM, EACCES: trusted.* without privileges, security.* under an LSM), or gone since
+# it was listed (ENODATA).
+_NO_XATTR = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.ENODATA})
+# lchown refused where a copy need not be exact: an id our user namespace does not map
+# (EINVAL), a filesystem without owners (EPERM).
+_NO_OWNER = frozenset({errno.EINVAL, errno.EPERM})
+
+
+def _is_root() -> bool:
+    return sys.platform != "win32" and os.geteuid() == 0
+
+
+def _touch(path: str) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+
+# -- markers ------------------------------------------------------------------------------
+
+
+def make_whiteout(directory: str, name: str) -> None:
+    """Hide *name* of the layers below in the upper *directory*.
+
+    :raises OSError: if neither a 0/0 character device nor a ``.wh.`` file can be made.
+    """
+    if sys.platform != "win32":
+        try:
+            os.mknod(os.path.join(directory, name), stat.S_IFCHR, 0)
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_MKNOD:
+                raise
+    _touch(os.path.join(directory, WHITEOUT_PREFIX + name))
+
+
+def clear_whiteout(directory: str, name: str) -> bool:
+    """Remove a whiteout of *name* (either format) from the upper *directory*.
+
+    :returns: whether there was one, i.e. whether something below was deleted at *name*.
+    """
+    found = False
+    path = os.path.join(directory, name)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if is_whiteout(st):
+            os.unlink(path)
+            found = True
+    try:
+        os.unlink(os.path.join(directory, WHITEOUT_PREFIX + name))
+    except FileNotFoundError:
+        pass
+    else:
+        found = True
+    return found
+
+
+def set_opaque(path: str, *, as_root: bool) -> None:
+    """Mark the upper directory *path* opaque, so that it hides the same directory below.
+
+    *as_root* tries ``trusted.overlay.opaque`` first; then ``user.overlay.opaque``; then the
+    ``.wh..wh..opq`` sentinel.
+    """
+    if sys.platform == "linux":
+        for name in OPAQUE_XATTRS if as_root else OPAQUE_XATTRS[1:]:
+            try:
+                os.setxattr(path, name, b"y", follow_symlinks=False)
+                return
+            except OSError as exc:
+                if exc.errno not in _NO_XATTR:
+                    raise
+    _touch(os.path.join(path, OPAQUE_SENTINEL))
+
+
+def _is_marker(entry: os.DirEntry[str]) -> bool:
+    st = entry.stat(follow_symlinks=False)
+    if entry.name.startswith(WHITEOUT_PREFIX):
+        return entry.name != OPAQUE_SENTINEL and stat.S_ISREG(st.st_mode)
+    return is_whiteout(st)
+
+
+def strip_markers(path: str) -> None:
+    """Remove every whiteout below the upper directory *path* (they hide nothing any more)."""
+    with os.scandir(path) as it:
+        entries = list(it)
+    for entry in entries:
+        if _is_marker(entry):
+            os.unlink(entry.path)
+        elif entry.is_dir(follow_symlinks=False):
+            strip_markers(entry.path)
+
+
+# -- copying entries ------------------------------------------------------------------------
+
+
+def copy_xattrs(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Copy the extended attributes of *source* to *target*, but the overlay's own.
+
+    An xattr the target cannot have is left out (where the kernel's copy-up would fail the
+    write instead): the data matters more to a test than an attribute it may not even read.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        names = os.listxattr(source, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _NO_XATTR:
+            return
+        raise
+    for name in names:
+        if name.startswith(OVERLAY_XATTR_PREFIXES):
+            continue
+        try:
+            value = os.getxattr(source, name, follow_symlinks=False)
+            os.setxattr(target, name, value, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in _NO_XATTR:
+                raise
+
+
+def copy_metadata(
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    st: os.stat_result,
+    *,
+    owner: bool,
+    exact: bool = True,
+) -> None:
+    """Give *target* the xattrs, permission bits and times of *source* (whose ``lstat`` is
+    *st*), and with *owner* its owner and group.  Not *exact*, an owner that the target cannot
+    have is left out."""
+    copy_xattrs(source, target)
+    if owner:
+        try:
+            os.lchown(target, st.st_uid, st.st_gid)
+        except OSError as exc:
+            if exact or exc.errno not in _NO_OWNER:
+                raise
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(target, stat.S_IMODE(st.st_mode))  # after chown, which clears setuid and setgid
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def copy_node(
+    source: str,
+    target: str,
+    st: os.stat_result,
+    *,
+    owner: bool,
+    exact: bool = True,
+    copy_data: CopyData = copy_file_data,
+) -> bool:
+    """Create *target* as a copy of the entry *source* whose ``lstat`` is *st*.
+
+    A directory is created empty; a regular file gets the content (by *copy_data*); symbolic
+    links, FIFOs, sockets and device nodes are recreated; then :func:`copy_metadata`.  The FUSE
+    server makes *target* in its work directory and renames it into the upper layer, so that a
+    half-made copy is never visible.
+
+    :returns: False where, not *exact*, a socket or device node could not be made without
+        privileges (it carries no content, so a copy of the tree or a kept layer goes without).
+    """
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        copy_data(source, target)
+    elif stat.S_ISDIR(mode):
+        os.mkdir(target, 0o700)
+    elif stat.S_ISLNK(mode):
+        os.symlink(os.readlink(source), target)
+    elif stat.S_ISFIFO(mode):
+        os.mkfifo(target, 0o600)
+    else:
+        try:
+            os.mknod(target, mode, st.st_rdev)
+        except OSError as exc:
+            if exact or exc.errno not in _NO_MKNOD:
+                raise
+            return False
+    copy_metadata(source, target, st, owner=owner, exact=exact)
+    return True
+
+
+# -- whole layers ---------------------------------------------------------------------------
+
+
+def copy_layer(source: Path, target: Path) -> int:
+    """Copy the upper layer *source* to *target* (created), whiteouts and opaque markers
+    included, each in the format *target*'s filesystem can hold; returns the bytes of file data.
+    """
+    owner = _is_root()
+    os.mkdir(target, 0o700)
+    total = _copy_layer_dir(os.fspath(source), os.fspath(target), owner)
+    # A layer's root may be a symbolic link to it (followed, as the reader does).
+    copy_metadata(source, target, os.stat(source), owner=owner, exact=False)
+    return total
+
+
+def _copy_layer_dir(source: str, target: str, owner: bool) -> int:
+    total = 0
+    with os.scandir(source) as it:
+        entries = list(it)
+    for entry in entries:
+        st = entry.stat(follow_symlinks=False)
+        out = os.path.join(target, entry.name)
+        if is_whiteout(st):
+            make_whiteout(target, entry.name)
+        elif stat.S_ISDIR(st.st_mode):
+            # Filled before its mode is copied, which may forbid writing in it.
+            os.mkdir(out, 0o700)
+            total += _copy_layer_dir(entry.path, out, owner)
+            copy_metadata(entry.path, out, st, owner=owner, exact=False)
+        elif copy_node(entry.path, out, st, owner=owner, exact=False) and stat.S_ISREG(st.st_mode):
+            total += st.st_size
+    marker = opaque_xattr(source)
+    if marker is not None:
+        set_opaque(target, as_root=marker == OPAQUE_XATTRS[0])
+    return total
+
+
+def synthesize_upper(diff: TreeDiff, new_root: Path, upper: Path) -> int:
+    """Write into *upper* (created) the layer that turns the lowers into *new_root*, given
+    *diff*, the changes between them; returns the bytes of file data written."""
+    owner = _is_root()
+    os.mkdir(upper, 0o700)
+    directories: dict[str, os.stat_result] = {}
+    total = 0
+    for change in diff:
+        parent, _, name = change.path.rpartition("/")
+        _make_parents(new_root, upper, parent, directories)
+        target = os.path.join(upper, change.path)
+        if change.kind is ChangeKind.DELETED:
+            make_whiteout(os.path.join(upper, parent), name)
+            continue
+        source = os.path.join(new_root, change.path)
+        st = os.lstat(source)
+        if stat.S_ISDIR(st.st_mode):
+            if change.path not in directories:
+                os.mkdir(target, 0o700)
+                directories[change.path] = st
+        elif copy_node(source, target, st, owner=owner, exact=False) and stat.S_ISREG(st.st_mode):
+            total += st.st_size
+    # Directory modes and times last, deepest first, so read-only ones could be filled; the
+    # root too, since a merged view takes its root's mode from the topmost layer.
+    for rel in sorted(directories, key=lambda rel: rel.count("/"), reverse=True):
+        st = directories[rel]
+        copy_metadata(new_root / rel, upper / rel, st, owner=owner, exact=False)
+    copy_metadata(new_root, upper, os.stat(new_root), owner=owner, exact=False)
+    return total
+
+
+def _make_parents(
+    new_root: Path, upper: Path, parent: str, directories: dict[str, os.stat_result]
+) -> None:
+    if not parent or parent in directories:
+        return
+    _make_parents(new_root, upper, parent.rpartition("/")[0], directories)
+    os.mkdir(upper / parent, 0o700)
+    directories[parent] = os.lstat(new_root / parent)
