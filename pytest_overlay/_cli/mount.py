@@ -44,6 +44,7 @@ from .common import (
     CliError,
     Context,
     add_run_option,
+    plural,
     subparser,
 )
 from .records import Kept, find_test, select_run
@@ -228,8 +229,8 @@ def mount_kept(ctx: Context, kept: Kept, target: Path) -> int:
     user_xattrs, foreign = _scan_upper(upper)
     if foreign:
         ctx.warn(
-            f"the kept layer marks {len(foreign)} whiteout(s) or opaque directories with .wh. "
-            "files, which kernel overlayfs shows as ordinary files: "
+            f"the kept layer marks whiteouts or opaque directories with "
+            f"{plural(len(foreign), '.wh. file')}, which kernel overlayfs shows as ordinary files: "
             + ", ".join(safe_path(name) for name in foreign[:5])
         )
     root = _namespaces.is_real_root()
