@@ -1,10 +1,18 @@
-"""Directory names derived from test names."""
+"""Names of directories: derived from test names, and the id of a run."""
 
 from __future__ import annotations
 
+import datetime as _dt
+import os
 import re
 
 
 def safe_label(name: str, limit: int = 30) -> str:
     """A short directory name derived from a test name, the way ``tmp_path`` names them."""
     return re.sub(r"[\W]", "_", name)[:limit] or "test"
+
+
+def new_run_id(now: _dt.datetime | None = None) -> str:
+    """A sortable, unique id for a run (xdist workers share their controller's)."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return f"{now:%Y%m%d-%H%M%S}-{os.getpid()}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import os
 import re
@@ -12,10 +13,8 @@ from typing import Any
 
 import pytest
 
-from ._backends import BACKEND_CHOICES
-from ._keep import KEEP_CHOICES
+from ._choices import BACKEND_CHOICES, KEEP_CHOICES, MARKER_ARGUMENTS, USERNS_CHOICES
 
-USERNS_CHOICES = ("lazy", "early")
 DEFAULT_IGNORE = (
     "__pycache__",
     "*.pyc",
@@ -124,7 +123,7 @@ def add_options(parser: pytest.Parser) -> None:
         "upper-size",
         "string",
         "Size limit of each test's upper layer on the kernel backend, as tmpfs takes it "
-        "(e.g. 512M, 2G, 10%%; default: the tmpfs default, half the memory)",
+        "(e.g. 512M, 2G, 1T, 10%%; default: the tmpfs default, half the memory)",
         "",
         metavar="SIZE",
     )
@@ -193,10 +192,12 @@ class Settings:
 
 def _size(raw: object) -> str:
     text = str(raw or "").strip()
-    if text and not re.fullmatch(r"[0-9]+[kKmMgG%]?", text):
+    # tmpfs takes a byte count with a binary suffix up to exabytes, or a share of the memory.
+    if text and not re.fullmatch(r"[0-9]+[kKmMgGtTpPeE%]?", text):
         raise pytest.UsageError(
             f"--overlay-upper-size / overlay_upper_size: {text!r} is not a size; write it as "
-            "tmpfs does, such as 512M, 2G or 10%"
+            "tmpfs does: a number of bytes with k, m, g or t after it, or a percentage of the "
+            "memory, such as 512M, 2G, 1T or 10%"
         )
     return text
 
@@ -291,3 +292,65 @@ def make_ignore(patterns: Sequence[str], prefixes: Sequence[str] = ()) -> Callab
         return any(fnmatch.fnmatchcase(rel, glob) for glob in path_globs)
 
     return ignored
+
+
+@dataclass(frozen=True)
+class MarkerChoices:
+    """What an ``overlay`` marker asks for; ``None`` leaves the setting to the options."""
+
+    lowers: tuple[str, ...] | None = None
+    backend: str | None = None
+    layers: tuple[str, ...] = ()
+
+    def lowers_for(self, settings: Settings, root: Path) -> tuple[Path, ...]:
+        """The lower directories of a test: the marker's, or else the options'."""
+        if self.lowers is None:
+            return settings.lowers
+        return resolve_lowers(self.lowers, root, "overlay marker")
+
+
+MARKER_SIGNATURE = (
+    "lowers=<a directory or a list of them, relative to the project root>, "
+    f"backend=<{' | '.join(BACKEND_CHOICES)}>, layers=<a list of fixture names>"
+)
+
+
+class MarkerError(ValueError):
+    """An ``overlay`` marker written wrong; the message says what and how to write it."""
+
+
+def parse_marker(args: Sequence[object], kwargs: dict[str, object]) -> MarkerChoices:
+    """Validate an ``overlay`` marker's arguments; raises :class:`MarkerError`."""
+    if args:
+        shown = ", ".join(repr(a) for a in args)
+        raise MarkerError(
+            f"positional arguments ({shown}) are not accepted; name them, as in "
+            f"overlay(lowers=[{args[0]!r}])"
+        )
+    for name in kwargs:
+        if name not in MARKER_ARGUMENTS:
+            close = difflib.get_close_matches(name, MARKER_ARGUMENTS, n=1)
+            hint = f"; did you mean {close[0]}=?" if close else ""
+            raise MarkerError(f"unknown argument {name}={kwargs[name]!r}{hint}")
+    backend = kwargs.get("backend")
+    if backend is not None and backend not in BACKEND_CHOICES:
+        raise MarkerError(
+            f"backend={backend!r} is not a backend; choose one of {', '.join(BACKEND_CHOICES)}"
+        )
+    return MarkerChoices(
+        lowers=_names_or_none(kwargs, "lowers", "a directory or a list of directories"),
+        backend=None if backend in (None, "auto") else str(backend),
+        layers=_names_or_none(kwargs, "layers", "a fixture name or a list of them") or (),
+    )
+
+
+def _names_or_none(kwargs: dict[str, object], name: str, what: str) -> tuple[str, ...] | None:
+    raw = kwargs.get(name)
+    if raw is None:
+        return None
+    items = [raw] if isinstance(raw, (str, os.PathLike)) else raw
+    if isinstance(items, (list, tuple)) and all(
+        isinstance(item, (str, os.PathLike)) for item in items
+    ):
+        return tuple(os.fspath(item) for item in items)
+    raise MarkerError(f"{name}={raw!r} is a {type(raw).__name__}; {name}= takes {what}")

@@ -1,40 +1,66 @@
-"""The pytest plugin: configuration, the ``overlay_root`` fixture, in-place mode, reports."""
+"""The pytest plugin: hooks and fixtures, thin, and inert until a test or an option asks.
+
+pytest imports this module in every run of every project where pytest-overlay is installed,
+so it imports only pytest, the standard library and the option definitions.  The machinery
+(:mod:`pytest_overlay._activation` and the backends behind it) is imported, and the machine
+probed, only once the plugin is in use: when a collected test uses ``overlay_root``, the
+``overlay`` marker or ``overlay_layer``, or when ``--overlay``, an explicit
+``--overlay-backend`` or ``overlay_userns = early`` asks for it.  The imports inside
+:func:`_machinery` are there for that reason alone.
+"""
 
 from __future__ import annotations
 
-import errno
-import os
-import warnings
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import _namespaces
-from ._backends.inplace import in_place_impossible
-from ._errors import BackendUnavailableError, OverlayError, ViewLostError
-from ._keep import new_run_id
-from ._layerfix import LayerFactory, resolve_layers
-from ._overlay import Overlay
-from ._probe import explain_userns_failure, probe_kernel
-from ._runtest import (
-    TestState,
-    failure_section,
-    finish,
-    kept_summary,
-    start_fixture,
-    start_in_place,
-    state_key,
+from ._keys import (
+    header_shown_key,
+    run_id_key,
+    session_key,
+    settings_key,
+    worker_notices_key,
 )
-from ._session import OverlaySession
-from ._settings import Settings, add_options, check_backend_name, resolve_lowers
-from ._warnings import OverlayWarning
+from ._names import new_run_id
+from ._settings import MARKER_SIGNATURE, MarkerError, Settings, add_options, parse_marker
 
-session_key = pytest.StashKey[OverlaySession]()
+if TYPE_CHECKING:
+    from ._layerfix import LayerFactory
+    from ._overlay import Overlay
+    from ._session import OverlaySession
 
 FIXTURE_NAME = "overlay_root"
+LAYER_FIXTURE = "overlay_layer"
 IN_PLACE_FIXTURE = "_overlay_in_place"
+WORKER_NOTICES = "pytest_overlay_notices"
+MARKER_HELP = (
+    "overlay(lowers=None, backend=None, layers=None): lower directories, backend and "
+    "snapshot layers (names of fixtures returning overlay_layer(...)) for this test"
+)
+
+
+def _machinery() -> ModuleType:
+    from . import _activation
+
+    return _activation
+
+
+def _active(config: pytest.Config) -> OverlaySession | None:
+    return config.stash.get(session_key, None)
+
+
+def _use(config: pytest.Config) -> OverlaySession:
+    """The session, bringing the plugin into use if nothing has yet."""
+    session = _active(config)
+    if session is None:
+        engine = _machinery()
+        session = engine.activate(config, config.stash[settings_key], config.stash[run_id_key])
+        engine.enter_for_tests(config, session)
+    return session
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,13 +69,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
-    """In place (or ``overlay_userns = early``), enter the user namespace before conftests.
-
-    A conftest may import a library that starts threads, after which the process can never
-    enter a user namespace; in place that would leave no backend that keeps tests' writes off
-    the real tree, so the namespace is entered before any conftest is imported.
-    """
-    if os.environ.get("PYTEST_XDIST_WORKER") or hasattr(early_config, "workerinput"):
+    """In place, or with ``overlay_userns = early``: the user namespace before any conftest."""
+    if hasattr(early_config, "workerinput"):
         return  # workers inherit the controller's namespace
     options = early_config.known_args_namespace
 
@@ -60,192 +81,128 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     inplace = bool(value("overlay"))
     early = str(value("overlay_userns") or "").strip() == "early"
     backend = str(value("overlay_backend") or "auto").strip()
-    if not (inplace or early) or backend not in ("auto", "kernel"):
-        return
-    if _namespaces.is_real_root() or _namespaces.entered_user_namespace():
-        return
-    probe = probe_kernel()
-    if not probe.ok:
-        if inplace:
-            raise pytest.UsageError(in_place_impossible(_not_in_place("kernel", probe.reason)))
-        return  # the selection falls back and says why
-    threads = _namespaces.thread_count()
-    if threads > 1:
-        if inplace:
-            reason = _threads_reason(threads, hint_early=False)
-            raise pytest.UsageError(in_place_impossible(_not_in_place("kernel", reason)))
-        return
-    controller = bool(getattr(options, "numprocesses", None)) or (
-        getattr(options, "dist", "no") not in ("no", None)
-    )
-    try:
-        _namespaces.enter_user_namespace(for_children=controller)
-    except OSError as exc:
-        if inplace:
-            reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
-            raise pytest.UsageError(in_place_impossible(_not_in_place("kernel", reason))) from None
-
-
-def _not_in_place(name: str, reason: str) -> tuple[tuple[str, str], ...]:
-    return ((name, reason), ("fuse", "in place, FUSE needs root (a private mount namespace)"))
-
-
-def _threads_reason(threads: int, *, hint_early: bool) -> str:
-    """Why a multi-threaded process cannot enter a user namespace, and what helps."""
-    reason = (
-        f"this process already runs {threads} threads, and only a single-threaded process may "
-        "enter a user namespace"
-    )
-    if hint_early:
-        return reason + (
-            " (a library imported by a conftest or by the tests, such as NumPy's OpenBLAS, "
-            "starts them); set overlay_userns = early (or --overlay-userns=early) to enter it "
-            "before anything is imported, or limit the library's threads "
-            "(OPENBLAS_NUM_THREADS=1), or run as root"
-        )
-    return reason + (
-        " (a plugin loaded before pytest-overlay, or sitecustomize, started them, before any "
-        "conftest was imported); disable that plugin with -p no:NAME, or run as root"
-    )
+    if (inplace or early) and backend in ("auto", "kernel"):
+        _machinery().enter_before_conftests(early_config, inplace=inplace)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "overlay(lowers=None, backend=None, layers=None): lower directories, backend and "
-        "snapshot layers (names of fixtures returning overlay_layer(...)) for this test",
-    )
-    inherited = getattr(config, "workerinput", {}).get("pytest_overlay")
-    session = OverlaySession(Settings.from_config(config), inherited)
-    config.stash[session_key] = session
-    if inherited is not None:
-        if inherited.get("userns"):
-            # The controller handed us its capabilities; keep them for mounting only.
-            _namespaces.drop_inherited_capabilities()
-        return
-    session.run_id = new_run_id()
-    if session.settings.backend != "auto" or session.settings.inplace:
-        try:
-            session.selection  # noqa: B018 - asking explicitly must fail now, not in a test
-        except BackendUnavailableError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    controller = _is_xdist_controller(config)
-    early = session.settings.userns == "early" or session.settings.inplace
-    if session.wants_user_namespace() and (controller or early):
-        # xdist workers are multi-threaded from birth and can never enter a user namespace,
-        # so the controller enters it and passes its capabilities on as ambient ones.
-        _enter_user_namespace(session, for_children=controller)
+    config.addinivalue_line("markers", MARKER_HELP)
+    settings = Settings.from_config(config)
+    inherited = getattr(config, "workerinput", {}).get("pytest_overlay") or {}
+    config.stash[settings_key] = settings
+    config.stash[run_id_key] = inherited.get("run_id") or new_run_id()
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(_XdistHooks(session), "overlay-xdist")
-
-
-def _enter_user_namespace(
-    session: OverlaySession, *, for_children: bool, reporter: pytest.TerminalReporter | None = None
-) -> None:
-    threads = _namespaces.thread_count()
-    if threads > 1:
-        reason = _threads_reason(threads, hint_early=session.settings.userns != "early")
-    else:
-        try:
-            _namespaces.enter_user_namespace(for_children=for_children)
-            return
-        except OSError as exc:
-            reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
-    if session.settings.inplace:
-        raise pytest.UsageError(in_place_impossible(_not_in_place("kernel", reason)))
-    # Not a warning: under ``filterwarnings = error`` a warning raised from a hook aborts the
-    # whole run, and falling back is exactly what keeps the run going.
-    notice = session.give_up_kernel(reason)
-    session.notices.append(notice)
-    if reporter is not None:
-        reporter.write_line(f"overlay: {notice}", yellow=True, bold=True)
-
-
-def _is_xdist_controller(config: pytest.Config) -> bool:
-    return getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput")
+        config.pluginmanager.register(_XdistHooks(config), "overlay-xdist")
+    asked = (
+        settings.inplace
+        or settings.backend != "auto"
+        or settings.userns == "early"
+        or "backend" in inherited
+    )
+    if asked:
+        engine = _machinery()
+        session = engine.activate(config, settings, config.stash[run_id_key])
+        engine.configure_asked(config, session)
 
 
 class _XdistHooks:
     """Registered only when xdist is loaded, so its hook names are known."""
 
-    def __init__(self, session: OverlaySession) -> None:
-        self._session = session
+    def __init__(self, config: pytest.Config) -> None:
+        self._config = config
 
     def pytest_configure_node(self, node: Any) -> None:
-        try:
-            selection = self._session.selection
-        except BackendUnavailableError:
-            return
+        session = _active(self._config)
+        decided = _machinery().xdist_worker_input(session) if session is not None else {}
         node.workerinput["pytest_overlay"] = {
-            "backend": selection.backend.name,
-            "passed_over": [list(item) for item in selection.passed_over],
-            "userns": _namespaces.entered_user_namespace(),
-            "run_id": self._session.run_id,
+            "run_id": self._config.stash[run_id_key],
             "color": node.config.get_terminal_writer().hasmarkup,
+            **decided,
         }
 
     def pytest_testnodedown(self, node: Any, error: object) -> None:
-        # A worker's notices (a layer build that failed there, say) belong in the one
-        # summary the user sees, once each.
         output = getattr(node, "workeroutput", None) or {}
-        for notice in output.get(WORKER_NOTICES, ()):
-            if notice not in self._session.notices:
-                self._session.notices.append(notice)
-
-
-WORKER_NOTICES = "pytest_overlay_notices"
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    overlay_session = session.config.stash.get(session_key, None)
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if overlay_session is not None and workeroutput is not None:
-        workeroutput[WORKER_NOTICES] = list(overlay_session.notices)
+        if WORKER_NOTICES not in output:
+            return  # the worker did not use the plugin
+        notices = self._config.stash.setdefault(worker_notices_key, [])
+        notices.extend(n for n in output[WORKER_NOTICES] if n not in notices)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
-    session = config.stash.get(session_key, None)
+    session = _active(config)
     if session is None:
         return None
-    try:
-        lines = [session.selection.header()]
-    except BackendUnavailableError as exc:
-        return [f"overlay: no backend: {exc}"]
-    if session.settings.inplace:
-        lines.append(_in_place_header(session))
+    config.stash[header_shown_key] = True
+    lines: list[str] = _machinery().header_lines(session)
     return lines
 
 
-def _in_place_header(session: OverlaySession) -> str:
-    where = ", ".join(str(p) for p in session.settings.lowers)
-    return f"overlay: in-place mode: {where} is sandboxed for every test"
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    session = config.stash.get(session_key, None)
-    in_place = session is not None and session.settings.inplace
+    problems: list[str] = []
+    used = False
+    in_place = config.stash[settings_key].inplace
     for item in items:
         names = getattr(item, "fixturenames", None)
         if in_place and names is not None and IN_PLACE_FIXTURE not in names:
             names.insert(0, IN_PLACE_FIXTURE)
-        marker = item.get_closest_marker("overlay")
-        if marker is not None:
-            check_backend_name(
-                marker.kwargs.get("backend", "auto"), f"{item.nodeid}: overlay marker backend"
-            )
+        markers = list(item.iter_markers("overlay"))
+        for marker in markers:
+            try:
+                parse_marker(marker.args, dict(marker.kwargs))
+            except MarkerError as exc:
+                problems.append(f"{item.nodeid}: @pytest.mark.overlay: {exc}")
+        fixtures = names or ()
+        used = used or bool(markers) or FIXTURE_NAME in fixtures or LAYER_FIXTURE in fixtures
+    if problems:
+        shown = list(dict.fromkeys(problems))
+        more = f"\n  ... and {len(shown) - 10} more" if len(shown) > 10 else ""
+        raise pytest.UsageError(
+            "the overlay marker is written wrong:\n  "
+            + "\n  ".join(shown[:10])
+            + more
+            + f"\nIt accepts {MARKER_SIGNATURE}."
+        )
+    if used:
+        _use(config)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
-    overlay_session = session.config.stash.get(session_key, None)
-    if overlay_session is None or hasattr(session.config, "workerinput"):
+    overlay_session = _active(session.config)
+    if overlay_session is None:
         return
-    if overlay_session.wants_user_namespace() and any(
-        FIXTURE_NAME in getattr(item, "fixturenames", ()) for item in session.items
+    # The last moment before tests (or the plugins around them) start threads.
+    engine = _machinery()
+    engine.enter_for_tests(session.config, overlay_session)
+    if hasattr(session.config, "workerinput") and not session.config.stash.get(
+        header_shown_key, False
     ):
-        # The last moment before tests (or the plugins around them) start threads.
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        _enter_user_namespace(overlay_session, for_children=False, reporter=reporter)
+        # A worker's header is never shown: its backend goes in the summary instead.
+        for line in engine.header_lines(overlay_session):
+            if line not in overlay_session.notices:
+                overlay_session.notices.append(line)
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str] | None:
+    """Right after "collected N items": the backend line, when a test brought us into use,
+    and a fallback that entering the user namespace just caused (the summary repeats it)."""
+    session = _active(config)
+    if session is None:
+        return None
+    lines = [f"overlay: {notice}" for notice in session.notices]
+    quiet = config.option.verbose < 0 or getattr(config.option, "no_header", False)
+    if not quiet and not config.stash.get(header_shown_key, False):
+        config.stash[header_shown_key] = True
+        lines[:0] = _machinery().header_lines(session)
+    return lines or None
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    overlay_session = _active(session.config)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if overlay_session is not None and workeroutput is not None:
+        workeroutput[WORKER_NOTICES] = list(overlay_session.notices)
 
 
 @pytest.fixture
@@ -257,49 +214,21 @@ def _overlay_in_place(request: pytest.FixtureRequest) -> None:
     their builds stay out of the sandbox.  The teardown hook unmounts it after the last
     finalizer.
     """
-    item = request.node
-    session = request.config.stash[session_key]
-    marker = item.get_closest_marker("overlay")
-    layers: tuple[Path, ...] = ()
-    if marker is not None and marker.kwargs.get("layers"):
-        layers = resolve_layers(request, marker.kwargs["layers"])
-    try:
-        state = start_in_place(item, session, layers)
-    except (OverlayError, OSError) as exc:
-        problem = f"pytest-overlay could not sandbox the project in place: {exc}"
-    else:
-        problem = ""
-        item.stash[state_key] = state
-    if problem:
-        pytest.fail(problem, pytrace=False)
+    _machinery().in_place_setup(request, _use(request.config))
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    failed = False
     try:
         return (yield)
     except BaseException:
-        # Known before the report exists: lets a teardown-only failure keep its layer.
-        state = item.stash.get(state_key, None)
-        if state is not None:
-            state.phases["teardown"] = "failed"
+        failed = True
         raise
     finally:
-        session = item.config.stash.get(session_key, None)
-        state = item.stash.get(state_key, None)
-        if session is not None and state is not None and state.inplace:
-            del item.stash[state_key]
-            _finish_or_fail(item, session, state)
-
-
-def _finish_or_fail(item: pytest.Item, session: OverlaySession, state: TestState) -> None:
-    """Tear the test's views down; warn about what is worth knowing, fail if a view was lost."""
-    try:
-        messages = finish(item, session, state)
-    except ViewLostError as exc:
-        pytest.fail(f"pytest-overlay: {exc}", pytrace=False)
-    for message in messages:
-        warnings.warn(OverlayWarning(f"{item.nodeid}: {message}"), stacklevel=1)
+        session = _active(item.config)
+        if session is not None:
+            _machinery().in_place_teardown(item, session, failed=failed)
 
 
 @pytest.fixture
@@ -313,31 +242,9 @@ def overlay_root(
     which is thrown away afterwards.  ``overlay_root.diff()`` tells what changed so far.  With
     ``--overlay`` the project itself is the overlay, and this is its root.
     """
-    session = request.config.stash[session_key]
-    session.set_scratch(tmp_path_factory.getbasetemp() / "overlay")
-    existing = request.node.stash.get(state_key, None)
-    if existing is not None:
-        yield existing.overlay
-        return
-    lowers, backend = _marker_choices(request, session)
-    try:
-        state = start_fixture(request, session, lowers, backend)
-    except BackendUnavailableError as exc:
-        problem = f"pytest-overlay: {exc}"
-    except OSError as exc:
-        problem = f"pytest-overlay could not set up the overlay: {_setup_problem(exc)}"
-    except OverlayError as exc:
-        problem = f"pytest-overlay could not set up the overlay: {exc}"
-    else:
-        problem = ""
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    request.node.stash[state_key] = state
-    try:
-        yield state.overlay
-    finally:
-        del request.node.stash[state_key]
-        _finish_or_fail(request.node, session, state)
+    session = _use(request.config)
+    basetemp = Path(tmp_path_factory.getbasetemp())
+    yield from _machinery().overlay_root_fixture(request, session, basetemp)
 
 
 @pytest.fixture(scope="session")
@@ -352,45 +259,10 @@ def overlay_layer(
     the name, *key*, the content of *inputs* and the layers below.  Stack a layer under a test
     with ``@pytest.mark.overlay(layers=["fixture_name"])``.
     """
-    session = request.config.stash[session_key]
-    session.set_scratch(tmp_path_factory.getbasetemp() / "overlay")
-    return LayerFactory(request.config, session)
-
-
-def _setup_problem(exc: OSError) -> str:
-    if exc.errno == errno.ENAMETOOLONG:
-        # Only the copy backend walks the tree at setup; the mounts do not.
-        return (
-            "a path in the tree is longer than the system allows (PATH_MAX, 4,096 bytes), and "
-            "the copy backend copies the tree by path. Use --overlay-backend=kernel, which "
-            "mounts the tree without copying it, or leave that directory out of the lower "
-            "layers (--overlay-lower)"
-        )
-    return str(exc)
-
-
-def _marker_choices(
-    request: pytest.FixtureRequest, session: OverlaySession
-) -> tuple[tuple[Path, ...], str | None]:
-    """Lower directories (snapshot layers first) and backend: the marker beats the settings."""
-    marker = request.node.get_closest_marker("overlay")
-    if marker is None:
-        return session.settings.lowers, None
-    lowers = session.settings.lowers
-    raw = marker.kwargs.get("lowers")
-    if raw is not None:
-        problem = ""
-        try:
-            raw = [raw] if isinstance(raw, (str, Path)) else list(raw)
-            lowers = resolve_lowers(raw, request.config.rootpath, "overlay marker")
-        except pytest.UsageError as exc:
-            problem = str(exc)
-        if problem:
-            pytest.fail(problem, pytrace=False)
-    layers = marker.kwargs.get("layers")
-    if layers:
-        lowers = resolve_layers(request, layers) + lowers
-    return lowers, marker.kwargs.get("backend")
+    session = _use(request.config)
+    basetemp = Path(tmp_path_factory.getbasetemp())
+    factory: LayerFactory = _machinery().layer_factory(request.config, session, basetemp)
+    return factory
 
 
 @pytest.hookimpl(wrapper=True)
@@ -398,42 +270,38 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    state = item.stash.get(state_key, None)
-    if state is None:
+    session = _active(item.config)
+    if session is None:
         return report
-    state.phases[report.when] = report.outcome
-    if report.failed and report.when in ("setup", "call"):
-        session = item.config.stash[session_key]
-        error = call.excinfo.value if call.excinfo is not None else None
-        section = failure_section(item, state, session, color=_color(item), error=error)
+    error = call.excinfo.value if call.excinfo is not None else None
+    section = _machinery().failure_report(item, session, report.when, report.outcome, error)
+    if section is not None:
         report.sections.append(section)
     return report
-
-
-def _color(item: pytest.Item) -> bool:
-    inherited = getattr(item.config, "workerinput", {}).get("pytest_overlay")
-    if inherited is not None:
-        return bool(inherited.get("color"))
-    return item.config.get_terminal_writer().hasmarkup
 
 
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
-    session = config.stash.get(session_key, None)
-    if session is None:
+    session = _active(config)
+    from_workers = config.stash.get(worker_notices_key, None)
+    if session is None and from_workers is None:
         return
-    lines = list(session.notices)
-    kept = kept_summary(config, session)
-    if kept:
-        lines.append(kept)
+    engine = _machinery()
+    if session is None:
+        # Workers used the plugin under a controller that did not: it counts what they kept
+        # (a session that is never asked for a backend probes nothing).
+        session = engine.activate(config, config.stash[settings_key], config.stash[run_id_key])
+    notices = [*session.notices, *(n for n in from_workers or () if n not in session.notices)]
+    kept = [line for line in engine.summary_lines(config, session) if line not in notices]
+    lines = notices + kept
     if lines:
-        terminalreporter.section("pytest-overlay", yellow=bool(session.notices))
+        terminalreporter.section("pytest-overlay", yellow=bool(notices))
         for line in lines:
             terminalreporter.write_line(line)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    session = config.stash.get(session_key, None)
+    session = _active(config)
     if session is not None:
         session.shutdown()

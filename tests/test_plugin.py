@@ -27,9 +27,9 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 @pytest.mark.usefixtures("kernel")
 def test_header_names_backend_and_reason(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile("def test_nothing(): pass")
+    pytester.makepyfile("def test_nothing(overlay_root): pass")
     result = run(pytester)
-    result.stdout.fnmatch_lines(["overlay: backend=kernel (root)"])
+    result.stdout.fnmatch_lines(["collected 1 item", "overlay: backend=kernel (root)"])
     result = run(pytester, "--overlay-backend=copy")
     result.stdout.fnmatch_lines(
         ["overlay: backend=copy (a copy of the tree per session, reset after each test)"]
@@ -72,7 +72,12 @@ def test_unknown_backend_in_marker_is_a_usage_error(pytester: pytest.Pytester) -
     )
     result = run(pytester)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*test_marked: overlay marker backend: unknown overlay backend*"])
+    result.stderr.fnmatch_lines(
+        [
+            "*test_marked: @pytest.mark.overlay: backend='btrfs' is not a backend; choose one of*",
+            "It accepts lowers=*backend=*layers=*",
+        ]
+    )
 
 
 @pytest.mark.parametrize("backend", ["kernel", "copy"])

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_overlay._choices import BACKEND_CHOICES
 from pytest_overlay._errors import BackendUnavailableError
 
 from .base import Backend, Mount
@@ -23,8 +24,6 @@ __all__ = [
     "create_backend",
     "select_backend",
 ]
-
-BACKEND_CHOICES = ("auto", "kernel", "fuse", "copy")
 
 
 def create_backend(name: str, scratch: Callable[[], Path], upper_size: str = "") -> Backend:

@@ -1,0 +1,366 @@
+"""The plugin once it is in use: the session, the user namespace, the header and the fixtures.
+
+:mod:`pytest_overlay.plugin` imports this module only when a test or an option asks for an
+overlay, so that merely installing pytest-overlay costs a project nothing.  Everything here
+may probe the machine, fork, mount and import the backends.
+"""
+
+from __future__ import annotations
+
+import errno
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import _namespaces
+from ._backends.inplace import in_place_impossible
+from ._errors import BackendUnavailableError, OverlayError, ViewLostError
+from ._keys import session_key
+from ._layerfix import LayerFactory, resolve_layers
+from ._overlay import Overlay
+from ._probe import explain_userns_failure, probe_kernel
+from ._runtest import (
+    TestState,
+    failure_section,
+    finish,
+    kept_summary,
+    start_fixture,
+    start_in_place,
+    state_key,
+)
+from ._session import OverlaySession
+from ._settings import MarkerChoices, Settings, parse_marker
+from ._warnings import OverlayWarning
+
+# Where the process stands when it cannot enter a user namespace; each gets the advice that
+# can help there: entering early helps a lazy run, not one that already tried before conftests.
+LAZY, EARLY, XDIST_WORKER = "lazy", "early", "xdist worker"
+
+
+def active_session(config: pytest.Config) -> OverlaySession | None:
+    """The session, if the plugin is in use in this process."""
+    return config.stash.get(session_key, None)
+
+
+def activate(config: pytest.Config, settings: Settings, run_id: str) -> OverlaySession:
+    """Bring the plugin into use: the session exists from here on (it probes on first need)."""
+    session = config.stash.get(session_key, None)
+    if session is not None:
+        return session
+    inherited = getattr(config, "workerinput", {}).get("pytest_overlay") or {}
+    # A worker takes the controller's backend only if the controller chose one.
+    decided = inherited if "backend" in inherited else None
+    session = OverlaySession(settings, decided)
+    session.run_id = run_id
+    config.stash[session_key] = session
+    return session
+
+
+def configure_asked(config: pytest.Config, session: OverlaySession) -> None:
+    """An option asked for the plugin: choose the backend now, so a mistake stops the run."""
+    inherited = getattr(config, "workerinput", {}).get("pytest_overlay") or {}
+    if hasattr(config, "workerinput"):
+        if inherited.get("userns"):
+            # The controller handed us its capabilities; keep them for mounting only.
+            _namespaces.drop_inherited_capabilities()
+        return
+    if session.settings.backend != "auto" or session.settings.inplace:
+        try:
+            session.selection  # noqa: B018 - asking explicitly must fail now, not in a test
+        except BackendUnavailableError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    controller = is_xdist_controller(config)
+    early = session.settings.userns == "early" or session.settings.inplace
+    if session.wants_user_namespace() and (controller or early):
+        # xdist workers are multi-threaded from birth and can never enter a user namespace,
+        # so the controller enters it and passes its capabilities on as ambient ones.  A
+        # lazy run enters it only once a collected test needs an overlay.
+        _enter_user_namespace(session, for_children=controller, where=LAZY)
+
+
+def enter_before_conftests(early_config: pytest.Config, *, inplace: bool) -> None:
+    """In place (or ``overlay_userns = early``), enter the user namespace before conftests.
+
+    A conftest may import a library that starts threads, after which the process can never
+    enter a user namespace; in place that would leave no backend that keeps tests' writes off
+    the real tree, so the namespace is entered before any conftest is imported.
+    """
+    if _namespaces.is_real_root() or _namespaces.entered_user_namespace():
+        return
+    probe = probe_kernel()
+    if not probe.ok:
+        if inplace:
+            raise pytest.UsageError(in_place_impossible(_not_in_place(probe.reason)))
+        return  # the selection falls back and says why
+    threads = _namespaces.thread_count()
+    if threads > 1:
+        if inplace:
+            reason = threads_reason(threads, EARLY)
+            raise pytest.UsageError(in_place_impossible(_not_in_place(reason)))
+        return
+    options = early_config.known_args_namespace
+    controller = bool(getattr(options, "numprocesses", None)) or (
+        getattr(options, "dist", "no") not in ("no", None)
+    )
+    try:
+        _namespaces.enter_user_namespace(for_children=controller)
+    except OSError as exc:
+        if inplace:
+            reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
+            raise pytest.UsageError(in_place_impossible(_not_in_place(reason))) from None
+
+
+def _not_in_place(kernel_reason: str) -> tuple[tuple[str, str], ...]:
+    return (
+        ("kernel", kernel_reason),
+        ("fuse", "in place, FUSE needs root (a private mount namespace)"),
+    )
+
+
+def threads_reason(threads: int, where: str) -> str:
+    """Why a multi-threaded process cannot enter a user namespace, and what helps *where*."""
+    if where == XDIST_WORKER:
+        return (
+            "pytest-xdist workers run several threads from the start, and only a "
+            "single-threaded process may enter a user namespace; set overlay_userns = early "
+            "(or --overlay-userns=early) so that the controller enters it before it starts "
+            "the workers, or run as root"
+        )
+    reason = (
+        f"this process already runs {threads} threads, and only a single-threaded process may "
+        "enter a user namespace"
+    )
+    if where == EARLY:
+        return reason + (
+            " (a plugin loaded before pytest-overlay, or sitecustomize, started them, before "
+            "any conftest was imported); disable that plugin with -p no:NAME, or run as root"
+        )
+    return reason + (
+        " (a library imported by a conftest or by the tests, such as NumPy's OpenBLAS, "
+        "starts them); set overlay_userns = early (or --overlay-userns=early) to enter it "
+        "before anything is imported, or limit the library's threads "
+        "(OPENBLAS_NUM_THREADS=1), or run as root"
+    )
+
+
+def _enter_user_namespace(session: OverlaySession, *, for_children: bool, where: str) -> None:
+    if where == LAZY and (session.settings.inplace or session.settings.userns == "early"):
+        where = EARLY
+    threads = _namespaces.thread_count()
+    if where == XDIST_WORKER or threads > 1:
+        reason = threads_reason(threads, where)
+    else:
+        try:
+            _namespaces.enter_user_namespace(for_children=for_children)
+            return
+        except OSError as exc:
+            reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
+    if session.settings.inplace:
+        raise pytest.UsageError(in_place_impossible(_not_in_place(reason)))
+    # Not a warning: under ``filterwarnings = error`` a warning raised from a hook aborts the
+    # whole run, and falling back is exactly what keeps the run going.
+    session.notices.append(session.give_up_kernel(reason))
+
+
+def is_xdist_controller(config: pytest.Config) -> bool:
+    """Whether this process hands tests out to pytest-xdist workers."""
+    return getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput")
+
+
+def enter_for_tests(config: pytest.Config, session: OverlaySession) -> None:
+    """A collected test uses an overlay: enter the user namespace now, if the kernel needs it.
+
+    The last moment before tests (or the plugins around them) start threads.
+    """
+    if not session.wants_user_namespace():
+        return
+    worker = hasattr(config, "workerinput")
+    _enter_user_namespace(session, for_children=False, where=XDIST_WORKER if worker else LAZY)
+
+
+def header_lines(session: OverlaySession) -> list[str]:
+    """The report header: the backend, why, and what in-place mode sandboxes."""
+    try:
+        lines = [session.selection.header()]
+    except BackendUnavailableError as exc:
+        return [f"overlay: no backend: {exc}"]
+    if session.settings.inplace:
+        where = ", ".join(str(p) for p in session.settings.lowers)
+        lines.append(f"overlay: in-place mode: {where} is sandboxed for every test")
+    return lines
+
+
+def xdist_worker_input(session: OverlaySession | None) -> dict[str, Any]:
+    """What a worker inherits of the controller's decision (nothing, if it made none)."""
+    if session is None:
+        return {}
+    try:
+        selection = session.selection
+    except BackendUnavailableError:
+        return {}
+    return {
+        "backend": selection.backend.name,
+        "passed_over": [list(item) for item in selection.passed_over],
+        "userns": _namespaces.entered_user_namespace(),
+    }
+
+
+def in_place_setup(request: pytest.FixtureRequest, session: OverlaySession) -> None:
+    """Sandbox the project for one ``--overlay`` test (see ``plugin._overlay_in_place``)."""
+    item = request.node
+    choices = marker_choices(item)
+    layers: tuple[Path, ...] = ()
+    if choices.layers:
+        layers = resolve_layers(request, list(choices.layers))
+    try:
+        state = start_in_place(item, session, layers)
+    except (OverlayError, OSError) as exc:
+        problem = f"pytest-overlay could not sandbox the project in place: {exc}"
+    else:
+        problem = ""
+        item.stash[state_key] = state
+    if problem:
+        pytest.fail(problem, pytrace=False)
+
+
+def in_place_teardown(item: pytest.Item, session: OverlaySession, *, failed: bool) -> None:
+    """After the last finalizer of an in-place test: unmount, keep, warn."""
+    state = item.stash.get(state_key, None)
+    if state is None or not state.inplace:
+        return
+    if failed:
+        # Known before the report exists: lets a teardown-only failure keep its layer.
+        state.phases["teardown"] = "failed"
+    del item.stash[state_key]
+    _finish_or_fail(item, session, state)
+
+
+def _finish_or_fail(item: pytest.Item, session: OverlaySession, state: TestState) -> None:
+    """Tear the test's views down; warn about what is worth knowing, fail if a view was lost."""
+    try:
+        messages = finish(item, session, state)
+    except ViewLostError as exc:
+        pytest.fail(f"pytest-overlay: {exc}", pytrace=False)
+    path, lineno, _ = item.reportinfo()
+    as_error = ""
+    for message in messages:
+        # Attributed to the test, so that ``filterwarnings`` and the warnings summary point
+        # at the test that left something behind rather than at this module.
+        try:
+            warnings.warn_explicit(
+                OverlayWarning(f"{item.nodeid}: {message}"),
+                OverlayWarning,
+                filename=str(path),
+                lineno=(lineno or 0) + 1,
+                module=getattr(getattr(item, "module", None), "__name__", None),
+            )
+        except OverlayWarning as exc:
+            as_error = as_error or str(exc)
+    if as_error:
+        # ``filterwarnings = error``: the test errs, in one line rather than our frames.
+        pytest.fail(f"OverlayWarning (an error under filterwarnings): {as_error}", pytrace=False)
+
+
+def overlay_root_fixture(
+    request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path
+) -> Iterator[Overlay]:
+    """The body of the ``overlay_root`` fixture (see its docstring in the plugin)."""
+    session.set_scratch(basetemp / "overlay")
+    existing = request.node.stash.get(state_key, None)
+    if existing is not None:
+        yield existing.overlay
+        return
+    choices = marker_choices(request.node)
+    lowers = choices.lowers_for(session.settings, request.config.rootpath)
+    if choices.layers:
+        lowers = resolve_layers(request, list(choices.layers)) + lowers
+    try:
+        state = start_fixture(request, session, lowers, choices.backend)
+    except BackendUnavailableError as exc:
+        problem = f"pytest-overlay: {exc}"
+    except OSError as exc:
+        problem = f"pytest-overlay could not set up the overlay: {_setup_problem(exc)}"
+    except OverlayError as exc:
+        problem = f"pytest-overlay could not set up the overlay: {exc}"
+    else:
+        problem = ""
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    request.node.stash[state_key] = state
+    try:
+        yield state.overlay
+    finally:
+        del request.node.stash[state_key]
+        _finish_or_fail(request.node, session, state)
+
+
+def layer_factory(config: pytest.Config, session: OverlaySession, basetemp: Path) -> LayerFactory:
+    """The body of the ``overlay_layer`` fixture."""
+    session.set_scratch(basetemp / "overlay")
+    return LayerFactory(config, session)
+
+
+def marker_choices(item: pytest.Item) -> MarkerChoices:
+    """The closest ``overlay`` marker's choices, validated at collection already."""
+    marker = item.get_closest_marker("overlay")
+    if marker is None:
+        return MarkerChoices()
+    return parse_marker(marker.args, dict(marker.kwargs))
+
+
+def _setup_problem(exc: OSError) -> str:
+    if exc.errno == errno.ENAMETOOLONG:
+        # Only the copy backend walks the tree at setup; the mounts do not.
+        return (
+            "a path in the tree is longer than the system allows (PATH_MAX, 4,096 bytes), and "
+            "the copy backend copies the tree by path. Use --overlay-backend=kernel, which "
+            "mounts the tree without copying it, or leave that directory out of the lower "
+            "layers (--overlay-lower)"
+        )
+    return str(exc)
+
+
+def failure_report(
+    item: pytest.Item, session: OverlaySession, when: str, outcome: str, error: BaseException | None
+) -> tuple[str, str] | None:
+    """Record a phase's outcome; for a failed setup or call, the section of its changes."""
+    state = item.stash.get(state_key, None)
+    if state is None:
+        return None
+    state.phases[when] = outcome
+    if outcome != "failed" or when not in ("setup", "call"):
+        return None
+    title, text = failure_section(item, state, session, color=_color(item), error=error)
+    full = upper_full_note(error, state.backend, session.settings.upper_size)
+    return title, f"{full}\n\n{text}" if full else text
+
+
+def upper_full_note(error: BaseException | None, backend: str, upper_size: str) -> str:
+    """Why a write failed with ENOSPC on the kernel backend: the test's upper layer is full."""
+    if backend != "kernel" or not isinstance(error, OSError) or error.errno != errno.ENOSPC:
+        return ""
+    limit = f"limited to {upper_size}" if upper_size else "at the tmpfs default, half the memory"
+    return (
+        f"The test's upper layer is full: it is a tmpfs {limit} "
+        "(--overlay-upper-size / overlay_upper_size). Raise the limit, for example "
+        "--overlay-upper-size=4G, or write large outputs outside the overlay (tmp_path)."
+    )
+
+
+def _color(item: pytest.Item) -> bool:
+    inherited = getattr(item.config, "workerinput", {}).get("pytest_overlay")
+    if inherited is not None and "color" in inherited:
+        return bool(inherited["color"])
+    return item.config.get_terminal_writer().hasmarkup
+
+
+def summary_lines(config: pytest.Config, session: OverlaySession) -> list[str]:
+    """The pytest-overlay section at the end: notices, then what was kept."""
+    lines = list(session.notices)
+    kept = kept_summary(config, session)
+    if kept:
+        lines.append(kept)
+    return lines

@@ -1,0 +1,187 @@
+"""Installed but unused, the plugin does nothing: no probe, no process, no mount, no imports.
+
+Each run starts a child pytest with an audit hook installed by ``sitecustomize`` (so before
+any plugin is imported).  The hook records every process start, exec and ``ctypes`` library
+load made from a frame inside ``pytest_overlay``; at exit the child writes those events, the
+``pytest_overlay`` modules it imported and whether its mount or user namespace changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import _unpriv
+from tests._gates import gate
+
+AUDIT = r"""
+import atexit, json, os, sys
+
+EVENTS = ("os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.system", "os.spawn",
+          "subprocess.Popen", "ctypes.dlopen", "os.unshare", "os.setns")
+PACKAGE = os.sep + "pytest_overlay" + os.sep
+seen = []
+
+def _namespaces():
+    return {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in ("mnt", "user")}
+
+def _mounts():
+    with open("/proc/self/mountinfo") as f:
+        return sorted(line.split()[4] for line in f)
+
+before = (_namespaces(), _mounts())
+
+def _hook(event, args):
+    if event in EVENTS:
+        frame = sys._getframe(1)
+        while frame is not None:
+            if PACKAGE in frame.f_code.co_filename:
+                seen.append(f"{event} from {frame.f_code.co_filename}:{frame.f_lineno}")
+                return
+            frame = frame.f_back
+
+sys.addaudithook(_hook)
+
+@atexit.register
+def _report():
+    record = {
+        "events": seen,
+        "modules": sorted(m for m in sys.modules if m.split(".")[0] == "pytest_overlay"),
+        "namespaces_changed": _namespaces() != before[0],
+        "mounts_changed": _mounts() != before[1],
+    }
+    with open(os.path.join(os.environ["INERT_REPORTS"], f"{os.getpid()}.json"), "w") as f:
+        json.dump(record, f)
+"""
+
+# The thin part: what pytest imports wherever pytest-overlay is installed.
+THIN = {
+    "pytest_overlay",
+    "pytest_overlay._choices",
+    "pytest_overlay._keys",
+    "pytest_overlay._names",
+    "pytest_overlay._settings",
+    "pytest_overlay._version",
+    "pytest_overlay.plugin",
+}
+TRIVIAL = """
+def test_one():
+    assert 1
+
+def test_two(tmp_path):
+    (tmp_path / "f").write_text("x")
+"""
+USES_FIXTURE = "def test_uses(overlay_root):\n    (overlay_root / 'f').write_text('x')\n"
+
+
+def _project(root: Path, tests: str) -> Path:
+    (root / "site").mkdir()
+    (root / "site" / "sitecustomize.py").write_text(AUDIT)
+    (root / "reports").mkdir()
+    (root / "project").mkdir()
+    (root / "project" / "test_it.py").write_text(tests)
+    (root / "project" / "pytest.ini").write_text("[pytest]\n")
+    return root / "project"
+
+
+def _env(root: Path) -> dict[str, str]:
+    paths = [str(root / "site"), *[p for p in os.environ.get("PYTHONPATH", "").split(":") if p]]
+    return {"PYTHONPATH": ":".join(paths), "INERT_REPORTS": str(root / "reports")}
+
+
+def _merged(root: Path) -> dict[str, Any]:
+    """Every process's record in one: pytest's own, and each xdist worker's."""
+    records = [json.loads(p.read_text()) for p in (root / "reports").glob("*.json")]
+    assert records, "the audit hook wrote no record"
+    return {
+        "events": [e for r in records for e in r["events"]],
+        "modules": sorted({m for r in records for m in r["modules"]}),
+        "namespaces_changed": any(r["namespaces_changed"] for r in records),
+        "mounts_changed": any(r["mounts_changed"] for r in records),
+    }
+
+
+def _assert_inert(record: dict[str, Any]) -> None:
+    assert record["events"] == [], record
+    assert set(record["modules"]) <= THIN, record["modules"]
+    assert not record["namespaces_changed"], record
+    assert not record["mounts_changed"], record
+
+
+ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark")
+
+
+def _run_root(root: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    project = root / "project"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *ARGS, *args],
+        cwd=project,
+        env={**os.environ, **_env(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    return output, _merged(root)
+
+
+@pytest.mark.parametrize("args", [(), ("-q",), ("-n", "2")], ids=["plain", "quiet", "xdist"])
+def test_unused_plugin_does_nothing(tmp_path: Path, args: tuple[str, ...]) -> None:
+    _project(tmp_path, TRIVIAL)
+    output, record = _run_root(tmp_path, *args)
+    assert "passed" in output
+    _assert_inert(record)
+    assert "overlay:" not in output, output
+    assert "pytest-overlay" not in output, output
+
+
+def test_unused_plugin_does_nothing_as_a_user() -> None:
+    gate("unprivileged-user", _unpriv.can_run_as_user())
+    with _unpriv.user_workdir_ctx() as workdir:
+        uid, gid = _unpriv.ensure_test_user()
+        project = _project(workdir, TRIVIAL)
+        for path in (workdir / "reports", workdir / "site", project, *project.iterdir()):
+            os.chown(path, uid, gid)
+        done = _unpriv.run_as_user(
+            [sys.executable, "-m", "pytest", *ARGS, "-q"],
+            cwd=project,
+            env=_env(workdir),
+            extra_paths=[workdir / "site", workdir / "reports"],
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output
+        record = _merged(workdir)
+    _assert_inert(record)
+
+
+def test_a_test_that_uses_the_fixture_brings_the_plugin_in(tmp_path: Path) -> None:
+    _project(tmp_path, TRIVIAL + USES_FIXTURE)
+    output, record = _run_root(tmp_path)
+    assert "3 passed" in output
+    lines = output.splitlines()
+    collected = next(i for i, line in enumerate(lines) if line.startswith("collected 3 items"))
+    assert lines[collected + 1].startswith("overlay: backend="), output
+    assert "pytest_overlay._activation" in record["modules"]
+
+
+def test_an_explicit_backend_is_in_the_report_header(tmp_path: Path) -> None:
+    _project(tmp_path, TRIVIAL)
+    output, _ = _run_root(tmp_path, "--overlay-backend=copy")
+    header = output.split("collected", 1)[0]
+    assert "overlay: backend=copy" in header, output
+    assert output.count("overlay: backend=") == 1, output
+
+
+def test_the_fixture_line_is_left_out_with_quiet(tmp_path: Path) -> None:
+    _project(tmp_path, USES_FIXTURE)
+    output, _ = _run_root(tmp_path, "-q")
+    assert "1 passed" in output
+    assert "overlay: backend=" not in output, output

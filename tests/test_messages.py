@@ -1,0 +1,149 @@
+"""Mistakes and surprises get a short message that says what is wrong and what to do.
+
+Each case runs a real child pytest (pytester) and checks the message, that it is short, and
+that none of the plugin's own frames reach the user.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests._gates import gate, kernel_reason
+
+ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark")
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(*ARGS, *args, timeout=120)
+
+
+def _assert_no_plugin_frames(result: pytest.RunResult) -> None:
+    output = "\n".join(result.outlines + result.errlines)
+    assert "Traceback" not in output, output
+    assert "pytest_overlay/" not in output, output
+    assert "During handling of the above exception" not in output, output
+
+
+@pytest.mark.parametrize(
+    ("marker", "expected"),
+    [
+        ('lower=["src"]', "*unknown argument lower=*'src'*; did you mean lowers=?*"),
+        ('"src"', "*positional arguments ('src') are not accepted; name them*lowers=*"),
+        ("lowers=42", "*lowers=42 is a int; lowers= takes a directory or a list of directories*"),
+        ("layers=5", "*layers=5 is a int; layers= takes a fixture name or a list of them*"),
+        ('backend="kernal"', "*backend='kernal' is not a backend; choose one of auto, kernel*"),
+    ],
+    ids=["misspelled", "positional", "lowers-type", "layers-type", "backend"],
+)
+def test_a_marker_written_wrong_names_the_test_and_the_arguments(
+    pytester: pytest.Pytester, marker: str, expected: str
+) -> None:
+    pytester.mkdir("src")
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        def test_fine():
+            pass
+
+        @pytest.mark.overlay({marker})
+        def test_marked(overlay_root):
+            pass
+        """
+    )
+    result = _run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: the overlay marker is written wrong:",
+            f"*::test_marked: @pytest.mark.overlay: {expected.lstrip('*')}",
+            "It accepts lowers=<a directory or a list of them*>, backend=<auto | kernel | fuse "
+            "| copy>, layers=<a list of fixture names>.",
+        ]
+    )
+    assert len(result.errlines) < 8, result.errlines
+    _assert_no_plugin_frames(result)
+
+
+def test_a_class_marker_is_checked_once_for_its_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.overlay(lowerz=".")
+        class TestGroup:
+            def test_a(self):
+                pass
+
+            def test_b(self):
+                pass
+        """
+    )
+    result = _run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = "\n".join(result.errlines)
+    assert text.count("unknown argument lowerz='.'; did you mean lowers=?") == 2, text
+
+
+@pytest.mark.parametrize("size", ["1T", "512k", "10%"])
+def test_upper_size_takes_what_tmpfs_takes(pytester: pytest.Pytester, size: str) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = _run(pytester, f"--overlay-upper-size={size}")
+    assert result.ret == pytest.ExitCode.OK, result.outlines
+
+
+def test_upper_size_that_is_not_a_size_says_how_to_write_one(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = _run(pytester, "--overlay-upper-size=2 gigs")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*'2 gigs' is not a size*such as 512M, 2G, 1T or 10%*"])
+
+
+def test_a_full_upper_layer_names_the_limit(pytester: pytest.Pytester) -> None:
+    gate("kernel", kernel_reason())
+    pytester.makepyfile(
+        """
+        def test_fills(overlay_root):
+            (overlay_root / "big").write_bytes(b"x" * (4 << 20))
+        """
+    )
+    result = _run(pytester, "--overlay-backend=kernel", "--overlay-upper-size=1M")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*The test's upper layer is full: it is a tmpfs limited to 1M "
+            "(--overlay-upper-size / overlay_upper_size). Raise the limit*"
+        ]
+    )
+
+
+LINGER = """
+import subprocess
+
+def test_leaves_a_process(overlay_root):
+    # The shell exits at once; the sleep it leaves behind keeps its directory in the view.
+    subprocess.run("sleep 3 &", shell=True, cwd=overlay_root, check=True)
+"""
+
+
+def test_overlay_warning_points_at_the_test(pytester: pytest.Pytester) -> None:
+    gate("kernel", kernel_reason())
+    pytester.makepyfile(test_linger=LINGER)
+    result = _run(pytester, "--overlay-backend=kernel", "-W", "default")
+    assert result.ret == pytest.ExitCode.OK, result.outlines
+    result.stdout.fnmatch_lines(
+        ["*test_linger.py:*", "*OverlayWarning: test_linger.py::test_leaves_a_process:*"]
+    )
+    assert "pytest_overlay/" not in result.stdout.str()
+
+
+def test_overlay_warning_as_an_error_is_one_line(pytester: pytest.Pytester) -> None:
+    gate("kernel", kernel_reason())
+    pytester.makepyfile(test_linger=LINGER)
+    pytester.makeini("[pytest]\nfilterwarnings = error\n")
+    result = _run(pytester, "--overlay-backend=kernel")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["*OverlayWarning (an error under filterwarnings): test_linger.py::test_leaves_a_proc*"]
+    )
+    _assert_no_plugin_frames(result)
