@@ -1,0 +1,90 @@
+"""The copy backend and a process the test left running in its copy (issue 11).
+
+The kernel and FUSE backends detach a busy view lazily and warn; the copy backend cannot
+detach anything, so a copy that a process still holds (its working directory, or an open file)
+is set aside with a warning naming the process, and the next test gets a fresh copy.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_overlay._backends.copytree import CopyBackend
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux", reason="processes are found in /proc, on Linux only"
+)
+
+
+@pytest.fixture
+def lower(tmp_path: Path) -> Path:
+    root = tmp_path / "lower"
+    root.mkdir()
+    (root / "f").write_text("from the lower layer\n")
+    return root
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[CopyBackend]:
+    result = CopyBackend(lambda: tmp_path / "scratch")
+    yield result
+    result.shutdown()
+
+
+def _holding(how: str, view: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
+    if how == "cwd":
+        return subprocess.Popen(["sleep", "60"], cwd=view)
+    # Started elsewhere, holding a file of the view open.
+    return subprocess.Popen(
+        ["sh", "-c", f"exec 3< '{view / 'seen'}'; echo open; exec sleep 60"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+    )
+
+
+@pytest.mark.parametrize("how", ["cwd", "open file"])
+def test_a_copy_still_in_use_is_set_aside(
+    how: str, backend: CopyBackend, lower: Path, tmp_path: Path
+) -> None:
+    first = backend.mount([lower], label="t")
+    (first.path / "seen").write_text("by the process\n")
+    process = _holding(how, first.path, tmp_path)
+    try:
+        if process.stdout is not None:
+            assert process.stdout.readline() == b"open\n"
+        messages = first.close()
+        assert len(messages) == 1
+        assert f"{first.path} was still in use by pid {process.pid} (" in messages[0]
+        assert "set aside" in messages[0]
+        assert "sleep 60" in messages[0] or "sh -c" in messages[0]
+        second = backend.mount([lower], label="t")
+        assert second.path != first.path
+        assert not (second.path / "seen").exists()
+        # The process still has the copy as the test left it.
+        assert (first.path / "seen").read_text() == "by the process\n"
+        assert second.close() == []
+    finally:
+        process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+    # Nothing holds the second copy: it is reset and handed out again.
+    third = backend.mount([lower], label="t")
+    assert third.path == second.path
+    assert third.close() == []
+    backend.shutdown()
+    assert not first.path.exists()
+
+
+def test_a_copy_nothing_holds_is_reused(backend: CopyBackend, lower: Path) -> None:
+    first = backend.mount([lower], label="t")
+    subprocess.run(["true"], cwd=first.path, check=True)  # ended with the test: no warning
+    assert first.close() == []
+    second = backend.mount([lower], label="t")
+    assert second.path == first.path
+    assert second.close() == []
