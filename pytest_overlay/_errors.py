@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import final
 
-__all__ = ["BackendUnavailableError", "MountError", "OverlayError", "ViewLostError"]
+# Failed is what pytest.fail() raises; pytest names it only as pytest.fail.Exception, which a
+# class statement cannot take as a base.
+from _pytest.outcomes import Failed
+
+__all__ = [
+    "BackendUnavailableError",
+    "MountError",
+    "OverlayError",
+    "OverlayFailure",
+    "ViewLostError",
+]
 
 
 class OverlayError(Exception):
@@ -36,3 +46,20 @@ class ViewLostError(OverlayError):
     """
 
     __module__ = "pytest_overlay"
+
+
+class OverlayFailure(OverlayError, Failed):
+    """A mistake in how a test uses pytest-overlay, which pytest reports as its message alone.
+
+    For errors raised in a test's setup whose traceback would show only pytest-overlay's
+    frames (a layer that failed to build, a marker naming a missing fixture): as a
+    ``pytest.fail(..., pytrace=False)`` it is shown without one, and as an
+    :class:`OverlayError` (an ``Exception``) ``except Exception`` still catches it.
+    """
+
+    def __init__(self, message: str) -> None:
+        Failed.__init__(self, message, pytrace=False)
+
+    # Failed's repr is the bare message; an exception's usual one names its class.
+    __repr__ = BaseException.__repr__
+    __str__ = BaseException.__str__

@@ -31,7 +31,7 @@ from typing import Any, final
 
 from filelock import FileLock
 
-from ._errors import OverlayError
+from ._errors import OverlayError, OverlayFailure
 from ._keep import copy_layer, remove_layer_tree, write_json_atomic
 
 LAYER_FORMAT = "1"
@@ -67,8 +67,12 @@ class Layer:
 
 
 @final
-class LayerBuildError(OverlayError):
-    """A layer's build failed; every test that needs the layer errors with this message."""
+class LayerBuildError(OverlayFailure):
+    """A layer's build failed; every test that needs the layer errors with this message.
+
+    The message is a few lines (the build's exception, the tail of its output, the user's
+    frames); pytest shows it without a traceback of pytest-overlay's.
+    """
 
     __module__ = "pytest_overlay"
 
