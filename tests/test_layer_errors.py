@@ -257,6 +257,10 @@ def test_build_output_stays_in_the_capture_when_it_succeeds(pytester: pytest.Pyt
     result.stdout.fnmatch_lines(
         ["*Captured stdout setup*", "built by print", "built by a subprocess"]
     )
+    # Under -s nothing is captured: the build's output is shown as it is written.
+    live = run(pytester, "-s", "--overlay-rebuild")
+    live.assert_outcomes(failed=1)
+    live.stdout.fnmatch_lines(["*built by print", "built by a subprocess", "F*"])
 
 
 USES_VENV = """
@@ -418,3 +422,24 @@ def test_layer_failure_is_an_overlay_error_and_a_pytest_failure() -> None:
     assert not error.pytrace
     assert str(error) == "building snapshot layer 'x' failed: E: m"
     assert repr(error) == "LayerBuildError(\"building snapshot layer 'x' failed: E: m\")"
+
+
+def test_in_place_mode_gives_the_same_short_errors(pytester: pytest.Pytester) -> None:
+    gate("kernel", kernel_reason())
+    pytester.makeconftest(FAILING_BUILD)
+    pytester.makepyfile(
+        test_app="""
+        import pytest
+
+        @pytest.mark.overlay(layers=["tools_layer"])
+        def test_built(): pass
+
+        @pytest.mark.overlay(layers=["tools_layr"])
+        def test_typo(): pass
+        """
+    )
+    result = run(pytester, "--overlay", backend="kernel")
+    result.assert_outcomes(errors=2)
+    texts = assert_short(result, ["test_built", "test_typo"])
+    assert texts["test_built"].startswith("building snapshot layer 'tools' failed: RuntimeError")
+    assert "did you mean 'tools_layer'?" in texts["test_typo"]
