@@ -1,12 +1,16 @@
-"""Project-wide test configuration for pytest-overlay's own suite."""
+"""Project-wide test configuration for pytest-overlay's own suite, and fixtures the real-run
+tests share: a small project, root and no mount left behind."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests._gates import REQUIRE_ENV
+from tests._gates import REQUIRE_ENV, gate
+from tests._sample_project import SMALL_PROJECT, make_project, overlay_mounts
 
 # The suite reads the output of the pytest runs it starts, and pytest fits that output to
 # COLUMNS: a wide CI terminal un-truncates the short summary and repeats what the
@@ -17,3 +21,24 @@ os.environ["COLUMNS"] = "80"
 def pytest_report_header(config: pytest.Config) -> str:
     required = os.environ.get(REQUIRE_ENV) or "none (missing capabilities skip)"
     return f"pytest-overlay self-test: required capabilities: {required}"
+
+
+@pytest.fixture
+def root_env() -> None:
+    """Gate on root, which private mount namespaces and bind mounts need."""
+    reason = "the suite is not running as root (mount namespaces and bind mounts need it)"
+    gate("root", None if os.geteuid() == 0 else reason)
+
+
+@pytest.fixture
+def no_leaked_mounts() -> Iterator[None]:
+    """Fail the test if it leaves a mount visible on the host."""
+    before = overlay_mounts()
+    yield
+    assert overlay_mounts() == before
+
+
+@pytest.fixture
+def small_project(tmp_path: Path) -> Path:
+    """:data:`tests._sample_project.SMALL_PROJECT` written to a fresh directory."""
+    return make_project(tmp_path, SMALL_PROJECT)

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,20 @@ def kernel_reason() -> str | None:
 
     result = _probe.probe_kernel()
     return None if result.ok else result.reason
+
+
+def gate_backend(backend: str) -> None:
+    """Gate on what *backend* needs here (kernel overlayfs, FUSE; copy works anywhere)."""
+    if backend == "kernel":
+        gate("kernel", kernel_reason())
+    if backend == "fuse":
+        gate("fuse", fuse_reason())
+
+
+def gate_mode(mode: Sequence[str]) -> None:
+    """Gate on the backend the command-line options *mode* choose: fuse if they say so, else
+    the kernel (the choice of ``auto`` as root)."""
+    gate_backend("fuse" if "--overlay-backend=fuse" in mode else "kernel")
 
 
 def fuse_reason() -> str | None:

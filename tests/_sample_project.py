@@ -1,8 +1,11 @@
-"""A sample project and a destructive test suite that runs against it through ``overlay_root``.
+"""Sample projects for child runs: a destructive suite against ``overlay_root``, and a small one.
 
 The same suite runs on every backend, as root and as an ordinary user, with and without xdist;
 each test asserts that it started from the pristine tree and that the diff is exactly what it
 did.
+The small project (:data:`SMALL_PROJECT`) is for runs whose point is the header, the
+fallback or the error rather than the suite.  Also here: the digests, mounts and processes
+that such runs check before and after.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 SUITE = r"""
@@ -158,6 +161,27 @@ def test_fspath_and_division(overlay_root):
 """
 
 SUITE_TESTS = SUITE.count("\ndef test_")
+
+SMALL_SUITE = """
+def test_write(overlay_root):
+    (overlay_root / "f").write_text("x")
+    assert overlay_root.diff().added == {"f"}
+
+def test_pristine(overlay_root):
+    assert not (overlay_root / "f").exists()
+    assert (overlay_root / "data.txt").read_text() == "precious\\n"
+"""
+SMALL_PROJECT = {"pytest.ini": "[pytest]\n", "data.txt": "precious\n", "test_small.py": SMALL_SUITE}
+"""A two-test project, name to text: a write, then a check that the next test starts pristine."""
+
+
+def make_project(parent: Path, files: Mapping[str, str]) -> Path:
+    """Write *files* (name to text) into a new directory ``project`` in *parent*; return it."""
+    root = parent / "project"
+    root.mkdir()
+    for name, text in files.items():
+        (root / name).write_text(text)
+    return root
 
 
 def build_project(root: Path) -> None:

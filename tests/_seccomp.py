@@ -87,6 +87,20 @@ def install(mount_only: int | None = None) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
 
 
+def wrapper(mount_only: str | None = None) -> list[str]:
+    """The command prefix that runs a command under the filter (Docker's, or *mount_only*).
+
+    *mount_only* names the errno (``EPERM``, ``EACCES``) that the mount calls alone get.
+    """
+    option = [] if mount_only is None else [f"{_MOUNT_ONLY}={mount_only}"]
+    return [sys.executable, os.path.abspath(__file__), *option]
+
+
+def reason() -> str | None:
+    """Why the filter cannot be installed here, or None (it knows only x86-64's numbers)."""
+    return None if platform.machine() == "x86_64" else "the filter is for x86-64"
+
+
 def _parse(argv: list[str]) -> tuple[int | None, list[str]]:
     """The mount-only errno (None for Docker's profile) and the command, from *argv*."""
     first, _, name = argv[0].partition("=")

@@ -3,7 +3,9 @@
 The suite runs as root, but the unprivileged path (a user namespace, overlayfs with
 ``userxattr``) has to be exercised by a process that really is an ordinary user: uid not 0,
 no capabilities, still allowed to create user namespaces.  :func:`run_as_user` runs a command
-as :data:`TEST_USER`, created on demand.
+as :data:`TEST_USER`, created on demand; :func:`prelude_command` gives the command line
+that does it, which can also simulate another machine for the child (:class:`Namespace`),
+as root or as that user (``tests/_run.py`` runs it).
 
 The interpreter and its site-packages usually live where that user cannot go (``/root`` is
 mode 0700 here).  Nothing on the host is chmod-ed; instead a root *prelude* (this very file run
@@ -15,9 +17,12 @@ as a script, ``python -I -S _unpriv.py SPEC``) does, before it drops privileges:
    first), makes a stand-in directory (mode 0755) holding recursive bind mounts of just the
    needed children under their own names (symlinks are recreated, files bound), and
    recursively binds the stand-in over the blocked directory, so every path stays the same;
-4. clears the supplementary groups, sets the real, effective and saved gid and uid, clears the
-   inheritable capabilities (the uid change clears the permitted, effective and ambient ones),
-   changes to the working directory and execs the command.
+4. builds what the :class:`Namespace` asks for: ``/dev`` without ``fuse`` (a stand-in too),
+   libfuse hidden, overlayfs mounts, a ``/dev/fuse`` of another mode, a chroot;
+5. unless it is to stay root, clears the supplementary groups, sets the real, effective and
+   saved gid and uid, clears the inheritable capabilities (the uid change clears the
+   permitted, effective and ambient ones);
+6. changes to the working directory and execs the command.
 
 The mount namespace dies with the command; the empty scratch directory is removed afterwards.
 """
@@ -43,17 +48,23 @@ from pathlib import Path
 from typing import NoReturn
 
 __all__ = [
+    "OPEN_DEV_FUSE",
     "STANDIN_PARENT",
     "TEST_USER",
     "HarnessError",
+    "Namespace",
     "StandIn",
     "can_run_as_user",
+    "communicate",
     "ensure_test_user",
     "exposure_plan",
     "make_user_dir",
+    "prelude_command",
     "run_as_user",
+    "user_env",
     "user_workdir",
     "user_workdir_ctx",
+    "write_user_files",
 ]
 
 TEST_USER = "pytest-overlay-test"
@@ -84,6 +95,7 @@ _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _MAX_SYMLINKS = 40  # the kernel's own limit (ELOOP)
+_FUSE_DEVICE = (10, 229)  # major and minor of /dev/fuse on Linux (devices.txt)
 
 _X = 0o1  # permission triads: search, then read plus search
 _RX = 0o5
@@ -99,6 +111,29 @@ class StandIn:
 
     directory: Path
     children: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """How a child's private mount namespace differs from the host's (by default, not at all).
+
+    Each field simulates a machine unlike this one, for the child only: the host never sees it.
+    """
+
+    hide_dev_fuse: bool = False
+    """``/dev`` without ``fuse``, as in a container started without ``--device /dev/fuse``."""
+    hide_libfuse: bool = False
+    """Empty files over libfuse's libraries and a linker cache rebuilt without them."""
+    dev_fuse_mode: int | None = None
+    """A ``/dev/fuse`` of this mode over the host's (distributions ship 0666; CI has 0600)."""
+    overlays: tuple[tuple[Path, Path, Path, Path], ...] = ()
+    """Overlayfs mounts ``(lower, upper, work, merged)`` made in order, as in a container."""
+    block_userns: bool = False
+    """Chrooted into a bind mount of ``/``: the kernel refuses user namespaces to the child."""
+
+
+OPEN_DEV_FUSE = Namespace(dev_fuse_mode=0o666)
+"""``/dev/fuse`` as distributions ship it, so that the test user's ``fusermount3`` can open it."""
 
 
 # --- the test user ------------------------------------------------------------------------------
@@ -176,6 +211,14 @@ def user_workdir_ctx() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path)  # as root, modes such as 000 do not stop the removal
+
+
+def write_user_files(root: Path, files: Mapping[str, str]) -> None:
+    """Write *files* (name to text) into *root*, each owned by the test user."""
+    uid, gid = ensure_test_user()
+    for name, text in files.items():
+        (root / name).write_text(text)
+        os.chown(root / name, uid, gid)
 
 
 @contextlib.contextmanager
@@ -271,7 +314,8 @@ def _needed_paths(cwd: Path, extra: Sequence[Path]) -> list[Path]:
 # --- running ------------------------------------------------------------------------------------
 
 
-def _child_env(cwd: Path, env: Mapping[str, str] | None) -> dict[str, str]:
+def user_env(cwd: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The minimal environment of a child run as the test user in *cwd*, updated with *env*."""
     search = [os.fspath(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
     result = {
         "PATH": os.pathsep.join(search),
@@ -282,6 +326,82 @@ def _child_env(cwd: Path, env: Mapping[str, str] | None) -> dict[str, str]:
     }
     result.update(env or {})
     return result
+
+
+def communicate(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    timeout: float,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run *argv* in a session of its own with *env*, stdin closed; return it finished, unchecked.
+
+    On timeout the child's whole process group is killed (servers and workers with it, not
+    just the child) and :class:`subprocess.TimeoutExpired` is raised with what it printed.
+    """
+    with subprocess.Popen(
+        argv,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(env),
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # still unreaped, so the group is ours
+            stdout, stderr = proc.communicate()
+            raise subprocess.TimeoutExpired(list(argv), timeout, stdout, stderr) from None
+    return subprocess.CompletedProcess(list(argv), proc.returncode, stdout, stderr)
+
+
+@contextlib.contextmanager
+def prelude_command(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    user: bool = True,
+    namespace: Namespace = Namespace(),
+    extra_paths: Sequence[Path] = (),
+) -> Iterator[list[str]]:
+    """Yield the root command line that runs *argv* in *cwd* in a private mount namespace.
+
+    The command is the root prelude (see the module docstring): it builds *namespace*, and
+    with *user* it also shows the test user what it needs and becomes that user, before it
+    executes *argv*.  Run the command as root, with the environment the child is to have
+    (:func:`user_env` for the test user), while the context is open: its scratch directory is
+    removed on exit.  The other arguments mean what they mean for :func:`run_as_user`.
+    """
+    if not argv:
+        raise ValueError("argv must name a command")
+    cwd = cwd.absolute()  # the prelude changes directory before it enters cwd
+    ids = ensure_test_user() if user else None
+    plan = exposure_plan(_needed_paths(cwd, extra_paths), *ids) if ids else []
+    if namespace.hide_dev_fuse:
+        # A stand-in for /dev showing every host node but fuse, each bound from the host's.
+        plan.append(StandIn(Path("/dev"), tuple(sorted(set(os.listdir("/dev")) - {"fuse"}))))
+    scratch = tempfile.mkdtemp(prefix=_SCRATCH_PREFIX, dir=STANDIN_PARENT)
+    try:
+        spec = {
+            "uid": ids and ids[0],
+            "gid": ids and ids[1],
+            "scratch": scratch,
+            "standins": [[os.fspath(s.directory), list(s.children)] for s in plan],
+            "hide_libfuse": namespace.hide_libfuse,
+            "overlays": [[os.fspath(p) for p in mount] for mount in namespace.overlays],
+            "dev_fuse_mode": namespace.dev_fuse_mode,
+            "block_userns": namespace.block_userns,
+            "cwd": os.fspath(cwd),
+            "argv": list(argv),
+        }
+        yield [sys.executable, "-I", "-S", os.fspath(_THIS_FILE), json.dumps(spec)]
+    finally:
+        shutil.rmtree(scratch)  # only ever an empty directory on the host
 
 
 def run_as_user(
@@ -309,43 +429,11 @@ def run_as_user(
     ``/dev/fuse`` of mode 0666, as most distributions ship it (this machine's is 0600, and
     fusermount3 opens it with the user's own rights), without changing the host's.
     """
-    if not argv:
-        raise ValueError("argv must name a command")
-    cwd = cwd.absolute()  # the prelude changes directory before it enters cwd
-    uid, gid = ensure_test_user()
-    plan = exposure_plan(_needed_paths(cwd, extra_paths), uid, gid)
-    scratch = tempfile.mkdtemp(prefix=_SCRATCH_PREFIX, dir=STANDIN_PARENT)
-    try:
-        spec = {
-            "uid": uid,
-            "gid": gid,
-            "scratch": scratch,
-            "standins": [[os.fspath(s.directory), list(s.children)] for s in plan],
-            "cwd": os.fspath(cwd),
-            "argv": list(argv),
-            "block_userns": block_userns,
-            "open_dev_fuse": open_dev_fuse,
-        }
-        prelude = [sys.executable, "-I", "-S", os.fspath(_THIS_FILE), json.dumps(spec)]
-        with subprocess.Popen(
-            prelude,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_child_env(cwd, env),
-            start_new_session=True,
-        ) as proc:
-            try:
-                stdout, stderr = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)  # still unreaped, so the group is ours
-                stdout, stderr = proc.communicate()
-                raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr) from None
-        return subprocess.CompletedProcess(list(argv), proc.returncode, stdout, stderr)
-    finally:
-        shutil.rmtree(scratch)  # only ever an empty directory on the host
+    mode = OPEN_DEV_FUSE.dev_fuse_mode if open_dev_fuse else None
+    namespace = Namespace(block_userns=block_userns, dev_fuse_mode=mode)
+    with prelude_command(argv, cwd=cwd, namespace=namespace, extra_paths=extra_paths) as prelude:
+        done = communicate(prelude, env=user_env(cwd, env), timeout=timeout)
+    return subprocess.CompletedProcess(list(argv), done.returncode, done.stdout, done.stderr)
 
 
 @functools.cache
@@ -438,6 +526,32 @@ def _fail(code: int, message: str) -> NoReturn:
     os._exit(code)
 
 
+def _hide_libfuse(libc: ctypes.CDLL) -> None:
+    # Empty files over the libraries, and a linker cache that no longer lists them, which is
+    # what ctypes.util.find_library consults.
+    ldconfig = "/sbin/ldconfig" if os.path.exists("/sbin/ldconfig") else "ldconfig"
+    listing = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, check=True)
+    Path("empty").touch()
+    hidden: set[str] = set()
+    for line in listing.stdout.splitlines():
+        if "libfuse" in line and "=>" in line:
+            library = os.path.realpath(line.split("=>", 1)[1].strip())
+            if library not in hidden:
+                hidden.add(library)
+                _mount(libc, "empty", library, None, _MS_BIND, "")
+    subprocess.run([ldconfig, "-X", "-C", "ld.so.cache"], capture_output=True, check=True)
+    _mount(libc, "ld.so.cache", "/etc/ld.so.cache", None, _MS_BIND, "")
+
+
+def _bind_dev_fuse(libc: ctypes.CDLL, mode: int) -> None:
+    # The scratch tmpfs is nodev; the device node needs a filesystem that allows it.
+    os.mkdir("dev")
+    _mount(libc, "tmpfs", "dev", "tmpfs", _MS_NOSUID, "mode=0755,size=64k")
+    os.mknod("dev/fuse", stat.S_IFCHR | mode, os.makedev(*_FUSE_DEVICE))
+    os.chmod("dev/fuse", mode)  # mknod applies the umask
+    _mount(libc, "dev/fuse", "/dev/fuse", None, _MS_BIND, "")
+
+
 def _prelude(spec_json: str) -> NoReturn:
     spec = json.loads(spec_json)
     argv: list[str] = spec["argv"]
@@ -447,26 +561,27 @@ def _prelude(spec_json: str) -> NoReturn:
         # A new namespace's mounts stay peers of the host's: make them private before anything.
         _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE, "")
         flags = _MS_NOSUID | _MS_NODEV
-        _mount(libc, "tmpfs", spec["scratch"], "tmpfs", flags, "mode=0700,size=1m")
+        _mount(libc, "tmpfs", spec["scratch"], "tmpfs", flags, "mode=0700,size=16m")
         os.chdir(spec["scratch"])
         for index, (directory, children) in enumerate(spec["standins"]):
             _build_standin(libc, index, Path(directory), children)
-        if spec.get("open_dev_fuse"):
-            # The scratch tmpfs is nodev; the device node needs a filesystem that allows it.
-            os.mkdir("dev")
-            _mount(libc, "tmpfs", "dev", "tmpfs", _MS_NOSUID, "mode=0755,size=64k")
-            os.mknod("dev/fuse", stat.S_IFCHR | 0o666, os.makedev(10, 229))
-            os.chmod("dev/fuse", 0o666)  # noqa: S103 - what distributions ship for /dev/fuse
-            _mount(libc, "dev/fuse", "/dev/fuse", None, _MS_BIND, "")
-        if spec.get("block_userns"):
+        if spec["hide_libfuse"]:
+            _hide_libfuse(libc)
+        for lower, upper, work, merged in spec["overlays"]:
+            options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+            _mount(libc, "overlay", merged, "overlay", 0, options)
+        if spec["dev_fuse_mode"] is not None:
+            _bind_dev_fuse(libc, spec["dev_fuse_mode"])
+        if spec["block_userns"]:
             # unshare(CLONE_NEWUSER) fails with EPERM for a chrooted process, even when the
             # new root shows the very same tree.
             os.mkdir("root")
             _mount(libc, "/", "root", None, _MS_BIND | _MS_REC, "")
             os.chroot("root")
-        _drop_privileges(libc, spec["uid"], spec["gid"])
+        if spec["uid"] is not None:
+            _drop_privileges(libc, spec["uid"], spec["gid"])
         os.chdir(spec["cwd"])
-    except OSError as exc:
+    except (OSError, subprocess.CalledProcessError) as exc:
         _fail(_EXIT_SETUP, str(exc))
     try:
         os.execvp(argv[0], argv)  # noqa: S606 - argv is a list, no shell is wanted

@@ -15,8 +15,6 @@ import contextlib
 import errno
 import json
 import os
-import platform
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,34 +24,15 @@ import pytest
 from pytest_overlay import _namespaces, _probe, _syscalls
 from tests import _unpriv
 from tests._gates import gate
-from tests._sample_project import tree_digest
+from tests._run import Result, assert_clean, mount_denied, run, run_pytest
+from tests._sample_project import SMALL_PROJECT, tree_digest
 
-ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark", "-rA")
-SECCOMP = Path(__file__).with_name("_seccomp.py")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SYSCTL_FIX = "`sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`"
 PERMANENT_FIX = (
     "`echo kernel.apparmor_restrict_unprivileged_userns=0 "
     "| sudo tee /etc/sysctl.d/60-pytest-overlay.conf`"
 )
-SMALL_SUITE = """
-def test_write(overlay_root):
-    (overlay_root / "f").write_text("x")
-    assert overlay_root.diff().added == {"f"}
-
-def test_pristine(overlay_root):
-    assert not (overlay_root / "f").exists()
-    assert (overlay_root / "data.txt").read_text() == "precious\\n"
-"""
-
-
-def _x86_64_reason() -> str | None:
-    return None if platform.machine() == "x86_64" else "the filter is for x86-64"
-
-
-def _mount_only(err: str) -> list[str]:
-    """The argv prefix that runs a command with mounts denied with *err*."""
-    return [sys.executable, os.fspath(SECCOMP), f"--mount-only={err}"]
 
 
 # --- the probe, for real ------------------------------------------------------------------------
@@ -63,17 +42,8 @@ def _mount_only(err: str) -> list[str]:
 def test_probe_names_a_mount_denied_in_a_created_user_namespace(err: str) -> None:
     # The probe's own entry point, in user-namespace mode, under the filter: the namespace is
     # created and mapped, its first mount is refused.
-    gate("x86-64", _x86_64_reason())
     probe = [sys.executable, "-m", "pytest_overlay._probe", "user"]
-    done = subprocess.run(
-        [*_mount_only(err), *probe],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=REPO_ROOT,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run(probe, cwd=REPO_ROOT, wrapper=mount_denied(err), timeout=60, expect_rc=0)
     result = _probe.ProbeResult(**json.loads(done.stdout))
     assert not result.ok
     assert result.mode == "user namespace"
@@ -90,21 +60,21 @@ def test_probe_names_a_mount_denied_in_a_created_user_namespace(err: str) -> Non
 @pytest.fixture
 def user_project() -> Iterator[Path]:
     gate("unprivileged-user", _unpriv.can_run_as_user())
-    gate("x86-64", _x86_64_reason())
     with _unpriv.user_workdir_ctx() as workdir:
-        uid, gid = _unpriv.ensure_test_user()
-        files = {"pytest.ini": "[pytest]\n", "data.txt": "precious\n", "test_small.py": SMALL_SUITE}
-        for name, text in files.items():
-            (workdir / name).write_text(text)
-            os.chown(workdir / name, uid, gid)
+        _unpriv.write_user_files(workdir, SMALL_PROJECT)
         yield workdir
 
 
-def _run_denied(root: Path, err: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _run_denied(root: Path, err: str, *args: str, expect_rc: int) -> Result:
     # /dev/fuse open to users, as distributions ship it, so that FUSE fails at the mount.
-    argv = [*_mount_only(err), sys.executable, "-m", "pytest", *ARGS, *args]
-    return _unpriv.run_as_user(
-        argv, cwd=root, env={"PYTHONDONTWRITEBYTECODE": "1"}, open_dev_fuse=True
+    return run_pytest(
+        root,
+        "-rA",
+        *args,
+        user=True,
+        wrapper=mount_denied(err),
+        namespace=_unpriv.OPEN_DEV_FUSE,
+        expect_rc=expect_rc,
     )
 
 
@@ -114,19 +84,13 @@ def _kernel_line(text: str) -> str:
     return lines[0]
 
 
-def _assert_clean(text: str) -> None:
-    assert "Traceback (most recent call last)" not in text, text
-    assert "INTERNALERROR" not in text, text
-
-
 @pytest.mark.parametrize("err", ["EPERM", "EACCES"])
 def test_mount_denied_in_user_namespace_falls_back_to_copy_and_says_why(
     user_project: Path, err: str
 ) -> None:
     before = tree_digest(user_project)
-    result = _run_denied(user_project, err)
-    text = result.stdout + result.stderr
-    assert result.returncode == 0, text
+    result = _run_denied(user_project, err, expect_rc=0)
+    text = result.output
     assert "2 passed" in result.stdout, text
     assert "overlay: backend=copy" in result.stdout, text
     line = _kernel_line(result.stdout)
@@ -139,20 +103,19 @@ def test_mount_denied_in_user_namespace_falls_back_to_copy_and_says_why(
     refused = f"(fusermount3: mount failed: {os.strerror(getattr(errno, err))})"
     assert "fuse not used: a FUSE test mount failed:" in result.stdout, text
     assert refused in result.stdout, text
-    _assert_clean(text)
+    assert_clean(text)
     assert tree_digest(user_project) == before
 
 
 def test_mount_denied_in_user_namespace_in_place_is_a_usage_error(user_project: Path) -> None:
     before = tree_digest(user_project)
-    result = _run_denied(user_project, "EPERM", "--overlay")
-    text = result.stdout + result.stderr
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, text
+    result = _run_denied(user_project, "EPERM", "--overlay", expect_rc=pytest.ExitCode.USAGE_ERROR)
+    text = result.output
     line = _kernel_line(result.stderr)
     assert "the user namespace was created, but a mount in it was denied (EPERM)" in line
     assert SYSCTL_FIX in line, line
     assert "passed" not in text, text
-    _assert_clean(text)
+    assert_clean(text)
     assert tree_digest(user_project) == before
 
 

@@ -11,16 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from tests._gates import fuse_reason, gate, kernel_reason
-from tests._sample_project import overlay_mounts, processes_with, tree_digest
+from tests._gates import fuse_reason, gate, gate_backend, gate_mode, kernel_reason
+from tests._run import PLUGINS_OFF, child_env, pytest_argv, run, run_pytest
+from tests._sample_project import make_project, overlay_mounts, processes_with, tree_digest
 
-ARGS = ("-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly")
+ARGS = ("-p", "no:cacheprovider", *PLUGINS_OFF)
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
+def _project(tmp_path: Path, test_file: str, source: str) -> tuple[Path, tuple[str, list[str]]]:
+    """A project with *source* as *test_file*, and its state (digest, host mounts) before."""
+    files = {"pytest.ini": "[pytest]\n", "data.txt": "precious\n", test_file: source}
+    project = make_project(tmp_path, files)
+    return project, _state(project)
+
+
+def _state(project: Path) -> tuple[str, list[str]]:
+    return tree_digest(project, skip=(".pytest_cache",), dir_times=False), overlay_mounts()
 
 
 def test_full_upper_layer_gives_enospc_and_the_next_test_runs(pytester: pytest.Pytester) -> None:
@@ -66,16 +72,11 @@ def test_bad_upper_size_is_a_usage_error(pytester: pytest.Pytester) -> None:
     ids=["fixture", "inplace", "xdist", "fuse", "fuse-inplace"],
 )
 def test_sigkill_mid_test_leaves_nothing_behind(tmp_path: Path, mode: tuple[str, ...]) -> None:
-    if "--overlay-backend=fuse" in mode:
-        gate("fuse", fuse_reason())
-    else:
-        gate("kernel", kernel_reason())
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "pytest.ini").write_text("[pytest]\n")
-    (project / "data.txt").write_text("precious\n")
+    gate_mode(mode)
     marker = tmp_path / "started"
-    (project / "test_slow.py").write_text(
+    project, before = _project(
+        tmp_path,
+        "test_slow.py",
         "import os, time\n"
         "from pathlib import Path\n"
         "def test_fails_first(overlay_root):\n"
@@ -85,17 +86,13 @@ def test_sigkill_mid_test_leaves_nothing_behind(tmp_path: Path, mode: tuple[str,
         "    (overlay_root / 'data.txt').write_text('clobbered')\n"
         "    os.unlink(overlay_root / 'data.txt')\n"
         f"    Path({str(marker)!r}).write_text('go')\n"
-        "    time.sleep(60)\n"
-    )
-    before, mounts = (
-        tree_digest(project, skip=(".pytest_cache",), dir_times=False),
-        overlay_mounts(),
+        "    time.sleep(60)\n",
     )
     run_marker = f"FAULT_RUN={tmp_path}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", *ARGS, *mode],
+        pytest_argv(*mode),
         cwd=project,
-        env={**_env(), "FAULT_RUN": str(tmp_path)},
+        env=child_env({"FAULT_RUN": str(tmp_path)}),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -111,33 +108,15 @@ def test_sigkill_mid_test_leaves_nothing_behind(tmp_path: Path, mode: tuple[str,
     while processes_with(run_marker) and time.monotonic() < deadline:
         time.sleep(0.05)  # servers in a session of their own die by their parent-death signal
     assert processes_with(run_marker) == [], "a process of the killed run is still alive"
-    assert overlay_mounts() == mounts
-    assert tree_digest(project, skip=(".pytest_cache",), dir_times=False) == before
+    assert _state(project) == before
     assert (project / "data.txt").read_text() == "precious\n"
     if mode != ("-n", "2"):  # under xdist the failing test may not have run before the kill
         # The layer kept before the crash survives it, and the command reads it.
-        listing = subprocess.run(
-            [sys.executable, "-m", "pytest_overlay", "show", "fails_first", "--name-only"],
-            cwd=project,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert listing.returncode == 0, listing.stdout + listing.stderr
+        show = [sys.executable, "-m", "pytest_overlay", "show", "fails_first", "--name-only"]
+        listing = run(show, cwd=project, timeout=60, expect_rc=0)
         assert "kept.txt" in listing.stdout
     (project / "test_slow.py").write_text("def test_quick(overlay_root):\n    pass\n")
-    rerun = subprocess.run(
-        [sys.executable, "-m", "pytest", *ARGS, *mode],
-        cwd=project,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    run_pytest(project, *mode, timeout=120, expect_rc=0)
 
 
 @pytest.mark.parametrize("victim", ["mount", "session"])
@@ -213,12 +192,10 @@ def test_fuse_server_killed_mid_test(pytester: pytest.Pytester, victim: str) -> 
 @pytest.mark.parametrize("backend", ["kernel", "fuse"])
 def test_xdist_worker_killed_mid_test(tmp_path: Path, backend: str) -> None:
     """One worker dies by SIGKILL mid-test: xdist replaces it, the rest of the run passes."""
-    gate(backend, kernel_reason() if backend == "kernel" else fuse_reason())
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "pytest.ini").write_text("[pytest]\n")
-    (project / "data.txt").write_text("precious\n")
-    (project / "test_worker.py").write_text(
+    gate_backend(backend)
+    project, before = _project(
+        tmp_path,
+        "test_worker.py",
         "import os, signal\n"
         "import pytest\n"
         "def test_worker_dies(overlay_root):\n"
@@ -227,24 +204,10 @@ def test_xdist_worker_killed_mid_test(tmp_path: Path, backend: str) -> None:
         "@pytest.mark.parametrize('i', range(6))\n"
         "def test_others(overlay_root, i):\n"
         "    (overlay_root / 'data.txt').unlink()\n"
-        "    assert overlay_root.diff().deleted == {'data.txt'}\n"
+        "    assert overlay_root.diff().deleted == {'data.txt'}\n",
     )
-    before, mounts = (
-        tree_digest(project, skip=(".pytest_cache",), dir_times=False),
-        (overlay_mounts()),
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", *ARGS, "-n", "2", f"--overlay-backend={backend}"],
-        cwd=project,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    assert "crashed while running" in output, output
-    assert "1 failed, 6 passed" in result.stdout, output
+    result = run_pytest(project, "-n", "2", f"--overlay-backend={backend}", timeout=180)
+    assert "crashed while running" in result.output, result.output
+    assert "1 failed, 6 passed" in result.stdout, result.output
     time.sleep(0.2)
-    assert overlay_mounts() == mounts
-    assert tree_digest(project, skip=(".pytest_cache",), dir_times=False) == before
+    assert _state(project) == before

@@ -8,7 +8,6 @@ the kept layer can be inspected with the ``pytest-overlay`` command.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests import _unpriv
-from tests._gates import fuse_reason, gate, kernel_reason
+from tests._gates import gate, gate_backend, kernel_reason
+from tests._run import Result, run, run_pytest
 from tests._sample_project import overlay_mounts, tree_digest
+from tests._unpriv import Namespace
 
 SUITE = r"""
 import os
@@ -96,8 +97,6 @@ def test_fine():
     pass
 """
 
-ARGS = ("-p", "no:randomly", "-p", "no:benchmark", "-rA")
-
 
 def build(root: Path) -> None:
     (root / "data").mkdir()
@@ -109,28 +108,21 @@ def build(root: Path) -> None:
     (root / "pytest.ini").write_text("[pytest]\n")
 
 
-def run_root(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", *ARGS, *args],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+def run_root(project: Path, *args: str, expect_rc: int | None = None) -> Result:
+    # With pytest's cache (--lf reads it) and bytecode (test_lazy_import_bytecode_... writes
+    # it in the view), as a user's plain run would have them.
+    return run_pytest(project, "-rA", *args, cache=True, write_bytecode=True, expect_rc=expect_rc)
 
 
-def cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest_overlay", *args],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+def run_user(project: Path, *args: str, expect_rc: int, namespace: Namespace | None = None) -> str:
+    result = run_pytest(
+        project, "-rA", "--overlay", *args, user=True, namespace=namespace, expect_rc=expect_rc
     )
+    return result.output
+
+
+def cli(project: Path, *args: str) -> Result:
+    return run([sys.executable, "-m", "pytest_overlay", *args], cwd=project, timeout=60)
 
 
 @pytest.fixture
@@ -149,7 +141,7 @@ IN_PLACE_BACKENDS = pytest.mark.parametrize("backend", ["kernel", "fuse"])
 
 def need(backend: str) -> tuple[str, ...]:
     """Gate on *backend*; the command-line arguments that choose it."""
-    gate(backend, kernel_reason() if backend == "kernel" else fuse_reason())
+    gate_backend(backend)
     return (f"--overlay-backend={backend}",)
 
 
@@ -163,9 +155,7 @@ def digest_without_cache(root: Path) -> str:
 def test_whole_suite_in_place_as_root(project: Path, xdist: Sequence[str], backend: str) -> None:
     chosen = need(backend)
     before, mounts = digest_without_cache(project), overlay_mounts()
-    result = run_root(project, "--overlay", *chosen, *xdist)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    output = run_root(project, "--overlay", *chosen, *xdist, expect_rc=0).output
     assert "7 passed" in output, output
     assert "overlay: in-place mode:" in output
     assert f"overlay: backend={backend} (root)" in output
@@ -178,9 +168,7 @@ def test_failure_keeps_layer_and_pytest_files_reach_disk(project: Path, backend:
     chosen = need(backend)
     (project / "test_failing.py").write_text(FAILING)
     before = digest_without_cache(project)
-    result = run_root(project, "--overlay", *chosen, "--junitxml=report.xml")
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
+    output = run_root(project, "--overlay", *chosen, "--junitxml=report.xml", expect_rc=1).output
     assert "1 failed" in output
     assert "-one" in output, output
     assert "+ONE" in output, output
@@ -213,12 +201,8 @@ def user_project() -> Iterator[Path]:
 
 @pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["plain", "xdist"])
 def test_whole_suite_in_place_as_user(user_project: Path, xdist: Sequence[str]) -> None:
-    argv = [sys.executable, "-m", "pytest", *ARGS, "-p", "no:cacheprovider", "--overlay"]
-    env = {"PYTHONDONTWRITEBYTECODE": "1"}
     before = digest_without_cache(user_project)
-    result = _unpriv.run_as_user([*argv, *xdist], cwd=user_project, env=env)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    output = run_user(user_project, *xdist, expect_rc=0)
     assert "7 passed" in output, output
     assert "overlay: backend=kernel (user namespace)" in output
     assert digest_without_cache(user_project) == before
@@ -226,16 +210,13 @@ def test_whole_suite_in_place_as_user(user_project: Path, xdist: Sequence[str]) 
 
 def test_fuse_in_place_as_user_is_a_clear_usage_error(user_project: Path) -> None:
     # Through fusermount3 the view would cover the project for every process on the host.
-    argv = [sys.executable, "-m", "pytest", *ARGS, "-p", "no:cacheprovider", "--overlay"]
     before = digest_without_cache(user_project)
-    result = _unpriv.run_as_user(
-        [*argv, "--overlay-backend=fuse"],
-        cwd=user_project,
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
-        open_dev_fuse=True,
+    output = run_user(
+        user_project,
+        "--overlay-backend=fuse",
+        expect_rc=pytest.ExitCode.USAGE_ERROR,
+        namespace=_unpriv.OPEN_DEV_FUSE,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, output
     assert "in-place mode (--overlay) on the fuse backend needs root" in output
     assert "Traceback" not in output
     assert digest_without_cache(user_project) == before
@@ -270,15 +251,15 @@ def test_pytest_outputs_inside_the_project_reach_disk(project: Path, backend: st
         "    logging.getLogger('x').warning('written through the log file')\n"
         "    (tmp_path / 'kept.txt').write_text('tmp')\n"
     )
-    result = run_root(
+    run_root(
         project,
         "--overlay",
         *chosen,
         "--basetemp=inside-tmp",
         "--log-file=run.log",
         "test_outputs.py",
+        expect_rc=0,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     assert "written through the log file" in (project / "run.log").read_text()
     kept = list((project / "inside-tmp").rglob("kept.txt"))
     assert [p.read_text() for p in kept] == ["tmp"]

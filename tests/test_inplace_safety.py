@@ -9,22 +9,18 @@ before and after.
 
 from __future__ import annotations
 
-import os
-import platform
-import shutil
-import subprocess
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import _unpriv
 from tests._gates import gate, kernel_reason
+from tests._run import assert_clean, docker_like, run_pytest
 from tests._sample_project import tree_digest as full_digest
+from tests._unpriv import Namespace
 
-ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark", "-rA")
-ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
+USAGE_ERROR = pytest.ExitCode.USAGE_ERROR
 THREAD = (
     "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
 )
@@ -61,25 +57,9 @@ def tree_digest(root: Path) -> str:
 
 
 def run_user(root: Path, *args: str, block_userns: bool = False) -> tuple[int, str]:
-    result = _unpriv.run_as_user(
-        [sys.executable, "-m", "pytest", *ARGS, *args],
-        cwd=root,
-        env=ENV,
-        block_userns=block_userns,
-    )
-    return result.returncode, result.stdout + result.stderr
-
-
-def run_root(argv: Sequence[str], *, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    return subprocess.run(
-        argv, cwd=cwd, env={**env, **ENV}, capture_output=True, text=True, timeout=300, check=False
-    )
-
-
-def assert_clean(text: str) -> None:
-    assert "Traceback (most recent call last)" not in text, text
-    assert "INTERNALERROR" not in text, text
+    namespace = Namespace(block_userns=block_userns)
+    result = run_pytest(root, "-rA", *args, user=True, namespace=namespace)
+    return result.returncode, result.output
 
 
 @pytest.fixture
@@ -110,7 +90,7 @@ def test_without_user_namespaces_in_place_is_a_usage_error(threaded_project: Pat
     # the real paths: no test runs, and the message says what to do.
     before = tree_digest(threaded_project)
     code, text = run_user(threaded_project, "--overlay", block_userns=True)
-    assert code == pytest.ExitCode.USAGE_ERROR, text
+    assert code == USAGE_ERROR, text
     assert "in-place mode (--overlay) needs a backend whose view stands at" in text, text
     assert "kernel not used:" in text, text
     assert "fuse not used: in place, FUSE needs root" in text, text
@@ -134,13 +114,9 @@ def test_thread_from_a_plugin_is_a_usage_error_in_place() -> None:
 
     with _unpriv.user_project_ctx(make) as root:
         before = tree_digest(root)
-        result = _unpriv.run_as_user(
-            [sys.executable, "-m", "pytest", *ARGS, "-p", "threadplugin", "--overlay"],
-            cwd=root,
-            env={**ENV, "PYTHONPATH": str(root)},
-        )
-        text = result.stdout + result.stderr
-        assert result.returncode == pytest.ExitCode.USAGE_ERROR, text
+        args = ("-rA", "-p", "threadplugin", "--overlay")
+        env = {"PYTHONPATH": str(root)}
+        text = run_pytest(root, *args, user=True, env=env, expect_rc=USAGE_ERROR).output
         assert "only a single-threaded process may enter a user namespace" in text, text
         assert "-p no:NAME" in text, text
         assert "overlay_userns = early" not in text, text
@@ -159,9 +135,7 @@ def test_copy_backend_in_place_is_refused(tmp_path: Path, where: str) -> None:
     else:
         args = ("--overlay", "--overlay-backend=copy")
     before = tree_digest(root)
-    result = run_root([sys.executable, "-m", "pytest", *ARGS, *args], cwd=root)
-    text = result.stdout + result.stderr
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, text
+    text = run_pytest(root, "-rA", *args, expect_rc=USAGE_ERROR).output
     assert "in-place mode (--overlay) cannot run on the copy backend" in text, text
     assert "use the overlay_root fixture" in text, text
     assert_clean(text)
@@ -171,19 +145,12 @@ def test_copy_backend_in_place_is_refused(tmp_path: Path, where: str) -> None:
 def test_docker_like_container_in_place_is_a_usage_error(tmp_path: Path) -> None:
     # Docker's default profile (tests/_seccomp.py, and no CAP_SYS_ADMIN): neither a user
     # namespace nor a FUSE mount; in place, that is a usage error naming Docker's flags.
-    gate("setpriv", None if shutil.which("setpriv") else "setpriv is not installed (util-linux)")
-    gate("x86-64", None if platform.machine() == "x86_64" else "the filter is for x86-64")
+    wrapper = docker_like()
     root = tmp_path / "project"
     root.mkdir()
     build(root)
     before = tree_digest(root)
-    drop = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]
-    seccomp = [sys.executable, str(Path(__file__).with_name("_seccomp.py"))]
-    result = run_root(
-        [*drop, *seccomp, sys.executable, "-m", "pytest", *ARGS, "--overlay"], cwd=root
-    )
-    text = result.stdout + result.stderr
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, text
+    text = run_pytest(root, "-rA", "--overlay", wrapper=wrapper, expect_rc=USAGE_ERROR).output
     assert "kernel not used: creating a user namespace is not permitted here" in text, text
     assert "--cap-add SYS_ADMIN --device /dev/fuse" in text, text
     assert "passed" not in text, text

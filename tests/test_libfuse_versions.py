@@ -9,12 +9,11 @@ library (``FUSE_LIBRARY_NAME``), where both are installed (CI installs both).
 from __future__ import annotations
 
 import ctypes.util
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 from tests._gates import fuse_reason, gate, server_libfuse
+from tests._run import run, run_pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = (
@@ -41,24 +40,11 @@ def test_fuse_modules_pass_on_the_other_libfuse() -> None:
     gate("fuse", fuse_reason())
     other, reason = _other_library()
     gate("libfuse2-and-3", reason)
-    env = {**os.environ, "FUSE_LIBRARY_NAME": other}
-    env.pop("FUSE_LIBRARY_PATH", None)
-    check = subprocess.run(
-        [sys.executable, "-c", "import mfusepy; print(mfusepy.fuse_version_major)"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    env = {"FUSE_LIBRARY_NAME": other, "FUSE_LIBRARY_PATH": None}
+    version = [sys.executable, "-c", "import mfusepy; print(mfusepy.fuse_version_major)"]
+    check = run(version, cwd=REPO, env=env, timeout=60, expect_rc=0)
     assert check.stdout.strip() == ("3" if other == "fuse3" else "2")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:xdist", *MODULES],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    result = run_pytest(
+        REPO, "-q", "-p", "no:xdist", *MODULES, cache=True, env=env, timeout=600, expect_rc=0
     )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout

@@ -10,10 +10,7 @@ still fails that way (a marker's lowers the session did not check) is explained 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import stat
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +20,8 @@ from pytest_overlay import _namespaces
 from pytest_overlay._backends import idmap
 from tests import _unpriv
 from tests._gates import gate
-
-ARGS = ("-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly", "-W", "default")
+from tests._run import run_pytest
+from tests._sample_project import tree_digest
 
 MODIFYING_TESTS = """
 def test_modifies_project_files(overlay_root):
@@ -59,23 +56,6 @@ def _regroup(path: Path, gid: int) -> None:
     os.lchown(path, -1, gid)
 
 
-def tree_digest(root: Path) -> str:
-    """Names, types, modes, owners, mtimes and contents of everything under *root*."""
-    digest = hashlib.sha256()
-    for directory, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted([*dirnames, *filenames]):
-            path = Path(directory, name)
-            st = path.lstat()
-            rel = os.fsencode(path.relative_to(root))
-            digest.update(
-                b"%s %o %d %d %d\0" % (rel, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
-            )
-            if stat.S_ISREG(st.st_mode):
-                digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 @pytest.fixture
 def grouped_project() -> Iterator[Path]:
     """A project owned by the test user whose files' group is root's, not the user's."""
@@ -86,11 +66,7 @@ def grouped_project() -> Iterator[Path]:
 
 
 def _run(root: Path, *args: str) -> tuple[int, str, str]:
-    result = _unpriv.run_as_user(
-        [sys.executable, "-m", "pytest", *ARGS, *args],
-        cwd=root,
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
-    )
+    result = run_pytest(root, "-W", "default", *args, user=True)
     return result.returncode, result.stdout, result.stderr
 
 

@@ -14,8 +14,6 @@ tests again with ``/dev/fuse`` in the other mode, so both branches are tested on
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,19 +21,15 @@ import pytest
 
 from tests import _unpriv
 from tests._gates import gate, user_fuse_reason
+from tests._run import Result, run_pytest
+from tests._sample_project import SMALL_PROJECT, SMALL_SUITE
+from tests._unpriv import Namespace
 
 THREAD = (
     "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
 )
-TESTS = """
-def test_one(overlay_root):
-    (overlay_root / "f").write_text("x")
-    assert overlay_root.diff().added == {"f"}
-
-def test_two(overlay_root):
-    assert not (overlay_root / "f").exists()
-"""
-ARGS = ("-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly", "-W", "default")
+THREADED = {**SMALL_PROJECT, "test_small.py": THREAD + SMALL_SUITE}
+"""The small project, its test module starting a thread when imported."""
 
 
 @pytest.fixture
@@ -43,13 +37,6 @@ def user_dir() -> Iterator[Path]:
     gate("unprivileged-user", _unpriv.can_run_as_user())
     with _unpriv.user_workdir_ctx() as workdir:
         yield workdir
-
-
-def _write(root: Path, files: dict[str, str]) -> None:
-    uid, gid = _unpriv.ensure_test_user()
-    for name, text in files.items():
-        (root / name).write_text(text)
-        os.chown(root / name, uid, gid)
 
 
 def _fallback() -> str:
@@ -69,21 +56,23 @@ def _assert_fallback_header(output: str) -> None:
         assert f"fuse not used: {reason.split(':', 1)[0]}:" in output, output
 
 
-def _run(root: Path, *args: str) -> str:
-    result = _unpriv.run_as_user(
-        [sys.executable, "-m", "pytest", *ARGS, *args],
-        cwd=root,
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
+def _run_user(
+    root: Path, *args: str, namespace: Namespace | None = None, expect_rc: int | None = None
+) -> Result:
+    return run_pytest(
+        root, "-W", "default", *args, user=True, namespace=namespace, expect_rc=expect_rc
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+
+
+def _run(root: Path, *args: str) -> str:
+    output = _run_user(root, *args, expect_rc=0).output
     assert "INTERNALERROR" not in output
     return output
 
 
 @pytest.mark.parametrize("ini", ["", "filterwarnings = error"])
 def test_thread_at_import_falls_back_and_says_why(user_dir: Path, ini: str) -> None:
-    _write(user_dir, {"test_threads.py": THREAD + TESTS, "pytest.ini": f"[pytest]\n{ini}\n"})
+    _unpriv.write_user_files(user_dir, {**THREADED, "pytest.ini": f"[pytest]\n{ini}\n"})
     output = _run(user_dir)
     assert "2 passed" in output
     fallback = _fallback()
@@ -96,7 +85,7 @@ def test_thread_at_import_falls_back_and_says_why(user_dir: Path, ini: str) -> N
 
 
 def test_early_userns_survives_threads_started_by_tests(user_dir: Path) -> None:
-    _write(user_dir, {"test_threads.py": THREAD + TESTS, "pytest.ini": "[pytest]\n"})
+    _unpriv.write_user_files(user_dir, THREADED)
     output = _run(user_dir, "--overlay-userns=early")
     assert "2 passed" in output
     assert "copy backend instead" not in output
@@ -104,7 +93,7 @@ def test_early_userns_survives_threads_started_by_tests(user_dir: Path) -> None:
 
 
 def test_xdist_controller_with_a_thread_falls_back_instead_of_crashing(user_dir: Path) -> None:
-    _write(user_dir, {"conftest.py": THREAD, "test_x.py": TESTS, "pytest.ini": "[pytest]\n"})
+    _unpriv.write_user_files(user_dir, {**SMALL_PROJECT, "conftest.py": THREAD})
     output = _run(user_dir, "-n", "2")
     assert "2 passed" in output
     assert f"using the {_fallback()} backend instead" in output
@@ -112,14 +101,8 @@ def test_xdist_controller_with_a_thread_falls_back_instead_of_crashing(user_dir:
 
 
 def test_explicit_kernel_with_threads_errors_each_test_clearly(user_dir: Path) -> None:
-    _write(user_dir, {"test_threads.py": THREAD + TESTS, "pytest.ini": "[pytest]\n"})
-    result = _unpriv.run_as_user(
-        [sys.executable, "-m", "pytest", *ARGS, "--overlay-backend=kernel"],
-        cwd=user_dir,
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
+    _unpriv.write_user_files(user_dir, THREADED)
+    output = _run_user(user_dir, "--overlay-backend=kernel", expect_rc=1).output
     assert "2 errors" in output or "2 error" in output, output
     assert "the kernel backend cannot work here" in output
     assert "Traceback" not in output
@@ -128,29 +111,22 @@ def test_explicit_kernel_with_threads_errors_each_test_clearly(user_dir: Path) -
 
 @pytest.mark.parametrize("dev_fuse", ["as shipped here", "open to users"])
 def test_blocked_user_namespaces_fall_back_with_the_reason(user_dir: Path, dev_fuse: str) -> None:
-    _write(user_dir, {"test_x.py": TESTS, "pytest.ini": "[pytest]\n"})
+    _unpriv.write_user_files(user_dir, SMALL_PROJECT)
     open_dev_fuse = dev_fuse == "open to users"
-    result = _unpriv.run_as_user(
-        [sys.executable, "-m", "pytest", *ARGS],
-        cwd=user_dir,
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
-        block_userns=True,
-        open_dev_fuse=open_dev_fuse,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    mode = _unpriv.OPEN_DEV_FUSE.dev_fuse_mode if open_dev_fuse else None
+    blocked = Namespace(block_userns=True, dev_fuse_mode=mode)
+    output = _run_user(user_dir, namespace=blocked, expect_rc=0).output
     assert "2 passed" in output
     assert "kernel not used: creating a user namespace is not permitted here" in output
     if open_dev_fuse:
         assert "overlay: backend=fuse (fusermount3)" in output
         return
     _assert_fallback_header(output)
-    explicit = _unpriv.run_as_user(
-        [sys.executable, "-m", "pytest", *ARGS, "--overlay-backend=kernel"],
-        cwd=user_dir,
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
-        block_userns=True,
+    explicit = _run_user(
+        user_dir,
+        "--overlay-backend=kernel",
+        namespace=Namespace(block_userns=True),
+        expect_rc=pytest.ExitCode.USAGE_ERROR,
     )
-    assert explicit.returncode == pytest.ExitCode.USAGE_ERROR, explicit.stdout + explicit.stderr
     assert "the kernel backend cannot work here: creating a user namespace" in explicit.stderr
-    assert "Traceback" not in explicit.stdout + explicit.stderr
+    assert "Traceback" not in explicit.output

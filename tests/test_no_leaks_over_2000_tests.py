@@ -4,16 +4,14 @@ per-test cost stays flat from the first test to the last."""
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests._gates import fuse_reason, gate, kernel_reason
-from tests._sample_project import overlay_mounts, processes_with
+from tests._gates import gate_mode
+from tests._run import run_pytest
+from tests._sample_project import make_project, overlay_mounts, processes_with
 
 COUNT = 2000
 
@@ -98,45 +96,22 @@ def test_write_and_delete(overlay_root, i):
     ids=["fixture", "inplace", "xdist", "fuse", "fuse-xdist"],
 )
 def test_two_thousand_tests_leave_nothing_behind(tmp_path: Path, mode: tuple[str, ...]) -> None:
-    if "--overlay-backend=fuse" in mode:
-        gate("fuse", fuse_reason())
-    else:
-        gate("kernel", kernel_reason())
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "pytest.ini").write_text("[pytest]\n")
-    (project / "conftest.py").write_text(CONFTEST)
-    (project / "test_many.py").write_text(TESTS)
-    (project / "data.txt").write_text("data\n")
+    gate_mode(mode)
+    files = {"pytest.ini": "[pytest]\n", "conftest.py": CONFTEST, "test_many.py": TESTS}
+    project = make_project(tmp_path, {**files, "data.txt": "data\n"})
     out = tmp_path / "out"
     out.mkdir()
     basetemp = tmp_path / "basetemp"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update(STRESS_OUT=str(out), PYTHONDONTWRITEBYTECODE="1")
     mounts = overlay_mounts()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:benchmark",
-            "-p",
-            "no:randomly",
-            f"--basetemp={basetemp}",
-            *mode,
-        ],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = run_pytest(
+        project,
+        "-q",
+        f"--basetemp={basetemp}",
+        *mode,
+        env={"STRESS_OUT": str(out)},
         timeout=900,
-        check=False,
+        expect_rc=0,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"{COUNT} passed" in result.stdout
     assert overlay_mounts() == mounts
     assert processes_with(f"STRESS_OUT={out}") == [], "a server outlived the run"
