@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from . import _namespaces
-from ._backends.inplace import in_place_impossible
+from ._backends.inplace import FUSE_IN_PLACE_NEEDS_ROOT, in_place_impossible
 from ._errors import BackendUnavailableError, OverlayError, ViewLostError
 from ._keys import session_key
 from ._layerfix import LayerFactory, resolve_layers
@@ -116,7 +116,7 @@ def enter_before_conftests(early_config: pytest.Config, *, inplace: bool) -> Non
 def _not_in_place(kernel_reason: str) -> tuple[tuple[str, str], ...]:
     return (
         ("kernel", kernel_reason),
-        ("fuse", "in place, FUSE needs root (a private mount namespace)"),
+        ("fuse", FUSE_IN_PLACE_NEEDS_ROOT),
     )
 
 

@@ -57,9 +57,21 @@ APPARMOR_FIX = (
     "`echo kernel.apparmor_restrict_unprivileged_userns=0 "
     "| sudo tee /etc/sysctl.d/60-pytest-overlay.conf`)"
 )
-_DOCKER_FIX = (
-    "--security-opt seccomp=unconfined --security-opt apparmor=unconfined --cap-add SYS_ADMIN"
-)
+
+
+def docker_fix(*, userns: bool = False, fuse: bool = False) -> str:
+    """The ``docker run`` options a container needs for mounts: the one recipe every message
+    gives (``docs/backends.md#ci``).  A user namespace also needs Docker's seccomp profile
+    lifted, which blocks ``unshare(CLONE_NEWUSER)``; FUSE needs the device."""
+    flags = ["--cap-add SYS_ADMIN"]
+    if fuse:
+        flags.append("--device /dev/fuse")
+    flags.append("--security-opt apparmor=unconfined")
+    if userns:
+        flags.append("--security-opt seccomp=unconfined")
+    return f"`docker run {' '.join(flags)}` (or `--privileged`)"
+
+
 _MEANWHILE = (
     "meanwhile the overlay_root fixture works on the fuse backend or with --overlay-backend=copy"
 )
@@ -95,8 +107,8 @@ def explain_userns_failure(step: str, err: int) -> str:
     if err == errno.EPERM and step == "unshare":
         return (
             "creating a user namespace is not permitted here (a container's seccomp profile, "
-            "such as Docker's default, or a chroot blocks it); run the container with "
-            "`--security-opt seccomp=unconfined --cap-add SYS_ADMIN`, or run the tests as root"
+            f"such as Docker's default, or a chroot blocks it); run the container with "
+            f"{docker_fix(userns=True)}, or run the tests as root"
         )
     return f"{step} failed: {os.strerror(err)} (errno {errno.errorcode.get(err, err)})"
 
@@ -116,7 +128,7 @@ def explain_mount_denied(what: str, err: int) -> str:
     return (
         f"{denied}: on Ubuntu 23.10+ AppArmor's kernel.apparmor_restrict_unprivileged_userns "
         f"does this, lifted with {APPARMOR_FIX}; in a container a seccomp or LSM policy, "
-        f"lifted with `docker run {_DOCKER_FIX}`; or run as root (`sudo -E pytest`); "
+        f"lifted with {docker_fix(userns=True)}; or run as root (`sudo -E pytest`); "
         f"{_MEANWHILE}"
     )
 

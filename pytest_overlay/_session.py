@@ -13,6 +13,7 @@ from ._backends import (
     Backend,
     Mount,
     Selection,
+    cannot_work_here,
     create_backend,
     fall_back,
     select_backend,
@@ -105,14 +106,12 @@ class OverlaySession:
         if name is None or name == "auto":
             return self.selection.backend
         if name == "kernel" and self.kernel_unusable is not None:
-            raise BackendUnavailableError(
-                f"the kernel backend cannot work here: {self.kernel_unusable}"
-            )
+            raise cannot_work_here("kernel", self.kernel_unusable)
         if name not in self._backends:
             backend = create_backend(name, self._scratch_dir, self.settings.upper_size)
             reason = backend.unavailable_reason()
             if reason is not None:
-                raise BackendUnavailableError(f"the {name} backend cannot work here: {reason}")
+                raise cannot_work_here(name, reason)
             self._backends[name] = backend
         return self._backends[name]
 
@@ -143,9 +142,7 @@ class OverlaySession:
             name = self._selection.backend.name
             self._backends = {name: self._selection.backend}
             return f"kernel backend unusable, using the {name} backend instead: {reason}"
-        self._selection_error = BackendUnavailableError(
-            f"the kernel backend cannot work here: {reason}"
-        )
+        self._selection_error = cannot_work_here("kernel", reason)
         return str(self._selection_error)
 
     def shutdown(self) -> None:

@@ -155,9 +155,9 @@ def test_mount_denied_without_the_apparmor_sysctl(
         "the user namespace was created, but a mount in it was denied (EPERM): on Ubuntu "
         "23.10+ AppArmor's kernel.apparmor_restrict_unprivileged_userns does this, lifted with "
         f"{SYSCTL_FIX} (permanently: {PERMANENT_FIX}); in a container a seccomp or LSM "
-        "policy, lifted with `docker run --security-opt seccomp=unconfined --security-opt "
-        "apparmor=unconfined --cap-add SYS_ADMIN`; or run as root (`sudo -E pytest`); "
-        "meanwhile the overlay_root fixture works on the fuse backend or with "
+        "policy, lifted with `docker run --cap-add SYS_ADMIN --security-opt apparmor=unconfined "
+        "--security-opt seccomp=unconfined` (or `--privileged`); or run as root "
+        "(`sudo -E pytest`); meanwhile the overlay_root fixture works on the fuse backend or with "
         "--overlay-backend=copy"
     )
 

@@ -189,7 +189,8 @@ def test_docker_like_container_falls_back_to_copy_and_says_why(small_project: Pa
     assert (
         "kernel not used: creating a user namespace is not permitted here (a container's "
         "seccomp profile, such as Docker's default, or a chroot blocks it); run the container "
-        "with `--security-opt seccomp=unconfined --cap-add SYS_ADMIN`" in result.stdout
+        "with `docker run --cap-add SYS_ADMIN --security-opt apparmor=unconfined "
+        "--security-opt seccomp=unconfined` (or `--privileged`)" in result.stdout
     ), text
     assert "fuse not used: a FUSE test mount failed:" in result.stdout, text
     assert "(fusermount3: mount failed: Operation not permitted)" in result.stdout, text

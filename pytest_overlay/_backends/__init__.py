@@ -13,7 +13,7 @@ from .base import Backend, Mount
 from .copytree import CopyBackend
 from .fusebackend import IN_PLACE_NEEDS_PRIVATE_NAMESPACE, FuseBackend, private_mounts_possible
 from .idmap import unmapped_owner
-from .inplace import COPY_IN_PLACE, in_place_impossible
+from .inplace import COPY_IN_PLACE, FUSE_IN_PLACE_NEEDS_ROOT, in_place_impossible
 from .kernel import KernelBackend, refused_lower
 
 __all__ = [
@@ -21,9 +21,15 @@ __all__ = [
     "Backend",
     "Mount",
     "Selection",
+    "cannot_work_here",
     "create_backend",
     "select_backend",
 ]
+
+
+def cannot_work_here(name: str, reason: str) -> BackendUnavailableError:
+    """The one wording of "this backend was asked for and cannot run on this machine"."""
+    return BackendUnavailableError(f"the {name} backend cannot work here: {reason}")
 
 
 def create_backend(name: str, scratch: Callable[[], Path], upper_size: str = "") -> Backend:
@@ -87,9 +93,7 @@ def select_backend(
                     # No backend can run in place: the whole story, with every remedy.
                     raise
                 advice = "use --overlay-backend=auto to fall back to one that can"
-            raise BackendUnavailableError(
-                f"the {requested} backend cannot work here: {reason}. To run anyway, {advice}."
-            )
+            raise cannot_work_here(requested, f"{reason}. To run anyway, {advice}.")
         return Selection(backend)
     passed_over: list[tuple[str, str]] = []
     kernel = create_backend("kernel", scratch, upper_size)
@@ -110,7 +114,7 @@ def fall_back(
     """
     if inplace and not private_mounts_possible():
         # Mounted through fusermount3, the view would cover the project machine-wide.
-        skipped = ("fuse", "in place, FUSE needs root (a private mount namespace)")
+        skipped = ("fuse", FUSE_IN_PLACE_NEEDS_ROOT)
         raise BackendUnavailableError(in_place_impossible((*passed_over, skipped)))
     fuse = create_backend("fuse", scratch)
     reason = fuse.unavailable_reason()

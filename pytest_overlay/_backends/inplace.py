@@ -12,14 +12,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from pytest_overlay._probe import APPARMOR_FIX, apparmor_restricts_userns
+from pytest_overlay._probe import APPARMOR_FIX, apparmor_restricts_userns, docker_fix
 
-__all__ = ["COPY_IN_PLACE", "in_place_impossible"]
+__all__ = ["COPY_IN_PLACE", "FUSE_IN_PLACE_NEEDS_ROOT", "in_place_impossible"]
 
 _FIXTURE_MODE = (
     "drop --overlay and use the overlay_root fixture, which works everywhere (on the copy "
     "backend too): tests then write into overlay_root instead of the real paths"
 )
+
+# Why auto passes FUSE over in place for an ordinary user (the full story is the fuse
+# backend's mount error, ``IN_PLACE_NEEDS_PRIVATE_NAMESPACE``).
+FUSE_IN_PLACE_NEEDS_ROOT = "in place, FUSE needs root (a private mount namespace)"
 
 COPY_IN_PLACE = (
     "in-place mode (--overlay) cannot run on the copy backend: a copy cannot stand at the "
@@ -38,10 +42,7 @@ def _fixes() -> list[str]:
         "on Ubuntu 23.10+ (GitHub's ubuntu-24.04 runners among them), allow unprivileged user "
         f"namespaces: {APPARMOR_FIX}"
     )
-    docker = (
-        "in a container, give it what a mount needs: `docker run --cap-add SYS_ADMIN --device "
-        "/dev/fuse --security-opt apparmor=unconfined` (or `--privileged`)"
-    )
+    docker = f"in a container, give it what a mount needs: {docker_fix(fuse=True)}"
     root = "run pytest as root (`sudo -E python -m pytest --overlay`)"
     fixes = [apparmor, root, docker]
     if _in_container() and not apparmor_restricts_userns():
