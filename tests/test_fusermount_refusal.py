@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay._fuse.client import PACKAGE_ROOT, fusermount_refusal
+from pytest_overlay._fuse.client import fusermount_refusal
 from tests import _unpriv
 from tests._gates import fuse_reason, gate
 
@@ -90,8 +90,7 @@ def test_a_refused_mount_as_an_ordinary_user(tmp_path: Path) -> None:
         done = _unpriv.run_as_user(
             [sys.executable, "-c", CHILD, *paths],
             cwd=workdir,
-            env={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": PACKAGE_ROOT},
-            extra_paths=[Path(PACKAGE_ROOT)],
+            env={"PYTHONDONTWRITEBYTECODE": "1"},
             open_dev_fuse=True,
             timeout=120,
         )

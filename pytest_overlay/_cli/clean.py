@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pytest_overlay._keep import LATEST_FILE, remove_layer_tree
+from pytest_overlay._files import remove_tree
+from pytest_overlay._keep import LATEST_FILE
 from pytest_overlay._layercache import clean_layers
 from pytest_overlay._render import safe_path
 
@@ -87,7 +88,7 @@ def clean(ctx: Context) -> int:
     if ctx.args.run is None:
         store.clean()
     else:
-        remove_layer_tree(store.runs_dir / targets[0])
+        remove_tree(store.runs_dir / targets[0])
         if store.latest_run() is None:
             with contextlib.suppress(FileNotFoundError):
                 (store.root / LATEST_FILE).unlink()

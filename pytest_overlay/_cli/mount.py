@@ -35,7 +35,8 @@ from typing import Any, NoReturn
 
 from pytest_overlay import _mountinfo, _namespaces, _overlayopts, _probe, _syscalls
 from pytest_overlay._errors import MountError
-from pytest_overlay._keep import RECORD_FILE, remove_layer_tree
+from pytest_overlay._files import remove_tree
+from pytest_overlay._keep import RECORD_FILE
 from pytest_overlay._render import safe_path
 
 from .common import (
@@ -365,6 +366,6 @@ def _remove_work_dirs(ctx: Context, entry: _mountinfo.MountInfo) -> None:
         if work in still_used:
             continue
         try:
-            remove_layer_tree(work)
+            remove_tree(work)
         except OSError as exc:
             ctx.warn(f"could not remove the work directory {safe_path(value)}: {exc.strerror}")
