@@ -54,7 +54,6 @@ PLUGINS_OFF = ("-p", "no:randomly", "-p", "no:benchmark")
 """Plugins a child pytest runs without: random order and benchmarks would only add noise."""
 _NO_CACHE = ("-p", "no:cacheprovider")  # pytest's cache would write into the tree under test
 _NO_BYTECODE = {"PYTHONDONTWRITEBYTECODE": "1"}
-_SETUP_FAILED = 125  # the prelude's exit status when it cannot build the namespace
 _SUMMARY = re.compile(r"(\d+) (passed|failed|errors?|xfailed|xpassed|skipped|warnings?)")
 
 
@@ -65,6 +64,10 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
+
+    def __repr__(self) -> str:
+        # Short in assertion messages: the whole output is in the test's captured stdout.
+        return f"Result(returncode={self.returncode}, {len(self.output)} characters of output)"
 
     @property
     def output(self) -> str:
@@ -162,11 +165,12 @@ def run(
     else:
         done = _unpriv.communicate(command, cwd=cwd, env=environment, timeout=timeout)
     result = Result(done.returncode, done.stdout, done.stderr)
+    failure = _unpriv.setup_failure(done)
     who = f"as {_unpriv.TEST_USER}" if user else "as root"
     print(f"$ {shlex.join(command)}\n  (in {cwd}, {who}) exited {result.returncode}")
     print(f"--- stdout:\n{result.stdout}--- stderr:\n{result.stderr}", flush=True)
-    if result.returncode == _SETUP_FAILED and result.stderr.startswith("unpriv-prelude:"):
-        gate("mount-namespace", f"the child's namespace cannot be built: {result.stderr.strip()}")
+    if failure is not None:
+        gate("mount-namespace", f"the child's namespace cannot be built: {failure}")
     if expect_rc is not None and result.returncode != expect_rc:
         raise AssertionError(
             f"{shlex.join(command)} exited {result.returncode}, not {expect_rc}:\n{result.output}"

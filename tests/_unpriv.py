@@ -8,44 +8,30 @@ that does it, which can also simulate another machine for the child (:class:`Nam
 as root or as that user (``tests/_run.py`` runs it).
 
 The interpreter and its site-packages usually live where that user cannot go (``/root`` is
-mode 0700 here).  Nothing on the host is chmod-ed; instead a root *prelude* (this very file run
-as a script, ``python -I -S _unpriv.py SPEC``) does, before it drops privileges:
-
-1. ``unshare(CLONE_NEWNS)`` and makes every mount private, so nothing propagates to the host;
-2. mounts a tmpfs on a fresh root-owned scratch directory, which holds the stand-ins;
-3. for every directory on the way to a needed path that the user could not traverse (deepest
-   first), makes a stand-in directory (mode 0755) holding recursive bind mounts of just the
-   needed children under their own names (symlinks are recreated, files bound), and
-   recursively binds the stand-in over the blocked directory, so every path stays the same;
-4. builds what the :class:`Namespace` asks for: ``/dev`` without ``fuse`` (a stand-in too),
-   libfuse hidden, overlayfs mounts, a ``/dev/fuse`` of another mode, a chroot;
-5. unless it is to stay root, clears the supplementary groups, sets the real, effective and
-   saved gid and uid, clears the inheritable capabilities (the uid change clears the
-   permitted, effective and ambient ones);
-6. changes to the working directory and execs the command.
-
-The mount namespace dies with the command; the empty scratch directory is removed afterwards.
+mode 0700 here).  Nothing on the host is chmod-ed; instead a root *prelude*
+(``tests/_prelude.py``), in a private mount namespace of the child's own, binds a stand-in over
+every directory on the way that the user could not traverse, showing just what is needed, so
+that every path stays the same; then it becomes the user and executes the command.  The mount
+namespace dies with the command; the empty scratch directory is removed afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import functools
 import json
 import os
 import pwd
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+
+from tests import _prelude
 
 __all__ = [
     "OPEN_DEV_FUSE",
@@ -61,6 +47,7 @@ __all__ = [
     "make_user_dir",
     "prelude_command",
     "run_as_user",
+    "setup_failure",
     "user_env",
     "user_workdir",
     "user_workdir_ctx",
@@ -73,29 +60,14 @@ TEST_USER = "pytest-overlay-test"
 STANDIN_PARENT = Path("/tmp")
 """Where each call makes its root-owned scratch directory for stand-ins (tests may repoint it)."""
 
-_THIS_FILE = Path(__file__).absolute()
-REPO_ROOT = _THIS_FILE.parents[1]
+_PRELUDE_FILE = Path(_prelude.__file__).absolute()
+REPO_ROOT = Path(__file__).absolute().parents[1]
 """The checkout, which every child can reach (an editable install's ``.pth`` points here)."""
 
 _LOCK_PATH = "/tmp/pytest-overlay-test-user.lock"
 _SCRATCH_PREFIX = "pytest-overlay-standins-"
-_PRELUDE = "unpriv-prelude"
-# Exit codes of the prelude itself, as env(1) and chroot(1) use them.
-_EXIT_SETUP = 125
-_EXIT_CANNOT_EXEC = 126
-_EXIT_NOT_FOUND = 127
 
-_CLONE_NEWNS = 0x00020000
-_MS_NOSUID = 0x2
-_MS_NODEV = 0x4
-_MS_BIND = 0x1000
-_MS_REC = 0x4000
-_MS_PRIVATE = 1 << 18
-_PR_CAP_AMBIENT = 47
-_PR_CAP_AMBIENT_CLEAR_ALL = 4
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _MAX_SYMLINKS = 40  # the kernel's own limit (ELOOP)
-_FUSE_DEVICE = (10, 229)  # major and minor of /dev/fuse on Linux (devices.txt)
 
 _X = 0o1  # permission triads: search, then read plus search
 _RX = 0o5
@@ -399,7 +371,7 @@ def prelude_command(
             "cwd": os.fspath(cwd),
             "argv": list(argv),
         }
-        yield [sys.executable, "-I", "-S", os.fspath(_THIS_FILE), json.dumps(spec)]
+        yield [sys.executable, "-I", "-S", os.fspath(_PRELUDE_FILE), json.dumps(spec)]
     finally:
         shutil.rmtree(scratch)  # only ever an empty directory on the host
 
@@ -436,6 +408,12 @@ def run_as_user(
     return subprocess.CompletedProcess(list(argv), done.returncode, done.stdout, done.stderr)
 
 
+def setup_failure(done: subprocess.CompletedProcess[str]) -> str | None:
+    """What the prelude said if it could not build the child's namespace, else None."""
+    failed = done.returncode == _prelude.EXIT_SETUP and done.stderr.startswith(_prelude.PREFIX)
+    return done.stderr.strip() if failed else None
+
+
 @functools.cache
 def can_run_as_user() -> str | None:
     """Return ``None`` when :func:`run_as_user` works here, else the reason it does not.
@@ -458,136 +436,3 @@ def can_run_as_user() -> str | None:
     if done.returncode != 0 or done.stdout.strip() != str(uid):
         return f"a probe run as {TEST_USER} failed ({done.returncode}): {done.stderr.strip()}"
     return None
-
-
-# --- the root prelude: python -I -S _unpriv.py SPEC ---------------------------------------------
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = (
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    )
-
-
-def _checked(result: int, what: str) -> None:
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _mount(
-    libc: ctypes.CDLL, source: str | None, target: str, fstype: str | None, flags: int, data: str
-) -> None:
-    encoded = [None if s is None else os.fsencode(s) for s in (source, target, fstype, data)]
-    result = libc.mount(encoded[0], encoded[1], encoded[2], ctypes.c_ulong(flags), encoded[3])
-    _checked(result, f"mount {source or fstype or ''} on {target}")
-
-
-def _build_standin(libc: ctypes.CDLL, index: int, directory: Path, children: list[str]) -> None:
-    # Relative to the scratch tmpfs (the working directory), which stays reachable even when a
-    # later stand-in covers the path it was mounted at.
-    standin = Path(str(index))
-    standin.mkdir()
-    standin.chmod(0o755)
-    for name in children:
-        source = directory / name
-        target = standin / name
-        if source.is_symlink():
-            target.symlink_to(source.readlink())
-        elif source.is_dir():
-            target.mkdir()
-            _mount(libc, os.fspath(source), os.fspath(target), None, _MS_BIND | _MS_REC, "")
-        else:
-            target.touch(exist_ok=False)
-            _mount(libc, os.fspath(source), os.fspath(target), None, _MS_BIND, "")
-    _mount(libc, os.fspath(standin), os.fspath(directory), None, _MS_BIND | _MS_REC, "")
-
-
-def _drop_privileges(libc: ctypes.CDLL, uid: int, gid: int) -> None:
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    # Leaving uid 0 for good clears the permitted, effective and ambient capabilities.
-    os.setresuid(uid, uid, uid)
-    _checked(libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl")
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()  # all zero: no inheritable capabilities either
-    _checked(libc.capset(ctypes.byref(header), data), "capset")
-
-
-def _fail(code: int, message: str) -> NoReturn:
-    sys.stderr.write(f"{_PRELUDE}: {message}\n")
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def _hide_libfuse(libc: ctypes.CDLL) -> None:
-    # Empty files over the libraries, and a linker cache that no longer lists them, which is
-    # what ctypes.util.find_library consults.
-    ldconfig = "/sbin/ldconfig" if os.path.exists("/sbin/ldconfig") else "ldconfig"
-    listing = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, check=True)
-    Path("empty").touch()
-    hidden: set[str] = set()
-    for line in listing.stdout.splitlines():
-        if "libfuse" in line and "=>" in line:
-            library = os.path.realpath(line.split("=>", 1)[1].strip())
-            if library not in hidden:
-                hidden.add(library)
-                _mount(libc, "empty", library, None, _MS_BIND, "")
-    subprocess.run([ldconfig, "-X", "-C", "ld.so.cache"], capture_output=True, check=True)
-    _mount(libc, "ld.so.cache", "/etc/ld.so.cache", None, _MS_BIND, "")
-
-
-def _bind_dev_fuse(libc: ctypes.CDLL, mode: int) -> None:
-    # The scratch tmpfs is nodev; the device node needs a filesystem that allows it.
-    os.mkdir("dev")
-    _mount(libc, "tmpfs", "dev", "tmpfs", _MS_NOSUID, "mode=0755,size=64k")
-    os.mknod("dev/fuse", stat.S_IFCHR | mode, os.makedev(*_FUSE_DEVICE))
-    os.chmod("dev/fuse", mode)  # mknod applies the umask
-    _mount(libc, "dev/fuse", "/dev/fuse", None, _MS_BIND, "")
-
-
-def _prelude(spec_json: str) -> NoReturn:
-    spec = json.loads(spec_json)
-    argv: list[str] = spec["argv"]
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        _checked(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-        # A new namespace's mounts stay peers of the host's: make them private before anything.
-        _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE, "")
-        flags = _MS_NOSUID | _MS_NODEV
-        _mount(libc, "tmpfs", spec["scratch"], "tmpfs", flags, "mode=0700,size=16m")
-        os.chdir(spec["scratch"])
-        for index, (directory, children) in enumerate(spec["standins"]):
-            _build_standin(libc, index, Path(directory), children)
-        if spec["hide_libfuse"]:
-            _hide_libfuse(libc)
-        for lower, upper, work, merged in spec["overlays"]:
-            options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-            _mount(libc, "overlay", merged, "overlay", 0, options)
-        if spec["dev_fuse_mode"] is not None:
-            _bind_dev_fuse(libc, spec["dev_fuse_mode"])
-        if spec["block_userns"]:
-            # unshare(CLONE_NEWUSER) fails with EPERM for a chrooted process, even when the
-            # new root shows the very same tree.
-            os.mkdir("root")
-            _mount(libc, "/", "root", None, _MS_BIND | _MS_REC, "")
-            os.chroot("root")
-        if spec["uid"] is not None:
-            _drop_privileges(libc, spec["uid"], spec["gid"])
-        os.chdir(spec["cwd"])
-    except (OSError, subprocess.CalledProcessError) as exc:
-        _fail(_EXIT_SETUP, str(exc))
-    try:
-        os.execvp(argv[0], argv)  # noqa: S606 - argv is a list, no shell is wanted
-    except OSError as exc:
-        _fail(_EXIT_NOT_FOUND if exc.errno == errno.ENOENT else _EXIT_CANNOT_EXEC, str(exc))
-
-
-if __name__ == "__main__":
-    _prelude(sys.argv[1])
