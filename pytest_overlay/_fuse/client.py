@@ -10,6 +10,7 @@ that started it.
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import errno
 import os
 import select
@@ -24,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Protocol, final
 
+from pytest_overlay import _syscalls
 from pytest_overlay._errors import MountError
 
 from .server import EXIT_NO_LIBFUSE
@@ -118,8 +120,6 @@ def availability() -> str | None:
             advice = " (distributions ship it mode 0666: chmod 0666 /dev/fuse, or run as root)"
         return f"{_DEV_FUSE} cannot be opened: {exc.strerror}{advice}"
     os.close(fd)
-    import ctypes.util
-
     if not (ctypes.util.find_library("fuse") or ctypes.util.find_library("fuse3")):
         return LIBFUSE_MISSING
     try:
@@ -184,8 +184,6 @@ class FuseMount:
 
     def _unmount(self, *, lazy: bool) -> None:
         if os.geteuid() == 0:
-            from pytest_overlay import _syscalls
-
             try:
                 _syscalls.umount(self.mountpoint, _MNT_DETACH if lazy else 0)
                 return

@@ -27,6 +27,9 @@ from typing import IO, NoReturn
 
 from pytest_overlay._overlayopts import split, unescape
 
+from . import client
+from .server import _check_layers
+
 __all__ = ["MountOptions", "OptionError", "main", "parse_options"]
 
 PROG = "pytest-overlay-fs"
@@ -205,8 +208,6 @@ def _one_line(text: str) -> str:
 
 def _spawn(options: MountOptions, mountpoint: str, log: IO[bytes]) -> str | None:
     """Start the detached server and wait until it is ready; return why it failed, or None."""
-    from . import client
-
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [client.PACKAGE_ROOT, env.get("PYTHONPATH")]))
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
@@ -282,9 +283,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not os.path.isdir(mountpoint):
         return _fail(f"mount point is not a directory: {mountpoint}")
-    from . import client
-    from .server import _check_layers
-
     try:
         problem = _check_layers(options.lowers, options.upper, options.work)
     except OSError as exc:
