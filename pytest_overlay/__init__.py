@@ -14,7 +14,13 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._diff import Change, ChangeKind, TreeDiff
-    from ._errors import BackendUnavailableError, MountError, OverlayError, ViewLostError
+    from ._errors import (
+        BackendUnavailableError,
+        MountError,
+        OverlayError,
+        OverlayFailure,
+        ViewLostError,
+    )
     from ._layercache import Layer, LayerBuildError
     from ._layerfix import LayerFactory
     from ._overlay import Overlay
@@ -30,6 +36,7 @@ __all__ = [
     "MountError",
     "Overlay",
     "OverlayError",
+    "OverlayFailure",
     "OverlayWarning",
     "TreeDiff",
     "ViewLostError",
@@ -43,6 +50,7 @@ _HOMES = {
     "BackendUnavailableError": "_errors",
     "MountError": "_errors",
     "OverlayError": "_errors",
+    "OverlayFailure": "_errors",
     "ViewLostError": "_errors",
     "Layer": "_layercache",
     "LayerBuildError": "_layercache",

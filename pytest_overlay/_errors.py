@@ -57,6 +57,8 @@ class OverlayFailure(OverlayError, Failed):
     :class:`OverlayError` (an ``Exception``) ``except Exception`` still catches it.
     """
 
+    __module__ = "pytest_overlay"
+
     def __init__(self, message: str) -> None:
         Failed.__init__(self, message, pytrace=False)
 

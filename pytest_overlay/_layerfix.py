@@ -101,7 +101,7 @@ class LayerFactory:
             )
         except LayerBuildError as exc:
             self._failed[cache_key] = str(exc)
-            notice = str(exc).splitlines()[0] + " (the first test that needed it shows why)"
+            notice = str(exc).splitlines()[0] + " (each test that needs it shows why)"
             if notice not in self._session.notices:
                 self._session.notices.append(notice)
             raise

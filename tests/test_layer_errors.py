@@ -142,7 +142,7 @@ def test_failed_build_every_user_errors_in_a_few_lines(pytester: pytest.Pytester
     notices = summary(result)
     assert notices == [
         "building snapshot layer 'tools' failed: RuntimeError: no network to fetch "
-        "greetlib==2.0 (the first test that needed it shows why)"
+        "greetlib==2.0 (each test that needs it shows why)"
     ], notices
 
 
