@@ -56,12 +56,22 @@ def test_suite_as_root_under_xdist(project: Path) -> None:
     assert overlay_mounts() == mounts
 
 
-@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["plain", "xdist"])
+@pytest.mark.parametrize(
+    "xdist", [(), ("-n", "2", "--overlay-userns=early")], ids=["plain", "xdist-early"]
+)
 def test_suite_as_user_auto(user_project: Path, xdist: tuple[str, ...]) -> None:
     before, mounts = tree_digest(user_project), overlay_mounts()
     result = run_pytest(user_project, "-rA", *xdist, user=True)
     _check_run(result, user_project, before, "overlay: backend=kernel (user namespace)")
     assert overlay_mounts() == mounts
+
+
+def test_suite_as_user_under_xdist_without_early_says_how(user_project: Path) -> None:
+    # An unused controller enters no namespace, and its workers cannot (they are threaded).
+    before = tree_digest(user_project)
+    result = run_pytest(user_project, "-rA", "-n", "2", user=True)
+    _check_run(result, user_project, before, "pytest-xdist workers run several threads")
+    assert "set overlay_userns = early" in result.output, result.output
 
 
 def test_suite_as_user_copy(user_project: Path) -> None:
