@@ -208,8 +208,9 @@ def xdist_worker_input(session: OverlaySession | None) -> dict[str, Any]:
     }
 
 
-def in_place_setup(request: pytest.FixtureRequest, session: OverlaySession) -> None:
+def in_place_setup(request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path) -> None:
     """Sandbox the project for one ``--overlay`` test (see ``plugin._overlay_in_place``)."""
+    session.set_basetemp(basetemp)
     item = request.node
     choices = marker_choices(item)
     layers: tuple[Path, ...] = ()
@@ -268,7 +269,7 @@ def overlay_root_fixture(
     request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path
 ) -> Iterator[Overlay]:
     """The body of the ``overlay_root`` fixture (see its docstring in the plugin)."""
-    session.set_scratch(basetemp / "overlay")
+    session.set_basetemp(basetemp)
     existing = request.node.stash.get(state_key, None)
     if existing is not None:
         yield existing.overlay
@@ -299,7 +300,7 @@ def overlay_root_fixture(
 
 def layer_factory(config: pytest.Config, session: OverlaySession, basetemp: Path) -> LayerFactory:
     """The body of the ``overlay_layer`` fixture."""
-    session.set_scratch(basetemp / "overlay")
+    session.set_basetemp(basetemp)
     return LayerFactory(config, session)
 
 

@@ -24,13 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from ._diff import TreeDiff
 from ._files import remove_tree
-from ._layerwrite import copy_layer as copy_layer  # re-exported for _layercache, _layerfix
+from ._layerwrite import copy_layer
 from ._names import safe_label
-
-# _cli_mount and _layercache still import it by this name; it is _files.remove_tree.
-remove_layer_tree = remove_tree
 
 STORE_DIR = "overlay"
 RUN_FILE = "run.json"
@@ -99,6 +98,18 @@ class Store:
     @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
+
+    def ensure_run(self, run_id: str, rootdir: Path, keep: str, retention: int) -> Path:
+        """The run's directory, created (and old runs pruned) by the first process that asks."""
+        run_dir = self.runs_dir / run_id
+        if (run_dir / RUN_FILE).exists():
+            return run_dir
+        self.root.mkdir(parents=True, exist_ok=True)
+        # The xdist workers of one run race to create it; the lock makes pruning happen once.
+        with FileLock(str(self.root / ".lock")):
+            if not (run_dir / RUN_FILE).exists():
+                self.start_run(run_id, rootdir, keep, retention)
+        return run_dir
 
     def start_run(self, run_id: str, rootdir: Path, keep: str, retention: int) -> Path:
         """Create the run directory, point ``latest`` at it, and prune old runs."""

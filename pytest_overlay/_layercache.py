@@ -32,7 +32,9 @@ from typing import Any, final
 from filelock import FileLock
 
 from ._errors import OverlayError, OverlayFailure
-from ._keep import copy_layer, remove_layer_tree, write_json_atomic
+from ._files import remove_tree
+from ._keep import write_json_atomic
+from ._layerwrite import copy_layer
 
 LAYER_FORMAT = "1"
 META_FILE = "meta.json"
@@ -209,12 +211,12 @@ class LayerCache:
                     },
                 )
             except BaseException as exc:
-                remove_layer_tree(scratch)
+                remove_tree(scratch)
                 if isinstance(exc, LayerBuildError):
                     self._record_failure(name, key, str(exc))
                 raise
             if final.exists():
-                remove_layer_tree(final)
+                remove_tree(final)
             os.rename(scratch, final)
             self._prune(name, keep=final)
             return Layer(name, key, final / LAYER_DIR, below)
@@ -228,7 +230,7 @@ class LayerCache:
         pattern = re.compile(rf"\.build-{re.escape(name)}-[0-9a-f]{{20}}-[0-9]+")
         for path in self.root.glob(f".build-{name}-*"):
             if pattern.fullmatch(path.name):
-                remove_layer_tree(path)
+                remove_tree(path)
 
     def _usable(self, final: Path) -> bool:
         try:
@@ -265,7 +267,7 @@ class LayerCache:
                         and meta.get("run_id") != self.run_id
                         and meta.get("builder", builder()) == builder()
                     ):
-                        remove_layer_tree(path)
+                        remove_tree(path)
 
     def layers(self) -> list[LayerInfo]:
         """Every cached layer, for ``pytest-overlay layers``."""
@@ -302,7 +304,7 @@ def clean_layers(root: Path) -> int:
     """Remove every cached layer; returns how many were removed."""
     layers = list_layers(root)
     for info in layers:
-        remove_layer_tree(info.path.parent)
+        remove_tree(info.path.parent)
     for leftover in [*root.glob(".failed-*"), *root.glob("*.lock")] if root.is_dir() else ():
         leftover.unlink()
     return len(layers)

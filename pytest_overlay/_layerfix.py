@@ -13,7 +13,6 @@ import pytest
 
 from . import _namespaces
 from ._errors import OverlayError, OverlayFailure
-from ._keep import copy_layer
 from ._layerbuild import build_failed, run_build
 from ._layercache import (
     LAYER_DIR,
@@ -25,7 +24,6 @@ from ._layercache import (
     layer_key,
 )
 from ._session import OverlaySession
-from ._upper import synthesize_upper
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -129,10 +127,7 @@ class LayerFactory:
             target = scratch / LAYER_DIR
             try:
                 with _namespaces.privileged():
-                    if mount.upper is not None:
-                        copy_layer(mount.upper, target)
-                    else:
-                        synthesize_upper(mount.diff(), mount.new_root, target)
+                    mount.export(target)
             except OSError as exc:
                 reason = f"pytest-overlay could not store the built layer in {scratch}: {exc}"
                 raise LayerBuildError(build_failed(name, reason)) from None

@@ -13,7 +13,6 @@ import datetime as _dt
 import errno
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from ._render import safe_path
 from ._report import ReportOptions, render_report
 from ._session import OverlaySession
 from ._settings import make_ignore
+from ._storepath import cache_dir_of, store_dir
 
 SECTION = "overlay changes"
 
@@ -60,30 +60,12 @@ def ignore_for(config: pytest.Config, session: OverlaySession, root: Path) -> Ca
     if cached is not None:
         return cached
     prefixes = []
-    for path in (_cache_dir(config), _basetemp(config)):
+    for path in (cache_dir_of(config), session.basetemp):
         if path is not None:
             with contextlib.suppress(ValueError):
                 prefixes.append(path.relative_to(root).as_posix())
     ignore = session.ignore_cache[root] = make_ignore(session.settings.ignore, prefixes)
     return ignore
-
-
-def _cache_dir(config: pytest.Config) -> Path:
-    try:
-        cache_dir = config.getini("cache_dir")
-    except ValueError:
-        # The cache provider is disabled; kept layers still go where pytest would put it.
-        cache_dir = ".pytest_cache"
-    path = Path(os.path.expandvars(str(cache_dir)))
-    return path if path.is_absolute() else config.rootpath / path
-
-
-def _basetemp(config: pytest.Config) -> Path | None:
-    # pytest's own factory, so that the directory exists before an overlay may hide it.
-    factory = getattr(config, "_tmp_path_factory", None)
-    if factory is None:
-        return None
-    return Path(factory.getbasetemp()).resolve()
 
 
 def start_fixture(
@@ -104,13 +86,13 @@ def start_in_place(
 ) -> TestState:
     """Mount every sandboxed directory over itself and move the process into the view."""
     config = item.config
-    basetemp = _basetemp(config)
-    session.set_scratch((basetemp or Path(tempfile.mkdtemp(prefix="pytest-overlay-"))) / "overlay")
+    basetemp = session.basetemp
+    assert basetemp is not None, "the in-place fixture sets the basetemp first"
     targets = session.settings.lowers
-    cache = _cache_dir(config)
+    cache = cache_dir_of(config)
     # Kept layers are written while the view is mounted: the store must be on the real disk.
-    (cache / "d" / "overlay").mkdir(parents=True, exist_ok=True)
-    keep_real = [cache, *([basetemp] if basetemp else []), *session.settings.passthrough]
+    store_dir(cache).mkdir(parents=True, exist_ok=True)
+    keep_real = [cache, basetemp, *session.settings.passthrough]
     backend = session.selection.backend
     mounts: list[Mount] = []
     try:
@@ -200,8 +182,11 @@ def outcome(phases: dict[str, str]) -> str:
 def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path | None:
     if session.run_id is None:
         return None
-    store = Store(_cache_dir(item.config) / "d" / "overlay")
-    run_dir = session.run_dir(store)
+    store = Store(store_dir(cache_dir_of(item.config)))
+    settings = session.settings
+    run_dir = store.ensure_run(
+        session.run_id, settings.lowers[0], settings.keep, settings.keep_count
+    )
     with _namespaces.privileged():
         diffs = [view.diff(state.ignore) for view in state.mounts]
         diff = diffs[0]
@@ -310,10 +295,9 @@ def _describe(exc: Exception) -> str:
 
 def kept_summary(config: pytest.Config, session: OverlaySession) -> str | None:
     """The end-of-run line saying how many layers this run kept, where, and how to look."""
-    cache = _cache_dir(config)
     if session.run_id is None:
         return None
-    store = Store(cache / "d" / "overlay")
+    store = Store(store_dir(cache_dir_of(config)))
     count = sum(
         1 for test_dir in store.test_dirs(session.run_id) if (test_dir / "record.json").exists()
     )

@@ -6,8 +6,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from . import _namespaces
 from ._backends import (
     Backend,
@@ -19,7 +17,6 @@ from ._backends import (
     select_backend,
 )
 from ._errors import BackendUnavailableError
-from ._keep import RUN_FILE, Store
 from ._layercache import LayerCache
 from ._settings import Settings
 
@@ -34,6 +31,7 @@ class OverlaySession:
         self._selection_error: BackendUnavailableError | None = None
         self._backends: dict[str, Backend] = {}
         self._scratch: Path | None = None
+        self.basetemp: Path | None = None
         self.kernel_unusable: str | None = None
         self.layer_cache: LayerCache | None = None
         # Per view root: which relative paths a diff leaves out (computed once, hot path).
@@ -41,30 +39,13 @@ class OverlaySession:
         self.notices: list[str] = []
         # Kept layers of this run (xdist workers share the controller's run id).
         self.run_id: str | None = (inherited or {}).get("run_id")
-        self._run_dir: Path | None = None
 
-    def run_dir(self, store: Store) -> Path:
-        """This run's directory in the kept-layer store, created on first use."""
-        if self._run_dir is None:
-            assert self.run_id is not None
-            store.root.mkdir(parents=True, exist_ok=True)
-            # Workers of one run race to create it; the lock makes pruning happen once.
-            with FileLock(str(store.root / ".lock")):
-                run_dir = store.runs_dir / self.run_id
-                if not (run_dir / RUN_FILE).exists():
-                    store.start_run(
-                        self.run_id,
-                        self.settings.lowers[0],
-                        self.settings.keep,
-                        self.settings.keep_count,
-                    )
-            self._run_dir = run_dir
-        return self._run_dir
-
-    def set_scratch(self, scratch: Path) -> None:
-        """Where backends keep per-test directories (inside pytest's basetemp)."""
-        if self._scratch is None:
-            self._scratch = scratch
+    def set_basetemp(self, basetemp: Path) -> None:
+        """pytest's basetemp, from the fixtures that ask for ``tmp_path_factory``: backends
+        keep their per-test directories in it, and diffs and in-place views leave it out."""
+        if self.basetemp is None:
+            self.basetemp = basetemp.resolve()
+            self._scratch = self.basetemp / "overlay"
 
     def _scratch_dir(self) -> Path:
         if self._scratch is None:

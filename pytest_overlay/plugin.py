@@ -206,7 +206,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 @pytest.fixture
-def _overlay_in_place(request: pytest.FixtureRequest) -> None:
+def _overlay_in_place(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """Internal: sandboxes the project for one test in ``--overlay`` mode.
 
     Placed first among every test's fixtures, so that all the others (of any scope) already
@@ -214,7 +216,9 @@ def _overlay_in_place(request: pytest.FixtureRequest) -> None:
     their builds stay out of the sandbox.  The teardown hook unmounts it after the last
     finalizer.
     """
-    _machinery().in_place_setup(request, _use(request.config))
+    # The basetemp is made here, before the overlay covers the tree it may be inside of.
+    basetemp = Path(tmp_path_factory.getbasetemp())
+    _machinery().in_place_setup(request, _use(request.config), basetemp)
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)

@@ -28,8 +28,9 @@ from pytest_overlay._backends.fusebackend import FuseBackend
 from pytest_overlay._backends.kernel import KernelBackend
 from pytest_overlay._diff import TreeDiff
 from pytest_overlay._fuse import client
-from pytest_overlay._keep import Record, copy_layer, keep_test
+from pytest_overlay._keep import Record, keep_test
 from pytest_overlay._layers import LayerStack
+from pytest_overlay._layerwrite import copy_layer
 from tests._gates import fuse_reason, gate, kernel_reason
 
 

@@ -29,13 +29,6 @@ class Mount(Protocol):
         """The lower layers, topmost first."""
 
     @property
-    def upper(self) -> Path | None:
-        """The upper layer in overlayfs format, for backends that have one.
-
-        Deprecated: callers use :meth:`export`; kept only until ``_layerfix`` does.
-        """
-
-    @property
     def new_root(self) -> Path:
         """A directory holding the new version of every changed path, by relative path."""
 

@@ -280,11 +280,6 @@ class CopyMount:
         return self._copy.lowers
 
     @property
-    def upper(self) -> Path | None:
-        """No upper layer: the copy is the whole view."""
-        return None
-
-    @property
     def new_root(self) -> Path:
         """Where the new version of every changed file is: the copy."""
         return self._copy.merged

@@ -37,6 +37,7 @@ from pytest_overlay import _mountinfo, _namespaces, _overlayopts, _probe, _sysca
 from pytest_overlay._errors import MountError
 from pytest_overlay._files import remove_tree
 from pytest_overlay._keep import RECORD_FILE
+from pytest_overlay._layers import WHITEOUT_PREFIX
 from pytest_overlay._render import safe_path
 
 from .common import (
@@ -163,7 +164,7 @@ def _scan_upper(upper: Path) -> tuple[bool, list[str]]:
         foreign += [
             os.path.normpath(os.path.join(rel, name))
             for name in (*dirnames, *filenames)
-            if name.startswith(".wh.")
+            if name.startswith(WHITEOUT_PREFIX)
         ]
     return found["user.overlay.opaque"] and not found["trusted.overlay.opaque"], sorted(foreign)
 
