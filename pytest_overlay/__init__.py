@@ -21,9 +21,9 @@ if TYPE_CHECKING:
         OverlayFailure,
         ViewLostError,
     )
-    from ._layercache import Layer, LayerBuildError
-    from ._layerfix import LayerFactory
     from ._overlay import Overlay
+    from ._snapshot.cache import Layer, LayerBuildError
+    from ._snapshot.factory import LayerFactory
     from ._warnings import OverlayWarning
 
 __all__ = [
@@ -52,9 +52,9 @@ _HOMES = {
     "OverlayError": "_errors",
     "OverlayFailure": "_errors",
     "ViewLostError": "_errors",
-    "Layer": "_layercache",
-    "LayerBuildError": "_layercache",
-    "LayerFactory": "_layerfix",
+    "Layer": "_snapshot.cache",
+    "LayerBuildError": "_snapshot.cache",
+    "LayerFactory": "_snapshot.factory",
     "Overlay": "_overlay",
     "OverlayWarning": "_warnings",
 }

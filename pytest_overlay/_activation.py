@@ -19,7 +19,6 @@ from . import _namespaces
 from ._backends.inplace import FUSE_IN_PLACE_NEEDS_ROOT, in_place_impossible
 from ._errors import BackendUnavailableError, OverlayError, ViewLostError
 from ._keys import session_key
-from ._layerfix import LayerFactory, resolve_layers
 from ._overlay import Overlay
 from ._probe import explain_userns_failure, probe_kernel
 from ._runtest import (
@@ -33,6 +32,7 @@ from ._runtest import (
 )
 from ._session import OverlaySession
 from ._settings import MarkerChoices, Settings, parse_marker
+from ._snapshot.factory import LayerFactory, resolve_layers
 from ._warnings import OverlayWarning
 
 # Where the process stands when it cannot enter a user namespace; each gets the advice that

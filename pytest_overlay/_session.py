@@ -17,8 +17,8 @@ from ._backends import (
     select_backend,
 )
 from ._errors import BackendUnavailableError
-from ._layercache import LayerCache
 from ._settings import Settings
+from ._snapshot.cache import LayerCache
 
 
 class OverlaySession:

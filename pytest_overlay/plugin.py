@@ -29,9 +29,9 @@ from ._names import new_run_id
 from ._settings import MARKER_SIGNATURE, MarkerError, Settings, add_options, parse_marker
 
 if TYPE_CHECKING:
-    from ._layerfix import LayerFactory
     from ._overlay import Overlay
     from ._session import OverlaySession
+    from ._snapshot.factory import LayerFactory
 
 FIXTURE_NAME = "overlay_root"
 LAYER_FIXTURE = "overlay_layer"

@@ -63,14 +63,14 @@ def gate_mode(mode: Sequence[str]) -> None:
 
 def fuse_reason() -> str | None:
     """Why the FUSE backend cannot be tested here, or None (a real test mount decides)."""
-    from pytest_overlay._backends.fusebackend import probe_fuse
+    from pytest_overlay._backends.fuse import probe_fuse
 
     return probe_fuse()
 
 
 _USER_FUSE_PROBE = """
 import json
-from pytest_overlay._backends.fusebackend import probe_fuse
+from pytest_overlay._backends.fuse import probe_fuse
 print(json.dumps(probe_fuse()))
 """
 

@@ -1,6 +1,6 @@
 """``pytest-overlay layers`` and ``clean --layers``: the cached snapshot layers.
 
-Most tests write a cache the way :class:`~pytest_overlay._layercache.LayerCache` leaves it
+Most tests write a cache the way :class:`~pytest_overlay._snapshot.cache.LayerCache` leaves it
 (``<name>-<key>/layer/`` and ``meta.json``) and run :func:`main` in-process; the last ones
 let a real pytest run build the layers and run the command as a program.
 """
@@ -23,7 +23,7 @@ from pytest_overlay._cli import clean as cli_clean
 from pytest_overlay._cli import main
 from pytest_overlay._cli.layers import age
 from pytest_overlay._keep import Store
-from pytest_overlay._layercache import LAYER_DIR, META_FILE, LayerCache, default_layer_root
+from pytest_overlay._snapshot.cache import LAYER_DIR, META_FILE, LayerCache, default_layer_root
 
 UTC = dt.timezone.utc
 GONE_KEY = "0123456789ab" + "c" * 52

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay._backends.copytree import CopyBackend
+from pytest_overlay._backends.copy import CopyBackend
 from pytest_overlay._diff import diff_trees
 
 

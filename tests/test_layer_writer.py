@@ -23,8 +23,8 @@ import pytest
 
 from pytest_overlay import _namespaces, _syscalls
 from pytest_overlay._backends.base import Backend
-from pytest_overlay._backends.copytree import CopyBackend
-from pytest_overlay._backends.fusebackend import FuseBackend
+from pytest_overlay._backends.copy import CopyBackend
+from pytest_overlay._backends.fuse import FuseBackend
 from pytest_overlay._backends.kernel import KernelBackend
 from pytest_overlay._diff import TreeDiff
 from pytest_overlay._fuse import client

@@ -226,7 +226,7 @@ def test_failing_build_errors_every_dependent_test_once(
 
 def test_root_and_a_user_get_separate_builds(monkeypatch: pytest.MonkeyPatch) -> None:
     """Their opaque markers differ (trusted.* against user.*), so they must not share one."""
-    from pytest_overlay._layercache import layer_key
+    from pytest_overlay._snapshot.cache import layer_key
 
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     as_root = layer_key("venv", "k", "digest", ())

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from pytest_overlay._backends.copytree import CopyBackend
-from pytest_overlay._backends.fusebackend import FuseBackend
+from pytest_overlay._backends.copy import CopyBackend
+from pytest_overlay._backends.fuse import FuseBackend
 from pytest_overlay._backends.kernel import KernelBackend
 from pytest_overlay._diff import diff_trees
 

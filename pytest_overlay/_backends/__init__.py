@@ -1,4 +1,11 @@
-"""Backends behind one interface, and the choice between them."""
+"""Backends behind one interface, and the choice between them.
+
+Each backend is a module named after it (:mod:`.kernel`, :mod:`.fuse`, :mod:`.copy`); a part
+that only one backend uses carries its name (:mod:`.copy_tracking`); the parts they share are
+named after what they do: :mod:`.base` (the interface), :mod:`.mounted` (a real mount with an
+upper layer: kernel and FUSE), :mod:`.idmap` (owners a user namespace cannot map) and
+:mod:`.inplace` (which backends may run in place).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,8 @@ from pytest_overlay._choices import BACKEND_CHOICES
 from pytest_overlay._errors import BackendUnavailableError
 
 from .base import Backend, Mount
-from .copytree import CopyBackend
-from .fusebackend import IN_PLACE_NEEDS_PRIVATE_NAMESPACE, FuseBackend, private_mounts_possible
+from .copy import CopyBackend
+from .fuse import IN_PLACE_NEEDS_PRIVATE_NAMESPACE, FuseBackend, private_mounts_possible
 from .idmap import unmapped_owner
 from .inplace import COPY_IN_PLACE, FUSE_IN_PLACE_NEEDS_ROOT, in_place_impossible
 from .kernel import KernelBackend, refused_lower

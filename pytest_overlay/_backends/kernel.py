@@ -22,7 +22,7 @@ from pytest_overlay import _mountinfo, _namespaces, _overlayopts, _probe, _sysca
 from pytest_overlay._errors import MountError
 
 from .base import safe_label
-from .upperview import RealDirs, UpperLayerView, detach, readable_lowers
+from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
 
 
 class KernelMount(UpperLayerView):

@@ -13,8 +13,8 @@ from typing import Any
 
 from pytest_overlay._files import remove_tree
 from pytest_overlay._keep import LATEST_FILE
-from pytest_overlay._layercache import clean_layers
 from pytest_overlay._render import safe_path
+from pytest_overlay._snapshot.cache import clean_layers
 
 from .common import (
     EXIT_OK,

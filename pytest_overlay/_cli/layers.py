@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pytest_overlay._layercache import LayerInfo, default_layer_root, list_layers
 from pytest_overlay._render import safe_path
+from pytest_overlay._snapshot.cache import LayerInfo, default_layer_root, list_layers
 from pytest_overlay._storepath import find_project
 
 from .common import EXIT_OK, CliError, Context, human_size, plural, shown_path, subparser

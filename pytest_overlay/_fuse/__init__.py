@@ -1,13 +1,26 @@
 """The FUSE backend: an overlay filesystem served by a Python process of its own.
 
-* :mod:`.ops` is the filesystem (an ``mfusepy.Operations`` subclass) over read-only lower
-  layers and one writable upper layer, writing the kernel overlayfs on-disk format;
-* :mod:`.server` is the process that mounts and serves it
-  (``python -m pytest_overlay._fuse.server``);
-* :mod:`.client` starts and stops that process, and says why FUSE cannot work here.
+Which process each module runs in, the one thing to know before changing any of them:
 
-Nothing here imports ``mfusepy`` at import time except :mod:`.ops` and :mod:`.server`, which only
-ever run in the server process: the client never serves a mount it uses.
+In the server process (standard library and mfusepy only; never pytest):
+
+* :mod:`.server`: the process that mounts and serves one view
+  (``python -m pytest_overlay._fuse.server``);
+* :mod:`.forkserver`: the session's server, which forks one :mod:`.server` per view
+  (``python -m pytest_overlay._fuse.forkserver``);
+* :mod:`.ops`: the filesystem (an ``mfusepy.Operations`` subclass) over read-only lower
+  layers and one writable upper layer, in the kernel overlayfs on-disk format;
+* :mod:`.view` (the merged view), :mod:`.copyup` (changing the upper layer), :mod:`.links`
+  (hard links), :mod:`.statpack` (``getattr`` answers).
+
+In the process that asks for a mount (pytest's, or the mount helper's):
+
+* :mod:`.client`: starts and stops a server, and says why FUSE cannot work here;
+* :mod:`.session`: talks to the session's :mod:`.forkserver`;
+* :mod:`.helper`: ``pytest-overlay-fs``, the helper ``mount -t fuse.pytest-overlay-fs`` runs.
+
+The backend that pytest uses, :mod:`pytest_overlay._backends.fuse`, stands on :mod:`.client`
+and :mod:`.session`; nothing on this side imports ``mfusepy``.
 """
 
 from __future__ import annotations

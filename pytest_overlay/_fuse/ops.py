@@ -27,8 +27,8 @@ from pytest_overlay._files import remove_tree
 from pytest_overlay._layers import OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX
 from pytest_overlay._layerwrite import clear_whiteout, make_whiteout, set_opaque, strip_markers
 
+from .copyup import UpperWriter
 from .links import LinkNames
-from .upperwrite import UpperWriter
 from .view import MergedView, fail, split
 
 __all__ = ["OverlayOperations"]

@@ -2,7 +2,7 @@
 
 It needs no privileges and works on any OS.  The copy is made once per session (per xdist
 worker) and handed to one test at a time; afterwards only what the test changed is put back
-from the lowers (copytrack.py finds it), so a test costs in proportion to its changes, not to
+from the lowers (copy_tracking.py finds it), so a test costs in proportion to its changes, not to
 the tree.  Files are cloned (reflink) where the filesystem can, and copied with the kernel's
 fast path otherwise, holes left as holes.
 """
@@ -24,7 +24,7 @@ from pytest_overlay._layers import Entry, LayerStack
 from pytest_overlay._layerwrite import copy_metadata, copy_node, synthesize_upper
 
 from .base import IgnoreFn, safe_label
-from .copytrack import ChangeTracker, processes_inside, signature
+from .copy_tracking import ChangeTracker, processes_inside, signature
 
 # ioctl(FICLONE): share the source's extents instead of copying bytes (btrfs, xfs, bcachefs).
 _FICLONE = 0x40049409

@@ -1,4 +1,5 @@
-"""What the kernel and FUSE views share: an upper layer in the kernel's format beside them."""
+"""Real mounts, kernel and FUSE: a view whose changes live in an upper layer in the kernel's
+format beside it, which diffs, exports and unmounts the same way for both."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from pytest_overlay._errors import MountError, ViewLostError
 from pytest_overlay._files import remove_tree
 
 from .base import safe_label
-from .upperview import RealDirs, UpperLayerView, detach, readable_lowers
+from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
 
 if TYPE_CHECKING:
     from pytest_overlay._fuse.client import FuseMount

@@ -31,10 +31,10 @@ from typing import Any, final
 
 from filelock import FileLock
 
-from ._errors import OverlayError, OverlayFailure
-from ._files import remove_tree
-from ._keep import write_json_atomic
-from ._layerwrite import copy_layer
+from pytest_overlay._errors import OverlayError, OverlayFailure
+from pytest_overlay._files import remove_tree
+from pytest_overlay._keep import write_json_atomic
+from pytest_overlay._layerwrite import copy_layer
 
 LAYER_FORMAT = "1"
 META_FILE = "meta.json"

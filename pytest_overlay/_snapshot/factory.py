@@ -11,10 +11,12 @@ from typing import final
 
 import pytest
 
-from . import _namespaces
-from ._errors import OverlayError, OverlayFailure
-from ._layerbuild import build_failed, run_build
-from ._layercache import (
+from pytest_overlay import _namespaces
+from pytest_overlay._errors import OverlayError, OverlayFailure
+from pytest_overlay._session import OverlaySession
+
+from .build import build_failed, run_build
+from .cache import (
     LAYER_DIR,
     Layer,
     LayerBuildError,
@@ -23,7 +25,6 @@ from ._layercache import (
     hash_inputs,
     layer_key,
 )
-from ._session import OverlaySession
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
