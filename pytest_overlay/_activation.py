@@ -17,7 +17,7 @@ import pytest
 
 from . import _namespaces
 from ._backends.inplace import FUSE_IN_PLACE_NEEDS_ROOT, in_place_impossible
-from ._errors import BackendUnavailableError, OverlayError, ViewLostError
+from ._errors import BackendUnavailableError, OverlayError, ViewLostError, path_too_long
 from ._keys import session_key
 from ._overlay import Overlay
 from ._probe import explain_userns_failure, probe_kernel
@@ -316,8 +316,7 @@ def _setup_problem(exc: OSError) -> str:
     if exc.errno == errno.ENAMETOOLONG:
         # Only the copy backend walks the tree at setup; the mounts do not.
         return (
-            "a path in the tree is longer than the system allows (PATH_MAX, 4,096 bytes), and "
-            "the copy backend copies the tree by path. Use --overlay-backend=kernel, which "
+            f"{path_too_long('tree')}, and the copy backend copies the tree by path. Use --overlay-backend=kernel, which "
             "mounts the tree without copying it, or leave that directory out of the lower "
             "layers (--overlay-lower)"
         )

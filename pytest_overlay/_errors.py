@@ -8,12 +8,19 @@ from typing import final
 # class statement cannot take as a base.
 from _pytest.outcomes import Failed
 
+
+def path_too_long(where: str) -> str:
+    """The one wording of an ``ENAMETOOLONG`` from reaching a file by its path."""
+    return f"a path in the {where} is longer than the system allows (PATH_MAX, 4,096 bytes)"
+
+
 __all__ = [
     "BackendUnavailableError",
     "MountError",
     "OverlayError",
     "OverlayFailure",
     "ViewLostError",
+    "path_too_long",
 ]
 
 

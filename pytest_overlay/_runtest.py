@@ -23,7 +23,7 @@ from . import _namespaces
 from ._backends import Mount
 from ._backends.idmap import overflow_note
 from ._diff import TreeDiff
-from ._errors import ViewLostError
+from ._errors import ViewLostError, path_too_long
 from ._keep import Record, Store, keep_test
 from ._layers import LayerStack
 from ._overlay import Overlay
@@ -287,8 +287,8 @@ def _describe(exc: Exception) -> str:
     """An exception for a report line: a path beyond PATH_MAX explained, not printed whole."""
     if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
         return (
-            "a path in the view is longer than the system allows (PATH_MAX, 4,096 bytes), and "
-            "the diff reaches files by path; inspect the view while the test runs instead"
+            f"{path_too_long('view')}, and the diff reaches files by path; inspect the view "
+            "while the test runs instead"
         )
     return f"{type(exc).__name__}: {exc}"
 
