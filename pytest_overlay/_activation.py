@@ -316,9 +316,9 @@ def _setup_problem(exc: OSError) -> str:
     if exc.errno == errno.ENAMETOOLONG:
         # Only the copy backend walks the tree at setup; the mounts do not.
         return (
-            f"{path_too_long('tree')}, and the copy backend copies the tree by path. Use --overlay-backend=kernel, which "
-            "mounts the tree without copying it, or leave that directory out of the lower "
-            "layers (--overlay-lower)"
+            f"{path_too_long('tree')}, and the copy backend copies the tree by path. Use "
+            "--overlay-backend=kernel, which mounts the tree without copying it, or leave that "
+            "directory out of the lower layers (--overlay-lower)"
         )
     return str(exc)
 
