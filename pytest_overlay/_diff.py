@@ -24,8 +24,17 @@ from pathlib import Path
 from typing import Any, NamedTuple, final
 
 from ._layers import LayerStack, is_opaque, read_layer_dir
+from ._safetext import safe_path
 
-__all__ = ["Change", "ChangeKind", "TreeDiff", "diff_paths", "diff_trees", "diff_upper"]
+__all__ = [
+    "Change",
+    "ChangeKind",
+    "TreeDiff",
+    "diff_paths",
+    "diff_trees",
+    "diff_upper",
+    "display_path",
+]
 
 _CHUNK = 1 << 20
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -140,6 +149,13 @@ def _sort_key(path: str) -> tuple[str, ...]:
     return tuple(path.split("/"))
 
 
+def display_path(change: Change) -> str:
+    """The safe form of *change*'s path, with a trailing ``/`` when it is (now) a directory."""
+    kind = change.new_type if change.new_type is not None else change.old_type
+    suffix = "/" if kind == "dir" else ""
+    return safe_path(change.path) + suffix
+
+
 @final
 @dataclass(frozen=True)
 class TreeDiff:
@@ -147,7 +163,7 @@ class TreeDiff:
 
     Iterating yields :class:`Change` objects; an empty diff is false.  ``str()`` gives one
     ``"<letter> <path>"`` line per change (directories end with ``/``), with unsafe characters
-    escaped by :func:`~pytest_overlay._render.safe_path`.
+    escaped by :func:`~pytest_overlay._safetext.safe_path`.
 
     :raises ValueError: if two changes have the same path.
     """
@@ -174,8 +190,6 @@ class TreeDiff:
         return bool(self.changes)
 
     def __str__(self) -> str:
-        from ._render import display_path  # imported here: _render imports this module
-
         return "\n".join(f"{c.kind.letter} {display_path(c)}" for c in self.changes)
 
     @cached_property

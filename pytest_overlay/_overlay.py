@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, final
 
+from . import _namespaces
+from ._checkpoint import diff_states
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -67,9 +70,6 @@ class Overlay(os.PathLike[str]):
         :meth:`diff`; each later one only the step since the one before.  :meth:`diff` keeps
         reporting everything since the start.
         """
-        from . import _namespaces
-        from ._checkpoint import diff_states
-
         with _namespaces.privileged():
             snapshot = self._mount.snapshot()
             step = diff_states(self._checkpoint, snapshot, self._mount.lowers, self._ignore)

@@ -6,8 +6,8 @@ symbolic link targets and permission changes.  :func:`render_stat` and :func:`re
 are the short forms (``git diff --stat`` and ``--name-only``).
 
 Everything shown comes from the tests under scrutiny, so every name, link target and line of
-content goes through :func:`~pytest_overlay._render.safe_path` or
-:func:`~pytest_overlay._render.safe_line`.  Files are read only when ``lstat`` says they are
+content goes through :func:`~pytest_overlay._safetext.safe_path` or
+:func:`~pytest_overlay._safetext.safe_line`.  Files are read only when ``lstat`` says they are
 regular, and opened with ``O_NOFOLLOW | O_NONBLOCK``: a symbolic link is never followed and a
 FIFO or device is never opened.
 """
@@ -25,8 +25,9 @@ from difflib import SequenceMatcher
 from pathlib import Path
 from typing import TypeAlias, final
 
-from ._diff import Change, ChangeKind, TreeDiff
-from ._render import change_line, display_path, safe_line, safe_path
+from ._diff import Change, ChangeKind, TreeDiff, display_path
+from ._render import change_line
+from ._safetext import safe_line, safe_path
 
 __all__ = [
     "ContentSource",
@@ -481,5 +482,5 @@ def _plural(count: int, noun: str) -> str:
 
 
 def render_name_only(diff: TreeDiff) -> str:
-    """The changed paths, one a line, made safe by :func:`~pytest_overlay._render.safe_path`."""
+    """The changed paths, one a line, made safe by :func:`~pytest_overlay._safetext.safe_path`."""
     return "\n".join(safe_path(change.path) for change in diff)

@@ -27,8 +27,8 @@ from ._errors import ViewLostError, path_too_long
 from ._keep import Record, Store, keep_test
 from ._layers import LayerStack
 from ._overlay import Overlay
-from ._render import safe_path
 from ._report import ReportOptions, render_report
+from ._safetext import safe_path
 from ._session import OverlaySession
 from ._settings import make_ignore
 from ._storepath import cache_dir_of, store_dir

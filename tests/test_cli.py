@@ -26,7 +26,7 @@ from pytest_overlay._cli import mount as cli_mount
 from pytest_overlay._cli.common import human_size
 from pytest_overlay._diff import diff_upper
 from pytest_overlay._keep import RECORD_FILE, Record, Store, keep_test
-from pytest_overlay._render import safe_path
+from pytest_overlay._safetext import safe_path
 from tests import _unpriv
 from tests._gates import gate, kernel_reason
 

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from pytest_overlay._diff import Change, ChangeKind, TreeDiff
-from pytest_overlay._render import display_path, render_changes, safe_path
+from pytest_overlay._diff import Change, ChangeKind, TreeDiff, display_path
+from pytest_overlay._render import render_changes
+from pytest_overlay._safetext import safe_path
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ import pytest
 
 from pytest_overlay import _report
 from pytest_overlay._diff import Change, ChangeKind, TreeDiff, diff_trees
-from pytest_overlay._render import safe_line
 from pytest_overlay._report import (
     ContentSource,
     ReportOptions,
@@ -26,6 +25,7 @@ from pytest_overlay._report import (
     render_report,
     render_stat,
 )
+from pytest_overlay._safetext import safe_line
 
 OLD_TIME = 1_600_000_000 * 10**9
 NEW_TIME = 1_700_000_000 * 10**9

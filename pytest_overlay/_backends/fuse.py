@@ -18,20 +18,18 @@ import errno
 import itertools
 import os
 import signal
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pytest_overlay import _namespaces
 from pytest_overlay._errors import MountError, ViewLostError
 from pytest_overlay._files import remove_tree
+from pytest_overlay._fuse.client import FuseMount, availability, start
+from pytest_overlay._fuse.session import SessionServer
 
 from .base import safe_label
 from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
-
-if TYPE_CHECKING:
-    from pytest_overlay._fuse.client import FuseMount
-    from pytest_overlay._fuse.session import SessionServer
 
 IN_PLACE_NEEDS_PRIVATE_NAMESPACE = (
     "in-place mode (--overlay) on the fuse backend needs root: the view is mounted over the "
@@ -139,8 +137,6 @@ class FuseBackend:
         target: Path | None = None,
         passthrough: Sequence[Path] = (),
     ) -> FuseView:
-        from pytest_overlay._fuse.session import SessionServer
-
         private = private_mounts_possible()
         if target is not None and not private:
             raise MountError(errno.EPERM, IN_PLACE_NEEDS_PRIVATE_NAMESPACE)
@@ -188,10 +184,6 @@ class FuseBackend:
 
 def probe_fuse() -> str | None:
     """Why FUSE cannot serve a view here, found by really mounting one; None if it can."""
-    import tempfile
-
-    from pytest_overlay._fuse.client import availability, start
-
     reason = availability()
     if reason is not None:
         return reason

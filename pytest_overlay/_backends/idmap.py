@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_overlay import _namespaces
-from pytest_overlay._render import safe_path
+from pytest_overlay._safetext import safe_path
 
 __all__ = ["Unmapped", "find_unmapped", "overflow_note", "unmapped_owner"]
 

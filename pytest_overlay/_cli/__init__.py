@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from pytest_overlay._render import safe_path
+from pytest_overlay._safetext import safe_path
 from pytest_overlay._version import __version__
 
 from . import clean, kept, layers, mount

@@ -13,7 +13,7 @@ from typing import Any
 
 from pytest_overlay._files import remove_tree
 from pytest_overlay._keep import LATEST_FILE
-from pytest_overlay._render import safe_path
+from pytest_overlay._safetext import safe_path
 from pytest_overlay._snapshot.cache import clean_layers
 
 from .common import (

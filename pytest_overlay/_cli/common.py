@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from pytest_overlay._errors import OverlayError
 from pytest_overlay._keep import Store
-from pytest_overlay._render import safe_path
+from pytest_overlay._safetext import safe_path
 from pytest_overlay._storepath import default_cache_dir, find_project, resolve_cache_dir, store_dir
 
 PROG = "pytest-overlay"
@@ -74,7 +74,7 @@ def human_size(size: int) -> str:
 
 
 def shown_path(path: Path) -> str:
-    """*path*, printable (see :func:`~pytest_overlay._render.safe_path`)."""
+    """*path*, printable (see :func:`~pytest_overlay._safetext.safe_path`)."""
     return safe_path(os.fspath(path))
 
 

@@ -10,8 +10,9 @@ from typing import Any
 
 from pytest_overlay._keep import Store
 from pytest_overlay._layers import LayerStack
-from pytest_overlay._render import render_changes, safe_line, safe_path
+from pytest_overlay._render import render_changes
 from pytest_overlay._report import render_name_only, render_stat
+from pytest_overlay._safetext import safe_line, safe_path
 
 from .common import (
     CACHE_DIR_HINT,

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pytest_overlay._render import safe_path
+from pytest_overlay._safetext import safe_path
 from pytest_overlay._snapshot.cache import LayerInfo, default_layer_root, list_layers
 from pytest_overlay._storepath import find_project
 

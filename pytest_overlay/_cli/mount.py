@@ -38,7 +38,7 @@ from pytest_overlay._errors import MountError
 from pytest_overlay._files import remove_tree
 from pytest_overlay._keep import RECORD_FILE
 from pytest_overlay._layers import WHITEOUT_PREFIX
-from pytest_overlay._render import safe_path
+from pytest_overlay._safetext import safe_path
 
 from .common import (
     EXIT_CANNOT_MOUNT,

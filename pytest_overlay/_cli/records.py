@@ -14,7 +14,7 @@ from typing import Any
 
 from pytest_overlay._diff import ChangeKind, TreeDiff
 from pytest_overlay._keep import RUN_FILE, Record, Store, read_record
-from pytest_overlay._render import safe_path
+from pytest_overlay._safetext import safe_path
 
 from .common import KEEP_HINT, LIST_HINT, CliError, shown_path
 
