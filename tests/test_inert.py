@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import pytest
 
 from tests import _unpriv
 from tests._gates import gate
+from tests._run import run_pytest
 
 AUDIT = r"""
 import atexit, json, os, sys
@@ -81,23 +80,24 @@ USES_FIXTURE = "def test_uses(overlay_root):\n    (overlay_root / 'f').write_tex
 
 
 def _project(root: Path, tests: str) -> Path:
-    (root / "site").mkdir()
-    (root / "site" / "sitecustomize.py").write_text(AUDIT)
-    (root / "reports").mkdir()
-    (root / "project").mkdir()
-    (root / "project" / "test_it.py").write_text(tests)
-    (root / "project" / "pytest.ini").write_text("[pytest]\n")
-    return root / "project"
+    """A project whose ``_site`` holds the audit hook and whose ``_reports`` gets the records:
+    inside the project, so a child run as the test user reaches them too."""
+    (root / "_site").mkdir()
+    (root / "_site" / "sitecustomize.py").write_text(AUDIT)
+    (root / "_reports").mkdir()
+    (root / "test_it.py").write_text(tests)
+    (root / "pytest.ini").write_text("[pytest]\n")
+    return root
 
 
-def _env(root: Path) -> dict[str, str]:
-    paths = [str(root / "site"), *[p for p in os.environ.get("PYTHONPATH", "").split(":") if p]]
-    return {"PYTHONPATH": ":".join(paths), "INERT_REPORTS": str(root / "reports")}
+def _env(root: Path) -> dict[str, str | None]:
+    paths = [str(root / "_site"), *[p for p in os.environ.get("PYTHONPATH", "").split(":") if p]]
+    return {"PYTHONPATH": ":".join(paths), "INERT_REPORTS": str(root / "_reports")}
 
 
 def _merged(root: Path) -> dict[str, Any]:
     """Every process's record in one: pytest's own, and each xdist worker's."""
-    records = [json.loads(p.read_text()) for p in (root / "reports").glob("*.json")]
+    records = [json.loads(p.read_text()) for p in (root / "_reports").glob("*.json")]
     assert records, "the audit hook wrote no record"
     return {
         "events": [e for r in records for e in r["events"]],
@@ -114,23 +114,9 @@ def _assert_inert(record: dict[str, Any]) -> None:
     assert not record["mounts_changed"], record
 
 
-ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark")
-
-
 def _run_root(root: Path, *args: str) -> tuple[str, dict[str, Any]]:
-    project = root / "project"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", *ARGS, *args],
-        cwd=project,
-        env={**os.environ, **_env(root)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    return output, _merged(root)
+    result = run_pytest(root, *args, env=_env(root), timeout=120, expect_rc=0)
+    return result.output, _merged(root)
 
 
 @pytest.mark.parametrize("args", [(), ("-q",), ("-n", "2")], ids=["plain", "quiet", "xdist"])
@@ -146,19 +132,12 @@ def test_unused_plugin_does_nothing(tmp_path: Path, args: tuple[str, ...]) -> No
 def test_unused_plugin_does_nothing_as_a_user() -> None:
     gate("unprivileged-user", _unpriv.can_run_as_user())
     with _unpriv.user_workdir_ctx() as workdir:
-        uid, gid = _unpriv.ensure_test_user()
         project = _project(workdir, TRIVIAL)
-        for path in (workdir / "reports", workdir / "site", project, *project.iterdir()):
+        uid, gid = _unpriv.ensure_test_user()
+        for path in (project, *project.rglob("*")):
             os.chown(path, uid, gid)
-        done = _unpriv.run_as_user(
-            [sys.executable, "-m", "pytest", *ARGS, "-q"],
-            cwd=project,
-            env=_env(workdir),
-            extra_paths=[workdir / "site", workdir / "reports"],
-        )
-        output = done.stdout + done.stderr
-        assert done.returncode == 0, output
-        record = _merged(workdir)
+        run_pytest(project, "-q", user=True, env=_env(project), timeout=120, expect_rc=0)
+        record = _merged(project)
     _assert_inert(record)
 
 
