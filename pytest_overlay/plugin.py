@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 FIXTURE_NAME = "overlay_root"
 LAYER_FIXTURE = "overlay_layer"
 IN_PLACE_FIXTURE = "_overlay_in_place"
+marker_problem_key = pytest.StashKey[str]()
 WORKER_NOTICES = "pytest_overlay_notices"
 MARKER_HELP = (
     "overlay(lowers=None, backend=None, layers=None): lower directories, backend and "
@@ -151,9 +152,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             try:
                 parse_marker(marker.args, dict(marker.kwargs))
             except MarkerError as exc:
-                problems.append(f"{item.nodeid}: @pytest.mark.overlay: {exc}")
+                problem = f"{item.nodeid}: @pytest.mark.overlay: {exc}"
+                problems.append(problem)
+                item.stash[marker_problem_key] = f"{problem}\nIt accepts {MARKER_SIGNATURE}."
         fixtures = names or ()
         used = used or bool(markers) or FIXTURE_NAME in fixtures or LAYER_FIXTURE in fixtures
+    if problems and hasattr(config, "workerinput"):
+        # An xdist worker cannot stop the run with a usage error (the controller reports a
+        # crash instead), so each test with a wrong marker fails with the message.
+        problems = []
     if problems:
         shown = list(dict.fromkeys(problems))
         more = f"\n  ... and {len(shown) - 10} more" if len(shown) > 10 else ""
@@ -165,6 +172,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
     if used:
         _use(config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    problem = item.stash.get(marker_problem_key, None)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -65,6 +65,32 @@ def test_a_marker_written_wrong_names_the_test_and_the_arguments(
     _assert_no_plugin_frames(result)
 
 
+def test_a_marker_written_wrong_under_xdist_fails_its_test(pytester: pytest.Pytester) -> None:
+    # A worker cannot stop the run with a usage error; the test fails with the message.
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.overlay(lower=".")
+        def test_marked(overlay_root):
+            pass
+
+        def test_fine():
+            pass
+        """
+    )
+    result = _run(pytester, "-n", "2")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_marked: @pytest.mark.overlay: unknown argument lower='.'; did you mean*",
+            "It accepts lowers=*",
+        ]
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=1, errors=1)
+
+
 def test_a_class_marker_is_checked_once_for_its_tests(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
