@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import os
 import re
@@ -329,6 +328,8 @@ def parse_marker(args: Sequence[object], kwargs: dict[str, object]) -> MarkerCho
         )
     for name in kwargs:
         if name not in MARKER_ARGUMENTS:
+            import difflib  # only on this error path: the module is imported by every run
+
             close = difflib.get_close_matches(name, MARKER_ARGUMENTS, n=1)
             hint = f"; did you mean {close[0]}=?" if close else ""
             raise MarkerError(f"unknown argument {name}={kwargs[name]!r}{hint}")
