@@ -40,11 +40,6 @@ from ._warnings import OverlayWarning
 LAZY, EARLY, XDIST_WORKER = "lazy", "early", "xdist worker"
 
 
-def active_session(config: pytest.Config) -> OverlaySession | None:
-    """The session, if the plugin is in use in this process."""
-    return config.stash.get(session_key, None)
-
-
 def activate(config: pytest.Config, settings: Settings, run_id: str) -> OverlaySession:
     """Bring the plugin into use: the session exists from here on (it probes on first need)."""
     session = config.stash.get(session_key, None)

@@ -237,14 +237,6 @@ def _number(raw: object, name: str) -> int:
     return number
 
 
-def check_backend_name(name: object, where: str) -> None:
-    """Reject a backend name we do not know, saying which ones exist."""
-    if name not in BACKEND_CHOICES:
-        raise pytest.UsageError(
-            f"{where}: unknown overlay backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}"
-        )
-
-
 def resolve_lowers(
     raw: Sequence[str | Path] | None,
     root: Path,
