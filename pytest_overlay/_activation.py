@@ -19,6 +19,7 @@ from . import _namespaces
 from ._backends.inplace import FUSE_IN_PLACE_NEEDS_ROOT, in_place_impossible
 from ._errors import BackendUnavailableError, OverlayError, ViewLostError, path_too_long
 from ._keys import session_key
+from ._namespaces import EARLY, LAZY, XDIST_WORKER, threads_reason
 from ._overlay import Overlay
 from ._probe import explain_userns_failure, probe_kernel
 from ._runtest import (
@@ -34,10 +35,6 @@ from ._session import OverlaySession
 from ._settings import MarkerChoices, Settings, parse_marker
 from ._snapshot.factory import LayerFactory, resolve_layers
 from ._warnings import OverlayWarning
-
-# Where the process stands when it cannot enter a user namespace; each gets the advice that
-# can help there: entering early helps a lazy run, not one that already tried before conftests.
-LAZY, EARLY, XDIST_WORKER = "lazy", "early", "xdist worker"
 
 
 def activate(config: pytest.Config, settings: Settings, run_id: str) -> OverlaySession:
@@ -112,32 +109,6 @@ def _not_in_place(kernel_reason: str) -> tuple[tuple[str, str], ...]:
     return (
         ("kernel", kernel_reason),
         ("fuse", FUSE_IN_PLACE_NEEDS_ROOT),
-    )
-
-
-def threads_reason(threads: int, where: str) -> str:
-    """Why a multi-threaded process cannot enter a user namespace, and what helps *where*."""
-    if where == XDIST_WORKER:
-        return (
-            "pytest-xdist workers run several threads from the start, and only a "
-            "single-threaded process may enter a user namespace; set overlay_userns = early "
-            "(or --overlay-userns=early) so that the controller enters it before it starts "
-            "the workers, or run as root"
-        )
-    reason = (
-        f"this process already runs {threads} threads, and only a single-threaded process may "
-        "enter a user namespace"
-    )
-    if where == EARLY:
-        return reason + (
-            " (a plugin loaded before pytest-overlay, or sitecustomize, started them, before "
-            "any conftest was imported); disable that plugin with -p no:NAME, or run as root"
-        )
-    return reason + (
-        " (a library imported by a conftest or by the tests, such as NumPy's OpenBLAS, "
-        "starts them); set overlay_userns = early (or --overlay-userns=early) to enter it "
-        "before anything is imported, or limit the library's threads "
-        "(OPENBLAS_NUM_THREADS=1), or run as root"
     )
 
 

@@ -1,4 +1,5 @@
-"""Private mount namespaces, user namespaces and the capabilities that go with them.
+"""Private mount namespaces, user namespaces and the capabilities that go with them, and the
+one message for a process whose threads keep it out of a user namespace (:func:`threads_reason`).
 
 The kernel backend mounts only inside a private mount namespace, so no mount is ever visible
 on the host and all of them vanish with the process.  Three situations exist:
@@ -160,3 +161,34 @@ def ensure_private_mount_namespace() -> None:
 def mounted_paths() -> set[Path]:
     """The mount points visible to the calling thread."""
     return {mount.point for mount in _mountinfo.read()}
+
+
+# Where the process stands when it cannot enter a user namespace; each gets the advice that
+# can help there: entering early helps a lazy run, not one that already tried before conftests.
+LAZY, EARLY, XDIST_WORKER = "lazy", "early", "xdist worker"
+
+
+def threads_reason(threads: int, where: str) -> str:
+    """Why a multi-threaded process cannot enter a user namespace, and what helps *where*."""
+    if where == XDIST_WORKER:
+        return (
+            "pytest-xdist workers run several threads from the start, and only a "
+            "single-threaded process may enter a user namespace; set overlay_userns = early "
+            "(or --overlay-userns=early) so that the controller enters it before it starts "
+            "the workers, or run as root"
+        )
+    reason = (
+        f"this process already runs {threads} threads, and only a single-threaded process may "
+        "enter a user namespace"
+    )
+    if where == EARLY:
+        return reason + (
+            " (a plugin loaded before pytest-overlay, or sitecustomize, started them, before "
+            "any conftest was imported); disable that plugin with -p no:NAME, or run as root"
+        )
+    return reason + (
+        " (a library imported by a conftest or by the tests, such as NumPy's OpenBLAS, "
+        "starts them); set overlay_userns = early (or --overlay-userns=early) to enter it "
+        "before anything is imported, or limit the library's threads "
+        "(OPENBLAS_NUM_THREADS=1), or run as root"
+    )

@@ -18,9 +18,14 @@ from pytest_overlay._errors import BackendUnavailableError
 
 from .base import Backend, Mount
 from .copy import CopyBackend
-from .fuse import IN_PLACE_NEEDS_PRIVATE_NAMESPACE, FuseBackend, private_mounts_possible
+from .fuse import FuseBackend, private_mounts_possible
 from .idmap import unmapped_owner
-from .inplace import COPY_IN_PLACE, FUSE_IN_PLACE_NEEDS_ROOT, in_place_impossible
+from .inplace import (
+    COPY_IN_PLACE,
+    FUSE_IN_PLACE_NEEDS_ROOT,
+    IN_PLACE_NEEDS_PRIVATE_NAMESPACE,
+    in_place_impossible,
+)
 from .kernel import KernelBackend, refused_lower
 
 __all__ = [

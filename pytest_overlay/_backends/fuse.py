@@ -29,16 +29,8 @@ from pytest_overlay._fuse.client import FuseMount, availability, start
 from pytest_overlay._fuse.session import SessionServer
 
 from .base import safe_label
+from .inplace import IN_PLACE_NEEDS_PRIVATE_NAMESPACE
 from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
-
-IN_PLACE_NEEDS_PRIVATE_NAMESPACE = (
-    "in-place mode (--overlay) on the fuse backend needs root: the view is mounted over the "
-    "project in a private mount namespace, and an ordinary user's FUSE mounts are made by "
-    "fusermount3 for the whole machine instead. Run pytest as root (a container's root with "
-    "CAP_SYS_ADMIN will do), or let the kernel backend run in place (allow unprivileged user "
-    "namespaces; see 'kernel not used' in the report header), or use the overlay_root fixture "
-    "without --overlay"
-)
 
 
 def private_mounts_possible() -> bool:

@@ -14,15 +14,27 @@ from collections.abc import Sequence
 
 from pytest_overlay._probe import APPARMOR_FIX, apparmor_restricts_userns, docker_fix
 
-__all__ = ["COPY_IN_PLACE", "FUSE_IN_PLACE_NEEDS_ROOT", "in_place_impossible"]
+__all__ = [
+    "COPY_IN_PLACE",
+    "FUSE_IN_PLACE_NEEDS_ROOT",
+    "IN_PLACE_NEEDS_PRIVATE_NAMESPACE",
+    "in_place_impossible",
+]
 
 _FIXTURE_MODE = (
     "drop --overlay and use the overlay_root fixture, which works everywhere (on the copy "
     "backend too): tests then write into overlay_root instead of the real paths"
 )
 
-# Why auto passes FUSE over in place for an ordinary user (the full story is the fuse
-# backend's mount error, ``IN_PLACE_NEEDS_PRIVATE_NAMESPACE``).
+# Why auto passes FUSE over in place for an ordinary user, in a line and in full.
+IN_PLACE_NEEDS_PRIVATE_NAMESPACE = (
+    "in-place mode (--overlay) on the fuse backend needs root: the view is mounted over the "
+    "project in a private mount namespace, and an ordinary user's FUSE mounts are made by "
+    "fusermount3 for the whole machine instead. Run pytest as root (a container's root with "
+    "CAP_SYS_ADMIN will do), or let the kernel backend run in place (allow unprivileged user "
+    "namespaces; see 'kernel not used' in the report header), or use the overlay_root fixture "
+    "without --overlay"
+)
 FUSE_IN_PLACE_NEEDS_ROOT = "in place, FUSE needs root (a private mount namespace)"
 
 COPY_IN_PLACE = (

@@ -115,13 +115,8 @@ class KernelBackend:
         if self.unprivileged and not _namespaces.entered_user_namespace():
             threads = _namespaces.thread_count()
             if threads > 1:
-                raise MountError(
-                    errno.EINVAL,
-                    f"cannot enter a user namespace: this process already runs {threads} "
-                    "threads (the kernel allows it only while single-threaded); pytest-overlay "
-                    "enters it at collection time, so something started a thread earlier, or "
-                    "run the tests as root, or use --overlay-backend=copy",
-                )
+                reason = _namespaces.threads_reason(threads, _namespaces.LAZY)
+                raise MountError(errno.EINVAL, f"cannot enter a user namespace: {reason}")
             _namespaces.enter_user_namespace(for_children=False)
         _namespaces.ensure_private_mount_namespace()
         self._scratch.mkdir(parents=True, exist_ok=True)
