@@ -33,6 +33,7 @@ __all__ = [
     "mount_overlay",
     "split",
     "unescape",
+    "view_options",
 ]
 
 LEGACY_LIMIT = 4095
@@ -87,6 +88,23 @@ def feature_options(*, userxattr: bool) -> dict[str, str | None]:
     if userxattr:
         return {"userxattr": None}
     return {"redirect_dir": "off", "metacopy": "off", "index": "off"}
+
+
+def view_options(
+    upper: str | os.PathLike[str], work: str | os.PathLike[str], *, userxattr: bool
+) -> dict[str, str | None]:
+    """The options of a test's view: its upper and work directories, the pinned features and
+    ``volatile`` (a throw-away upper needs no syncs).
+
+    The backend's mounts and the probe both take them from here, so the probe asks the
+    kernel exactly what a view will ask.
+    """
+    return {
+        "upperdir": os.fspath(upper),
+        "workdir": os.fspath(work),
+        **feature_options(userxattr=userxattr),
+        "volatile": None,
+    }
 
 
 def legacy_data(lowers: Sequence[str | os.PathLike[str]], options: Mapping[str, str | None]) -> str:

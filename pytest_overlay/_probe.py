@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _namespaces, _syscalls
+from . import _namespaces, _overlayopts, _syscalls
 
 
 @dataclass(frozen=True)
@@ -187,15 +187,14 @@ def _probe_in_child(unprivileged: bool, lower: str | None = None) -> ProbeResult
         for name in ("lower/d", "upper", "work", "merged"):
             (scratch / name).mkdir(parents=True)
         (scratch / "lower/d/f").write_text("x")
-        options: dict[str, str | None] = {
-            "upperdir": str(scratch / "upper"),
-            "workdir": str(scratch / "work"),
-        }
-        if unprivileged:
-            options["userxattr"] = None
+        # The options a view mounts with, through the same builder: the probe must refuse
+        # exactly what a view's mount would refuse, on every kernel (lowerdir+ is 6.8+).
+        options = _overlayopts.view_options(
+            scratch / "upper", scratch / "work", userxattr=unprivileged
+        )
         try:
             with _namespaces.privileged():
-                _syscalls.mount_overlay_new_api(
+                _overlayopts.mount_overlay(
                     scratch / "merged", [Path(lower) if lower else scratch / "lower"], options
                 )
         except OSError as exc:

@@ -164,9 +164,7 @@ class KernelBackend:
         return mount
 
     def _mount_overlay(self, merged: Path, lowers: Sequence[Path], upper: Path, work: Path) -> None:
-        options: dict[str, str | None] = {"upperdir": str(upper), "workdir": str(work)}
-        options.update(_overlayopts.feature_options(userxattr=self.unprivileged))
-        options["volatile"] = None
+        options = _overlayopts.view_options(upper, work, userxattr=self.unprivileged)
         _overlayopts.mount_overlay(merged, lowers, options)
 
     def shutdown(self) -> None:
