@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 
-from . import _namespaces
+from . import _contain, _namespaces
 from ._backends.inplace import FUSE_IN_PLACE_NEEDS_ROOT, in_place_impossible
 from ._errors import BackendUnavailableError, OverlayError, ViewLostError, path_too_long
 from ._keys import session_key
 from ._namespaces import EARLY, LAZY, XDIST_WORKER, threads_reason
 from ._overlay import Overlay
 from ._probe import explain_userns_failure, probe_kernel
+from ._realfs import real_filesystem
 from ._runtest import (
     TestState,
     failure_section,
@@ -34,6 +35,7 @@ from ._runtest import (
 from ._session import OverlaySession
 from ._settings import MarkerChoices, Settings, parse_marker
 from ._snapshot.factory import LayerFactory, resolve_layers
+from ._stale import remove_stale_mounts, temp_root
 from ._warnings import OverlayWarning
 
 
@@ -48,6 +50,11 @@ def activate(config: pytest.Config, settings: Settings, run_id: str) -> OverlayS
     session = OverlaySession(settings, decided)
     session.run_id = run_id
     config.stash[session_key] = session
+    if not hasattr(config, "workerinput"):  # the controller's run removes them for all
+        # Before any private mount namespace: a mount left on the host is removed there.
+        removed = remove_stale_mounts(temp_root(config.option.basetemp))
+        if removed is not None:
+            session.notices.append(removed)
     return session
 
 
@@ -182,15 +189,31 @@ def in_place_setup(request: pytest.FixtureRequest, session: OverlaySession, base
     layers: tuple[Path, ...] = ()
     if choices.layers:
         layers = resolve_layers(request, list(choices.layers))
+    problem = _uncover_all(item, session.settings.lowers)
+    if problem:
+        _contain.stop(item, f"pytest-overlay stopped the run: {problem}")
+        pytest.fail(
+            f"pytest-overlay could not sandbox the project in place: {problem}", pytrace=False
+        )
     try:
         state = start_in_place(item, session, layers)
     except (OverlayError, OSError) as exc:
         problem = f"pytest-overlay could not sandbox the project in place: {exc}"
-    else:
-        problem = ""
-        item.stash[state_key] = state
-    if problem:
+        _contain.SetupFailures.failed(item, str(exc))
+        # A view mounted half-way is detached now rather than at the next setup.
+        _uncover_all(item, session.settings.lowers)
         pytest.fail(problem, pytrace=False)
+    _contain.SetupFailures.passed(item)
+    item.stash[state_key] = state
+
+
+def _uncover_all(item: pytest.Item, targets: tuple[Path, ...]) -> str | None:
+    """Detach what still covers a sandboxed directory; None, or why it cannot be done."""
+    for target in _contain.covered(item.config, targets):
+        problem = _contain.uncover(item.config, target)
+        if problem is not None:
+            return problem
+    return None
 
 
 def in_place_teardown(item: pytest.Item, session: OverlaySession, *, failed: bool) -> None:
@@ -206,14 +229,19 @@ def in_place_teardown(item: pytest.Item, session: OverlaySession, *, failed: boo
 
 
 def _finish_or_fail(item: pytest.Item, session: OverlaySession, state: TestState) -> None:
-    """Tear the test's views down; warn about what is worth knowing, fail if a view was lost."""
+    """Tear the test's views down; report what the plugin dealt with, warn about what the
+    user must act on, and fail the test if a view was lost or could not be closed."""
     try:
-        messages = finish(item, session, state)
+        done = finish(item, session, state)
     except ViewLostError as exc:
+        _contain_teardown(item, state, [])
         pytest.fail(f"pytest-overlay: {exc}", pytrace=False)
+    for message in done.reports:
+        _report(item, session, message)
+    _contain_teardown(item, state, done.broken)
     path, lineno, _ = item.reportinfo()
     as_error = ""
-    for message in messages:
+    for message in done.warnings:
         # Attributed to the test, so that ``filterwarnings`` and the warnings summary point
         # at the test that left something behind rather than at this module.
         try:
@@ -231,37 +259,82 @@ def _finish_or_fail(item: pytest.Item, session: OverlaySession, state: TestState
         pytest.fail(f"OverlayWarning (an error under filterwarnings): {as_error}", pytrace=False)
 
 
+def _contain_teardown(item: pytest.Item, state: TestState, broken: list[str]) -> None:
+    """Fail this test (alone) if its views did not come down cleanly, after making sure that
+    none is left over a sandboxed directory; stop the run if one cannot be removed."""
+    problems = list(broken)
+    if state.inplace:
+        for target in _contain.covered(item.config, state.targets):
+            left = _contain.uncover(item.config, target)
+            if left is not None:
+                _contain.stop(item, f"pytest-overlay stopped the run: {left}")
+                problems.append(left)
+            else:
+                problems.append(
+                    f"{target} was still covered by a mount after the test's view "
+                    "was closed (one the test made?); it was detached"
+                )
+    if problems:
+        fresh = "" if item.session.shouldfail else "; the next test gets a fresh view"
+        pytest.fail(f"pytest-overlay: {'; '.join(problems)}{fresh}", pytrace=False)
+
+
+_REPORTS_SHOWN = 10
+_reports_key = pytest.StashKey[list[int]]()
+
+
+def _report(item: pytest.Item, session: OverlaySession, message: str) -> None:
+    """A line for the terminal summary: what a test left behind that the plugin dealt with.
+
+    Not a warning: ``filterwarnings = error`` would turn it into an error of the test, though
+    there is nothing to act on.  The first few are shown in full, the rest counted.
+    """
+    count = item.config.stash.setdefault(_reports_key, [0])
+    count[0] += 1
+    if count[0] <= _REPORTS_SHOWN:
+        session.notices.append(f"{item.nodeid}: {message}")
+        return
+    tail = " more tests left their view in use, or their scratch directory behind"
+    session.notices[:] = [n for n in session.notices if not n.endswith(tail)]
+    session.notices.append(f"... and {count[0] - _REPORTS_SHOWN}{tail}")
+
+
 def overlay_root_fixture(
     request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path
 ) -> Iterator[Overlay]:
     """The body of the ``overlay_root`` fixture (see its docstring in the plugin)."""
-    session.set_basetemp(basetemp)
     existing = request.node.stash.get(state_key, None)
     if existing is not None:
         yield existing.overlay
         return
+    with real_filesystem():
+        state = _start_fixture_or_fail(request, session, basetemp)
+    request.node.stash[state_key] = state
+    try:
+        yield state.overlay
+    finally:
+        del request.node.stash[state_key]
+        with real_filesystem():
+            _finish_or_fail(request.node, session, state)
+
+
+def _start_fixture_or_fail(
+    request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path
+) -> TestState:
+    session.set_basetemp(basetemp)
     choices = marker_choices(request.node)
     lowers = choices.lowers_for(session.settings, request.config.rootpath)
     if choices.layers:
         lowers = resolve_layers(request, list(choices.layers)) + lowers
     try:
-        state = start_fixture(request, session, lowers, choices.backend)
+        return start_fixture(request, session, lowers, choices.backend)
     except BackendUnavailableError as exc:
         problem = f"pytest-overlay: {exc}"
     except OSError as exc:
         problem = f"pytest-overlay could not set up the overlay: {_setup_problem(exc)}"
     except OverlayError as exc:
         problem = f"pytest-overlay could not set up the overlay: {exc}"
-    else:
-        problem = ""
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    request.node.stash[state_key] = state
-    try:
-        yield state.overlay
-    finally:
-        del request.node.stash[state_key]
-        _finish_or_fail(request.node, session, state)
+    pytest.fail(problem, pytrace=False)
 
 
 def layer_factory(config: pytest.Config, session: OverlaySession, basetemp: Path) -> LayerFactory:

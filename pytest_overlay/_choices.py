@@ -9,4 +9,10 @@ from __future__ import annotations
 BACKEND_CHOICES = ("auto", "kernel", "fuse", "copy")
 KEEP_CHOICES = ("failed", "all", "none")
 USERNS_CHOICES = ("lazy", "early")
+TOOL_STATE_CHOICES = ("disk", "discard")
+TOOL_STATE_DIRS = (".hypothesis", ".benchmarks")
+"""Directories of the project passed through in place by default (``overlay_tool_state``):
+Hypothesis's example database and pytest-benchmark's saved runs."""
+TOOL_STATE_FILES = (".coverage", ".coverage.*")
+"""Files of the project root whose writes reach the disk in place by default: coverage data."""
 MARKER_ARGUMENTS = ("lowers", "backend", "layers")

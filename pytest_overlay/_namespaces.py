@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import _mountinfo, _syscalls
+from . import _janitor, _mountinfo, _syscalls
 
 CAP_SYS_ADMIN = 21
 
@@ -106,6 +106,7 @@ def enter_user_namespace(*, for_children: bool) -> None:
         _entered_userns = True
         _raise_for_mounts = None
         _private_threads.add(threading.get_native_id())
+    _janitor.start_janitor(privileged)
     _, permitted, _ = _syscalls.get_capabilities()
     if for_children:
         _syscalls.set_capabilities(0, permitted, permitted)
@@ -156,6 +157,7 @@ def ensure_private_mount_namespace() -> None:
         _syscalls.mount(None, "/", None, _syscalls.MS_REC | _syscalls.MS_PRIVATE)
     with _state_lock:
         _private_threads.add(native_id)
+    _janitor.start_janitor(privileged)
 
 
 def mounted_paths() -> set[Path]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, final
 
 from . import _namespaces
 from ._checkpoint import diff_states
+from ._realfs import real_filesystem
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -61,7 +62,8 @@ class Overlay(os.PathLike[str]):
         Paths matching ``overlay_ignore`` (bytecode, pytest's cache, coverage data) are left
         out.
         """
-        return self._mount.diff(self._ignore)
+        with real_filesystem():
+            return self._mount.diff(self._ignore)
 
     def checkpoint(self) -> TreeDiff:
         """Freeze the current state and return what changed since the previous checkpoint.
@@ -70,7 +72,7 @@ class Overlay(os.PathLike[str]):
         :meth:`diff`; each later one only the step since the one before.  :meth:`diff` keeps
         reporting everything since the start.
         """
-        with _namespaces.privileged():
+        with real_filesystem(), _namespaces.privileged():
             snapshot = self._mount.snapshot()
             step = diff_states(self._checkpoint, snapshot, self._mount.lowers, self._ignore)
         self._checkpoint = snapshot

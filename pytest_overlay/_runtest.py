@@ -32,6 +32,7 @@ from ._safetext import safe_path
 from ._session import OverlaySession
 from ._settings import make_ignore
 from ._storepath import cache_dir_of, store_dir
+from ._toolstate import Carried, carry_aside
 
 SECTION = "overlay changes"
 
@@ -133,33 +134,71 @@ def _enter_views(state: TestState) -> str | None:
     return None
 
 
-def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> list[str]:
+@dataclass
+class Finished:
+    """What tearing a test's views down has to tell the user."""
+
+    warnings: list[str] = field(default_factory=list)
+    """Something the user must act on (a layer they asked to keep was not kept)."""
+    reports: list[str] = field(default_factory=list)
+    """Something the plugin dealt with by itself (a busy view detached lazily): the summary."""
+    broken: list[str] = field(default_factory=list)
+    """Views that could not be closed cleanly: the test errs."""
+
+
+def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Finished:
     """Keep the layer if the policy says so, unmount, and go back where the test started.
 
-    :returns: warnings for the user.
+    Every view is closed, and the process goes back to its directory, whatever fails on the
+    way: a view that fails to close is listed in :attr:`Finished.broken`.
+
     :raises ViewLostError: after all of that, if a view stopped working during the test.
     """
-    messages: list[str] = []
+    done = Finished()
     try:
         if _should_keep(session.settings.keep, state.phases):
             _keep(item, session, state)
     except Exception as exc:
-        messages.append(f"could not keep the test's layer: {_describe(exc)}")
+        done.warnings.append(f"could not keep the test's layer: {_describe(exc)}")
     finally:
+        carried = _carry_aside(session, state, done)
         if state.saved_cwd is not None:
             # Leave the views first: a working directory inside one would keep it busy.
             os.chdir("/")
         lost: list[str] = []
         for mount in state.mounts:
             try:
-                messages.extend(mount.close())
+                done.reports.extend(mount.close())
             except ViewLostError as exc:
                 lost.append(str(exc))
+            except Exception as exc:
+                done.broken.append(f"could not close the view {mount.path}: {_describe(exc)}")
         if state.saved_cwd is not None:
             os.chdir(state.saved_cwd)
+        for aside in carried:
+            done.warnings.extend(aside.land())
         if lost:
             raise ViewLostError("; ".join(lost))
-    return messages
+    return done
+
+
+def _carry_aside(session: OverlaySession, state: TestState, done: Finished) -> list[Carried]:
+    """In place: set aside what the test created at pass-through paths, to land on the disk
+    once its views are gone (see :mod:`._toolstate`)."""
+    if not state.inplace or session.basetemp is None:
+        return []
+    settings = session.settings
+    carried = []
+    for index, (mount, target) in enumerate(zip(state.mounts, state.targets, strict=True)):
+        globs = settings.carry_files if index == 0 else ()
+        scratch = session.basetemp / "overlay" / "carried" / str(index)
+        try:
+            aside = carry_aside(mount.new_root, target, settings.passthrough, globs, scratch)
+        except OSError as exc:
+            done.warnings.append(f"could not set aside the tool state it wrote: {_describe(exc)}")
+        else:
+            carried.append(aside)
+    return carried
 
 
 def _should_keep(policy: str, phases: dict[str, str]) -> bool:

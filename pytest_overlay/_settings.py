@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from ._choices import BACKEND_CHOICES, KEEP_CHOICES, MARKER_ARGUMENTS, USERNS_CHOICES
+from ._choices import (
+    BACKEND_CHOICES,
+    KEEP_CHOICES,
+    MARKER_ARGUMENTS,
+    TOOL_STATE_CHOICES,
+    TOOL_STATE_DIRS,
+    TOOL_STATE_FILES,
+    USERNS_CHOICES,
+)
 
 DEFAULT_IGNORE = (
     "__pycache__",
@@ -21,6 +29,7 @@ DEFAULT_IGNORE = (
     ".coverage",
     ".coverage.*",
     ".hypothesis",
+    ".benchmarks",
 )
 
 
@@ -129,11 +138,19 @@ def add_options(parser: pytest.Parser) -> None:
     option(
         "passthrough",
         "paths",
-        "Directory inside the project that in-place mode leaves writable on the real disk; "
-        "repeatable (pytest's cache and basetemp always are)",
+        "Directory inside the project that in-place mode leaves writable on the real disk, "
+        "existing or created by a test; repeatable (pytest's cache and basetemp always are)",
         [],
         metavar="DIR",
         action="append",
+    )
+    option(
+        "tool-state",
+        "string",
+        "In place, whether tools' state in the project (.hypothesis, .benchmarks, .coverage*) "
+        "reaches the disk: disk or discard (default: disk)",
+        "disk",
+        metavar="WHERE",
     )
 
 
@@ -150,6 +167,10 @@ class Settings:
     ignore: tuple[str, ...] = DEFAULT_IGNORE
     diff_lines: int = 200
     passthrough: tuple[Path, ...] = ()
+    """Pass-through directories, existing or not; with tool_state "disk", also the
+    :data:`TOOL_STATE_DIRS` of the project."""
+    carry_files: tuple[str, ...] = ()
+    """Globs of files of the project root that a test's writes carry to the disk."""
     rebuild: bool = False
     upper_size: str = ""
     layer_dir: Path | None = None
@@ -171,7 +192,13 @@ class Settings:
             "--overlay-passthrough / overlay_passthrough",
             what="pass-through directory",
             check_overlap=False,
+            may_be_missing=True,
         )
+        tool_state = _choice(value("overlay_tool_state"), TOOL_STATE_CHOICES, "tool-state")
+        project = (lowers or (root,))[0]
+        if tool_state == "disk":
+            defaults = (project / name for name in TOOL_STATE_DIRS)
+            passthrough += tuple(p for p in defaults if p not in passthrough)
         inplace = bool(value("overlay"))
         return cls(
             backend=backend,
@@ -183,6 +210,7 @@ class Settings:
             ignore=DEFAULT_IGNORE + tuple(str(p) for p in value("overlay_ignore") or ()),
             diff_lines=_number(value("overlay_diff_lines"), "diff-lines"),
             passthrough=passthrough,
+            carry_files=TOOL_STATE_FILES if tool_state == "disk" else (),
             rebuild=bool(value("overlay_rebuild")),
             upper_size=_size(value("overlay_upper_size")),
             layer_dir=_layer_dir(value("overlay_layer_dir"), root),
@@ -244,11 +272,18 @@ def resolve_lowers(
     *,
     what: str = "lower layer",
     check_overlap: bool = True,
+    may_be_missing: bool = False,
 ) -> tuple[Path, ...]:
-    """Absolute, existing directories; relative paths are taken from the project root."""
+    """Absolute, existing directories; relative paths are taken from the project root.
+
+    With *may_be_missing*, a path that does not exist yet is accepted (a test may create it).
+    """
     resolved: list[Path] = []
     for item in raw or ():
         path = Path(item) if Path(item).is_absolute() else (root / Path(item)).resolve()
+        if may_be_missing and not os.path.lexists(path):
+            resolved.append(path)
+            continue
         if not path.exists():
             raise pytest.UsageError(
                 f"{where}: {what} {str(item)!r} does not exist (looked at {path}); "

@@ -26,6 +26,7 @@ from ._keys import (
     worker_notices_key,
 )
 from ._names import new_run_id
+from ._realfs import real_filesystem
 from ._settings import MARKER_SIGNATURE, MarkerError, Settings, add_options, parse_marker
 
 if TYPE_CHECKING:
@@ -232,7 +233,9 @@ def _overlay_in_place(
     """
     # The basetemp is made here, before the overlay covers the tree it may be inside of.
     basetemp = Path(tmp_path_factory.getbasetemp())
-    _machinery().in_place_setup(request, _use(request.config), basetemp)
+    # A fake filesystem (pyfakefs, of a wider scope) may be active already: see _realfs.
+    with real_filesystem():
+        _machinery().in_place_setup(request, _use(request.config), basetemp)
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)
@@ -246,7 +249,8 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     finally:
         session = _active(item.config)
         if session is not None:
-            _machinery().in_place_teardown(item, session, failed=failed)
+            with real_filesystem():
+                _machinery().in_place_teardown(item, session, failed=failed)
 
 
 @pytest.fixture
@@ -260,9 +264,12 @@ def overlay_root(
     which is thrown away afterwards.  ``overlay_root.diff()`` tells what changed so far.  With
     ``--overlay`` the project itself is the overlay, and this is its root.
     """
-    session = _use(request.config)
-    basetemp = Path(tmp_path_factory.getbasetemp())
-    yield from _machinery().overlay_root_fixture(request, session, basetemp)
+    with real_filesystem():
+        session = _use(request.config)
+        basetemp = Path(tmp_path_factory.getbasetemp())
+        machinery = _machinery()
+    # The body leaves the fake (if any) around its setup and teardown, not around the test.
+    yield from machinery.overlay_root_fixture(request, session, basetemp)
 
 
 @pytest.fixture(scope="session")
@@ -277,9 +284,10 @@ def overlay_layer(
     the name, *key*, the content of *inputs* and the layers below.  Stack a layer under a test
     with ``@pytest.mark.overlay(layers=["fixture_name"])``.
     """
-    session = _use(request.config)
-    basetemp = Path(tmp_path_factory.getbasetemp())
-    factory: LayerFactory = _machinery().layer_factory(request.config, session, basetemp)
+    with real_filesystem():
+        session = _use(request.config)
+        basetemp = Path(tmp_path_factory.getbasetemp())
+        factory: LayerFactory = _machinery().layer_factory(request.config, session, basetemp)
     return factory
 
 
@@ -292,7 +300,8 @@ def pytest_runtest_makereport(
     if session is None:
         return report
     error = call.excinfo.value if call.excinfo is not None else None
-    section = _machinery().failure_report(item, session, report.when, report.outcome, error)
+    with real_filesystem():
+        section = _machinery().failure_report(item, session, report.when, report.outcome, error)
     if section is not None:
         report.sections.append(section)
     return report

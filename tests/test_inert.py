@@ -65,6 +65,9 @@ THIN = {
     "pytest_overlay._choices",
     "pytest_overlay._keys",
     "pytest_overlay._names",
+    # Holds the real os functions, taken when pytest loads the plugin, before a test can
+    # patch them (standard library only).
+    "pytest_overlay._realfs",
     "pytest_overlay._settings",
     "pytest_overlay._version",
     "pytest_overlay.plugin",

@@ -27,6 +27,7 @@ from pytest_overlay._errors import MountError, ViewLostError
 from pytest_overlay._files import remove_tree
 from pytest_overlay._fuse.client import FuseMount, availability, start
 from pytest_overlay._fuse.session import SessionServer
+from pytest_overlay._holders import describe_holders, holders_of, view_device
 
 from .base import safe_label
 from .inplace import IN_PLACE_NEEDS_PRIVATE_NAMESPACE
@@ -51,6 +52,8 @@ class FuseView(UpperLayerView):
         self.clones: list[Path] = []
 
     def close(self) -> list[str]:
+        # Before the unmount: if it turns out busy, the users' files show this device.
+        device = view_device(self._merged) if self.served is not None else None
         with _namespaces.privileged():
             for bind in reversed(self.binds):
                 detach(bind)
@@ -67,10 +70,13 @@ class FuseView(UpperLayerView):
         if self.served.busy:
             # Its server still serves the process from this upper layer: the backend's
             # shutdown removes it, after the session's server has stopped.
+            who = describe_holders(holders_of(device)) or (
+                " (a process the test started, or an open file)"
+            )
             return [
-                f"{self._merged} was still in use (a process the test started, or an open "
-                "file), so it was detached lazily: its FUSE server keeps serving that process "
-                "until it lets go, at the latest until the end of the run"
+                f"{self._merged} was still in use{who}, so it was detached lazily: its FUSE "
+                "server keeps serving that process until it lets go, at the latest until the end "
+                "of the run"
             ]
         remove_tree(self._root)
         # A server we stopped exits 0; one killed while the test ran (perhaps still dying

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pytest_overlay import _mountinfo, _namespaces, _overlayopts, _probe, _syscalls
 from pytest_overlay._errors import MountError
+from pytest_overlay._holders import describe_holders, holders_of, view_device
 
 from .base import safe_label
 from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
@@ -44,6 +45,8 @@ class KernelMount(UpperLayerView):
             for bind in reversed(self.binds):
                 detach(bind)
             busy = _is_busy(self._merged)
+            # Named before the detach, while the view still shows its device.
+            who = describe_holders(holders_of(view_device(self._merged))) if busy else ""
             if self._merged.parent != self._root:
                 detach(self._merged)  # in-place: the view sits outside our tmpfs
             detach(self._root)
@@ -52,9 +55,10 @@ class KernelMount(UpperLayerView):
             except OSError as exc:
                 return [f"could not remove {self._root}: {exc}"]
         if busy:
+            who = who or " (a process the test started, or an open file)"
             return [
-                f"{self._merged} was still in use (a process the test started, or an open "
-                "file), so it was detached lazily: the kernel frees it when that process exits"
+                f"{self._merged} was still in use{who}, so it was detached lazily: the kernel "
+                "frees it when that process exits"
             ]
         return []
 

@@ -8,8 +8,9 @@ crash in one mount) leaves every other mount and the session's server alone.
 
 Protocol, over the ``SOCK_SEQPACKET`` socket at ``--control-fd``: each request is one message,
 a JSON object ``{"lowers": [...], "upper": ..., "work": ..., "mountpoint": ...,
-"auto_unmount": bool}`` carrying two descriptors: a ``SOCK_SEQPACKET`` *channel* for this mount
-and the file that gets the child's standard output and error.  On the channel the client then
+"auto_unmount": bool, "over_itself": bool, "owner": pid}`` carrying two descriptors: a
+``SOCK_SEQPACKET`` *channel* for this mount and the file that gets the child's standard output
+and error.  On the channel the client then
 receives, in any order:
 
 ``pid N``
@@ -21,10 +22,12 @@ receives, in any order:
     the child has exited with status N (negative: killed by signal -N), after which the
     channel is closed.
 
-End of file on the control socket (the pytest process has gone) ends this process; its children
-get ``SIGKILL`` when it dies, and their mounts, which live in the pytest process's private mount
-namespace or have ``auto_unmount``, go with them.  Exit status 3 means that libfuse could not be
-loaded.
+End of file on the control socket (the pytest process has gone or closed it) ends this
+process: it sends its children SIGTERM, on which each unmounts its mount lazily and exits (see
+:mod:`.server`), and SIGKILL to any still there a second later.  The death of the pytest
+process also kills this one (its parent-death signal, SIGKILL), and its children then get
+SIGTERM from theirs: whichever comes first, every mount is unmounted.  Exit status 3 means
+that libfuse could not be loaded.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,6 +65,7 @@ def _child(request: dict[str, Any], channel: socket.socket, log: int) -> int:
         ready_fd=channel.detach(),  # ``ready`` goes to the client as one message
         auto_unmount=bool(request.get("auto_unmount", True)),
         over_itself=bool(request.get("over_itself", False)),
+        owner=request.get("owner"),
     )
 
 
@@ -94,7 +99,16 @@ class _Children:
             channel.close()
         self._channels.clear()
 
-    def kill_all(self) -> None:
+    def stop_all(self, grace: float = 1.0) -> None:
+        """SIGTERM to every child, on which libfuse unmounts lazily and exits; SIGKILL to
+        those still there after *grace* seconds (a callback that never returns)."""
+        for pid in list(self._channels):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while self._channels and time.monotonic() < deadline:
+            time.sleep(0.01)
+            self.reap()
         for pid in list(self._channels):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -125,7 +139,8 @@ def _spawn(message: bytes, fds: list[int], children: _Children, inherited: Seque
             children.close_channels()
             for fd in inherited:
                 os.close(fd)
-            die_with_parent(None)
+            # SIGTERM: the mount is unmounted (lazily) before the child exits.
+            die_with_parent(None, signal.SIGTERM)
             code = _child(request, channel, log)
         except BaseException as exc:  # report, then leave without cleanup
             print(f"forkserver child: {exc!r}", file=sys.stderr, flush=True)
@@ -147,7 +162,11 @@ def _spawn(message: bytes, fds: list[int], children: _Children, inherited: Seque
 
 
 def serve_requests(control: socket.socket) -> None:
-    """Answer requests until the control socket closes, then kill the remaining children."""
+    """Answer requests until the control socket closes, then stop the remaining children.
+
+    The socket also closes when the pytest process is killed, and a moment before this
+    process's parent-death signal arrives: the children are stopped so that they unmount.
+    """
     children = _Children()
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_write)
@@ -169,7 +188,7 @@ def serve_requests(control: socket.socket) -> None:
                     return  # the pytest process closed its end
                 _spawn(message, fds, children, (control.fileno(), wake_read, wake_write))
     finally:
-        children.kill_all()
+        children.stop_all()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

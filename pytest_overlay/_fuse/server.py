@@ -2,10 +2,19 @@
 
 It mounts the overlay, writes ``ready`` to ``--ready-fd`` once the kernel has initialised the
 connection, and serves requests in one thread until it is unmounted (then it exits 0) or gets
-SIGTERM, SIGINT or SIGHUP (libfuse then unmounts and it exits 0).  It dies with the process
-that started it (``PR_SET_PDEATHSIG``) unless it is started with ``--detach`` (as the mount
-helper :mod:`.helper` does); the mount is made with ``auto_unmount``, so that even a
-killed server leaves no mount behind (``fusermount`` keeps watch and unmounts lazily).
+SIGTERM, SIGINT or SIGHUP (libfuse then unmounts and it exits 0).
+
+Unless it is started with ``--detach`` (as the mount helper :mod:`.helper` does), it unmounts
+and exits as soon as the process that started it dies, whatever killed that process: its
+parent-death signal (``PR_SET_PDEATHSIG``) is SIGTERM, on which libfuse leaves its loop and
+unmounts lazily (``umount2(MNT_DETACH)`` as root, ``fusermount3 -u -z`` otherwise), even when
+a process the test started still uses the mount.  A SIGKILL would leave the mount behind in
+whatever mount namespace outlives the server (a process the test left running keeps pytest's
+private one alive), answering "Transport endpoint is not connected".  Where the server itself
+is killed, ``auto_unmount`` is the backstop (``fusermount3`` keeps watch and unmounts lazily),
+and the next run removes what is left (:mod:`pytest_overlay._stale`): the mount's source
+names the process it served (``pytest-overlay:PID``), so that a mount whose process has gone
+is told apart from a live one of another run.
 
 Exit status 3 means that libfuse could not be loaded, 2 a usage error, 1 a failed mount.
 
@@ -93,11 +102,14 @@ def mount_options(fuse_major: int, *, as_root: bool) -> dict[str, Any]:
     return options
 
 
-def die_with_parent(parent: int | None) -> None:
-    """Get SIGKILL when the parent dies; exit now if it has died already."""
+def die_with_parent(parent: int | None, sig: int = signal.SIGKILL) -> None:
+    """Get *sig* when the parent dies; exit now if it has died already.
+
+    A server holding a mount asks for SIGTERM, on which libfuse unmounts before exiting.
+    """
     # The process's own symbols include libc's; find_library("c") would run ldconfig.
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
     if parent is not None and os.getppid() != parent:
@@ -184,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.parent is not None:
             parser.error("--detach and --parent exclude each other")
     else:
-        die_with_parent(args.parent)
+        die_with_parent(args.parent, signal.SIGTERM)
     scratch = None
     upper, work = args.upper, args.work
     if upper is None:
@@ -205,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             debug=args.debug,
             rename_lower_dirs=not args.exdev_dir_rename,
             read_only=args.read_only or scratch is not None,
+            owner=args.parent,
         )
     except LibfuseMissingError as exc:
         print(f"libfuse not installed: apt install fuse3 ({exc})", file=sys.stderr)
@@ -280,6 +293,7 @@ def serve(
     rename_lower_dirs: bool = True,
     read_only: bool = False,
     over_itself: bool = False,
+    owner: int | None = None,
 ) -> int:
     """Mount the overlay on *mountpoint* and serve it in this thread until it is unmounted.
 
@@ -295,6 +309,8 @@ def serve(
         through descriptors opened before the mount (:func:`_layers_by_fd`), and nothing in
         this process may go through *mountpoint* again: that would be a request to itself,
         which a single-threaded server never answers.
+    :param owner: the process this mount serves (pytest), named in the mount's source so
+        that a later run can tell a mount it left behind (:mod:`pytest_overlay._stale`).
     :returns: the exit status (0 after an unmount, 1 if mounting failed).
     """
     os.umask(0)  # the kernel has applied the caller's umask to every mode we get
@@ -332,6 +348,8 @@ def serve(
     )
     options = mount_options(mfusepy.fuse_version_major, as_root=os.geteuid() == 0)
     options["auto_unmount"] = auto_unmount
+    if owner is not None:
+        options["fsname"] = f"{FSNAME}:{owner}"
     if read_only:
         options["ro"] = True
     if over_itself and mfusepy.fuse_version_major == 2:

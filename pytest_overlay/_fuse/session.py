@@ -252,6 +252,7 @@ class SessionServer:
             "mountpoint": os.fspath(mountpoint),
             "auto_unmount": auto_unmount,
             "over_itself": over_itself,
+            "owner": os.getpid(),
         }
         payload = json.dumps(request).encode()
         if len(payload) > MAX_REQUEST:

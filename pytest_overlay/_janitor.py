@@ -1,0 +1,78 @@
+"""When pytest dies, unmount what it mounted in its private mount namespace.
+
+A private mount namespace dies with its last process, and its mounts with it; but a process
+a test started and never stopped lives in that namespace too, and keeps every mount of the
+killed run (views, their tmpfs, the clones of the project) in its mount table for as long as
+it runs.  So each private namespace gets a janitor: a process forked (twice: it is nobody's
+child, so no test's ``os.wait()`` can meet it) right after the namespace is made, that waits
+for the pytest process to end, however it ends, and then detaches every mount made in the
+namespace since, and exits.  When pytest ends normally there is nothing left to detach.
+
+Forked, not executed: it inherits the namespace and the permitted capabilities (an ordinary
+user's, inside the user namespace), and it does nothing but wait on a pidfd, read the mount
+table and call ``umount2``, which is safe in the child of a multi-threaded process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import warnings
+from collections.abc import Callable
+
+from . import _mountinfo, _syscalls
+
+__all__ = ["start_janitor"]
+
+
+def start_janitor(privileged: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
+    """Watch this process from a janitor in the calling thread's mount namespace.
+
+    :param privileged: raises the capabilities the janitor needs to unmount.
+    """
+    try:
+        initial = {mount.mount_id for mount in _mountinfo.read()}
+        pidfd = os.pidfd_open(os.getpid())
+    except (OSError, AttributeError):  # no pidfds before Linux 5.3: no janitor
+        return
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork in a multi-threaded process; the child does only
+            # what is safe there (see the module docstring).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            child = os.fork()
+        if child == 0:  # pragma: no cover - the janitor; checked by killing pytest
+            try:
+                if os.fork() == 0:
+                    _serve(pidfd, initial, privileged)
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+    finally:
+        os.close(pidfd)
+
+
+def _serve(  # pragma: no cover - the janitor
+    pidfd: int, initial: set[int], privileged: Callable[[], contextlib.AbstractContextManager[None]]
+) -> None:
+    os.setsid()  # Ctrl-C is for pytest, not for the janitor
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Nothing of pytest's stays open here (an xdist worker's pipes, a server's socket).
+    keep = os.dup2(pidfd, 3, inheritable=False)
+    os.closerange(4, 1 << 16)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    with contextlib.suppress(InterruptedError):
+        select.select([keep], [], [])
+    try:
+        mounts = _mountinfo.read()
+    except OSError:
+        return
+    with privileged():
+        for mount in reversed(mounts):
+            if mount.mount_id not in initial:
+                with contextlib.suppress(OSError):
+                    _syscalls.umount(mount.point, _syscalls.MNT_DETACH)
