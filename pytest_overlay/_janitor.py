@@ -15,6 +15,7 @@ table and call ``umount2``, which is safe in the child of a multi-threaded proce
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import select
@@ -37,6 +38,7 @@ def start_janitor(privileged: Callable[[], contextlib.AbstractContextManager[Non
         pidfd = os.pidfd_open(os.getpid())
     except (OSError, AttributeError):  # no pidfds before Linux 5.3: no janitor
         return
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         with warnings.catch_warnings():
             # Python 3.12+ warns about fork in a multi-threaded process; the child does only
@@ -45,13 +47,43 @@ def start_janitor(privileged: Callable[[], contextlib.AbstractContextManager[Non
             child = os.fork()
         if child == 0:  # pragma: no cover - the janitor; checked by killing pytest
             try:
-                if os.fork() == 0:
+                janitor = os.fork()
+                if janitor == 0:
+                    os.close(write_end)
                     _serve(pidfd, initial, privileged)
+                else:
+                    os.write(write_end, str(janitor).encode())
             finally:
                 os._exit(0)
+        os.close(write_end)
+        write_end = -1
         os.waitpid(child, 0)
+        reply = os.read(read_end, 32)
     finally:
         os.close(pidfd)
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    if reply.isdigit():
+        _stop_at_exit(int(reply))
+
+
+def _stop_at_exit(janitor: int) -> None:
+    """When pytest ends normally, its mounts are gone already: stop the janitor then, and
+    wait for it, so that nothing of the run outlives it."""
+    try:
+        handle = os.pidfd_open(janitor)
+    except OSError:
+        return
+
+    def stop() -> None:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(handle, signal.SIGKILL)
+            select.select([handle], [], [], 2.0)
+        with contextlib.suppress(OSError):
+            os.close(handle)
+
+    atexit.register(stop)
 
 
 def _serve(  # pragma: no cover - the janitor

@@ -14,8 +14,8 @@ filesystem call of the plugin (hundreds) through them, and the standard library 
 (``tempfile``, ``shutil``, ``subprocess``) would still look functions up in the patched modules.
 So :func:`real_filesystem` puts the real ones back for the duration instead: pyfakefs's own
 ``Patcher.pause()``/``resume()`` (its documented way; pyfakefs is looked up in ``sys.modules``
-only, never imported), and for a monkeypatch, the functions of ``os``, ``os.path``, ``shutil``,
-``io`` and ``builtins`` as they were when this module was imported, which is when pytest loads
+only, never imported), and for a monkeypatch, the functions of ``os``, ``os.path`` and
+``shutil`` and ``open`` as they were when this module was imported, which is when pytest loads
 the plugin, before any conftest or test can patch them.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import io
+import operator
 import os
 import shutil
 import sys
@@ -40,9 +41,17 @@ def _callables(module: ModuleType) -> list[tuple[ModuleType, str, Any]]:
 
 
 _ORIGINALS: list[tuple[ModuleType, str, Any]] = [
-    entry for module in (os, os.path, shutil, io, builtins) for entry in _callables(module)
+    *(entry for module in (os, os.path, shutil) for entry in _callables(module)),
+    (builtins, "open", builtins.open),
+    (io, "open", io.open),
 ]
 _MISSING = object()
+# The same, column by column: the check that nothing is patched runs in C (map, getattr),
+# a few microseconds for some 350 functions, on every setup, teardown and report of a test.
+_MODULES = tuple(module for module, _, _ in _ORIGINALS)
+_NAMES = tuple(name for _, name, _ in _ORIGINALS)
+_REALS = tuple(real for _, _, real in _ORIGINALS)
+_DEFAULTS = (_MISSING,) * len(_ORIGINALS)
 _depth = threading.local()
 
 
@@ -70,11 +79,14 @@ def real_filesystem() -> Iterator[None]:
     try:
         for patcher in paused:
             patcher.pause()
-        replaced = [
-            (module, name, real, getattr(module, name, _MISSING))
-            for module, name, real in _ORIGINALS
-            if getattr(module, name, _MISSING) is not real
-        ]
+        current = tuple(map(getattr, _MODULES, _NAMES, _DEFAULTS))
+        replaced = []
+        if any(map(operator.is_not, current, _REALS)):
+            replaced = [
+                (module, name, real, now)
+                for (module, name, real), now in zip(_ORIGINALS, current, strict=True)
+                if now is not real
+            ]
         try:
             for module, name, real, _ in replaced:
                 setattr(module, name, real)

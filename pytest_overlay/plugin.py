@@ -11,6 +11,7 @@ probed, only once the plugin is in use: when a collected test uses ``overlay_roo
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -300,7 +301,9 @@ def pytest_runtest_makereport(
     if session is None:
         return report
     error = call.excinfo.value if call.excinfo is not None else None
-    with real_filesystem():
+    # Only a failure's report reads the view; the rest records the outcome.
+    guard = real_filesystem() if report.failed else contextlib.nullcontext()
+    with guard:
         section = _machinery().failure_report(item, session, report.when, report.outcome, error)
     if section is not None:
         report.sections.append(section)
