@@ -168,3 +168,37 @@ def test_a_lingering_process_is_reported_in_one_line(pytester: pytest.Pytester) 
         ]
     )
     _assert_no_plugin_frames(result)
+
+
+FAILS = "def test_fails(overlay_root):\n    (overlay_root / 'f').write_text('x')\n    assert 0\n"
+
+
+def _block_the_store(pytester: pytest.Pytester) -> None:
+    # A file where the kept-layer store's directory goes: keeping the layer fails for real.
+    (pytester.path / ".pytest_cache" / "d").mkdir(parents=True)
+    (pytester.path / ".pytest_cache" / "d" / "overlay").write_text("in the way\n")
+
+
+def test_a_layer_that_cannot_be_kept_is_a_warning_at_the_test(pytester: pytest.Pytester) -> None:
+    """What the user must act on stays a warning, attributed to the test's file and line."""
+    gate("kernel", kernel_reason())
+    pytester.makepyfile(test_keep=FAILS)
+    _block_the_store(pytester)
+    result = _run(pytester, "--overlay-backend=kernel", "-W", "default")
+    result.assert_outcomes(failed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        ["*test_keep.py:*", "*OverlayWarning: test_keep.py::test_fails: could not keep the test's*"]
+    )
+    assert "pytest_overlay/" not in result.stdout.str()
+
+
+def test_overlay_warning_as_an_error_is_one_line(pytester: pytest.Pytester) -> None:
+    gate("kernel", kernel_reason())
+    pytester.makepyfile(test_keep=FAILS)
+    _block_the_store(pytester)
+    pytester.makeini("[pytest]\nfilterwarnings = error\n")
+    result = _run(pytester, "--overlay-backend=kernel")
+    result.assert_outcomes(failed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*OverlayWarning (an error under filterwarnings): test_keep.py::test_fails: could not*"]
+    )
