@@ -89,25 +89,33 @@ def start_in_place(
     basetemp = session.basetemp
     assert basetemp is not None, "the in-place fixture sets the basetemp first"
     targets = session.settings.lowers
-    cache = cache_dir_of(config)
-    # Kept layers are written while the view is mounted: the store must be on the real disk.
-    store_dir(cache).mkdir(parents=True, exist_ok=True)
-    keep_real = [cache, basetemp, *session.settings.passthrough]
+    if session.passthrough is None:
+        # Once per session (the same for every test, and a view may stand there meanwhile).
+        cache = cache_dir_of(config)
+        # Kept layers are written while the view is mounted: the store must be on the real disk.
+        store_dir(cache).mkdir(parents=True, exist_ok=True)
+        keep_real = [cache, basetemp, *session.settings.passthrough]
+        session.passthrough = {
+            target: tuple(
+                p for p in keep_real if p.is_dir() and target in p.parents and p != target
+            )
+            for target in targets
+        }
     backend = session.selection.backend
     mounts: list[Mount] = []
     try:
         for index, target in enumerate(targets):
             # Snapshot layers stack under the first sandboxed directory, the project.
             stack = [*layers, target] if index == 0 else [target]
-            passthrough = [
-                p for p in keep_real if p.is_dir() and target in p.parents and p != target
-            ]
+            passthrough = session.passthrough[target]
             mounts.append(
-                backend.mount(stack, label=item.name, target=target, passthrough=passthrough)
+                session.view(
+                    backend, stack, label=item.name, target=target, passthrough=passthrough
+                )
             )
     except BaseException:
         for mount in mounts:
-            mount.close()
+            session.release(mount, reuse=False)
         raise
     ignore = ignore_for(config, session, targets[0])
     state = TestState(
@@ -134,14 +142,18 @@ def _enter_views(state: TestState) -> str | None:
 
 
 def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> list[str]:
-    """Keep the layer if the policy says so, unmount, and go back where the test started.
+    """Keep the layer if the policy says so, give the views back to the session (which keeps
+    an untouched one for the next test and unmounts the others), and go back where the test
+    started.
 
     :returns: warnings for the user.
     :raises ViewLostError: after all of that, if a view stopped working during the test.
     """
     messages: list[str] = []
+    kept = False
     try:
         if _should_keep(session.settings.keep, state.phases):
+            kept = True
             _keep(item, session, state)
     except Exception as exc:
         messages.append(f"could not keep the test's layer: {_describe(exc)}")
@@ -152,7 +164,8 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> list
         lost: list[str] = []
         for mount in state.mounts:
             try:
-                messages.extend(mount.close())
+                # An untouched, unheld view goes to the next test as it is (_session.py).
+                messages.extend(session.release(mount, reuse=not kept))
             except ViewLostError as exc:
                 lost.append(str(exc))
         if state.saved_cwd is not None:
