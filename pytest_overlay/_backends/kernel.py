@@ -154,7 +154,8 @@ class KernelBackend:
         self._unprivileged: bool | None = None
         self._tmpfs_options = "mode=0755" + (f",size={upper_size}" if upper_size else "")
         self._batches = itertools.count()
-        self._batch: _Batch | None = None
+        # The batch new views go into, per thread (each has a mount namespace of its own).
+        self._current: dict[int, _Batch] = {}
 
     @property
     def _scratch(self) -> Path:
@@ -199,21 +200,25 @@ class KernelBackend:
 
     def batch(self) -> _Batch:
         """The batch new views go into (a new one once the current one has had enough)."""
-        if self._batch is None or self._batch.closed + self._batch.live >= BATCH:
+        thread = threading.get_native_id()
+        batch = self._current.get(thread)
+        if batch is None or batch.closed + batch.live >= BATCH:
             path = self._scratch / f"batch{next(self._batches)}"
             path.mkdir()
             with _namespaces.privileged():
                 _syscalls.mount("tmpfs", path, "tmpfs", _syscalls.MS_NOSUID, "mode=0755")
-            self._batch = _Batch(path)
-        return self._batch
+            batch = self._current[thread] = _Batch(path)
+        return batch
 
     def retired(self, batch: _Batch, *, flush: bool = False) -> None:
         """A view of *batch* was closed: detach the batch if it is full (or *flush*) and all
         done."""
-        if batch.live or (batch is self._batch and batch.closed < BATCH and not flush):
+        thread = threading.get_native_id()
+        current = self._current.get(thread) is batch
+        if batch.live or (current and batch.closed < BATCH and not flush):
             return
-        if batch is self._batch:
-            self._batch = None
+        if current:
+            del self._current[thread]
         with _namespaces.privileged():
             detach(batch.path)
         with contextlib.suppress(OSError):
@@ -265,8 +270,9 @@ class KernelBackend:
         _overlayopts.mount_overlay(merged, lowers, options)
 
     def flush(self) -> None:
-        if self._batch is not None:
-            self.retired(self._batch, flush=True)
+        batch = self._current.get(threading.get_native_id())
+        if batch is not None:
+            self.retired(batch, flush=True)
 
     def shutdown(self) -> None:
         if self._scratch_path is None:
