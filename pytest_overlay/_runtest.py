@@ -135,8 +135,9 @@ def _enter_views(state: TestState) -> str | None:
     # resolve it again, into the view (or into the copy, for the copy backend).
     cwd = os.getcwd()
     for mount, target in zip(state.mounts, state.targets, strict=True):
-        if cwd == str(target) or cwd.startswith(str(target) + os.sep):
-            os.chdir(mount.path / os.path.relpath(cwd, target))
+        real = os.fspath(target)
+        if cwd == real or cwd.startswith(real + os.sep):
+            os.chdir(os.fspath(mount.path) + cwd[len(real) :])
             return cwd
     return None
 

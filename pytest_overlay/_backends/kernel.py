@@ -32,7 +32,7 @@ from pytest_overlay import _mountinfo, _namespaces, _overlayopts, _probe, _sysca
 from pytest_overlay._errors import MountError
 
 from .base import safe_label
-from .mounted import RealDirs, UpperLayerView, detach, idle, readable_lowers
+from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
 
 # Closed views left mounted in a batch before it is detached (see the module docstring).
 BATCH = 32
@@ -90,7 +90,7 @@ class KernelMount(UpperLayerView):
             with _namespaces.privileged():
                 if _used(self._root) > KEEP_AT_MOST:
                     return False
-                if not idle(self._merged, self.binds, self._root / ".park"):
+                if not self._idle(self.binds):
                     return False
                 if self._merged.parent != self._root:
                     # In place: off the real path (its pass-through mounts go with it).

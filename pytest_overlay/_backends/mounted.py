@@ -105,19 +105,29 @@ class RealDirs:
         self._held.clear()
 
 
-def idle(merged: Path, binds: Sequence[Path], park: Path) -> bool:
+def set_aside(binds: Sequence[Path], park: Path) -> list[tuple[str, str]]:
+    """Where :func:`idle` moves each of our own mounts on top of a view: ``(bind, aside)``
+    for those not inside another (which go with it), the directories made."""
+    top = [b for b in binds if not any(o in b.parents for o in binds)]
+    moves = []
+    for index, bind in enumerate(top):
+        aside = park / str(index)
+        aside.mkdir(parents=True, exist_ok=True)
+        moves.append((os.fspath(bind), os.fspath(aside)))
+    return moves
+
+
+def idle(merged: str, moves: Sequence[tuple[str, str]]) -> bool:
     """Whether nothing holds the mount at *merged* (check 1 above; privileged).
 
-    *binds* are our own mounts on top of it; each is moved to ``park/<i>`` for the check and
-    back.  ``MNT_EXPIRE`` marks an idle mount for expiry, and a second call would unmount it;
-    any later use of the mount clears the mark, and the ``stat`` first makes sure of that.
+    Our own mounts on top of it are moved aside for the check and back (*moves*, from
+    :func:`set_aside`).  ``MNT_EXPIRE`` marks an idle mount for expiry, and a second call
+    would unmount it; any later use of the mount clears the mark, and the ``stat`` first
+    makes sure of that.
     """
-    top = [b for b in binds if not any(o in b.parents for o in binds)]
-    moved: list[tuple[Path, Path]] = []
+    moved: list[tuple[str, str]] = []
     try:
-        for index, bind in enumerate(top):
-            aside = park / f"{index}"
-            aside.mkdir(parents=True, exist_ok=True)
+        for bind, aside in moves:
             _syscalls.move_attached(bind, aside)
             moved.append((aside, bind))
         os.stat(merged)
@@ -144,6 +154,8 @@ class UpperLayerView:
         self._fresh: Fresh | None = None
         self._fresh_stat: tuple[int, int, int] = (0, 0, 0)
         self._upper_s = self._work_s = ""
+        self._merged_s = os.fspath(merged)
+        self._moves: list[tuple[str, str]] | None = None
 
     def remember_fresh(self) -> None:
         """Note the upper layer as it is right after mounting, for :meth:`untouched`."""
@@ -187,15 +199,19 @@ class UpperLayerView:
         except OSError:
             return False
 
+    def _idle(self, binds: Sequence[Path]) -> bool:
+        """Check 1 (privileged); raises OSError if a pass-through mount cannot be put back."""
+        if self._moves is None:
+            self._moves = set_aside(binds, self._root / ".park")
+        return idle(self._merged_s, self._moves)
+
     def _reusable(self, binds: Sequence[Path]) -> bool:
         """Checks 1 and 2, in that order, with a quick look at the upper layer first."""
         if not self.untouched():
             return False
         try:
             with _namespaces.privileged():
-                return idle(self._merged, binds, self._root / ".park") and (
-                    self._state() == self._fresh
-                )
+                return self._idle(binds) and self._state() == self._fresh
         except OSError:
             return False  # a pass-through mount that could not be put back: never reuse
 
