@@ -68,6 +68,7 @@ GOAL_IN_PLACE = 1.15
 GOAL_FIXTURE_OVER_RAW = 1.5
 GOAL_FUSE_READ_ONLY_S = 1e-3
 WARMUP = 10
+KINDS = ("read", "write", "read cpu", "write cpu")
 TIMEOUT_S = 3600
 
 PROJECT = {
@@ -77,13 +78,29 @@ PROJECT = {
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).parent
 _ROWS = []
+_CPU = []
 _FAILURES = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    started = time.process_time()
+    yield
+    _CPU.append(time.process_time() - started)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    started = time.process_time()
+    yield
+    _CPU[-1] += time.process_time() - started
 
 
 def pytest_runtest_logreport(report):
@@ -99,7 +116,7 @@ def pytest_sessionfinish(session):
     out = os.environ.get("BENCH_OUT")
     if out:
         with open(out, "w") as f:
-            json.dump({"durations": _ROWS, "failures": _FAILURES}, f)
+            json.dump({"durations": _ROWS, "cpu": _CPU, "failures": _FAILURES}, f)
 
 
 if os.environ.get("BENCH_FIXTURE"):
@@ -297,6 +314,9 @@ def per_test(runner: Runner, variant: Variant, count: int) -> dict[str, float] |
         if done is None:
             return None
         typicals[kind] = typical([seconds for _, seconds in done[1]["durations"][WARMUP:]])
+        # CPU time of the process (setup + teardown): load hardly stretches it, but it leaves
+        # out waits, such as an unmount's RCU grace period.
+        typicals[f"{kind} cpu"] = typical(done[1]["cpu"][WARMUP:])
     return typicals
 
 
@@ -408,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if got is not None:
                     samples[variant.key].append(got)
         typicals: dict[str, dict[str, float] | None] = {
-            key: {kind: min(s[kind] for s in runs) for kind in ("read", "write")} if runs else None
+            key: {kind: min(s[kind] for s in runs) for kind in KINDS} if runs else None
             for key, runs in samples.items()
         }
         raw = min(raws["root"], default=None)
@@ -422,18 +442,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             base = typicals.get("user-plain" if variant.as_user else "plain")
             if got is None or base is None or variant.key in ("plain", "user-plain"):
                 continue
-            over = {kind: got[kind] - base[kind] for kind in ("read", "write")}
+            over = {kind: got[kind] - base[kind] for kind in KINDS}
             overheads[variant.key] = over
-            rows.append([variant.label, fmt_ms(over["read"]), fmt_ms(over["write"])])
-        rows.append(["raw kernel cycle (tmpfs, overlay, one lazy detach), root", fmt_ms(raw), ""])
+            rows.append([variant.label, *(fmt_ms(over[kind]) for kind in KINDS)])
+        raw_row = "raw kernel cycle (tmpfs, overlay, one lazy detach), root"
+        rows.append([raw_row, "", fmt_ms(raw), "", ""])
         if raw_user is not None:
-            rows.append(["raw kernel cycle, ordinary user", fmt_ms(raw_user), ""])
+            rows.append(["raw kernel cycle, ordinary user", "", fmt_ms(raw_user), "", ""])
         figures["overhead per test"] = overheads
 
     print("\nthe suite, median wall time:")
     print(render_table(["as", "plain", "in place", "ratio", "CPU time ratio"], suite_rows))
     print("\noverhead per test (mean setup + teardown without the slowest 1%, minus plain's):")
-    print(render_table(["variant", "read-only test", "writing test"], rows))
+    headers = ["variant", "reading test", "writing test", "reading, CPU", "writing, CPU"]
+    print(render_table(headers, rows))
     kernel = overheads.get("kernel-fixture")
     if kernel is not None:
         goals.append(
