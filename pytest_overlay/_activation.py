@@ -189,7 +189,7 @@ def in_place_setup(request: pytest.FixtureRequest, session: OverlaySession, base
     layers: tuple[Path, ...] = ()
     if choices.layers:
         layers = resolve_layers(request, list(choices.layers))
-    problem = _uncover_all(item, session.settings.lowers)
+    problem = _uncover_all(item, session, session.settings.lowers)
     if problem:
         _contain.stop(item, f"pytest-overlay stopped the run: {problem}")
         pytest.fail(
@@ -201,15 +201,18 @@ def in_place_setup(request: pytest.FixtureRequest, session: OverlaySession, base
         problem = f"pytest-overlay could not sandbox the project in place: {exc}"
         _contain.SetupFailures.failed(item, str(exc))
         # A view mounted half-way is detached now rather than at the next setup.
-        _uncover_all(item, session.settings.lowers)
+        _uncover_all(item, session, session.settings.lowers)
         pytest.fail(problem, pytrace=False)
     _contain.SetupFailures.passed(item)
     item.stash[state_key] = state
 
 
-def _uncover_all(item: pytest.Item, targets: tuple[Path, ...]) -> str | None:
+def _uncover_all(
+    item: pytest.Item, session: OverlaySession, targets: tuple[Path, ...]
+) -> str | None:
     """Detach what still covers a sandboxed directory; None, or why it cannot be done."""
-    for target in _contain.covered(item.config, targets):
+    for target in _contain.covered(item.config, targets, session.standing()):
+        session.drop_parked(target)
         problem = _contain.uncover(item.config, target)
         if problem is not None:
             return problem
@@ -234,11 +237,13 @@ def _finish_or_fail(item: pytest.Item, session: OverlaySession, state: TestState
     try:
         done = finish(item, session, state)
     except ViewLostError as exc:
-        _contain_teardown(item, state, [])
+        _contain_teardown(item, session, state, [])
         pytest.fail(f"pytest-overlay: {exc}", pytrace=False)
     for message in done.reports:
         _report(item, session, message)
-    _contain_teardown(item, state, done.broken)
+    _contain_teardown(item, session, state, done.broken)
+    if not done.warnings:
+        return  # the usual case: reportinfo below costs a tenth of a millisecond
     path, lineno, _ = item.reportinfo()
     as_error = ""
     for message in done.warnings:
@@ -259,12 +264,16 @@ def _finish_or_fail(item: pytest.Item, session: OverlaySession, state: TestState
         pytest.fail(f"OverlayWarning (an error under filterwarnings): {as_error}", pytrace=False)
 
 
-def _contain_teardown(item: pytest.Item, state: TestState, broken: list[str]) -> None:
+def _contain_teardown(
+    item: pytest.Item, session: OverlaySession, state: TestState, broken: list[str]
+) -> None:
     """Fail this test (alone) if its views did not come down cleanly, after making sure that
-    none is left over a sandboxed directory; stop the run if one cannot be removed."""
+    none is left over a sandboxed directory (but the untouched view parked there for the next
+    test); stop the run if one cannot be removed."""
     problems = list(broken)
     if state.inplace:
-        for target in _contain.covered(item.config, state.targets):
+        for target in _contain.covered(item.config, state.targets, session.standing()):
+            session.drop_parked(target)
             left = _contain.uncover(item.config, target)
             if left is not None:
                 _contain.stop(item, f"pytest-overlay stopped the run: {left}")

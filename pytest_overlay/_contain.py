@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -38,16 +38,25 @@ def _device(path: Path) -> int | None:
         return None
 
 
-def covered(config: pytest.Config, targets: Sequence[Path]) -> list[Path]:
-    """The *targets* that something is mounted over now (the first call records them)."""
+def covered(
+    config: pytest.Config, targets: Sequence[Path], standing: Mapping[Path, int] | None = None
+) -> list[Path]:
+    """The *targets* that something unexpected is mounted over now (the first call records
+    them).
+
+    *standing* maps a target to the device of the untouched view parked over it for the next
+    test (:meth:`OverlaySession.standing`): that view is expected there, not the real
+    directory.
+    """
     real = config.stash.setdefault(_real_devices, {})
+    standing = standing or {}
     found = []
     for target in targets:
         device = _device(target)
         if target not in real:
-            if device is not None:
+            if device is not None and target not in standing:
                 real[target] = device
-        elif device != real[target]:
+        elif device != standing.get(target, real[target]):
             found.append(target)
     return found
 

@@ -90,25 +90,33 @@ def start_in_place(
     basetemp = session.basetemp
     assert basetemp is not None, "the in-place fixture sets the basetemp first"
     targets = session.settings.lowers
-    cache = cache_dir_of(config)
-    # Kept layers are written while the view is mounted: the store must be on the real disk.
-    store_dir(cache).mkdir(parents=True, exist_ok=True)
-    keep_real = [cache, basetemp, *session.settings.passthrough]
+    if session.passthrough is None:
+        # Once per session (the same for every test, and a view may stand there meanwhile).
+        cache = cache_dir_of(config)
+        # Kept layers are written while the view is mounted: the store must be on the real disk.
+        store_dir(cache).mkdir(parents=True, exist_ok=True)
+        keep_real = [cache, basetemp, *session.settings.passthrough]
+        session.passthrough = {
+            target: tuple(
+                p for p in keep_real if p.is_dir() and target in p.parents and p != target
+            )
+            for target in targets
+        }
     backend = session.selection.backend
     mounts: list[Mount] = []
     try:
         for index, target in enumerate(targets):
             # Snapshot layers stack under the first sandboxed directory, the project.
             stack = [*layers, target] if index == 0 else [target]
-            passthrough = [
-                p for p in keep_real if p.is_dir() and target in p.parents and p != target
-            ]
+            passthrough = session.passthrough[target]
             mounts.append(
-                backend.mount(stack, label=item.name, target=target, passthrough=passthrough)
+                session.view(
+                    backend, stack, label=item.name, target=target, passthrough=passthrough
+                )
             )
     except BaseException:
         for mount in mounts:
-            mount.close()
+            session.release(mount, reuse=False)
         raise
     ignore = ignore_for(config, session, targets[0])
     state = TestState(
@@ -128,8 +136,9 @@ def _enter_views(state: TestState) -> str | None:
     # resolve it again, into the view (or into the copy, for the copy backend).
     cwd = os.getcwd()
     for mount, target in zip(state.mounts, state.targets, strict=True):
-        if cwd == str(target) or cwd.startswith(str(target) + os.sep):
-            os.chdir(mount.path / os.path.relpath(cwd, target))
+        real = os.fspath(target)
+        if cwd == real or cwd.startswith(real + os.sep):
+            os.chdir(os.fspath(mount.path) + cwd[len(real) :])
             return cwd
     return None
 
@@ -147,7 +156,9 @@ class Finished:
 
 
 def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Finished:
-    """Keep the layer if the policy says so, unmount, and go back where the test started.
+    """Keep the layer if the policy says so, give the views back to the session (which keeps
+    an untouched one for the next test and unmounts the others), and go back where the test
+    started.
 
     Every view is closed, and the process goes back to its directory, whatever fails on the
     way: a view that fails to close is listed in :attr:`Finished.broken`.
@@ -155,8 +166,10 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Fini
     :raises ViewLostError: after all of that, if a view stopped working during the test.
     """
     done = Finished()
+    kept = False
     try:
         if _should_keep(session.settings.keep, state.phases):
+            kept = True
             _keep(item, session, state)
     except Exception as exc:
         done.warnings.append(f"could not keep the test's layer: {_describe(exc)}")
@@ -168,7 +181,8 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Fini
         lost: list[str] = []
         for mount in state.mounts:
             try:
-                done.reports.extend(mount.close())
+                # An untouched, unheld view goes to the next test as it is (_session.py).
+                done.reports.extend(session.release(mount, reuse=not kept))
             except ViewLostError as exc:
                 lost.append(str(exc))
             except Exception as exc:

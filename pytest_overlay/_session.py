@@ -1,7 +1,11 @@
-"""Settings parsed once from the pytest config, and the per-session backend state."""
+"""Settings parsed once from the pytest config, and the per-session backend state: the
+backends, and the views that tests left untouched, kept for the next test with the same
+lowers (:meth:`OverlaySession.view`, :meth:`OverlaySession.release`)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,13 @@ from ._backends import (
 from ._errors import BackendUnavailableError
 from ._settings import Settings
 from ._snapshot.cache import LayerCache
+
+# What a view is for: the backend, its lowers, where it stands (in place) and what passes
+# through it.  A parked view goes only to a test that asks for exactly that.
+ViewKey = tuple[str, tuple[Path, ...], Path | None, tuple[Path, ...]]
+# Parked views of different kinds kept at most (fixture mode with several lowers or backends);
+# the least recently parked goes first.
+MAX_PARKED = 4
 
 
 class OverlaySession:
@@ -39,6 +50,16 @@ class OverlaySession:
         self.notices: list[str] = []
         # Kept layers of this run (xdist workers share the controller's run id).
         self.run_id: str | None = (inherited or {}).get("run_id")
+        # Views that tests left untouched and unheld, by what they are for (oldest first),
+        # and what each view handed out is for.
+        self._parked: dict[ViewKey, Mount] = {}
+        # In place: the device number a parked view shows at the path it stands at (what the
+        # containment check must expect there, instead of the real directory's).
+        self._parked_devices: dict[ViewKey, int] = {}
+        # In place: the real directories inside each sandboxed one that stay writable
+        # (pytest's cache and basetemp, overlay_passthrough), found at the first test.
+        self.passthrough: dict[Path, tuple[Path, ...]] | None = None
+        self._in_use: dict[Mount, ViewKey] = {}
 
     def set_basetemp(self, basetemp: Path) -> None:
         """pytest's basetemp, from the fixtures that ask for ``tmp_path_factory``: backends
@@ -96,9 +117,89 @@ class OverlaySession:
             self._backends[name] = backend
         return self._backends[name]
 
+    def view(
+        self,
+        backend: Backend,
+        lowers: Sequence[Path],
+        *,
+        label: str,
+        target: Path | None = None,
+        passthrough: Sequence[Path] = (),
+    ) -> Mount:
+        """A view for one test: the one the last test with the same lowers left untouched,
+        if it still is, else a fresh one from *backend* (arguments as :meth:`Backend.mount`).
+        Give it back with :meth:`release`."""
+        key: ViewKey = (backend.name, tuple(lowers), target, tuple(passthrough))
+        mount = self._parked.pop(key, None)
+        if mount is not None and not mount.untouched():
+            # Written to while parked (in place, between two tests): never handed out.
+            self._close([mount])
+            mount = None
+        if mount is None:
+            if target is not None:
+                self._close_parked(lambda other: other[2] == target)  # it stands there
+            mount = backend.mount(lowers, label=label, target=target, passthrough=passthrough)
+        self._in_use[mount] = key
+        return mount
+
     def mount(self, lowers: Sequence[Path], backend: str | None, label: str) -> Mount:
-        """Mount a fresh view for one test."""
-        return self.backend(backend).mount(lowers, label=label)
+        """A view for one test in fixture mode (see :meth:`view`)."""
+        return self.view(self.backend(backend), lowers, label=label)
+
+    def release(self, mount: Mount, *, reuse: bool = True) -> list[str]:
+        """A test is done with *mount*: park it for the next test if it may be reused (see
+        :meth:`Mount.reusable`), else close it; returns the warnings of closing it."""
+        key = self._in_use.pop(mount, None)
+        if reuse and key is not None and mount.reusable():
+            if key[2] is not None:
+                self._parked_devices[key] = os.stat(key[2]).st_dev
+            self._parked[key] = mount
+            if len(self._parked) > MAX_PARKED:
+                self._close([self._parked.pop(next(iter(self._parked)))])
+            return []
+        return mount.close()
+
+    def standing(self) -> dict[Path, int]:
+        """In place: each path a parked view stands at, and the device number it shows there."""
+        return {
+            key[2]: self._parked_devices[key]
+            for key in self._parked
+            if key[2] is not None and key in self._parked_devices
+        }
+
+    def drop_parked(self, target: Path) -> None:
+        """Close the parked views that stand at *target* (something else covers them)."""
+        self._close_parked(lambda key: key[2] == target)
+
+    def release_parked(self) -> None:
+        """Close every parked view, and unmount every closed one: at the end of the test loop,
+        so that what runs after the last test (reports, coverage data) reaches the real tree,
+        not a view in place, and finds no mount of ours."""
+        self._close_parked(lambda key: True)
+        for backend in self._backends.values():
+            backend.flush()
+
+    def _close_parked(self, which: Callable[[ViewKey], bool]) -> None:
+        self._close([self._parked.pop(key) for key in list(self._parked) if which(key)])
+
+    def _close(self, mounts: list[Mount]) -> None:
+        if not mounts:
+            return
+        cwd = None
+        with contextlib.suppress(OSError):
+            cwd = os.getcwd()
+        # Our working directory may be inside a view in place; it would keep the view busy.
+        os.chdir("/")
+        try:
+            for mount in mounts:
+                self._notice(mount.close())
+        finally:
+            if cwd is not None:
+                with contextlib.suppress(OSError):
+                    os.chdir(cwd)
+
+    def _notice(self, messages: list[str]) -> None:
+        self.notices.extend(m for m in messages if m not in self.notices)
 
     def wants_user_namespace(self) -> bool:
         """Whether the kernel backend will need this process to enter a user namespace."""
@@ -127,6 +228,7 @@ class OverlaySession:
         return str(self._selection_error)
 
     def shutdown(self) -> None:
-        """Release every backend."""
+        """Release every parked view and every backend."""
+        self.release_parked()
         for backend in self._backends.values():
             backend.shutdown()

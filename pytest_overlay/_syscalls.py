@@ -200,6 +200,25 @@ def attach_tree(tree_fd: int, target: str | os.PathLike[str]) -> None:
     )
 
 
+def move_attached(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Move the mount attached at *source* (with its children) to *target* (``move_mount(2)``).
+
+    Unlike an unmount, a move waits for no RCU grace period.
+    """
+    _check(
+        _syscall(
+            _SYS_MOVE_MOUNT,
+            ctypes.c_int(AT_FDCWD),
+            _b(source),
+            ctypes.c_int(AT_FDCWD),
+            _b(target),
+            ctypes.c_uint(0),
+        ),
+        "move_mount",
+        source,
+    )
+
+
 def _fsconfig(fs_fd: int, command: int, key: str | None, value: str | None) -> None:
     result = _syscall(
         _SYS_FSCONFIG, ctypes.c_int(fs_fd), ctypes.c_uint(command), _b(key), _b(value), 0

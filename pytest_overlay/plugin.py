@@ -240,6 +240,18 @@ def _overlay_in_place(
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, object]:
+    """After the last test: close the views kept for a next test (in place they stand at the
+    real paths, where what runs next, reports and coverage data, must reach the disk)."""
+    try:
+        return (yield)
+    finally:
+        overlay_session = _active(session.config)
+        if overlay_session is not None:
+            overlay_session.release_parked()
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     failed = False
     try:

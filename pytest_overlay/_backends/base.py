@@ -44,6 +44,17 @@ class Mount(Protocol):
         """:meth:`export` the changes so far to a new private directory, removed by
         :meth:`close`; returns it."""
 
+    def reusable(self) -> bool:
+        """Whether the next test with the same lowers may have this view as it is instead
+        of a fresh one: nothing holds it any more (no open file or directory, mapping or
+        working directory in it, so nothing kept from the test can change it later), and
+        nothing in it changed since it was mounted, not even the root directory's metadata.
+        ``False``: :meth:`close` it.  See :mod:`pytest_overlay._backends.mounted`."""
+
+    def untouched(self) -> bool:
+        """Whether nothing in the view changed since it was mounted (the cheap half of
+        :meth:`reusable`, asked again right before a reused view is handed out)."""
+
     def close(self) -> list[str]:
         """Unmount and remove everything; returns warnings worth showing the user."""
 
@@ -73,6 +84,9 @@ class Backend(Protocol):
         that ignore it, and callers check ``mount.path``).  *passthrough* directories inside
         the target keep showing the real directory, so pytest's own output reaches the disk.
         """
+
+    def flush(self) -> None:
+        """Unmount now what closed views it left mounted to unmount later, together."""
 
     def shutdown(self) -> None:
         """Release whatever the backend holds for the session."""

@@ -296,6 +296,14 @@ class CopyMount:
         self.export(target)
         return target
 
+    def reusable(self) -> bool:
+        """Never as it is: :meth:`close` hands the copy back to the backend, which resets
+        only what the tracker saw change (nothing, after a test that wrote nothing)."""
+        return False
+
+    def untouched(self) -> bool:
+        return False
+
     def close(self) -> list[str]:
         if self._closed:
             return []
@@ -397,6 +405,9 @@ class CopyBackend:
         if copy in self._copies:
             self._copies.remove(copy)
         copy.remove()
+
+    def flush(self) -> None:
+        """Nothing to do: closed views are gone at once."""
 
     def shutdown(self) -> None:
         for copy in list(self._copies):

@@ -50,6 +50,20 @@ class FuseView(UpperLayerView):
         # read-only clones of the project the server reads; unmounted around the view.
         self.binds: list[Path] = []
         self.clones: list[Path] = []
+        self.private = False
+
+    def _serving(self) -> bool:
+        served = self.served
+        # A server that died fails the test that had it (close says so), whatever it did.
+        return served is not None and served.process.poll() is None
+
+    def untouched(self) -> bool:
+        return self._serving() and super().untouched()
+
+    def reusable(self) -> bool:
+        # The busy check needs a mount of ours, in our private mount namespace: fusermount3's
+        # mounts (an ordinary user without a user namespace) are replaced after every test.
+        return self.private and self._serving() and self._reusable(self.binds)
 
     def close(self) -> list[str]:
         # Before the unmount: if it turns out busy, the users' files show this device.
@@ -166,12 +180,17 @@ class FuseBackend:
                 over_itself=target is not None,
             )
             view.binds.extend(real.put_back())
+            view.private = private
+            view.remember_fresh()
         except BaseException:
             view.close()
             raise
         finally:
             real.close()
         return view
+
+    def flush(self) -> None:
+        """Nothing to do: closed views are gone at once."""
 
     def shutdown(self) -> None:
         if self._server is not None:

@@ -3,9 +3,19 @@
 Layout inside the calling thread's private mount namespace::
 
     scratch/                 a tmpfs for the session (the host only sees an empty directory)
-      <label>/               a tmpfs per test: unmounting it frees the upper layer at once,
-        .upper/ .work/       whatever modes the test left behind
-        <project name>/      the merged view, named like the topmost lower
+      batch<n>/              a tmpfs per batch of views (see below)
+        <label>/             a tmpfs per view: unmounting it frees the upper layer at once,
+          .upper/ .work/     whatever modes the test left behind
+          <project name>/    the merged view, named like the topmost lower
+          .view/             in place, where the view is moved off the real path when closed
+
+Every unmount waits for an RCU grace period, 0.1 ms on an idle machine and several on a busy
+one: more than the rest of a test's mount cycle.  So a closed view nobody holds is not
+unmounted on its own: it is left in its batch (in place, moved off the real path first, which
+waits for nothing), out of every test's way, and a batch is detached at once, with a single
+grace period, when :data:`BATCH` views in it are closed and none is still open or parked.  A
+view whose upper layer holds more than :data:`KEEP_AT_MOST` bytes, or that something still
+uses, is detached at once, as before.
 """
 
 from __future__ import annotations
@@ -25,20 +35,75 @@ from pytest_overlay._holders import describe_holders, holders_of, view_device
 from .base import safe_label
 from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
 
+# Closed views left mounted in a batch before it is detached (see the module docstring).
+BATCH = 32
+# A closed view whose tmpfs holds more than this is unmounted at once, freeing its memory.
+KEEP_AT_MOST = 4 << 20
+
+
+class _Batch:
+    """A tmpfs holding the views' tmpfs mounts, detached at once when they are all done."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.live = 0
+        self.closed = 0
+
 
 class KernelMount(UpperLayerView):
     """A mounted overlay of one test."""
 
-    def __init__(self, root: Path, merged: Path, lowers: tuple[Path, ...]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        merged: Path,
+        lowers: tuple[Path, ...],
+        backend: KernelBackend,
+        batch: _Batch,
+    ) -> None:
         super().__init__(root, merged, lowers)
         self._closed = False
+        self._backend = backend
+        self._batch = batch
+        batch.live += 1
         # Real directories bound back into the view (pytest's own output), unmounted first.
         self.binds: list[Path] = []
+
+    def reusable(self) -> bool:
+        return not self._closed and self._reusable(self.binds)
 
     def close(self) -> list[str]:
         if self._closed:
             return []
         self._closed = True
+        try:
+            if self._retire():
+                return []
+            return self._unmount()
+        finally:
+            self._batch.live -= 1
+            self._backend.retired(self._batch)
+
+    def _retire(self) -> bool:
+        """Leave the view in its batch, to be unmounted with it, if nothing holds it and it
+        holds little; returns whether it did."""
+        try:
+            with _namespaces.privileged():
+                if _used(self._root) > KEEP_AT_MOST:
+                    return False
+                if not self._idle(self.binds):
+                    return False
+                if self._merged.parent != self._root:
+                    # In place: off the real path (its pass-through mounts go with it).
+                    aside = self._root / ".view"
+                    aside.mkdir()
+                    _syscalls.move_attached(self._merged, aside)
+        except OSError:
+            return False
+        self._batch.closed += 1
+        return True
+
+    def _unmount(self) -> list[str]:
         with _namespaces.privileged():
             # Every unmount waits for an RCU grace period (~50 us), so detach whole trees at
             # once; MNT_EXPIRE answers "busy?" without unmounting and without that wait.
@@ -61,6 +126,12 @@ class KernelMount(UpperLayerView):
                 "frees it when that process exits"
             ]
         return []
+
+
+def _used(path: Path) -> int:
+    """Bytes in use on the filesystem at *path*."""
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
 def _is_busy(target: Path) -> bool:
@@ -86,6 +157,9 @@ class KernelBackend:
         self._ready_threads: set[int] = set()
         self._unprivileged: bool | None = None
         self._tmpfs_options = "mode=0755" + (f",size={upper_size}" if upper_size else "")
+        self._batches = itertools.count()
+        # The batch new views go into, per thread (each has a mount namespace of its own).
+        self._current: dict[int, _Batch] = {}
 
     @property
     def _scratch(self) -> Path:
@@ -128,6 +202,32 @@ class KernelBackend:
             _syscalls.mount("tmpfs", self._scratch, "tmpfs", _syscalls.MS_NOSUID, "mode=0755")
         self._ready_threads.add(native_id)
 
+    def batch(self) -> _Batch:
+        """The batch new views go into (a new one once the current one has had enough)."""
+        thread = threading.get_native_id()
+        batch = self._current.get(thread)
+        if batch is None or batch.closed + batch.live >= BATCH:
+            path = self._scratch / f"batch{next(self._batches)}"
+            path.mkdir()
+            with _namespaces.privileged():
+                _syscalls.mount("tmpfs", path, "tmpfs", _syscalls.MS_NOSUID, "mode=0755")
+            batch = self._current[thread] = _Batch(path)
+        return batch
+
+    def retired(self, batch: _Batch, *, flush: bool = False) -> None:
+        """A view of *batch* was closed: detach the batch if it is full (or *flush*) and all
+        done."""
+        thread = threading.get_native_id()
+        current = self._current.get(thread) is batch
+        if batch.live or (current and batch.closed < BATCH and not flush):
+            return
+        if current:
+            del self._current[thread]
+        with _namespaces.privileged():
+            detach(batch.path)
+        with contextlib.suppress(OSError):
+            batch.path.rmdir()
+
     def mount(
         self,
         lowers: Sequence[Path],
@@ -137,7 +237,8 @@ class KernelBackend:
         passthrough: Sequence[Path] = (),
     ) -> KernelMount:
         self._prepare_thread()
-        root = self._scratch / f"{safe_label(label)}{next(self._counter)}"
+        batch = self.batch()
+        root = batch.path / f"{safe_label(label)}{next(self._counter)}"
         root.mkdir()
         with _namespaces.privileged():
             _syscalls.mount("tmpfs", root, "tmpfs", 0, self._tmpfs_options)
@@ -147,7 +248,7 @@ class KernelBackend:
             directory.mkdir()
         _copy_root_metadata(lowers[0], upper)
         readable = readable_lowers(lowers, target, root)
-        mount = KernelMount(root, merged, tuple(readable))
+        mount = KernelMount(root, merged, tuple(readable), self, batch)
         real = RealDirs(passthrough)
         try:
             # Before the overlay hides them (the clones go with this mount's tmpfs).
@@ -155,6 +256,7 @@ class KernelBackend:
             with _namespaces.privileged():
                 self._mount_overlay(merged, lowers, upper, work)
             mount.binds.extend(real.put_back())
+            mount.remember_fresh()
         except OSError as exc:
             mount.close()
             hint = _stacking_hint(lowers) if exc.errno == errno.EINVAL else ""
@@ -170,6 +272,11 @@ class KernelBackend:
     def _mount_overlay(self, merged: Path, lowers: Sequence[Path], upper: Path, work: Path) -> None:
         options = _overlayopts.view_options(upper, work, userxattr=self.unprivileged)
         _overlayopts.mount_overlay(merged, lowers, options)
+
+    def flush(self) -> None:
+        batch = self._current.get(threading.get_native_id())
+        if batch is not None:
+            self.retired(batch, flush=True)
 
     def shutdown(self) -> None:
         if self._scratch_path is None:

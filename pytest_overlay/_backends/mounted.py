@@ -1,5 +1,30 @@
 """Real mounts, kernel and FUSE: a view whose changes live in an upper layer in the kernel's
-format beside it, which diffs, exports and unmounts the same way for both."""
+format beside it, which diffs, exports, unmounts and is found reusable the same way for both.
+
+A view may go to the next test as it is (no unmount, no mount) when two things hold, checked in
+this order after the test (:meth:`UpperLayerView.reusable`):
+
+1. **Nothing holds it** (:func:`idle`): ``umount2(MNT_EXPIRE)`` fails with ``EBUSY`` unless
+   the mount's only references are its place in the mount table and the call's own lookup.
+   Every open file or directory (``O_PATH`` too), every memory mapping (it keeps its file),
+   every working or root directory of every process in this mount namespace, and every mount
+   on top of the view holds one; our own pass-through mounts are moved aside for the check
+   (a move, unlike an unmount, waits for no RCU grace period).  So once this passes, no
+   descriptor, mapping or process kept from the test can write to the view any more.
+2. **Nothing changed in it** (:meth:`UpperLayerView.untouched`), looked at after 1, so that
+   whatever was written before the last holder let go is seen: the upper directory is still
+   empty, its own mode, owner, times, link count and extended attributes (what a ``chmod``,
+   ``utime`` or ``setxattr`` of the view's root changes, and a file created and deleted again
+   at the root, through its times) are as they were after mounting, and the work directory
+   holds what it held.  Any change below the root copies its directory up, so it shows.
+
+Opening a lower file for writing copies it up at ``open`` (so does ``O_TRUNC``, and a
+writable shared mapping needs such a descriptor): a test that holds one leaves a non-empty
+upper layer, and a read-only descriptor fails check 1.  What neither check can see is a
+process that holds nothing at the end of the test and opens a path of the view later (a
+daemon that wakes up, in place), or one that took a copy of the view into a mount namespace
+of its own (``unshare -m``); they would reach whatever view stands there then, reused or new.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +40,9 @@ from pytest_overlay._errors import MountError
 from pytest_overlay._layerwrite import copy_layer
 
 from .base import IgnoreFn
+
+# What :meth:`UpperLayerView.untouched` compares: the upper layer as it was after mounting.
+Fresh = tuple[object, ...]
 
 
 def detach(path: Path) -> None:
@@ -77,6 +105,44 @@ class RealDirs:
         self._held.clear()
 
 
+def set_aside(binds: Sequence[Path], park: Path) -> list[tuple[str, str]]:
+    """Where :func:`idle` moves each of our own mounts on top of a view: ``(bind, aside)``
+    for those not inside another (which go with it), the directories made."""
+    top = [b for b in binds if not any(o in b.parents for o in binds)]
+    moves = []
+    for index, bind in enumerate(top):
+        aside = park / str(index)
+        aside.mkdir(parents=True, exist_ok=True)
+        moves.append((os.fspath(bind), os.fspath(aside)))
+    return moves
+
+
+def idle(merged: str, moves: Sequence[tuple[str, str]]) -> bool:
+    """Whether nothing holds the mount at *merged* (check 1 above; privileged).
+
+    Our own mounts on top of it are moved aside for the check and back (*moves*, from
+    :func:`set_aside`).  ``MNT_EXPIRE`` marks an idle mount for expiry, and a second call
+    would unmount it; any later use of the mount clears the mark, and the ``stat`` first
+    makes sure of that.
+    """
+    moved: list[tuple[str, str]] = []
+    try:
+        for bind, aside in moves:
+            _syscalls.move_attached(bind, aside)
+            moved.append((aside, bind))
+        os.stat(merged)
+        try:
+            _syscalls.umount(merged, _syscalls.MNT_EXPIRE)
+        except OSError as exc:
+            return exc.errno == errno.EAGAIN  # EAGAIN: idle, and now marked; EBUSY: in use
+        return False  # idle but marked already, and so unmounted now: it cannot be reused
+    except OSError:
+        return False
+    finally:
+        for aside, bind in reversed(moved):
+            _syscalls.move_attached(aside, bind)
+
+
 class UpperLayerView:
     """A view whose changes live in ``<root>/.upper``; subclasses know how to unmount it."""
 
@@ -85,6 +151,69 @@ class UpperLayerView:
         self._merged = merged
         self._lowers = lowers
         self._snapshots = itertools.count()
+        self._fresh: Fresh | None = None
+        self._fresh_stat: tuple[int, int, int] = (0, 0, 0)
+        self._upper_s = self._work_s = ""
+        self._merged_s = os.fspath(merged)
+        self._moves: list[tuple[str, str]] | None = None
+
+    def remember_fresh(self) -> None:
+        """Note the upper layer as it is right after mounting, for :meth:`untouched`."""
+        self._upper_s = os.fspath(self.upper)  # strings: these run twice per test
+        self._work_s = os.fspath(self._root / ".work")
+        with _namespaces.privileged():
+            self._fresh = self._state()
+        st = os.lstat(self._upper_s)
+        self._fresh_stat = (st.st_ctime_ns, st.st_mtime_ns, st.st_mode)
+
+    def _state(self) -> Fresh:
+        upper, work = self._upper_s, self._work_s
+        st = os.lstat(upper)
+        names = os.listxattr(upper, follow_symlinks=False)
+        xattrs = sorted((n, os.getxattr(upper, n, follow_symlinks=False)) for n in names)
+        try:
+            inner: list[str] | None = sorted(os.listdir(work + "/work"))
+        except (FileNotFoundError, NotADirectoryError):
+            inner = None  # the fuse server's work directory has no work/work
+        return (
+            (st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_mtime_ns, st.st_ctime_ns),
+            xattrs,
+            os.listdir(upper),
+            sorted(os.listdir(work)),
+            inner,
+        )
+
+    def untouched(self) -> bool:
+        """Whether nothing was created in the upper layer, nor its root's metadata changed,
+        since mounting: its times (any change to the root directory, its entries or its
+        xattrs sets its ctime) and mode, and an empty listing.  Asked right before a kept
+        view is handed out; :meth:`_reusable` compares the whole of check 2."""
+        if self._fresh is None:
+            return False
+        try:
+            st = os.lstat(self._upper_s)
+            if (st.st_ctime_ns, st.st_mtime_ns, st.st_mode) != self._fresh_stat:
+                return False
+            with _namespaces.privileged():
+                return not os.listdir(self._upper_s)
+        except OSError:
+            return False
+
+    def _idle(self, binds: Sequence[Path]) -> bool:
+        """Check 1 (privileged); raises OSError if a pass-through mount cannot be put back."""
+        if self._moves is None:
+            self._moves = set_aside(binds, self._root / ".park")
+        return idle(self._merged_s, self._moves)
+
+    def _reusable(self, binds: Sequence[Path]) -> bool:
+        """Checks 1 and 2, in that order, with a quick look at the upper layer first."""
+        if not self.untouched():
+            return False
+        try:
+            with _namespaces.privileged():
+                return self._idle(binds) and self._state() == self._fresh
+        except OSError:
+            return False  # a pass-through mount that could not be put back: never reuse
 
     @property
     def path(self) -> Path:
@@ -115,6 +244,7 @@ class UpperLayerView:
             return copy_layer(self.upper, destination)
 
     def snapshot(self) -> Path:
+        self._fresh = None  # the snapshot stays in the test's directory: never reuse it
         target = self._root / ".snapshots" / str(next(self._snapshots))
         target.parent.mkdir(exist_ok=True)
         self.export(target)
