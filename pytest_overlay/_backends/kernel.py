@@ -223,8 +223,14 @@ class KernelBackend:
             return
         if current:
             del self._current[thread]
-        with _namespaces.privileged():
-            detach(batch.path)
+        try:
+            with _namespaces.privileged():
+                detach(batch.path)
+        except MountError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            # Out of reach under a mount a test made: it goes with the mount namespace.
+            return
         with contextlib.suppress(OSError):
             batch.path.rmdir()
 
@@ -238,8 +244,16 @@ class KernelBackend:
     ) -> KernelMount:
         self._prepare_thread()
         batch = self.batch()
-        root = batch.path / f"{safe_label(label)}{next(self._counter)}"
-        root.mkdir()
+        name = f"{safe_label(label)}{next(self._counter)}"
+        try:
+            (batch.path / name).mkdir()
+        except FileNotFoundError:
+            # The batch is out of reach (a test mounted over the scratch directory): leave it
+            # to the namespace's end and start another where the scratch path leads now.
+            self._current.pop(threading.get_native_id(), None)
+            batch = self.batch()
+            (batch.path / name).mkdir()
+        root = batch.path / name
         with _namespaces.privileged():
             _syscalls.mount("tmpfs", root, "tmpfs", 0, self._tmpfs_options)
         upper, work = root / ".upper", root / ".work"
