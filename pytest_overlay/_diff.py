@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple, final
 
-from ._layers import LayerStack, is_opaque, read_layer_dir
+from ._layers import LayerStack, is_opaque, read_layer_dir, uses_whiteout_files
 from ._safetext import safe_path
 
 __all__ = [
@@ -393,9 +393,11 @@ class _Walker:
         layer_format: bool,
         ignore: Callable[[str], bool] | None,
         skip: Collection[str] = (),
+        whiteout_files: bool = False,
     ) -> None:
         self.stack = stack
         self.layer_format = layer_format  # the new side is an upper layer, not a plain tree
+        self.whiteout_files = whiteout_files  # ... marking whiteouts with .wh. files
         self.ignore = ignore
         self.skip = skip
         self.changes: list[Change] = []
@@ -404,7 +406,9 @@ class _Walker:
         return rel not in self.skip and not (self.ignore is not None and self.ignore(rel))
 
     def _scan_new(self, directory: Path) -> tuple[dict[str, _Node], set[str]]:
-        entries, whiteouts = read_layer_dir(directory, layer_format=self.layer_format)
+        entries, whiteouts = read_layer_dir(
+            directory, layer_format=self.layer_format, whiteout_files=self.whiteout_files
+        )
         return {n: _Node(directory / n, st) for n, st in entries.items()}, whiteouts
 
     def _children(self, item: _Item) -> list[_Item]:
@@ -427,7 +431,7 @@ class _Walker:
                     _is_dir(new)
                     and _is_dir(old)
                     and name not in whiteouts
-                    and not is_opaque(new.path)
+                    and not is_opaque(new.path, whiteout_files=self.whiteout_files)
                 )
                 children.append(_Item(rel, old, new, merge))
             return children
@@ -472,7 +476,8 @@ def diff_upper(
     """Compute the changes recorded in an overlay upper layer.
 
     Only the upper layer is walked.  Whiteouts (character devices 0/0, or ``.wh.<name>``
-    files) become deletions of what the lowers show at that path; a merge directory is
+    files in a layer that :func:`uses them <._layers.uses_whiteout_files>`) become deletions
+    of what the lowers show at that path; a merge directory is
     compared for its own mode and owner and then only for its upper children; an opaque
     directory (or one with nothing below it) is compared in full with the lowers, so what they
     hold that it lacks is reported deleted.
@@ -485,7 +490,9 @@ def diff_upper(
     stack = LayerStack(lowers)
     root_new = _Node(Path(upper), Path(upper).stat())
     root_old = _old_node(stack, "")
-    walker = _Walker(stack, layer_format=True, ignore=ignore)
+    walker = _Walker(
+        stack, layer_format=True, ignore=ignore, whiteout_files=uses_whiteout_files(upper)
+    )
     return walker.run(_Item("", root_old, root_new, _is_dir(root_old)), trust_stat=False)
 
 

@@ -89,9 +89,9 @@ def _populate(layers: Layers) -> None:
     (top / "t").write_text("t\n")
     (top / "d").mkdir()
     (top / "d" / "e").write_text("e\n")
-    make_whiteout(str(top), "gone")
+    make_whiteout(str(top), "gone", layer=str(top))
     (top / "opq").mkdir()
-    set_opaque(str(top / "opq"), as_root=os.geteuid() == 0)
+    set_opaque(str(top / "opq"), as_root=os.geteuid() == 0, layer=str(top))
     (top / "opq" / "shown").write_text("shown\n")
 
 
@@ -300,9 +300,16 @@ def test_recreated_directory_is_opaque(fuse: Layers) -> None:
     }
 
 
-def test_whiteout_names_are_refused(fuse: Layers) -> None:
-    with pytest.raises(OSError, match="Invalid argument"):
-        (fuse.mnt / ".wh.x").write_text("x")
+def test_whiteout_names_are_ordinary_names(fuse: Layers) -> None:
+    # Issue 18: as in kernel overlayfs (whiteouts are 0/0 character devices), a name starting
+    # with .wh. is a file like any other, in a lower layer and in the upper.
+    (fuse.bottom / "d" / ".wh.b").write_text("a lower file, not a whiteout\n")
+    (fuse.mnt / ".wh.x").write_text("x")
+    assert (fuse.mnt / ".wh.x").read_text() == "x"
+    assert {".wh.x", "a"} <= set(os.listdir(fuse.mnt))
+    assert {"b", ".wh.b"} <= set(os.listdir(fuse.mnt / "d"))
+    os.rename(fuse.mnt / ".wh.x", fuse.mnt / "d" / ".wh.c")
+    assert diff_upper(fuse.upper, fuse.lowers).added == {"d/.wh.c"}
 
 
 # -- renaming and links -------------------------------------------------------------------
