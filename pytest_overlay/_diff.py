@@ -502,11 +502,12 @@ def diff_trees(
     *,
     ignore: Callable[[str], bool] | None = None,
     skip: Collection[Path] = (),
+    trust_stat: bool = True,
 ) -> TreeDiff:
     """Compute the changes between the merged *lowers* and a full tree *new_root*.
 
-    Both trees are walked.  Regular files whose type, size, mtime, mode and owner all match are
-    taken as unchanged without being read.
+    Both trees are walked.  With *trust_stat*, regular files whose type, size, mtime, mode and
+    owner all match are taken as unchanged without being read.
 
     :param new_root: the materialised tree after the test.
     :param lowers: the lower layer directories, topmost first.
@@ -529,7 +530,7 @@ def diff_trees(
     stack = LayerStack(lowers)
     root = _Item("", _old_node(stack, ""), _Node(new_root, new_root.stat()), False)
     walker = _Walker(stack, layer_format=False, ignore=ignore, skip=skip_rels)
-    return walker.run(root, trust_stat=True)
+    return walker.run(root, trust_stat=trust_stat)
 
 
 def _lstat_node(path: Path) -> _Node | None:
@@ -550,13 +551,16 @@ def diff_paths(
     ignore: Callable[[str], bool] | None = None,
     skip: Collection[str] = (),
 ) -> TreeDiff:
-    """What :func:`diff_trees` would say, looking only where the caller says things changed.
+    """What :func:`diff_trees` would say without *trust_stat*, looking only where the caller
+    says things changed.
 
     For a tracked copy (the copy backend): the caller vouches that every path not in *paths*
     (and not below one of *replaced*) is as the lowers have it.  A path that is now a directory
     where the lowers have none is walked whole, as are the directories in *replaced* (put there
     by a rename or made anew, so their contents are unknown); a directory on both sides is
-    compared for its own mode and owner only.  The cost is in proportion to the changes.
+    compared for its own mode and owner only.  The cost is in proportion to the changes: a
+    file is read only where its stat result is the lowers' (a rename may put another file of
+    the same size and mtime there).
 
     :param paths: relative paths that may have changed, in any order.
     :param replaced: relative paths of directories whose whole subtree must be compared.
@@ -575,12 +579,14 @@ def diff_paths(
         if old is None and new is None:
             continue
         if _is_dir(new) and (rel in whole or not _is_dir(old)):
-            walker.run(_Item(rel, old, new, False), trust_stat=True, report_root=True)
+            walker.run(_Item(rel, old, new, False), trust_stat=False, report_root=True)
             covered.add(rel)
             continue
         if _is_dir(old) and not _is_dir(new):
             covered.add(rel)  # deleted or replaced: reported once, nothing below it
-        change = _compare(rel, old, new, trust_stat=True)
+        # Not trusting equal stat results: a rename can put another file with the same
+        # size and mtime at *rel* (issue 18); reading costs only where the stat agrees.
+        change = _compare(rel, old, new, trust_stat=False)
         if change is not None:
             walker.changes.append(change)
     return TreeDiff(tuple(walker.changes))

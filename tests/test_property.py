@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from pytest_overlay._backends.copy import CopyBackend
 from pytest_overlay._backends.fuse import FuseBackend
 from pytest_overlay._backends.kernel import KernelBackend
+from pytest_overlay._checkpoint import diff_states
 from pytest_overlay._diff import diff_trees
 
 NAMES = ["a", "b", "ro", "d", "d/x", "d/y", "d/s", "d/s/deep", "e", "e/z", "l", "n"]
@@ -446,6 +447,9 @@ class Overlays(RuleBasedStateMachine):
         views = {name: sm_view(m.path, name == "copy") for name, m in self.mounts.items()}
         views["kernel-as-copy"] = sm_view(self.mounts["kernel"].path, copy_like=True)
         diffs = {name: m.diff() for name, m in self.mounts.items()}
+        # The oracle's own diff, from its upper layer, against a walk of its merged view.
+        walked = diff_trees(self.mounts["kernel"].path, self.lowers, trust_stat=False)
+        assert diffs["kernel"] == walked, "the kernel's diff() is not its merged view's"
         for name in SM_BACKENDS[1:]:
             oracle = views["kernel-as-copy" if name == "copy" else "kernel"]
             assert views[name] == oracle, f"merged views differ on {name}"
@@ -457,20 +461,28 @@ class Overlays(RuleBasedStateMachine):
                 if fd is not None:
                     os.close(fd)
         copy = self.backends.get("copy") if self.mounts else None
-        for mount in self.mounts.values():
-            mount.close()
+        disagree = []
+        for name, mount in self.mounts.items():
+            try:
+                # A checkpoint's step from the start must say what diff() says.
+                if diff_states(None, mount.snapshot(), self.lowers) != mount.diff():
+                    disagree.append(name)
+            finally:
+                mount.close()
         if copy is None:
             return
         try:
             # The copy is handed to the next test: it must be the lowers again.
             again = copy.mount(self.lowers, label="sm-next")
             try:
-                assert not diff_trees(again.path, self.lowers), "the reset copy is not pristine"
+                changed = diff_trees(again.path, self.lowers, trust_stat=False)
+                assert not changed, "the reset copy is not pristine"
                 assert not again.diff(), "the reset copy reports changes"
             finally:
                 again.close()
         finally:
             copy.shutdown()
+        assert not disagree, f"checkpoint() and diff() disagree on {disagree}"
         assert [digest(lower) for lower in self.lowers] == self.before, "a lower changed"
 
 

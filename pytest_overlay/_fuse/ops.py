@@ -128,6 +128,7 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
         # a copy-up moves them onto the copy, as the kernel's ovl_real_fdget() does, so that
         # they see what is written next (and never put stale pages in the kernel's cache).
         self._readers: dict[str, dict[int, int]] = {}
+        self._reader_rel: dict[int, str] = {}  # the other way round
         self._hidden = {}
         self._tmp_names = (f"#{os.getpid()}.{n}" for n in itertools.count())
 
@@ -243,6 +244,7 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
         fd = os.open(real, (flags & ~_STRIP_FLAGS) | os.O_CLOEXEC)
         if node is not None and node.layer > 0:
             self._readers.setdefault(rel, {})[fd] = flags & ~_STRIP_FLAGS
+            self._reader_rel[fd] = rel
         if write:
             self._writable.add(fd)
             if self._links.tracking:
@@ -304,9 +306,12 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
         """Close the backing file."""
         self._writable.discard(fh)
         self._fh_links.pop(fh, None)
-        for rel, handles in list(self._readers.items()):
-            if handles.pop(fh, None) is not None and not handles:
-                del self._readers[rel]
+        rel = self._reader_rel.pop(fh, None)
+        if rel is not None:
+            handles = self._readers.get(rel, {})
+            handles.pop(fh, None)
+            if not handles:
+                self._readers.pop(rel, None)
         os.close(fh)
         return 0
 
@@ -327,6 +332,7 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
         handles = self._readers.pop(old, None)
         if handles and new is not None:
             self._readers.setdefault(new, {}).update(handles)
+            self._reader_rel.update(dict.fromkeys(handles, new))
 
     # -- FUSE operations: metadata (copy-up first) ----------------------------------------
 
