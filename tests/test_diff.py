@@ -18,6 +18,7 @@ from types import FrameType
 
 import pytest
 
+from pytest_overlay._checkpoint import diff_states
 from pytest_overlay._diff import Change, ChangeKind, TreeDiff, diff_trees, diff_upper
 from pytest_overlay._layers import WHITEOUT_FILES_MARKER, LayerStack
 from tests._gates import gate
@@ -382,6 +383,23 @@ def test_fallback_whiteout_format(lower: Path, upper: Path) -> None:
     for name in ("dir", "re"):
         shutil.copystat(lower / name, upper / name)
     assert letters(diff_upper(upper, [lower])) == {"dir/a": "D", "file": "D", "re/a": "D"}
+
+
+def test_wh_names_are_ordinary_in_the_kernels_format(lower: Path, upper: Path) -> None:
+    # Issue 18: the kernel's whiteouts are character devices 0/0 and its opaque marks xattrs,
+    # so a project's .wh.x is a file like any other; our readers took it for a whiteout.
+    write(lower / "a", b"a")
+    write(lower / ".wh.a", b"not a whiteout")
+    write(lower / "d/f", b"f")
+    write(lower / "d/.wh..wh..opq", b"not an opaque marker")
+    write(upper / ".wh.new", b"new")
+    write(upper / ".wh.a", b"changed")
+    stack = LayerStack([lower])
+    assert sorted(stack.listdir("")) == [".wh.a", "a", "d"]
+    assert sorted(stack.listdir("d")) == [".wh..wh..opq", "f"]
+    diff = diff_upper(upper, [lower])
+    assert letters(diff) == {".wh.a": "M", ".wh.new": "A"}
+    assert diff_states(None, upper, [lower]) == diff
 
 
 @needs_root

@@ -471,6 +471,20 @@ def test_unlinked_open_file_lives_on(fuse: Layers, where: str) -> None:
     assert [c["kind"] for c in fuse.diff()] == ["deleted"]
 
 
+def test_unlinked_open_files_as_in_the_kernel(fuse: Layers) -> None:
+    # The other name of a hard link counts one link less, as the kernel shows it, though
+    # the server keeps the open file in its work directory; and a lower file open read-only
+    # cannot be copied up once unlinked: the kernel answers EEXIST to fchmod.
+    os.link(fuse.mnt / "t", fuse.mnt / "t2")
+    with open(fuse.mnt / "t", "rb") as held, open(fuse.mnt / "d" / "b", "rb") as lower:
+        os.unlink(fuse.mnt / "t")
+        assert (fuse.mnt / "t2").stat().st_nlink == 1
+        assert os.fstat(held.fileno()).st_nlink == 0
+        os.unlink(fuse.mnt / "d" / "b")
+        with pytest.raises(FileExistsError):
+            os.fchmod(lower.fileno(), 0o600)
+
+
 def test_a_fuse_hidden_name_is_libfuses(fuse: Layers) -> None:
     # Documented (docs/backends.md, differences): libfuse hides a file unlinked while open
     # under this shape of name, so a test's own rename to one is taken for that.

@@ -44,6 +44,8 @@ class UpperWriter:
     # Names libfuse gave files unlinked while open (``.fuse_hidden*``) -> where the file is:
     # moved out of the upper layer into the work directory, or still in its lower layer.
     _hidden: dict[str, str]
+    # Upper inode -> how many of its links are hidden files (not counted in st_nlink).
+    _hidden_links: dict[int, int]
 
     # -- the merged view ------------------------------------------------------------------
 
@@ -128,20 +130,13 @@ class UpperWriter:
         return self._copy_up_node(rel, node)
 
     def _hidden_copy(self, rel: str) -> str:
-        """A hidden open file, copied into the work directory if it is still a lower one."""
+        """The work directory's path of a hidden open file that is being changed."""
         real = self._hidden[rel]
         if real.startswith(self._work + "/"):
             return real
-        st = os.lstat(real)
-        tmp = self._tmp()
-        try:
-            copy_node(real, tmp, st, owner=self._as_root)
-        except BaseException:
-            discard(tmp)
-            raise
-        self._hidden[rel] = tmp
-        self._copied_up(rel, Node(real, st, 1), tmp)
-        return tmp
+        # A lower file unlinked while open for reading only: the kernel cannot copy it up
+        # (its name is a whiteout now) and answers EEXIST to fchmod, fchown, fsetxattr.
+        raise fail(errno.EEXIST, rel)
 
     def _hide(self, rel: str, hidden: str) -> None:
         """libfuse hides the open file *rel* as *hidden* instead of unlinking it (POSIX: an
@@ -156,6 +151,7 @@ class UpperWriter:
         if node.layer == 0:
             real = self._tmp()
             os.rename(node.path, real)
+            self._hidden_links[node.st.st_ino] = self._hidden_links.get(node.st.st_ino, 0) + 1
         self._hidden[hidden] = real
         self._renamed_handles(rel, hidden)
         if self._view.below(rel):
@@ -169,6 +165,9 @@ class UpperWriter:
             st = os.lstat(real)
             os.unlink(real)
             self._forget(st)
+            left = self._hidden_links.pop(st.st_ino, 1) - 1
+            if left:
+                self._hidden_links[st.st_ino] = left
         self._renamed_handles(hidden, None)
 
     def _renamed_handles(self, old: str, new: str | None) -> None:

@@ -22,10 +22,12 @@ __all__ = ["LinkNames", "PathInvalidator"]
 
 _Key = tuple[int, int]
 # How long a change waits for the kernel to take the invalidation.  Normally it takes
-# microseconds; the wait only ends early if the kernel needs this server to answer a request
+# microseconds; the wait only runs out if the kernel needs this server to answer a request
 # first (a read of the other name in flight holds its page locked), which it can once the
-# change returns.
-_WAIT_S = 0.1
+# change returns.  Not shorter: on a loaded machine the thread can take a tenth of a second
+# to get going, and a reply sent before the invalidation lets the caller's next stat see the
+# old attributes (issue 18: a copied-up hard link's link count).
+_WAIT_S = 1.0
 
 
 class LinkNames:

@@ -130,6 +130,7 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
         self._readers: dict[str, dict[int, int]] = {}
         self._reader_rel: dict[int, str] = {}  # the other way round
         self._hidden = {}
+        self._hidden_links = {}
         self._tmp_names = (f"#{os.getpid()}.{n}" for n in itertools.count())
 
     # -- FUSE operations: reading ---------------------------------------------------------
@@ -163,6 +164,8 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
         nlink = st.st_nlink
         if node.layer == 0:
             ino = self._origin_ino.get(st.st_ino, st.st_ino)
+            if self._hidden_links and st.st_ino in self._hidden_links:
+                nlink -= self._hidden_links[st.st_ino]  # names unlinked while open
             if nlink > 1 and self._links.active:
                 self._links.seen(rel, st)
         else:
@@ -525,9 +528,8 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
         if is_dir:
             self._view.invalidate()
             if moved_from_lower:
-                strip_markers(
-                    target, whiteout_files=self._view.whiteout_files[0]
-                )  # whiteouts inside hid what the old place had below
+                # Whiteouts inside hid what the old place had below.
+                strip_markers(target, whiteout_files=self._view.whiteout_files[0])
             if new_below:
                 self._opaque(target)
         if old_below:
