@@ -455,6 +455,7 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
         rel = _rel(path)
         if rel in self._hidden:
             self._unhide(rel)
+            self._links.forget(rel)
             return 0
         key = None
         if self._links.tracking:
@@ -551,6 +552,8 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
             node = self._view.lookup(rel)
             key = self._links.key(node.st) if node is not None and node.layer == 0 else None
         self._hide(rel, hidden)
-        self._links.forget(rel)
-        self._links.changed(key, rel)
+        # The open file keeps its kernel inode under the hidden name: a write through
+        # another name must reach it there.
+        self._links.renamed(rel, hidden)
+        self._links.changed(key, hidden)
         return 0
