@@ -9,9 +9,11 @@ the merged view and ``diff_upper`` of the upper layer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import stat
@@ -483,6 +485,17 @@ def test_unlinked_open_files_as_in_the_kernel(fuse: Layers) -> None:
         os.unlink(fuse.mnt / "d" / "b")
         with pytest.raises(FileExistsError):
             os.fchmod(lower.fileno(), 0o600)
+
+
+def test_unlinked_open_file_in_a_removed_directory(fuse: Layers) -> None:
+    # Documented (docs/backends.md, differences): libfuse has no path for it any more.
+    with open(fuse.mnt / "d" / "sub" / "deep", "r+b", buffering=0) as held:
+        shutil.rmtree(fuse.mnt / "d" / "sub")
+        held.write(b"still")
+        assert os.pread(held.fileno(), 64, 0) == b"still"
+        with pytest.raises(OSError, match="Stale file handle") as stale:
+            os.fstat(held.fileno())
+        assert stale.value.errno == errno.ESTALE
 
 
 def test_a_fuse_hidden_name_is_libfuses(fuse: Layers) -> None:
