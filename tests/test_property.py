@@ -308,7 +308,8 @@ SM_BACKENDS = ("kernel", "fuse", "copy")
 
 def fd_state(fd):
     st_ = os.fstat(fd)
-    return sm_call(os.pread, fd, 64, 0), stat.S_IMODE(st_.st_mode), st_.st_size
+    size = st_.st_size if stat.S_ISREG(st_.st_mode) else None  # a directory's is the fs's
+    return sm_call(os.pread, fd, 64, 0), stat.S_IMODE(st_.st_mode), size
 
 
 class Overlays(RuleBasedStateMachine):
@@ -389,8 +390,8 @@ class Overlays(RuleBasedStateMachine):
         # directory is removed; fstat, fchmod and ftruncate on it then fail with ESTALE or
         # EBADF on fuse (reads and writes still work).  Such descriptors are not compared.
         for index, opened in enumerate(self.open):
-            fd = opened["kernel"]
-            if fd is not None and os.fstat(fd).st_nlink == 0:
+            fd = opened["fuse"]
+            if fd is not None and sm_call(os.fstat, fd) == "ESTALE":
                 self.differs["fuse"].add(index)
 
     @rule(name=NAME)
