@@ -487,8 +487,8 @@ def test_unlinked_open_files_as_in_the_kernel(fuse: Layers) -> None:
             os.fchmod(lower.fileno(), 0o600)
 
 
-def test_unlinked_open_file_in_a_removed_directory(fuse: Layers) -> None:
-    # Documented (docs/backends.md, differences): libfuse has no path for it any more.
+def test_unlinked_open_file_in_a_removed_directory_or_fifo(fuse: Layers) -> None:
+    # Documented (docs/backends.md, differences): libfuse has no path for them any more.
     with open(fuse.mnt / "d" / "sub" / "deep", "r+b", buffering=0) as held:
         shutil.rmtree(fuse.mnt / "d" / "sub")
         held.write(b"still")
@@ -496,6 +496,14 @@ def test_unlinked_open_file_in_a_removed_directory(fuse: Layers) -> None:
         with pytest.raises(OSError, match="Stale file handle") as stale:
             os.fstat(held.fileno())
         assert stale.value.errno == errno.ESTALE
+    os.mkfifo(fuse.mnt / "fifo")
+    fifo = os.open(fuse.mnt / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.unlink(fuse.mnt / "fifo")
+        with pytest.raises(OSError, match="Stale file handle"):
+            os.fstat(fifo)
+    finally:
+        os.close(fifo)
 
 
 def test_a_fuse_hidden_name_is_libfuses(fuse: Layers) -> None:
