@@ -422,13 +422,23 @@ class Overlays(RuleBasedStateMachine):
         if kernel == "ok":
             self.orphans(directory_removed=over_directory)
 
-    @rule(src=NAME)
-    def link_into_new_directory(self, src):
-        # A hard link the test makes in a directory it made (or a lower one, when it exists).
+    @rule(src=NAME, then=st.sampled_from(["keep", "write", "write unlinked"]))
+    def link_into_new_directory(self, src, then):
+        # A hard link the test makes in a directory it made, perhaps written through, perhaps
+        # after the new name is unlinked again: the change is the linked file's.
         def mkdir_link(root):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(root / "n")
             os.link(root / src, root / "n" / "m", follow_symlinks=False)
+            if then == "keep":
+                return
+            fd = os.open(root / "n" / "m", os.O_WRONLY | os.O_NONBLOCK)
+            try:
+                if then == "write unlinked":
+                    os.unlink(root / "n" / "m")
+                os.pwrite(fd, b"via n/m", 0)
+            finally:
+                os.close(fd)
         self.each(mkdir_link)
 
     @rule(src=NAME, dst=NAME)
