@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ._diff import ChangeKind, TreeDiff, _compare, _old_node
-from ._layers import LayerStack, is_opaque, read_layer_dir
+from ._layers import LayerStack, is_opaque, read_layer_dir, uses_whiteout_files
 
 
 def diff_states(
@@ -29,7 +29,7 @@ def diff_states(
     paths: set[str] = set()
     for snapshot in (before, after):
         if snapshot is not None:
-            _mentioned(snapshot, "", base, paths)
+            _mentioned(snapshot, "", base, paths, uses_whiteout_files(snapshot))
     changes = []
     cut: list[str] = []  # subtrees already reported as deleted or replaced
     for rel in sorted(paths, key=lambda p: tuple(p.split("/"))):
@@ -53,19 +53,22 @@ def diff_states(
     return TreeDiff(tuple(changes))
 
 
-def _mentioned(layer_dir: Path, rel: str, base: LayerStack, paths: set[str]) -> None:
+def _mentioned(
+    layer_dir: Path, rel: str, base: LayerStack, paths: set[str], whiteout_files: bool
+) -> None:
     directory = layer_dir / rel if rel else layer_dir
     try:
-        entries, whiteouts = read_layer_dir(directory)
+        entries, whiteouts = read_layer_dir(directory, whiteout_files=whiteout_files)
     except OSError:
         return
     for name in (*entries, *whiteouts):
         paths.add(f"{rel}/{name}" if rel else name)
-    if rel and is_opaque(directory):
+    if rel and is_opaque(directory, whiteout_files=whiteout_files):
         _lower_subtree(base, rel, paths)
     for name, st in entries.items():
         if stat.S_ISDIR(st.st_mode):
-            _mentioned(layer_dir, f"{rel}/{name}" if rel else name, base, paths)
+            child = f"{rel}/{name}" if rel else name
+            _mentioned(layer_dir, child, base, paths, whiteout_files)
 
 
 def _lower_subtree(base: LayerStack, rel: str, paths: set[str]) -> None:

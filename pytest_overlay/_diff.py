@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple, final
 
-from ._layers import LayerStack, is_opaque, read_layer_dir
+from ._layers import LayerStack, is_opaque, read_layer_dir, uses_whiteout_files
 from ._safetext import safe_path
 
 __all__ = [
@@ -393,9 +393,11 @@ class _Walker:
         layer_format: bool,
         ignore: Callable[[str], bool] | None,
         skip: Collection[str] = (),
+        whiteout_files: bool = False,
     ) -> None:
         self.stack = stack
         self.layer_format = layer_format  # the new side is an upper layer, not a plain tree
+        self.whiteout_files = whiteout_files  # ... marking whiteouts with .wh. files
         self.ignore = ignore
         self.skip = skip
         self.changes: list[Change] = []
@@ -404,7 +406,9 @@ class _Walker:
         return rel not in self.skip and not (self.ignore is not None and self.ignore(rel))
 
     def _scan_new(self, directory: Path) -> tuple[dict[str, _Node], set[str]]:
-        entries, whiteouts = read_layer_dir(directory, layer_format=self.layer_format)
+        entries, whiteouts = read_layer_dir(
+            directory, layer_format=self.layer_format, whiteout_files=self.whiteout_files
+        )
         return {n: _Node(directory / n, st) for n, st in entries.items()}, whiteouts
 
     def _children(self, item: _Item) -> list[_Item]:
@@ -427,7 +431,7 @@ class _Walker:
                     _is_dir(new)
                     and _is_dir(old)
                     and name not in whiteouts
-                    and not is_opaque(new.path)
+                    and not is_opaque(new.path, whiteout_files=self.whiteout_files)
                 )
                 children.append(_Item(rel, old, new, merge))
             return children
@@ -472,7 +476,8 @@ def diff_upper(
     """Compute the changes recorded in an overlay upper layer.
 
     Only the upper layer is walked.  Whiteouts (character devices 0/0, or ``.wh.<name>``
-    files) become deletions of what the lowers show at that path; a merge directory is
+    files in a layer that :func:`uses them <._layers.uses_whiteout_files>`) become deletions
+    of what the lowers show at that path; a merge directory is
     compared for its own mode and owner and then only for its upper children; an opaque
     directory (or one with nothing below it) is compared in full with the lowers, so what they
     hold that it lacks is reported deleted.
@@ -485,7 +490,9 @@ def diff_upper(
     stack = LayerStack(lowers)
     root_new = _Node(Path(upper), Path(upper).stat())
     root_old = _old_node(stack, "")
-    walker = _Walker(stack, layer_format=True, ignore=ignore)
+    walker = _Walker(
+        stack, layer_format=True, ignore=ignore, whiteout_files=uses_whiteout_files(upper)
+    )
     return walker.run(_Item("", root_old, root_new, _is_dir(root_old)), trust_stat=False)
 
 
@@ -495,11 +502,12 @@ def diff_trees(
     *,
     ignore: Callable[[str], bool] | None = None,
     skip: Collection[Path] = (),
+    trust_stat: bool = True,
 ) -> TreeDiff:
     """Compute the changes between the merged *lowers* and a full tree *new_root*.
 
-    Both trees are walked.  Regular files whose type, size, mtime, mode and owner all match are
-    taken as unchanged without being read.
+    Both trees are walked.  With *trust_stat*, regular files whose type, size, mtime, mode and
+    owner all match are taken as unchanged without being read.
 
     :param new_root: the materialised tree after the test.
     :param lowers: the lower layer directories, topmost first.
@@ -522,7 +530,7 @@ def diff_trees(
     stack = LayerStack(lowers)
     root = _Item("", _old_node(stack, ""), _Node(new_root, new_root.stat()), False)
     walker = _Walker(stack, layer_format=False, ignore=ignore, skip=skip_rels)
-    return walker.run(root, trust_stat=True)
+    return walker.run(root, trust_stat=trust_stat)
 
 
 def _lstat_node(path: Path) -> _Node | None:
@@ -543,13 +551,16 @@ def diff_paths(
     ignore: Callable[[str], bool] | None = None,
     skip: Collection[str] = (),
 ) -> TreeDiff:
-    """What :func:`diff_trees` would say, looking only where the caller says things changed.
+    """What :func:`diff_trees` would say without *trust_stat*, looking only where the caller
+    says things changed.
 
     For a tracked copy (the copy backend): the caller vouches that every path not in *paths*
     (and not below one of *replaced*) is as the lowers have it.  A path that is now a directory
     where the lowers have none is walked whole, as are the directories in *replaced* (put there
     by a rename or made anew, so their contents are unknown); a directory on both sides is
-    compared for its own mode and owner only.  The cost is in proportion to the changes.
+    compared for its own mode and owner only.  The cost is in proportion to the changes: a
+    file is read only where its stat result is the lowers' (a rename may put another file of
+    the same size and mtime there).
 
     :param paths: relative paths that may have changed, in any order.
     :param replaced: relative paths of directories whose whole subtree must be compared.
@@ -568,12 +579,14 @@ def diff_paths(
         if old is None and new is None:
             continue
         if _is_dir(new) and (rel in whole or not _is_dir(old)):
-            walker.run(_Item(rel, old, new, False), trust_stat=True, report_root=True)
+            walker.run(_Item(rel, old, new, False), trust_stat=False, report_root=True)
             covered.add(rel)
             continue
         if _is_dir(old) and not _is_dir(new):
             covered.add(rel)  # deleted or replaced: reported once, nothing below it
-        change = _compare(rel, old, new, trust_stat=True)
+        # Not trusting equal stat results: a rename can put another file with the same
+        # size and mtime at *rel* (issue 18); reading costs only where the stat agrees.
+        change = _compare(rel, old, new, trust_stat=False)
         if change is not None:
             walker.changes.append(change)
     return TreeDiff(tuple(walker.changes))

@@ -1,14 +1,19 @@
 """Read a stack of read-only overlay layers as one merged tree.
 
 A lower layer may itself be an upper layer captured from an earlier overlay, so the overlay
-on-disk formats are honoured inside it:
+on-disk formats are honoured inside it, as kernel overlayfs reads them:
 
-* a whiteout is a character device with device number 0/0 (the kernel and fuse-overlayfs as
-  root), or a regular file named ``.wh.<name>`` that whites out ``<name>`` (fuse-overlayfs when
-  it cannot ``mknod``, and OCI image layers);
+* a whiteout is a character device with device number 0/0;
 * an opaque directory carries the xattr ``trusted.overlay.opaque`` or ``user.overlay.opaque``
-  set to ``y``, or holds a ``.wh..wh..opq`` file; it hides the same directory in every layer
-  below it.
+  set to ``y``; it hides the same directory in every layer below it.
+
+Names starting with ``.wh.`` are ordinary names there, as they are to the kernel (issue 18: a
+project's own ``.wh.x`` was taken for a whiteout).  Only a layer whose root holds the file
+:data:`WHITEOUT_FILES_MARKER` uses the other format, the one of fuse-overlayfs without
+``mknod`` and of OCI image layers, which the kernel cannot read: a regular file ``.wh.<name>``
+whites out ``<name>``, a ``.wh..wh..opq`` file makes its directory opaque, and no real entry's
+name starts with ``.wh.``.  :mod:`._layerwrite` writes that format only where a filesystem can
+hold neither device nodes nor xattrs, and marks the layer then.
 
 This module owns the format's names (:data:`WHITEOUT_PREFIX`, :data:`OPAQUE_SENTINEL`, the
 overlay's xattrs) and reads it; :mod:`._layerwrite` beside it is the one writer.  Nothing here
@@ -32,20 +37,33 @@ __all__ = [
     "OPAQUE_SENTINEL",
     "OPAQUE_XATTRS",
     "OVERLAY_XATTR_PREFIXES",
+    "WHITEOUT_FILES_MARKER",
     "WHITEOUT_PREFIX",
     "Entry",
     "LayerStack",
     "is_opaque",
     "is_whiteout",
     "opaque_xattr",
+    "overlay_xattrs",
     "read_layer_dir",
+    "uses_whiteout_files",
 ]
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_SENTINEL = ".wh..wh..opq"
+WHITEOUT_FILES_MARKER = ".wh..wh..files"
+"""At a layer's root: this layer marks whiteouts and opaque directories with ``.wh.`` files."""
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 """Xattrs that belong to the overlay format (opaque markers and the like), not to the file."""
+
+
+def overlay_xattrs(*, as_root: bool) -> tuple[str, ...]:
+    """The prefixes of the xattrs an overlay keeps for itself, hidden from and refused to
+    its users: as root the kernel uses ``trusted.overlay.*`` alone, and ``user.overlay.*`` are
+    a file's own; without privileges (``userxattr``) it uses ``user.overlay.*`` (issue 18)."""
+    return OVERLAY_XATTR_PREFIXES[:1] if as_root else OVERLAY_XATTR_PREFIXES
+
 
 # getxattr errors that mean "this directory is not marked opaque", not "something broke":
 # ENODATA: no such attribute; ENOTSUP: the filesystem has no xattrs (or not in this namespace);
@@ -105,22 +123,33 @@ def _lstat(path: Path) -> os.stat_result | None:
         raise
 
 
-def is_opaque(path: Path) -> bool:
-    """Tell whether the directory *path* is marked opaque (by xattr or by sentinel file)."""
+def uses_whiteout_files(root: Path | str) -> bool:
+    """Tell whether the layer *root* uses ``.wh.`` files (see the module docstring)."""
+    try:
+        return stat.S_ISREG(os.lstat(os.path.join(root, WHITEOUT_FILES_MARKER)).st_mode)
+    except OSError:
+        return False
+
+
+def is_opaque(path: Path, *, whiteout_files: bool = False) -> bool:
+    """Tell whether the directory *path* is marked opaque (by xattr, or by sentinel file in a
+    layer that uses :func:`whiteout files <uses_whiteout_files>`)."""
     if opaque_xattr(path) is not None:
         return True
+    if not whiteout_files:
+        return False
     sentinel = _lstat(path / OPAQUE_SENTINEL)
     return sentinel is not None and stat.S_ISREG(sentinel.st_mode)
 
 
 def read_layer_dir(
-    path: Path, *, layer_format: bool = True
+    path: Path, *, layer_format: bool = True, whiteout_files: bool = False
 ) -> tuple[dict[str, os.stat_result], set[str]]:
     """List one directory of a layer, separating real entries from whiteouts.
 
     :returns: the visible entries by name with their ``lstat`` results, and the set of names
-        whited out by this directory (0/0 character devices and ``.wh.<name>`` files).  Names
-        starting with ``.wh.`` are never entries, and ``.wh..wh..opq`` whites out nothing.
+        whited out by this directory (0/0 character devices; with *whiteout_files*, also
+        ``.wh.<name>`` files, and then names starting with ``.wh.`` are never entries).
         Without *layer_format* (a plain tree), every entry is listed and nothing whited out.
     :raises OSError: if the directory cannot be listed, or an entry cannot be stat-ed
         (``PermissionError`` for a directory that is readable but not searchable).
@@ -136,7 +165,7 @@ def read_layer_dir(
                 continue
             if not layer_format:
                 entries[name] = st
-            elif name.startswith(WHITEOUT_PREFIX):
+            elif whiteout_files and name.startswith(WHITEOUT_PREFIX):
                 if name != OPAQUE_SENTINEL and stat.S_ISREG(st.st_mode):
                     whiteouts.add(name[len(WHITEOUT_PREFIX) :])
             elif is_whiteout(st):
@@ -165,6 +194,7 @@ class LayerStack:
 
     def __init__(self, lowers: Sequence[Path]) -> None:
         self._layers = tuple(Path(p) for p in lowers)
+        self._whiteout_files = tuple(uses_whiteout_files(p) for p in self._layers)
         self._dirs: dict[str, tuple[tuple[int, Path], ...]] = {}
 
     @property
@@ -172,15 +202,20 @@ class LayerStack:
         """The layer directories, topmost first."""
         return self._layers
 
-    def _probe(self, directory: Path, name: str) -> tuple[os.stat_result | None, bool]:
-        """Look *name* up in one layer's *directory*.
+    def _probe(self, index: int, directory: Path, name: str) -> tuple[os.stat_result | None, bool]:
+        """Look *name* up in the layer *index*'s *directory*.
 
         :returns: the entry's ``lstat`` (None if absent or a whiteout), and whether this layer
-            hides *name* in the layers below it (a whiteout of either format).
+            hides *name* in the layers below it (a whiteout of the layer's format).
         """
+        files = self._whiteout_files[index]
+        if files and name.startswith(WHITEOUT_PREFIX):
+            return None, False  # a marker, never an entry, in that format
         st = _lstat(directory / name)
         if st is not None and is_whiteout(st):
             return None, True
+        if not files:
+            return st, False
         marker = _lstat(directory / (WHITEOUT_PREFIX + name))
         return st, marker is not None and stat.S_ISREG(marker.st_mode)
 
@@ -200,15 +235,15 @@ class LayerStack:
                 result.append((index, root))
         else:
             parent, name = _split(rel)
-            if name and not name.startswith(WHITEOUT_PREFIX):
+            if name:
                 for index, directory in self._layer_dirs(parent):
-                    st, hides_below = self._probe(directory, name)
+                    st, hides_below = self._probe(index, directory, name)
                     if st is not None:
                         if not stat.S_ISDIR(st.st_mode):
                             break  # a non-directory hides every layer below it
                         path = directory / name
                         result.append((index, path))
-                        if is_opaque(path):
+                        if is_opaque(path, whiteout_files=self._whiteout_files[index]):
                             break
                     if hides_below:
                         break
@@ -220,8 +255,7 @@ class LayerStack:
         """Find the entry at the POSIX relative path *rel* (``""`` is the root).
 
         :returns: the topmost visible entry, or None if no layer has it, a whiteout hides it,
-            or an ancestor is not a directory in the merged view.  Names starting with ``.wh.``
-            are never found.
+            or an ancestor is not a directory in the merged view.
         """
         if rel == "":
             if not self._layers:
@@ -229,10 +263,10 @@ class LayerStack:
             root = self._layer_dirs("")[0][1]
             return Entry(root, root.stat(), 0)
         parent, name = _split(rel)
-        if not name or name.startswith(WHITEOUT_PREFIX):
+        if not name:
             return None
         for index, directory in self._layer_dirs(parent):
-            st, hides_below = self._probe(directory, name)
+            st, hides_below = self._probe(index, directory, name)
             if st is not None:
                 return Entry(directory / name, st, index)
             if hides_below:
@@ -242,7 +276,7 @@ class LayerStack:
     def listdir(self, rel: str) -> dict[str, Entry]:
         """List the merged children of the directory *rel*, sorted by name.
 
-        Upper layers win; whiteouts, ``.wh.*`` names and opaque directories are honoured.
+        Upper layers win; whiteouts and opaque directories are honoured.
         Empty when *rel* is not a directory in the merged view.
 
         :raises OSError: if a layer's directory cannot be listed.
@@ -250,7 +284,9 @@ class LayerStack:
         merged: dict[str, Entry] = {}
         hidden: set[str] = set()
         for index, directory in self._layer_dirs(rel):
-            entries, whiteouts = read_layer_dir(directory)
+            entries, whiteouts = read_layer_dir(
+                directory, whiteout_files=self._whiteout_files[index]
+            )
             for name, st in entries.items():
                 if name not in merged and name not in hidden:
                     merged[name] = Entry(directory / name, st, index)

@@ -7,11 +7,13 @@ directories; :mod:`._fuse.ops`), keeping a test's layer and building snapshot la
 tree).  What it writes, with one fallback each where the filesystem refuses:
 
 * a whiteout is a character device 0/0, as the kernel writes it; where ``mknod`` is refused
-  (no ``CAP_MKNOD``, a filesystem without device nodes) an empty regular file ``.wh.<name>``;
+  (a filesystem without device nodes) an empty regular file ``.wh.<name>``;
 * an opaque directory carries ``trusted.overlay.opaque=y`` as root, ``user.overlay.opaque=y``
   otherwise (as the kernel's ``userxattr`` mode does) or where ``trusted.*`` is refused, and
   where the filesystem has neither (ramfs, vfat, tmpfs before Linux 6.6) a ``.wh..wh..opq``
   file: kernel overlayfs does not read that one, our reader and the FUSE server do;
+* either fallback first marks the layer's root (:data:`._layers.WHITEOUT_FILES_MARKER`): only
+  then are ``.wh.`` names markers; elsewhere they are ordinary names, as to the kernel;
 * a copied entry keeps its xattrs (but the overlay's own), its permission bits and times, and
   as root its owner.
 
@@ -32,10 +34,11 @@ from ._files import copy_file_data
 from ._layers import (
     OPAQUE_SENTINEL,
     OPAQUE_XATTRS,
-    OVERLAY_XATTR_PREFIXES,
+    WHITEOUT_FILES_MARKER,
     WHITEOUT_PREFIX,
     is_whiteout,
     opaque_xattr,
+    overlay_xattrs,
 )
 
 __all__ = [
@@ -76,23 +79,34 @@ def _touch(path: str) -> None:
 # -- markers ------------------------------------------------------------------------------
 
 
-def make_whiteout(directory: str, name: str) -> None:
-    """Hide *name* of the layers below in the upper *directory*.
+def _use_whiteout_files(layer: str) -> None:
+    """Mark the layer *layer* as marking whiteouts with ``.wh.`` files (see :mod:`._layers`)."""
+    marker = os.path.join(layer, WHITEOUT_FILES_MARKER)
+    if not os.path.lexists(marker):
+        _touch(marker)
 
+
+def make_whiteout(directory: str, name: str, *, layer: str) -> bool:
+    """Hide *name* of the layers below in the upper *directory* of the layer *layer*.
+
+    :returns: whether it took a ``.wh.`` file (the layer is marked so, if it was not).
     :raises OSError: if neither a 0/0 character device nor a ``.wh.`` file can be made.
     """
     if sys.platform != "win32":
         try:
             os.mknod(os.path.join(directory, name), stat.S_IFCHR, 0)
-            return
+            return False
         except OSError as exc:
             if exc.errno not in _NO_MKNOD:
                 raise
+    _use_whiteout_files(layer)
     _touch(os.path.join(directory, WHITEOUT_PREFIX + name))
+    return True
 
 
-def clear_whiteout(directory: str, name: str) -> bool:
-    """Remove a whiteout of *name* (either format) from the upper *directory*.
+def clear_whiteout(directory: str, name: str, *, whiteout_files: bool) -> bool:
+    """Remove a whiteout of *name* from the upper *directory* (a ``.wh.`` file only in a layer
+    that uses them: elsewhere such a file is a file of the project's).
 
     :returns: whether there was one, i.e. whether something below was deleted at *name*.
     """
@@ -106,6 +120,8 @@ def clear_whiteout(directory: str, name: str) -> bool:
         if is_whiteout(st):
             os.unlink(path)
             found = True
+    if not whiteout_files:
+        return found
     try:
         os.unlink(os.path.join(directory, WHITEOUT_PREFIX + name))
     except FileNotFoundError:
@@ -115,46 +131,52 @@ def clear_whiteout(directory: str, name: str) -> bool:
     return found
 
 
-def set_opaque(path: str, *, as_root: bool) -> None:
-    """Mark the upper directory *path* opaque, so that it hides the same directory below.
+def set_opaque(path: str, *, as_root: bool, layer: str) -> bool:
+    """Mark the upper directory *path* of the layer *layer* opaque, so that it hides the same
+    directory below.
 
     *as_root* tries ``trusted.overlay.opaque`` first; then ``user.overlay.opaque``; then the
-    ``.wh..wh..opq`` sentinel.
+    ``.wh..wh..opq`` sentinel (the layer is marked as using ``.wh.`` files).
+
+    :returns: whether it took the sentinel.
     """
     if sys.platform == "linux":
         for name in OPAQUE_XATTRS if as_root else OPAQUE_XATTRS[1:]:
             try:
                 os.setxattr(path, name, b"y", follow_symlinks=False)
-                return
+                return False
             except OSError as exc:
                 if exc.errno not in _NO_XATTR:
                     raise
+    _use_whiteout_files(layer)
     _touch(os.path.join(path, OPAQUE_SENTINEL))
+    return True
 
 
-def _is_marker(entry: os.DirEntry[str]) -> bool:
+def _is_marker(entry: os.DirEntry[str], whiteout_files: bool) -> bool:
     st = entry.stat(follow_symlinks=False)
-    if entry.name.startswith(WHITEOUT_PREFIX):
+    if whiteout_files and entry.name.startswith(WHITEOUT_PREFIX):
         return entry.name != OPAQUE_SENTINEL and stat.S_ISREG(st.st_mode)
     return is_whiteout(st)
 
 
-def strip_markers(path: str) -> None:
+def strip_markers(path: str, *, whiteout_files: bool) -> None:
     """Remove every whiteout below the upper directory *path* (they hide nothing any more)."""
     with os.scandir(path) as it:
         entries = list(it)
     for entry in entries:
-        if _is_marker(entry):
+        if _is_marker(entry, whiteout_files):
             os.unlink(entry.path)
         elif entry.is_dir(follow_symlinks=False):
-            strip_markers(entry.path)
+            strip_markers(entry.path, whiteout_files=whiteout_files)
 
 
 # -- copying entries ------------------------------------------------------------------------
 
 
 def copy_xattrs(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
-    """Copy the extended attributes of *source* to *target*, but the overlay's own.
+    """Copy the extended attributes of *source* to *target*, but the overlay's own
+    (:func:`._layers.overlay_xattrs`: as root, ``user.overlay.*`` are the file's).
 
     An xattr the target cannot have is left out (where the kernel's copy-up would fail the
     write instead): the data matters more to a test than an attribute it may not even read.
@@ -167,8 +189,9 @@ def copy_xattrs(source: str | os.PathLike[str], target: str | os.PathLike[str]) 
         if exc.errno in _NO_XATTR:
             return
         raise
+    private = overlay_xattrs(as_root=_is_root())
     for name in names:
-        if name.startswith(OVERLAY_XATTR_PREFIXES):
+        if name.startswith(private):
             continue
         try:
             value = os.getxattr(source, name, follow_symlinks=False)
@@ -249,13 +272,13 @@ def copy_layer(source: Path, target: Path) -> int:
     """
     owner = _is_root()
     os.mkdir(target, 0o700)
-    total = _copy_layer_dir(os.fspath(source), os.fspath(target), owner)
+    total = _copy_layer_dir(os.fspath(source), os.fspath(target), owner, os.fspath(target))
     # A layer's root may be a symbolic link to it (followed, as the reader does).
     copy_metadata(source, target, os.stat(source), owner=owner, exact=False)
     return total
 
 
-def _copy_layer_dir(source: str, target: str, owner: bool) -> int:
+def _copy_layer_dir(source: str, target: str, owner: bool, layer: str) -> int:
     total = 0
     with os.scandir(source) as it:
         entries = list(it)
@@ -263,17 +286,17 @@ def _copy_layer_dir(source: str, target: str, owner: bool) -> int:
         st = entry.stat(follow_symlinks=False)
         out = os.path.join(target, entry.name)
         if is_whiteout(st):
-            make_whiteout(target, entry.name)
+            make_whiteout(target, entry.name, layer=layer)
         elif stat.S_ISDIR(st.st_mode):
             # Filled before its mode is copied, which may forbid writing in it.
             os.mkdir(out, 0o700)
-            total += _copy_layer_dir(entry.path, out, owner)
+            total += _copy_layer_dir(entry.path, out, owner, layer)
             copy_metadata(entry.path, out, st, owner=owner, exact=False)
         elif copy_node(entry.path, out, st, owner=owner, exact=False) and stat.S_ISREG(st.st_mode):
             total += st.st_size
     marker = opaque_xattr(source)
     if marker is not None:
-        set_opaque(target, as_root=marker == OPAQUE_XATTRS[0])
+        set_opaque(target, as_root=marker == OPAQUE_XATTRS[0], layer=layer)
     return total
 
 
@@ -289,7 +312,7 @@ def synthesize_upper(diff: TreeDiff, new_root: Path, upper: Path) -> int:
         _make_parents(new_root, upper, parent, directories)
         target = os.path.join(upper, change.path)
         if change.kind is ChangeKind.DELETED:
-            make_whiteout(os.path.join(upper, parent), name)
+            make_whiteout(os.path.join(upper, parent), name, layer=os.fspath(upper))
             continue
         source = os.path.join(new_root, change.path)
         st = os.lstat(source)

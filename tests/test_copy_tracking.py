@@ -7,6 +7,7 @@ copy equal to the lowers (checked with a full walk, the old way of diffing).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,42 @@ def test_ten_changes_in_a_tree_of_two_thousand(tmp_path: Path, watch: bool) -> N
 @pytest.mark.stress
 def test_ten_changes_in_a_tree_of_a_hundred_thousand(tmp_path: Path) -> None:
     _check(tmp_path, 100_000, watch=True)
+
+
+def _link_escapes(root: Path) -> None:
+    """Writes that reach pristine files through names the directory watches never see."""
+    (root / "new").mkdir()
+    os.link(root / "a", root / "new" / "x")  # a hard link in a directory the test made
+    (root / "new" / "x").write_text("through a new directory\n")
+    os.mkdir(root / "other")
+    os.link(root / "sub" / "f", root / "other" / "y")
+    with open(root / "other" / "y", "r+") as held:
+        os.unlink(root / "other" / "y")  # the name is gone, the open file is not
+        held.write("through an unlinked name")
+    os.rename(root / "sub", root / "moved")
+    os.link(root / "moved" / "g", root / "new" / "z")
+    os.rename(root / "moved", root / "sub")
+    (root / "new" / "z").write_text("through a moved directory\n")
+
+
+@pytest.mark.parametrize("watch", [True, False], ids=["inotify", "stat-walk"])
+def test_a_write_through_any_name_is_seen_and_reset(tmp_path: Path, watch: bool) -> None:
+    # Issue 18: a change made through a hard link in a new or moved directory, or through
+    # a name unlinked since, was missing from the diff and survived the reset.
+    lower = tmp_path / "lower"
+    (lower / "sub").mkdir(parents=True)
+    for rel in ("a", "sub/f", "sub/g"):
+        (lower / rel).write_text(f"{rel}\n")
+    backend = CopyBackend(lambda: tmp_path / "scratch", watch=watch)
+    try:
+        mount = backend.mount([lower], label="first")
+        _link_escapes(mount.path)
+        expected = diff_trees(mount.path, [lower])
+        assert {"a", "sub/f", "sub/g"} <= expected.modified
+        assert mount.diff() == expected
+        mount.close()
+        again = backend.mount([lower], label="second")
+        assert not diff_trees(again.path, [lower]), "the reset left a change behind"
+        again.close()
+    finally:
+        backend.shutdown()

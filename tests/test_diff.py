@@ -18,8 +18,9 @@ from types import FrameType
 
 import pytest
 
+from pytest_overlay._checkpoint import diff_states
 from pytest_overlay._diff import Change, ChangeKind, TreeDiff, diff_trees, diff_upper
-from pytest_overlay._layers import LayerStack
+from pytest_overlay._layers import WHITEOUT_FILES_MARKER, LayerStack
 from tests._gates import gate
 
 
@@ -52,10 +53,19 @@ def whiteout(path: Path) -> None:
     os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(0, 0))
 
 
-def make_opaque(path: Path, how: str = "trusted.overlay.opaque") -> None:
-    """Create the directory *path* and mark it opaque by xattr *how* or by ``"sentinel"``."""
+def whiteout_files(*layers: Path) -> None:
+    """Mark *layers* as using ``.wh.`` files for whiteouts and opaque directories."""
+    for layer in layers:
+        write(layer / WHITEOUT_FILES_MARKER)
+
+
+def make_opaque(path: Path, how: str = "trusted.overlay.opaque", layer: Path | None = None) -> None:
+    """Create the directory *path* and mark it opaque by xattr *how* or by ``"sentinel"`` (in
+    *layer*, which is then marked as using ``.wh.`` files)."""
     path.mkdir(parents=True, exist_ok=True)
     if how == "sentinel":
+        assert layer is not None
+        whiteout_files(layer)
         (path / ".wh..wh..opq").touch()
     else:
         os.setxattr(path, how, b"y")
@@ -233,6 +243,7 @@ def test_layer_stack_merges_and_honours_whiteouts(tmp_path: Path) -> None:
     write(top / "d/t", b"top")
     write(top / ".wh.d")  # hides mid's and bottom's d, but top's d stays
     (top / "link").symlink_to(bottom / "realdir")
+    whiteout_files(top, mid, bottom)
     stack = LayerStack([top, mid, bottom])
 
     assert sorted(stack.listdir("")) == ["a", "b", "d", "f", "link", "o", "realdir"]
@@ -363,7 +374,7 @@ def test_fallback_whiteout_format(lower: Path, upper: Path) -> None:
     write(lower / "dir/b", b"x")
     write(upper / ".wh.file")
     write(upper / ".wh.absent")
-    make_opaque(upper / "dir", "sentinel")
+    make_opaque(upper / "dir", "sentinel", upper)
     write(upper / "dir/b", b"x")
     write(lower / "re/a", b"x")
     write(lower / "re/b", b"x")
@@ -372,6 +383,23 @@ def test_fallback_whiteout_format(lower: Path, upper: Path) -> None:
     for name in ("dir", "re"):
         shutil.copystat(lower / name, upper / name)
     assert letters(diff_upper(upper, [lower])) == {"dir/a": "D", "file": "D", "re/a": "D"}
+
+
+def test_wh_names_are_ordinary_in_the_kernels_format(lower: Path, upper: Path) -> None:
+    # Issue 18: the kernel's whiteouts are character devices 0/0 and its opaque marks xattrs,
+    # so a project's .wh.x is a file like any other; our readers took it for a whiteout.
+    write(lower / "a", b"a")
+    write(lower / ".wh.a", b"not a whiteout")
+    write(lower / "d/f", b"f")
+    write(lower / "d/.wh..wh..opq", b"not an opaque marker")
+    write(upper / ".wh.new", b"new")
+    write(upper / ".wh.a", b"changed")
+    stack = LayerStack([lower])
+    assert sorted(stack.listdir("")) == [".wh.a", "a", "d"]
+    assert sorted(stack.listdir("d")) == [".wh..wh..opq", "f"]
+    diff = diff_upper(upper, [lower])
+    assert letters(diff) == {".wh.a": "M", ".wh.new": "A"}
+    assert diff_states(None, upper, [lower]) == diff
 
 
 @needs_root
@@ -391,7 +419,7 @@ def test_opaque_dir_partially_recreated(lower: Path, upper: Path, how: str) -> N
             if exc.errno not in (errno.ENOTSUP, errno.EPERM):
                 raise
             gate("user-xattrs", f"the tmp filesystem refuses user.* xattrs: {exc}")
-    make_opaque(upper / "d", how)
+    make_opaque(upper / "d", how, upper)
     shutil.copystat(lower / "d", upper / "d")
     write(upper / "d/same", b"same")
     write(upper / "d/changed", b"new")
@@ -519,6 +547,7 @@ def test_multiple_lowers(tmp_path: Path, upper: Path) -> None:
     write(bottom / "z", b"bottom")
     whiteout(mid / "x")
     write(mid / ".wh.y")
+    whiteout_files(mid)
     make_opaque(mid / "d")
     write(mid / "d/mid", b"mid")
     write(top / "z", b"top")

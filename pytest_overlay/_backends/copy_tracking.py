@@ -4,8 +4,12 @@ The copy backend keeps one copy of the merged lowers per session and puts back, 
 test, only what the test changed.  That is only as good as knowing exactly what changed, so
 two sources are used:
 
-* inotify watches on every directory of the copy (they work unprivileged, in containers too):
-  each event names a path that may differ, at a cost in proportion to the changes;
+* inotify watches on every entry of the copy (they work unprivileged, in containers too):
+  each event names a path that may differ, at a cost in proportion to the changes.  Files are
+  watched, not only directories, because a change can reach a file by another name: a hard
+  link made in a directory the test created (not watched) or one unlinked since; a watch on
+  the file's inode sees the write, and the link itself (``IN_ATTRIB``, the link count), under
+  whatever name (issue 18);
 * a manifest of every entry's ``lstat`` (type and mode, inode, size, mtime, ctime), compared
   with a walk of the copy where inotify cannot be trusted: no inotify (not Linux), no watch
   left (``fs.inotify.max_user_watches``), or a queue overflow.  The ctime moves on every write,
@@ -51,6 +55,7 @@ _IN_EXCL_UNLINK = 0x04000000
 _IN_ISDIR = 0x40000000
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
+_FILE_MASK = _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_DONT_FOLLOW
 _WATCH_MASK = (
     _IN_MODIFY
     | _IN_ATTRIB
@@ -88,8 +93,8 @@ class _Inotify:
             raise OSError(err, f"inotify_init1: {os.strerror(err)}")
         self.fd: int = fd
 
-    def add(self, path: Path) -> int:
-        wd = int(self._add(self.fd, os.fsencode(path), _WATCH_MASK))
+    def add(self, path: Path, mask: int = _WATCH_MASK) -> int:
+        wd = int(self._add(self.fd, os.fsencode(path), mask))
         if wd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_add_watch: {os.strerror(err)}", str(path))
@@ -119,9 +124,8 @@ class ChangeTracker:
     def __init__(self, root: Path, *, watch: bool = True) -> None:
         self._root = root
         self.manifest: dict[str, Signature] = {}
-        # Inode -> a path that had it: a hard link the test makes to a file shares its inode,
-        # and a write through the new name must also mark the old one.
-        self._inodes: dict[int, str] = {}
+        # Watch descriptor -> the path it was added for.  A file's watch follows its inode,
+        # whatever names it gets later: an event on it marks the pristine path.
         self._watches: dict[int, str] = {}
         self._inotify: _Inotify | None = None
         self.why_walk: str | None = None
@@ -145,13 +149,10 @@ class ChangeTracker:
     def record(self, rel: str, path: Path, st: os.stat_result, *, is_dir: bool) -> None:
         """Take the pristine copy's entry at *rel* into the manifest (and watch a directory)."""
         self.manifest[rel] = signature(st)
-        if not is_dir:
-            self._inodes[st.st_ino] = rel
-            return
         if self._inotify is None or self.why_walk is not None:
             return
         try:
-            self._watches[self._inotify.add(path)] = rel
+            self._watches[self._inotify.add(path, _WATCH_MASK if is_dir else _FILE_MASK)] = rel
         except OSError as exc:
             # ENOSPC: fs.inotify.max_user_watches reached; the walk still finds everything.
             self.why_walk = str(exc)
@@ -175,26 +176,15 @@ class ChangeTracker:
         if base is None:
             return
         if not name:
-            if mask & (_IN_DELETE_SELF | _IN_MOVE_SELF) or mask & _IN_ATTRIB:
-                self.dirty.add(base)
+            # An event on the watched entry itself: a file's watch reports every write and
+            # link count change, through any name; a directory's its own moves and attributes.
+            self.dirty.add(base)
             return
         rel = f"{base}/{name}" if base else name
         self.dirty.add(rel)
         self.dirty.add(base)
         if mask & _IN_ISDIR and mask & _NEW_DIRECTORY:
             self.replaced.add(rel)
-        elif not mask & _IN_ISDIR and not mask & (_IN_DELETE | _IN_MOVED_FROM):
-            self._linked(rel)
-
-    def _linked(self, rel: str) -> None:
-        try:
-            st = os.lstat(self._root / rel)
-        except OSError:
-            return
-        if st.st_nlink > 1:
-            other = self._inodes.get(st.st_ino)
-            if other is not None:
-                self.dirty.add(other)
 
     def _walk(self) -> None:
         """Compare the whole copy with the manifest: every entry that differs, or is gone."""

@@ -21,7 +21,7 @@ import mfusepy
 
 from pytest_overlay._files import remove_tree
 from pytest_overlay._layers import WHITEOUT_PREFIX
-from pytest_overlay._layerwrite import clear_whiteout, copy_node, make_whiteout
+from pytest_overlay._layerwrite import clear_whiteout, copy_node, make_whiteout, set_opaque
 
 from .links import LinkNames
 from .view import MergedView, Node, fail, split
@@ -41,8 +41,29 @@ class UpperWriter:
     # Inode of a copied-up upper entry -> the inode it had in its lower layer.
     _origin_ino: dict[int, int]
     _tmp_names: Iterator[str]
+    # Names libfuse gave files unlinked while open (``.fuse_hidden*``) -> where the file is:
+    # moved out of the upper layer into the work directory, or still in its lower layer.
+    _hidden: dict[str, str]
+    # Upper inode -> how many of its links are hidden files (not counted in st_nlink).
+    _hidden_links: dict[int, int]
 
     # -- the merged view ------------------------------------------------------------------
+
+    def _node(self, rel: str) -> Node:
+        """The merged entry *rel*, or the open file libfuse hid under that name."""
+        if self._hidden and rel in self._hidden:
+            real = self._hidden[rel]
+            layer = 0 if real.startswith(self._work + "/") else 1
+            return Node(real, os.lstat(real), layer)
+        return self._view.get(rel)
+
+    def _whiteout(self, directory: str, name: str) -> None:
+        if make_whiteout(directory, name, layer=self._upper):
+            self._view.use_whiteout_files()
+
+    def _opaque(self, path: str) -> None:
+        if set_opaque(path, as_root=self._as_root, layer=self._upper):
+            self._view.use_whiteout_files()
 
     def _ino(self, node: Node) -> int:
         ino = node.st.st_ino
@@ -80,22 +101,77 @@ class UpperWriter:
         except BaseException:
             discard(tmp)
             raise
-        self._origin_ino[new_ino] = node.st.st_ino
-        if stat.S_ISDIR(node.st.st_mode):
+        is_dir = stat.S_ISDIR(node.st.st_mode)
+        if is_dir or node.st.st_nlink == 1:
+            # The kernel keeps the lower inode number across a copy-up only where the copy
+            # is still the one file it was (ovl_getattr): a lower hard link is broken by the
+            # copy-up, and the copy shows its own number, not its former partners'.
+            self._origin_ino[new_ino] = node.st.st_ino
+        if is_dir:
             self._view.invalidate()
+        self._copied_up(rel, node, target)
         return target
+
+    def _copied_up(self, rel: str, node: Node, target: str) -> None:
+        """*rel* now lives at *target* in the upper layer (the handles follow: :mod:`.ops`)."""
 
     def copy_up(self, rel: str) -> str:
         """Make sure the entry *rel* lives in the upper layer; return its upper path.
 
         A directory is copied up without its children (it stays merged with the layers below).
         """
+        if self._hidden and rel in self._hidden:
+            return self._hidden_copy(rel)
         node = self._view.get(rel)
         if node.layer == 0:
             return node.path
         if stat.S_ISDIR(node.st.st_mode):
             return self._upper_dir(rel)
         return self._copy_up_node(rel, node)
+
+    def _hidden_copy(self, rel: str) -> str:
+        """The work directory's path of a hidden open file that is being changed."""
+        real = self._hidden[rel]
+        if real.startswith(self._work + "/"):
+            return real
+        # A lower file unlinked while open for reading only: the kernel cannot copy it up
+        # (its name is a whiteout now) and answers EEXIST to fchmod, fchown, fsetxattr.
+        raise fail(errno.EEXIST, rel)
+
+    def _hide(self, rel: str, hidden: str) -> None:
+        """libfuse hides the open file *rel* as *hidden* instead of unlinking it (POSIX: an
+        unlinked file lives on while it is open).  The name goes as :meth:`_remove` takes
+        it; the file moves to the work directory (an upper file) or stays where it is (a
+        lower one), and every request for *hidden* is served from there until libfuse
+        unlinks it at the last close."""
+        node = self._view.get(rel)
+        if stat.S_ISDIR(node.st.st_mode):
+            raise fail(errno.EISDIR, rel)
+        real = node.path
+        if node.layer == 0:
+            real = self._tmp()
+            os.rename(node.path, real)
+            self._hidden_links[node.st.st_ino] = self._hidden_links.get(node.st.st_ino, 0) + 1
+        self._hidden[hidden] = real
+        self._renamed_handles(rel, hidden)
+        if self._view.below(rel):
+            parent, name = split(rel)
+            self._whiteout(self._upper_dir(parent), name)
+
+    def _unhide(self, hidden: str) -> None:
+        """The last handle on a hidden file was closed: the file goes for good."""
+        real = self._hidden.pop(hidden)
+        if real.startswith(self._work + "/"):
+            st = os.lstat(real)
+            os.unlink(real)
+            self._forget(st)
+            left = self._hidden_links.pop(st.st_ino, 1) - 1
+            if left:
+                self._hidden_links[st.st_ino] = left
+        self._renamed_handles(hidden, None)
+
+    def _renamed_handles(self, old: str, new: str | None) -> None:
+        """Read handles opened under *old* are now under *new* (:mod:`.ops`)."""
 
     def _copy_up_tree(self, rel: str) -> str:
         """Copy the directory *rel* up with everything the merged view shows below it."""
@@ -116,11 +192,13 @@ class UpperWriter:
             (then something of a lower layer was deleted at *rel*).
         """
         parent, name = split(rel)
-        if name.startswith(WHITEOUT_PREFIX):
-            # Such a name would read back as a whiteout: the format cannot hold it.
+        files = self._view.whiteout_files[0]
+        if files and name.startswith(WHITEOUT_PREFIX):
+            # An upper layer that marks whiteouts with .wh. files (its filesystem has no
+            # device nodes) cannot hold such a name: it would read back as a whiteout.
             raise fail(errno.EINVAL, rel)
         directory = self._upper_dir(parent)
-        return os.path.join(directory, name), clear_whiteout(directory, name)
+        return os.path.join(directory, name), clear_whiteout(directory, name, whiteout_files=files)
 
     def _created(self, path: str) -> None:
         """Give a new upper entry its creator's ownership (when the server runs as root)."""
@@ -133,7 +211,7 @@ class UpperWriter:
     def _restore_whiteout(self, rel: str, had_whiteout: bool) -> None:
         if had_whiteout:
             parent, name = split(rel)
-            make_whiteout(self._upper_dir(parent), name)
+            self._whiteout(self._upper_dir(parent), name)
 
     def _remove(self, rel: str, *, directory: bool) -> None:
         node = self._view.get(rel)
@@ -153,7 +231,7 @@ class UpperWriter:
                 os.unlink(node.path)
             self._forget(node.st)
         if below:
-            make_whiteout(self._upper_dir(parent), name)
+            self._whiteout(self._upper_dir(parent), name)
         if is_dir:
             self._view.invalidate()
 

@@ -22,10 +22,12 @@ __all__ = ["LinkNames", "PathInvalidator"]
 
 _Key = tuple[int, int]
 # How long a change waits for the kernel to take the invalidation.  Normally it takes
-# microseconds; the wait only ends early if the kernel needs this server to answer a request
+# microseconds; the wait only runs out if the kernel needs this server to answer a request
 # first (a read of the other name in flight holds its page locked), which it can once the
-# change returns.
-_WAIT_S = 0.1
+# change returns.  Not shorter: on a loaded machine the thread can take a tenth of a second
+# to get going, and a reply sent before the invalidation lets the caller's next stat see the
+# old attributes (issue 18: a copied-up hard link's link count).
+_WAIT_S = 1.0
 
 
 class LinkNames:
@@ -55,12 +57,13 @@ class LinkNames:
 
     def seen(self, rel: str, st: os.stat_result) -> None:
         """The view showed *rel*, an upper file with *st*."""
-        if self._invalidate is not None and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+        if self._invalidate is not None and st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
             self._names.setdefault((st.st_dev, st.st_ino), set()).add(rel)
 
     def key(self, st: os.stat_result) -> _Key | None:
         """What identifies a multiply-linked file (None for anything else)."""
-        if self._invalidate is None or st.st_nlink <= 1 or not stat.S_ISREG(st.st_mode):
+        # Any non-directory: symbolic links and FIFOs can be hard-linked too.
+        if self._invalidate is None or st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
             return None
         return (st.st_dev, st.st_ino)
 
@@ -72,12 +75,19 @@ class LinkNames:
         if others:
             self._invalidate(["/" + name for name in others])
 
+    def refresh(self, rel: str) -> None:
+        """The kernel's attributes of *rel* are stale (its link count changed under it)."""
+        if self._invalidate is not None:
+            self._invalidate(["/" + rel])
+
     def renamed(self, old: str, new: str) -> None:
-        """A name moved (files only; a directory's names are looked up again anyway)."""
+        """A name moved; if it is a directory, so did every name below it."""
+        below = old + "/"
         for names in self._names.values():
-            if old in names:
-                names.discard(old)
-                names.add(new)
+            moved = {n for n in names if n == old or n.startswith(below)}
+            if moved:
+                names -= moved
+                names |= {new + n[len(old) :] for n in moved}
 
     def forget(self, rel: str) -> None:
         """The name *rel* is gone."""

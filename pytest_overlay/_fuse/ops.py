@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,8 +25,8 @@ from typing import Any, NamedTuple
 import mfusepy
 
 from pytest_overlay._files import remove_tree
-from pytest_overlay._layers import OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX
-from pytest_overlay._layerwrite import clear_whiteout, make_whiteout, set_opaque, strip_markers
+from pytest_overlay._layers import WHITEOUT_PREFIX, overlay_xattrs
+from pytest_overlay._layerwrite import clear_whiteout, strip_markers
 
 from .copyup import UpperWriter
 from .links import LinkNames
@@ -64,6 +65,9 @@ class KernelStat(NamedTuple):
 
 
 _new_tuple = tuple.__new__
+
+# The name libfuse gives a file unlinked while open (lib/fuse.c, hidden_name()).
+_HIDDEN = re.compile(r"\.fuse_hidden[0-9a-f]{16}")
 
 # libfuse 3's capability bits (fuse_common.h).
 _CAP_READDIRPLUS = 1 << 13
@@ -113,12 +117,20 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
         self._work = os.path.abspath(work)
         self._view = MergedView((self._upper, *(os.path.abspath(p) for p in lowers)))
         self._as_root = os.geteuid() == 0
+        self._private_xattrs = overlay_xattrs(as_root=self._as_root)
         self._on_init = on_init
         # Inode of a copied-up upper entry -> the inode it had in its lower layer, so that a
         # copy-up does not change st_ino (all layers share one filesystem, so no clashes).
         self._origin_ino: dict[int, int] = {}
         # File handles (real fds) that are open on an upper file for writing.
         self._writable: set[int] = set()
+        # Read handles on lower files, by the name they were opened under, with their flags:
+        # a copy-up moves them onto the copy, as the kernel's ovl_real_fdget() does, so that
+        # they see what is written next (and never put stale pages in the kernel's cache).
+        self._readers: dict[str, dict[int, int]] = {}
+        self._reader_rel: dict[int, str] = {}  # the other way round
+        self._hidden = {}
+        self._hidden_links = {}
         self._tmp_names = (f"#{os.getpid()}.{n}" for n in itertools.count())
 
     # -- FUSE operations: reading ---------------------------------------------------------
@@ -147,11 +159,13 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
             st = os.fstat(fh)
             return KernelStat(st, st.st_ino, st.st_nlink)
         rel = _rel(path)
-        node = self._view.get(rel)
+        node = self._node(rel) if self._hidden else self._view.get(rel)
         st = node.st
         nlink = st.st_nlink
         if node.layer == 0:
             ino = self._origin_ino.get(st.st_ino, st.st_ino)
+            if self._hidden_links and st.st_ino in self._hidden_links:
+                nlink -= self._hidden_links[st.st_ino]  # names unlinked while open
             if nlink > 1 and self._links.active:
                 self._links.seen(rel, st)
         else:
@@ -211,14 +225,14 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         """An xattr of the merged entry; the overlay's own are not shown."""
-        if name.startswith(OVERLAY_XATTR_PREFIXES):
+        if name.startswith(self._private_xattrs):
             raise fail(errno.ENODATA, _rel(path))
-        return os.getxattr(self._view.get(_rel(path)).path, name, follow_symlinks=False)
+        return os.getxattr(self._node(_rel(path)).path, name, follow_symlinks=False)
 
     def listxattr(self, path: str) -> list[str]:
         """The xattr names of the merged entry, without the overlay's own."""
-        names = os.listxattr(self._view.get(_rel(path)).path, follow_symlinks=False)
-        return [name for name in names if not name.startswith(OVERLAY_XATTR_PREFIXES)]
+        names = os.listxattr(self._node(_rel(path)).path, follow_symlinks=False)
+        return [name for name in names if not name.startswith(self._private_xattrs)]
 
     # -- FUSE operations: files -----------------------------------------------------------
     # No ``flush``: writes go straight to the backing file, so there is nothing to do, and
@@ -228,8 +242,12 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
         """Open the backing file; opening for writing copies it up first."""
         rel = _rel(path)
         write = _is_write(flags)
-        real = self.copy_up(rel) if write else self._view.get(rel).path
+        node = None if write else self._node(rel)
+        real = self.copy_up(rel) if node is None else node.path
         fd = os.open(real, (flags & ~_STRIP_FLAGS) | os.O_CLOEXEC)
+        if node is not None and node.layer > 0:
+            self._readers.setdefault(rel, {})[fd] = flags & ~_STRIP_FLAGS
+            self._reader_rel[fd] = rel
         if write:
             self._writable.add(fd)
             if self._links.tracking:
@@ -291,8 +309,33 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
         """Close the backing file."""
         self._writable.discard(fh)
         self._fh_links.pop(fh, None)
+        rel = self._reader_rel.pop(fh, None)
+        if rel is not None:
+            handles = self._readers.get(rel, {})
+            handles.pop(fh, None)
+            if not handles:
+                self._readers.pop(rel, None)
         os.close(fh)
         return 0
+
+    def _copied_up(self, rel: str, node: Any, target: str) -> None:
+        """Move the read handles on the lower file onto its copy, keeping their numbers."""
+        if node.st.st_nlink > 1 and not stat.S_ISDIR(node.st.st_mode):
+            # A lower hard link, broken by the copy-up: the copy has a link count and an
+            # inode number of its own, which the kernel would not ask for again.
+            self._links.refresh(rel)
+        for fh, flags in self._readers.pop(rel, {}).items():
+            fd = os.open(target, flags | os.O_CLOEXEC)
+            try:
+                os.dup2(fd, fh, inheritable=False)
+            finally:
+                os.close(fd)
+
+    def _renamed_handles(self, old: str, new: str | None) -> None:
+        handles = self._readers.pop(old, None)
+        if handles and new is not None:
+            self._readers.setdefault(new, {}).update(handles)
+            self._reader_rel.update(dict.fromkeys(handles, new))
 
     # -- FUSE operations: metadata (copy-up first) ----------------------------------------
 
@@ -329,7 +372,7 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         """Set an xattr, in the upper layer; the overlay's own cannot be set."""
-        if name.startswith(OVERLAY_XATTR_PREFIXES):
+        if name.startswith(self._private_xattrs):
             raise fail(errno.EOPNOTSUPP, _rel(path))  # the kernel refuses them the same way
         real = self.copy_up(_rel(path))
         os.setxattr(real, name, value, options, follow_symlinks=False)
@@ -338,7 +381,7 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
 
     def removexattr(self, path: str, name: str) -> int:
         """Remove an xattr, in the upper layer."""
-        if name.startswith(OVERLAY_XATTR_PREFIXES):
+        if name.startswith(self._private_xattrs):
             raise fail(errno.EOPNOTSUPP, _rel(path))
         os.removexattr(self.copy_up(_rel(path)), name, follow_symlinks=False)
         self._changed(_rel(path))
@@ -358,7 +401,7 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
             raise
         if had_whiteout:
             try:
-                set_opaque(target, as_root=self._as_root)
+                self._opaque(target)
             except BaseException:
                 os.rmdir(target)
                 self._restore_whiteout(rel, had_whiteout)
@@ -410,11 +453,16 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
     def unlink(self, path: str) -> int:
         """Remove a non-directory; a whiteout hides it if a lower layer has it."""
         rel = _rel(path)
+        if rel in self._hidden:
+            self._unhide(rel)
+            self._links.forget(rel)
+            return 0
         key = None
         if self._links.tracking:
             node = self._view.lookup(rel)
             key = self._links.key(node.st) if node is not None and node.layer == 0 else None
         self._remove(rel, directory=False)
+        self._readers.pop(rel, None)
         self._links.forget(rel)
         self._links.changed(key, rel)  # the other names' link count
         return 0
@@ -436,8 +484,10 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
             return 0
         if new_rel.startswith(old_rel + "/"):
             raise fail(errno.EINVAL, new_rel)
-        if split(new_rel)[1].startswith(WHITEOUT_PREFIX):
-            raise fail(errno.EINVAL, new_rel)
+        if _HIDDEN.fullmatch(split(new_rel)[1]) and self._view.lookup(new_rel) is None:
+            return self._hide_open_file(old_rel, new_rel)
+        if self._view.whiteout_files[0] and split(new_rel)[1].startswith(WHITEOUT_PREFIX):
+            raise fail(errno.EINVAL, new_rel)  # see _new_entry
         src = self._view.get(old_rel)
         dst = self._view.lookup(new_rel)
         is_dir = stat.S_ISDIR(src.st.st_mode)
@@ -449,8 +499,11 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
                     raise fail(errno.ENOTEMPTY, new_rel)
             elif is_dir:
                 raise fail(errno.ENOTDIR, new_rel)
-            elif dst.st.st_ino == src.st.st_ino and dst.st.st_dev == src.st.st_dev:
-                return 0  # two links of one file: rename(2) does nothing
+            elif src.layer == dst.layer == 0 and dst.st.st_ino == src.st.st_ino:
+                # Two links of one file: rename(2) does nothing.  Not for two names of a
+                # lower hard link: the kernel gives them an inode each (no index), so the
+                # rename goes ahead and removes the old name.
+                return 0
         if is_dir and (src.layer > 0 or len(self._view.chain(old_rel)) > 1):
             if not self._rename_lower_dirs:
                 raise fail(errno.EXDEV, old_rel)
@@ -465,23 +518,42 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
         directory = self._upper_dir(new_parent)
         target = os.path.join(directory, new_name)
         dst = self._view.lookup(new_rel)
+        replaced = None
         if dst is not None and dst.layer == 0:
             if is_dir:
                 remove_tree(dst.path)
             self._forget(dst.st)
-        clear_whiteout(directory, new_name)
+            replaced = self._links.key(dst.st) if self._links.tracking else None
+        clear_whiteout(directory, new_name, whiteout_files=self._view.whiteout_files[0])
         os.rename(real, target)
         if is_dir:
             self._view.invalidate()
             if moved_from_lower:
-                strip_markers(target)  # whiteouts inside hid what the old place had below
+                # Whiteouts inside hid what the old place had below.
+                strip_markers(target, whiteout_files=self._view.whiteout_files[0])
             if new_below:
-                set_opaque(target, as_root=self._as_root)
+                self._opaque(target)
         if old_below:
             old_parent, old_name = split(old_rel)
-            make_whiteout(self._upper_dir(old_parent), old_name)
+            self._whiteout(self._upper_dir(old_parent), old_name)
         if is_dir:
             self._view.invalidate()
-        else:
-            self._links.renamed(old_rel, new_rel)
+        self._links.forget(new_rel)
+        self._links.renamed(old_rel, new_rel)
+        self._links.changed(replaced, new_rel)  # the replaced file's other names: link count
+        self._readers.pop(new_rel, None)
+        return 0
+
+    def _hide_open_file(self, rel: str, hidden: str) -> int:
+        """libfuse's rename of an open file being unlinked (no ``hard_remove``): see
+        :meth:`_hide`.  The other names of a hard link see their link count drop."""
+        key = None
+        if self._links.tracking:
+            node = self._view.lookup(rel)
+            key = self._links.key(node.st) if node is not None and node.layer == 0 else None
+        self._hide(rel, hidden)
+        # The open file keeps its kernel inode under the hidden name: a write through
+        # another name must reach it there.
+        self._links.renamed(rel, hidden)
+        self._links.changed(key, hidden)
         return 0

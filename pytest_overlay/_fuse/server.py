@@ -36,9 +36,12 @@ Mount options, and why:
     others until the timeout.  On libfuse 3, :mod:`.links` invalidates them by path; libfuse 2
     has no way to (``auto_cache`` drops pages but not the cached size), which is why this
     server prefers libfuse 3 (:func:`load_mfusepy`).
-``hard_remove``
-    no ``.fuse_hidden*`` renames of unlinked open files, which would land in the upper layer;
-    our handles are real file descriptors, so unlinked open files still work.
+no ``hard_remove``
+    libfuse renames a file unlinked while open to ``.fuse_hidden*`` and unlinks that name at
+    the last close; the operations keep such a file out of the upper layer and serve it under
+    that name (:meth:`.copyup.UpperWriter._hide`).  With ``hard_remove`` the kernel's ``fstat``,
+    ``fchmod`` or ``ftruncate`` of the open file reached us without a path or handle
+    (``ESTALE``, ``EBADF``), where POSIX says the open file lives on (issue 18).
 ``big_writes`` (libfuse 2 only; libfuse 3 always does it)
     writes of up to 128 KiB per request instead of 4 KiB.
 ``allow_other`` (root only)
@@ -88,7 +91,6 @@ def mount_options(fuse_major: int, *, as_root: bool) -> dict[str, Any]:
         "subtype": FSNAME,
         "default_permissions": True,
         "use_ino": True,
-        "hard_remove": True,
         "attr_timeout": TIMEOUT,
         "entry_timeout": TIMEOUT,
         "negative_timeout": TIMEOUT,

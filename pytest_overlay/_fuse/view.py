@@ -1,8 +1,9 @@
 """The merged, read-write view of an upper layer over read-only lower layers.
 
 Lookups follow kernel overlayfs: the topmost layer holding a name provides it; a whiteout, an
-opaque directory or a non-directory hides the layers below.  Each layer's directory may use
-either whiteout format and either opaque marker (:mod:`pytest_overlay._layers` reads them).
+opaque directory or a non-directory hides the layers below.  A layer uses the kernel's format,
+or, where its root says so, ``.wh.`` files (:mod:`pytest_overlay._layers` reads both); in the
+kernel's format, names starting with ``.wh.`` are ordinary names.
 Unlike :class:`pytest_overlay._layers.LayerStack`, the topmost layer (the upper) changes, so
 the directory cache is dropped (:meth:`MergedView.invalidate`) whenever a directory's makeup
 changes.
@@ -23,6 +24,7 @@ from pytest_overlay._layers import (
     is_opaque,
     is_whiteout,
     read_layer_dir,
+    uses_whiteout_files,
 )
 
 __all__ = ["Entry", "MergedView", "Node", "fail", "split"]
@@ -57,7 +59,9 @@ class Entry(NamedTuple):
     """The file type bits of ``st_mode`` (``stat.S_IFMT``)."""
 
 
-def _scan_layer_dir(directory: str, layer: int) -> tuple[dict[str, Entry], frozenset[str]]:
+def _scan_layer_dir(
+    directory: str, layer: int, whiteout_files: bool
+) -> tuple[dict[str, Entry], frozenset[str]]:
     """The entries of one *layer*'s *directory* and the names it whites out.
 
     ``d_type`` gives the types, so only character devices (which may be whiteouts) and file
@@ -69,7 +73,7 @@ def _scan_layer_dir(directory: str, layer: int) -> tuple[dict[str, Entry], froze
         for dirent in listing:
             name = dirent.name
             try:
-                if name.startswith(WHITEOUT_PREFIX):
+                if whiteout_files and name.startswith(WHITEOUT_PREFIX):
                     if name != OPAQUE_SENTINEL and dirent.is_file(follow_symlinks=False):
                         whiteouts.add(name[len(WHITEOUT_PREFIX) :])
                     continue
@@ -124,6 +128,9 @@ class MergedView:
         # Paths are joined with an f-string (os.path.join costs as much as the lstat it
         # feeds), so no layer may end in a separator; "/" itself gives "//name", still valid.
         self._layers = tuple(os.path.normpath(layer) for layer in layers)
+        # Per layer: whether it marks whiteouts with .wh. files (the upper's may turn on,
+        # :meth:`use_whiteout_files`).
+        self.whiteout_files = [uses_whiteout_files(layer) for layer in self._layers]
         # Merged directory -> its (layer, real directory) parts, topmost first; () for a path
         # that is no directory.
         self._dirs: dict[str, tuple[tuple[int, str], ...]] = {}
@@ -138,6 +145,11 @@ class MergedView:
     def invalidate(self) -> None:
         """Forget cached directories: a directory was made, removed, moved or made opaque."""
         self._dirs.clear()
+
+    def use_whiteout_files(self) -> None:
+        """The upper layer has begun to mark whiteouts with ``.wh.`` files."""
+        self.whiteout_files[0] = True
+        self.invalidate()
 
     def _names(self, directory: str) -> frozenset[str]:
         names = self._lower_names.get(directory)
@@ -154,6 +166,13 @@ class MergedView:
     ) -> tuple[os.stat_result | None, bool]:
         """``lstat`` *name* (at *path*) in one layer's *directory*; and whether it hides the
         layers below."""
+        if not self.whiteout_files[layer]:
+            st = _lstat(path) if layer == 0 or name in self._names(directory) else None
+            if st is not None and stat.S_ISCHR(st.st_mode) and is_whiteout(st):
+                return None, True
+            return st, False
+        if name.startswith(WHITEOUT_PREFIX):
+            return None, False  # a marker in this format, never an entry
         marker_name = WHITEOUT_PREFIX + name
         if layer > 0:
             names = self._names(directory)
@@ -179,18 +198,17 @@ class MergedView:
             result.extend(enumerate(self._layers))  # the kernel ignores opaque roots too
         else:
             parent, name = split(rel)
-            if not name.startswith(WHITEOUT_PREFIX):
-                for layer, directory in self.chain(parent):
-                    path = f"{directory}/{name}"
-                    st, hides_below = self._probe(layer, directory, name, path)
-                    if st is not None:
-                        if not stat.S_ISDIR(st.st_mode):
-                            break
-                        result.append((layer, path))
-                        if is_opaque(Path(path)):
-                            break
-                    if hides_below:
+            for layer, directory in self.chain(parent):
+                path = f"{directory}/{name}"
+                st, hides_below = self._probe(layer, directory, name, path)
+                if st is not None:
+                    if not stat.S_ISDIR(st.st_mode):
                         break
+                    result.append((layer, path))
+                    if is_opaque(Path(path), whiteout_files=self.whiteout_files[layer]):
+                        break
+                if hides_below:
+                    break
         found = tuple(result)
         self._dirs[rel] = found
         return found
@@ -203,13 +221,16 @@ class MergedView:
             root = os.path.join(self._layers[0], "")
             return _new_tuple(Node, (root, os.lstat(root), 0))
         parent, _, name = rel.rpartition("/")
-        if name.startswith(WHITEOUT_PREFIX):
-            return None
         chain = self._dirs.get(parent)
         for layer, directory in self.chain(parent) if chain is None else chain:
             path = f"{directory}/{name}"
             names = self._lower_names.get(directory) if layer else None
-            if names is not None and name in names and WHITEOUT_PREFIX + name not in names:
+            if (
+                names is not None
+                and name in names
+                and not (self.whiteout_files[layer] and name.startswith(WHITEOUT_PREFIX))
+                and WHITEOUT_PREFIX + name not in names
+            ):
                 # The common case, a listed lower name with no marker: one lstat, inlined
                 # because every LOOKUP the kernel sends comes here.
                 st = _lstat(path)
@@ -242,11 +263,12 @@ class MergedView:
         return False
 
     def _scan(self, layer: int, directory: str) -> tuple[dict[str, Entry], frozenset[str]]:
+        files = self.whiteout_files[layer]
         if layer == 0:
-            return _scan_layer_dir(directory, layer)
+            return _scan_layer_dir(directory, layer, files)
         cached = self._lower_scans.get(directory)
         if cached is None:
-            cached = self._lower_scans[directory] = _scan_layer_dir(directory, layer)
+            cached = self._lower_scans[directory] = _scan_layer_dir(directory, layer, files)
         return cached
 
     def entries(self, rel: str) -> Mapping[str, Entry]:
@@ -272,7 +294,9 @@ class MergedView:
         merged: dict[str, Node] = {}
         hidden: set[str] = set()
         for layer, directory in self.chain(rel):
-            entries, whiteouts = read_layer_dir(Path(directory))
+            entries, whiteouts = read_layer_dir(
+                Path(directory), whiteout_files=self.whiteout_files[layer]
+            )
             for name, st in entries.items():
                 if name not in merged and name not in hidden:
                     merged[name] = Node(f"{directory}/{name}", st, layer)
