@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay import _namespaces, _probe, _syscalls
+from pytest_overlay import _namespaces, _overlayopts, _probe, _syscalls
 from tests import _unpriv
 from tests._gates import gate
 from tests._run import Result, assert_clean, mount_denied, run, run_pytest
@@ -204,7 +204,8 @@ def test_probe_blames_a_denied_tmpfs_mount(fake_mounts: pytest.MonkeyPatch, err:
 
 
 def test_probe_blames_a_denied_overlay_mount(fake_mounts: pytest.MonkeyPatch) -> None:
-    fake_mounts.setattr(_syscalls, "mount_overlay_new_api", _refuse(errno.EPERM))
+    # The probe mounts through the views' own builder (legacy mount(2) or fsconfig).
+    fake_mounts.setattr(_overlayopts, "mount_overlay", _refuse(errno.EPERM))
     result = _probe._probe_in_child(unprivileged=True)
     assert "but the overlay mount in it was denied (EPERM)" in result.reason
 

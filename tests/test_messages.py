@@ -163,7 +163,7 @@ def test_a_lingering_process_is_reported_in_one_line(pytester: pytest.Pytester) 
     result.stdout.fnmatch_lines(
         [
             "*= pytest-overlay =*",
-            "test_linger.py::test_leaves_a_process: * was still in use (by pid * (sleep 3) "
+            "test_linger.py::test_leaves_a_process: * was still in use (by pid * (*sleep 3*) "
             "through *), so it was detached lazily*",
         ]
     )

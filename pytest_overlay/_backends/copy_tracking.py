@@ -244,9 +244,9 @@ def processes_inside(root: str) -> list[tuple[int, str]]:
     only this process and those with a higher pid are looked at: the kernel hands out pids in
     increasing order, so an older process cannot have been started by the test, and passing
     it over costs nothing, where reading each one's start time cost a file read per process
-    on the machine.  After the pids wrap around (at ``kernel.pid_max``) a lingering process
-    may be missed; the copy is then reset again before it is handed out if that process
-    wrote to it.  Processes we may not inspect are passed over.
+    on the machine.  Once the pids have wrapped around (at ``kernel.pid_max``, 32768 on many
+    machines: a long suite gets there), the last pid handed out is below ours, and the pids up
+    to it are newer than this process too.  Processes we may not inspect are passed over.
     """
     if sys.platform != "linux":
         return []
@@ -255,10 +255,12 @@ def processes_inside(root: str) -> list[tuple[int, str]]:
         pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
         return []  # no procfs mounted here
+    last = _last_pid()
+    wrapped = last if last is not None and last < own else 0
     prefix = root.rstrip("/") + "/"
     found = []
     for pid in pids:
-        if pid < own:
+        if wrapped < pid < own:
             continue
         try:
             if _holds(f"/proc/{pid}/", root, prefix):
@@ -266,6 +268,14 @@ def processes_inside(root: str) -> list[tuple[int, str]]:
         except OSError:  # gone meanwhile, or not ours to inspect
             continue
     return found
+
+
+def _last_pid() -> int | None:
+    """The last pid the kernel handed out in this pid namespace."""
+    try:
+        return int(_read_proc("/proc/sys/kernel/ns_last_pid"))
+    except (OSError, ValueError):
+        return None
 
 
 def _read_proc(path: str) -> bytes:
