@@ -14,6 +14,7 @@ import contextlib
 import errno
 import itertools
 import os
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,7 +49,7 @@ class KernelMount(UpperLayerView):
                 detach(self._merged)  # in-place: the view sits outside our tmpfs
             detach(self._root)
             try:
-                self._root.rmdir()
+                _remove_tree(self._root)  # a directory on disk (tmpfs without user xattrs)
             except OSError as exc:
                 return [f"could not remove {self._root}: {exc}"]
         if busy:
@@ -57,6 +58,32 @@ class KernelMount(UpperLayerView):
                 "file), so it was detached lazily: the kernel frees it when that process exits"
             ]
         return []
+
+
+def _mounts_under(root: Path) -> list[Path]:
+    """Mount points at or below *root* in the calling thread's mount table."""
+    return [m.point for m in _mountinfo.read() if m.point == root or root in m.point.parents]
+
+
+def _remove_tree(root: Path) -> None:
+    """Remove *root*: an empty mount point, or an upper layer kept on disk.
+
+    Never while something is mounted at or below *root*: an in-place view binds the real
+    project below it, and removing through that bind would delete the user's files.
+    """
+    try:
+        root.rmdir()
+    except OSError as exc:
+        if exc.errno != errno.ENOTEMPTY:
+            raise
+        if _mounts_under(root):
+            raise OSError(errno.EBUSY, "something is still mounted below it") from exc
+        # A test may leave directories without write or search permission.
+        for directory, dirnames, _ in os.walk(root):
+            for name in dirnames:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(directory, name), 0o700, follow_symlinks=False)
+        shutil.rmtree(root)
 
 
 def _is_busy(target: Path) -> bool:
@@ -81,6 +108,7 @@ class KernelBackend:
         self._probe: _probe.ProbeResult | None = None
         self._ready_threads: set[int] = set()
         self._unprivileged: bool | None = None
+        self._upper_on_disk = False
         self._tmpfs_options = "mode=0755" + (f",size={upper_size}" if upper_size else "")
 
     @property
@@ -122,6 +150,11 @@ class KernelBackend:
         self._scratch.mkdir(parents=True, exist_ok=True)
         with _namespaces.privileged():
             _syscalls.mount("tmpfs", self._scratch, "tmpfs", _syscalls.MS_NOSUID, "mode=0755")
+            if self.unprivileged and not _overlayopts.user_xattrs(self._scratch):
+                # tmpfs before Linux 6.6 cannot mark an opaque directory of an unprivileged
+                # overlay: its upper layers go on the disk beneath (the probe checked it can).
+                _syscalls.umount(self._scratch, _syscalls.MNT_DETACH)
+                self._upper_on_disk = True
         self._ready_threads.add(native_id)
 
     def mount(
@@ -135,8 +168,9 @@ class KernelBackend:
         self._prepare_thread()
         root = self._scratch / f"{safe_label(label)}{next(self._counter)}"
         root.mkdir()
-        with _namespaces.privileged():
-            _syscalls.mount("tmpfs", root, "tmpfs", 0, self._tmpfs_options)
+        if not self._upper_on_disk:
+            with _namespaces.privileged():
+                _syscalls.mount("tmpfs", root, "tmpfs", 0, self._tmpfs_options)
         upper, work = root / ".upper", root / ".work"
         merged = target or root / (lowers[0].name or "root")
         for directory in (upper, work) if target else (upper, work, merged):

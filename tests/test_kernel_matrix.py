@@ -1,0 +1,128 @@
+"""The kernel matrix: Debian's kernels booted under qemu, a small project run in each mode.
+
+Each kernel of :data:`tests._kernels.KERNELS` boots under emulation (virtme-ng, the host's root
+filesystem shared) and runs ``tests/_kernel_guest.py``: the kernel backend as root and as an
+ordinary user (``auto``), in place as both, FUSE as both, snapshot layers in every run, and the
+kernel-oracle differential tests as root.  A boot and its runs take a few minutes, so the
+matrix runs only where ``PYTEST_OVERLAY_REQUIRE`` asks for ``kernels`` (``all``, as ``.ci/run``
+sets it, does); there a missing qemu, virtme-ng or kernel image fails the test.
+
+The table of docs/kernels.md is this matrix's result: each kernel's row, rendered from what
+the guest reported, must be there verbatim (:func:`tests._kernels.table_row`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests import _kernels, _unpriv
+from tests._gates import REQUIRE_ENV, gate
+from tests._kernel_guest import MODES
+
+pytestmark = pytest.mark.kernels
+
+DOCS = Path(__file__).absolute().parents[1] / "docs" / "kernels.md"
+PASSED = {"passed": 3}  # the small project's two tests and the snapshot-layer test
+ROOT_KERNEL = "overlay: backend=kernel (root)"
+USER_KERNEL = "overlay: backend=kernel (user namespace)"
+USER_FUSE = "overlay: backend=fuse (fusermount3)"
+
+
+@pytest.fixture(scope="module")
+def guest_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """The interpreter, its libraries and the checkout, packed for the guests (once)."""
+    tar = tmp_path_factory.mktemp("kernel-matrix") / "guest-env.tar"
+    return tar, _kernels.pack_guest_env(tar)
+
+
+def _boot_reason(kernel: _kernels.Kernel) -> str | None:
+    if os.geteuid() != 0:
+        return "the suite is not running as root (the guest shares the host's root as root)"
+    missing = _kernels.missing_tools()
+    if missing:
+        return missing
+    if kernel.image() is None:
+        return (
+            f"no {kernel.series} kernel image in {kernel.directory}: run "
+            f"`python -m tests._kernels fetch` (.ci/run does)"
+        )
+    return None
+
+
+def boot(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> dict[str, object]:
+    """Boot *kernel*, run every mode in it, and return the guest's result."""
+    if "kernels" not in os.environ.get(REQUIRE_ENV, ""):
+        pytest.skip(f"the kernel matrix boots VMs for minutes; set {REQUIRE_ENV}=kernels to run it")
+    gate("kernels", _boot_reason(kernel))
+    _unpriv.ensure_test_user()  # the guest sees the host's /etc
+    image = kernel.image()
+    assert image is not None
+    tar, mounts = guest_env
+    argv = _kernels.boot_argv(image, _kernels.guest_script(tar, mounts, []))
+    done = subprocess.run(
+        argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1800, check=False
+    )
+    result = _kernels.parse_result(done.stdout)
+    console = (done.stdout + done.stderr)[-6000:]
+    assert result is not None, f"the guest printed no result (exit {done.returncode}):\n{console}"
+    print(json.dumps(result, indent=1, sort_keys=True))
+    return result
+
+
+@pytest.mark.parametrize("kernel", _kernels.KERNELS, ids=lambda k: k.series)
+def test_kernel(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> None:
+    result = boot(kernel, guest_env)
+    guest = result["guest"]
+    assert isinstance(guest, dict)
+    assert guest["returncode"] == 0, guest
+    assert str(guest["release"]).startswith(kernel.series + "."), guest
+    runs = result["runs"]
+    assert isinstance(runs, dict)
+    assert set(runs) == {*MODES, "differential"}
+    for name, run in runs.items():
+        assert run["identical"], f"{name} changed the real tree"
+
+    def check(name: str, header: str | None, *, returncode: int = 0) -> list[str]:
+        run = runs[name]
+        assert run["returncode"] == returncode, (name, run["tail"])
+        if returncode == 0:
+            assert run["counts"] == PASSED, (name, run["counts"])
+        if header is not None:
+            assert run["header"][:1] == [header], (name, run["header"])
+        return list(run["header"])
+
+    check("root-kernel", ROOT_KERNEL)
+    check("root-inplace", ROOT_KERNEL)
+    check("root-fuse", "overlay: backend=fuse (root)")
+    check("user-fuse", USER_FUSE)
+    check("differential", None)
+    assert runs["differential"]["counts"] == {"passed": 1}
+    if kernel.unprivileged:
+        check("user-auto", USER_KERNEL)
+        check("user-inplace", USER_KERNEL)
+    else:
+        # Below the floor: one line says why, and auto falls back to FUSE.
+        header = check("user-auto", USER_FUSE)
+        assert header[1:] == [
+            f"  kernel not used: Linux {kernel.series} cannot mount overlayfs without root "
+            "(needs 5.11 or newer); run the tests as root or upgrade the kernel"
+        ]
+        tail = runs["user-inplace"]["tail"]
+        check("user-inplace", None, returncode=4)
+        assert "Linux 5.10 cannot mount overlayfs without root" in tail, tail
+    row = _kernels.table_row(kernel, result)
+    assert row in DOCS.read_text().splitlines(), (
+        f"docs/kernels.md's table does not have the row the matrix measured for "
+        f"{kernel.series}; put this row there:\n{row}"
+    )
+
+
+def test_docs_table_has_a_row_per_kernel() -> None:
+    """The table lists exactly the kernels the matrix boots, oldest first (no VM needed)."""
+    rows = _kernels.table_rows(DOCS.read_text())
+    assert [row.split("|")[1].strip() for row in rows] == [k.series for k in _kernels.KERNELS]
