@@ -126,3 +126,52 @@ def test_docs_table_has_a_row_per_kernel() -> None:
     """The table lists exactly the kernels the matrix boots, oldest first (no VM needed)."""
     rows = _kernels.table_rows(DOCS.read_text())
     assert [row.split("|")[1].strip() for row in rows] == [k.series for k in _kernels.KERNELS]
+
+
+# Linux 5.11 to 6.5 on this machine's kernel: tmpfs refuses user.* xattrs (patched in the child).
+NO_TMPFS_XATTRS = """
+from pathlib import Path
+
+from pytest_overlay import _overlayopts
+from pytest_overlay._backends.kernel import _filesystem_type
+
+_real = _overlayopts.user_xattrs
+
+
+def _before_6_6(directory):
+    return False if _filesystem_type(Path(directory)) == "tmpfs" else _real(directory)
+
+
+_overlayopts.user_xattrs = _before_6_6
+"""
+
+
+@pytest.mark.parametrize("mode", [(), ("--overlay",)], ids=["fixture", "in-place"])
+def test_unprivileged_upper_on_disk_where_tmpfs_has_no_user_xattrs(mode: tuple[str, ...]) -> None:
+    """What the matrix found on Debian 12's 6.1: the upper layers go on the disk instead."""
+    from tests import _run
+    from tests._sample_project import SMALL_PROJECT, tree_digest
+
+    gate("unprivileged-user", _unpriv.can_run_as_user())
+
+    def build(root: Path) -> None:
+        for name, text in {**SMALL_PROJECT, "conftest.py": NO_TMPFS_XATTRS}.items():
+            (root / name).write_text(text)
+
+    with _unpriv.user_project_ctx(build) as root:
+        if _filesystem_of(root.parent) == "tmpfs":
+            gate("user-xattrs", f"{root.parent} is on tmpfs, not on a disk filesystem")
+        # In place, the run makes pytest's cache directory (the kept-layer store) in the tree.
+        before = tree_digest(root, (".pytest_cache",), dir_times=False)
+        env = {"PYTHONPATH": str(_unpriv.REPO_ROOT)}  # this checkout, whatever is installed
+        result = _run.run_pytest(root, "-W", "error", *mode, user=True, env=env, expect_rc=0)
+        assert "overlay: backend=kernel (user namespace)" in result.output.splitlines()
+        assert _run.counts(result.output) == {"passed": 2}
+        assert tree_digest(root, (".pytest_cache",), dir_times=False) == before
+        assert not list(root.parent.glob("pytest-of-*/*/overlay/kernel/*"))
+
+
+def _filesystem_of(path: Path) -> str | None:
+    from pytest_overlay._backends.kernel import _filesystem_type
+
+    return _filesystem_type(path)

@@ -76,6 +76,10 @@ def _remove_tree(root: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.ENOTEMPTY:
             raise
+        # Without a tmpfs at root, detaching root detached nothing: the view (and in place,
+        # the clones of the real directories) are still mounted below it.
+        for point in sorted(_mounts_under(root), key=lambda p: len(p.parts), reverse=True):
+            detach(point)
         if _mounts_under(root):
             raise OSError(errno.EBUSY, "something is still mounted below it") from exc
         # A test may leave directories without write or search permission.
