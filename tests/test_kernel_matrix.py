@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests import _kernels, _unpriv
-from tests._gates import REQUIRE_ENV, gate
+from tests._gates import REQUIRE_ENV, gate, required
 from tests._kernel_guest import MODES
 
 pytestmark = pytest.mark.kernels
@@ -35,17 +35,28 @@ USER_FUSE = "overlay: backend=fuse (fusermount3)"
 
 @pytest.fixture(scope="module")
 def guest_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
-    """The interpreter, its libraries and the checkout, packed for the guests (once)."""
+    """The interpreter, its libraries and the checkout, packed for the guests (once).
+
+    Skips the matrix unless this run requires it; fails where it is required and qemu or
+    virtme-ng is missing.
+    """
+    if not required("kernels"):
+        pytest.skip(
+            f"the kernel matrix boots VMs for minutes; set {REQUIRE_ENV}=kernels (or all, as "
+            ".ci/run does) to run it"
+        )
+    gate("kernels", _tools_reason())
     tar = tmp_path_factory.mktemp("kernel-matrix") / "guest-env.tar"
     return tar, _kernels.pack_guest_env(tar)
 
 
-def _boot_reason(kernel: _kernels.Kernel) -> str | None:
+def _tools_reason() -> str | None:
     if os.geteuid() != 0:
         return "the suite is not running as root (the guest shares the host's root as root)"
-    missing = _kernels.missing_tools()
-    if missing:
-        return missing
+    return _kernels.missing_tools()
+
+
+def _image_reason(kernel: _kernels.Kernel) -> str | None:
     if kernel.image() is None:
         return (
             f"no {kernel.series} kernel image in {kernel.directory}: run "
@@ -56,9 +67,7 @@ def _boot_reason(kernel: _kernels.Kernel) -> str | None:
 
 def boot(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> dict[str, object]:
     """Boot *kernel*, run every mode in it, and return the guest's result."""
-    if "kernels" not in os.environ.get(REQUIRE_ENV, ""):
-        pytest.skip(f"the kernel matrix boots VMs for minutes; set {REQUIRE_ENV}=kernels to run it")
-    gate("kernels", _boot_reason(kernel))
+    gate("kernels", _image_reason(kernel))
     _unpriv.ensure_test_user()  # the guest sees the host's /etc
     image = kernel.image()
     assert image is not None
@@ -126,6 +135,25 @@ def test_docs_table_has_a_row_per_kernel() -> None:
     """The table lists exactly the kernels the matrix boots, oldest first (no VM needed)."""
     rows = _kernels.table_rows(DOCS.read_text())
     assert [row.split("|")[1].strip() for row in rows] == [k.series for k in _kernels.KERNELS]
+    for kernel, row in zip(_kernels.KERNELS, rows, strict=True):
+        picked = row.split("|")[5].strip()
+        assert (picked == "kernel (user namespace)") == kernel.unprivileged, row
+
+
+def test_readme_names_the_kernels_tested() -> None:
+    """The README's promise is the matrix's: the kernels it boots, the unprivileged floor."""
+    readme = " ".join((DOCS.parents[1] / "README.md").read_text().split())
+    *older, newest = [k.series for k in _kernels.KERNELS]
+    assert f"CI boots Debian's {', '.join(older)} and {newest} kernels" in readme
+    oldest = _kernels.KERNELS[0]
+    assert not oldest.unprivileged, "the matrix boots a kernel below the unprivileged floor"
+    assert f"as root {oldest.series}+, as an ordinary user 5.11+" in readme
+
+    def version(kernel: _kernels.Kernel) -> tuple[int, ...]:
+        return tuple(int(part) for part in kernel.series.split("."))
+
+    for kernel in _kernels.KERNELS:
+        assert kernel.unprivileged == (version(kernel) >= (5, 11)), kernel
 
 
 # Linux 5.11 to 6.5 on this machine's kernel: tmpfs refuses user.* xattrs (patched in the child).
