@@ -7,11 +7,12 @@ each a child pytest, and records what each said: the report header's ``overlay:`
 outcome counts, and for in-place runs whether the real tree hashed the same afterwards.  The
 host-side test asserts on the result; nothing here asserts.
 
-The guest's ``/tmp`` is replaced by a fresh ext4 filesystem first, as a Debian 12 install has
-it: the shared root is 9p, and virtme-ng's own ``/tmp`` is an overlay of the host's, which
-would stack our overlays one level deeper than on a real machine.  The ordinary user is
-:data:`tests._unpriv.TEST_USER`, which the host created before booting (the guest sees the
-host's ``/etc``).
+Everything runs in a fresh ext4 filesystem, the children's ``TMPDIR``, as a Debian 12 install
+has its ``/tmp``: the shared root is 9p, and virtme-ng's own ``/tmp`` is an overlay of the
+host's, which would stack our overlays one level deeper than on a real machine.  It is not
+mounted over ``/tmp`` itself, which may hold the checkout (the guest unpacked it there).
+The ordinary user is :data:`tests._unpriv.TEST_USER`, which the host created before booting
+(the guest sees the host's ``/etc``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -31,7 +33,8 @@ from pathlib import Path
 RESULT_MARK = "KERNEL-MATRIX-RESULT "
 """The prefix of the one stdout line that carries the JSON result to the host."""
 
-SCRATCH = Path("/tmp")
+SCRATCH = Path("/run/kernel-matrix")
+"""The ext4 filesystem the runs use, and their ``TMPDIR``."""
 
 LAYER_CONFTEST = r"""
 import pytest
@@ -71,7 +74,7 @@ MODES: dict[str, tuple[bool, tuple[str, ...]]] = {
     "user-fuse": (True, ("--overlay-backend=fuse",)),
 }
 # A FUSE server's Python starts in seconds under emulation, not milliseconds.
-SLOW_MACHINE = {"PYTEST_OVERLAY_FUSE_READY_TIMEOUT": "120"}
+SLOW_MACHINE = {"PYTEST_OVERLAY_FUSE_READY_TIMEOUT": "120", "TMPDIR": os.fspath(SCRATCH)}
 SKIP = (".pytest_cache",)  # pytest's own cache (the layer store lives there too)
 
 
@@ -181,18 +184,24 @@ def _safely(run: Callable[[], dict[str, object]]) -> dict[str, object]:
 
 
 def _prepare() -> dict[str, object]:
-    """A fresh ext4 on ``/tmp``, overlay and fuse loaded; what the guest offers."""
+    """A fresh ext4 at :data:`SCRATCH`, overlay and fuse loaded; what the guest offers."""
+    # The kernel's messages share the console with the result line: keep them off it.
+    subprocess.run(["dmesg", "--console-level", "emerg"], check=False)
     loaded = {}
     for module in ("overlay", "fuse", "loop", "ext4"):
         done = subprocess.run(["modprobe", module], capture_output=True, text=True, check=False)
         loaded[module] = done.returncode == 0
-    # /tmp on an ext4 disk, as a Debian 12 install has it (the image lives on a tmpfs).
-    image = Path("/run/kernel-matrix-tmp.img")
+    # A temporary directory on an ext4 disk, as a Debian 12 install has it (the image lives on
+    # a tmpfs).
+    image = Path("/run/kernel-matrix.img")
     with open(image, "wb") as f:
         f.truncate(1 << 30)
     subprocess.run(["mkfs.ext4", "-q", "-F", os.fspath(image)], check=True)
+    SCRATCH.mkdir()
     subprocess.run(["mount", "-o", "loop", os.fspath(image), os.fspath(SCRATCH)], check=True)
     SCRATCH.chmod(0o1777)
+    os.environ["TMPDIR"] = os.fspath(SCRATCH)  # root's children inherit it
+    tempfile.tempdir = None
     fuse = Path("/dev/fuse")
     if fuse.exists():
         fuse.chmod(0o666)  # as distributions ship it (udev's rule); devtmpfs makes it 0600
@@ -223,7 +232,10 @@ def main(argv: Sequence[str]) -> int:
         result["runs"] = {name: future.result() for name, future in futures.items()}
     result["seconds"] = round(time.monotonic() - started, 1)
     sys.stdout = real_stdout
-    print(RESULT_MARK + json.dumps(result, sort_keys=True), flush=True)
+    line = RESULT_MARK + json.dumps(result, sort_keys=True)
+    for _ in range(2):  # a kernel message may still cut into one copy (tests/_kernels.py)
+        print(f"\n{line}", flush=True)
+        time.sleep(1)
     return 0
 
 

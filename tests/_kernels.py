@@ -249,11 +249,16 @@ def boot_argv(image: Path, script: str, *, cpus: int = 2) -> list[str]:
 
 def parse_result(output: str) -> dict[str, object] | None:
     """The driver's JSON result from the guest's console output, or None if it printed none."""
+    # The console also carries the kernel's messages, which may land inside a line: the driver
+    # prints the result twice, and the first copy that parses counts.
     for line in output.splitlines():
-        if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK) :])
-            assert isinstance(result, dict)
-            return result
+        if RESULT_MARK in line:
+            try:
+                result = json.loads(line.split(RESULT_MARK, 1)[1])
+            except ValueError:
+                continue
+            if isinstance(result, dict):
+                return result
     return None
 
 
