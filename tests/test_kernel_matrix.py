@@ -76,7 +76,8 @@ def boot(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> dict[st
     done = subprocess.run(
         argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1800, check=False
     )
-    result = _kernels.parse_result(done.stdout)
+    # virtme-ng --verbose copies the guest's console to its standard error.
+    result = _kernels.parse_result(done.stdout + done.stderr)
     console = (done.stdout + done.stderr)[-6000:]
     assert result is not None, f"the guest printed no result (exit {done.returncode}):\n{console}"
     print(json.dumps(result, indent=1, sort_keys=True))
