@@ -27,12 +27,14 @@ from ._errors import MountError
 
 __all__ = [
     "LEGACY_LIMIT",
+    "USER_XATTR",
     "escape",
     "feature_options",
     "legacy_data",
     "mount_overlay",
     "split",
     "unescape",
+    "user_xattrs",
     "view_options",
 ]
 
@@ -76,6 +78,27 @@ def unescape(text: str) -> str:
     for char in chars:
         out.append(next(chars, "") if char == "\\" else char)
     return "".join(out)
+
+
+USER_XATTR = "user.pytest-overlay.probe"
+"""The attribute :func:`user_xattrs` sets and removes."""
+
+
+def user_xattrs(directory: str | os.PathLike[str]) -> bool:
+    """Whether the filesystem of *directory* stores ``user.*`` xattrs, as an unprivileged upper
+    layer needs (``userxattr``: opaque directories are marked with ``user.overlay.opaque``).
+
+    tmpfs stores them since Linux 6.6 only: on 5.11 to 6.5 an unprivileged overlay mounts over
+    a tmpfs upper, and then fails with EIO the first time a directory is recreated.
+    """
+    try:
+        os.setxattr(directory, USER_XATTR, b"y")
+        os.removexattr(directory, USER_XATTR)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EPERM):
+            return False
+        raise
+    return True
 
 
 def feature_options(*, userxattr: bool) -> dict[str, str | None]:

@@ -184,6 +184,12 @@ def _probe_in_child(unprivileged: bool, lower: str | None = None) -> ProbeResult
             if unprivileged and exc.errno in _MOUNT_DENIED:
                 return ProbeResult(False, mode, explain_mount_denied("a tmpfs mount", exc.errno))
             raise
+        if unprivileged and not _overlayopts.user_xattrs(scratch):
+            # As the kernel backend does: the upper layer goes on the disk instead.
+            with _namespaces.privileged():
+                _syscalls.umount(scratch, _syscalls.MNT_DETACH)
+            if not _overlayopts.user_xattrs(scratch):
+                return ProbeResult(False, mode, explain_no_user_xattrs(scratch))
         for name in ("lower/d", "upper", "work", "merged"):
             (scratch / name).mkdir(parents=True)
         (scratch / "lower/d/f").write_text("x")
@@ -243,6 +249,17 @@ def _ids_mapped(outside: int | None) -> bool:
     if outside is None or _user_namespace_id() in (None, outside):
         return False
     return all(_read(f"/proc/self/{name}") for name in ("uid_map", "gid_map"))
+
+
+def explain_no_user_xattrs(directory: Path) -> str:
+    """Why an unprivileged overlay cannot have its upper layer on tmpfs nor beside *directory*."""
+    version = _kernel_version()
+    return (
+        f"an unprivileged overlay keeps its upper layer where user.* xattrs are stored, and "
+        f"neither tmpfs on Linux {version[0]}.{version[1]} (6.6 adds them) nor "
+        f"{directory.parent} (the temporary directory) stores them; point TMPDIR and "
+        "--basetemp at a disk filesystem such as ext4, xfs or btrfs, or run as root"
+    )
 
 
 def explain_lower_failure(lower: str, err: int) -> str:

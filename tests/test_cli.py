@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from pytest_overlay import _probe
+from pytest_overlay._backends import fuse as fuse_backend
 from pytest_overlay._cli import main
 from pytest_overlay._cli import mount as cli_mount
 from pytest_overlay._cli.common import human_size
@@ -28,7 +29,7 @@ from pytest_overlay._diff import diff_upper
 from pytest_overlay._keep import RECORD_FILE, Record, Store, keep_test
 from pytest_overlay._safetext import safe_path
 from tests import _unpriv
-from tests._gates import gate, kernel_reason
+from tests._gates import fuse_reason, gate, kernel_reason
 
 RUN_OLD = "20250101-100000-11"
 RUN_NEW = "20250102-100000-22"
@@ -433,7 +434,7 @@ def test_help(command: str | None, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(capsys, *([command] if command else []), "--help")
     assert code == 0
     assert "exit codes:" in out
-    assert "3  kernel overlayfs cannot be mounted here" in out
+    assert "3  the view cannot be mounted here (neither kernel overlayfs nor FUSE)" in out
     assert "usage: pytest-overlay" in out
 
 
@@ -557,12 +558,39 @@ def test_mount_says_why_it_cannot_mount(
 ) -> None:
     reason = "mounting overlayfs is not permitted here (a container without CAP_SYS_ADMIN)"
     monkeypatch.setattr(_probe, "probe_kernel", lambda: _probe.ProbeResult(False, "root", reason))
+    monkeypatch.setattr(fuse_backend, "probe_fuse", lambda: "/dev/fuse does not exist")
     (tmp_path / "view").mkdir()
     code, out, err = run_main(capsys, "mount", "test_beta", str(tmp_path / "view"))
     assert (code, out) == (3, "")
-    assert f"pytest-overlay: error: kernel overlayfs cannot be mounted here: {reason}" in err
+    assert (
+        f"pytest-overlay: error: kernel overlayfs cannot be mounted here: {reason}; "
+        "nor FUSE: /dev/fuse does not exist"
+    ) in err
     assert "`pytest-overlay show tests/test_b.py::test_beta`" in err
     assert "copy backend" in err
+
+
+def test_mount_falls_back_to_fuse_where_the_kernel_cannot(
+    kept: Project,
+    capfd: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the fixture does: a kernel below 5.11 for an ordinary user, say, gets FUSE."""
+    gate("fuse", fuse_reason())
+    reason = "Linux 5.10 cannot mount overlayfs without root (needs 5.11 or newer)"
+    monkeypatch.setattr(_probe, "probe_kernel", lambda: _probe.ProbeResult(False, "root", reason))
+    view = tmp_path / "view"
+    view.mkdir()
+    v = shlex.quote(str(view))
+    command = f"cat {v}/keep.txt {v}/added.txt; test -e {v}/gone.txt || echo gone; {WRITE} {v}/n"
+    code = main(["mount", "tests/test_a.py::test_alpha", str(view), "--command", command])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert out.splitlines() == ["new", "hello", "gone", "write: EROFS"], err
+    assert f"kernel overlayfs cannot be mounted here ({reason}): mounting with FUSE" in err
+    assert os.listdir(view) == []  # unmounted when the command exited
+    assert not (_alpha_upper(kept) / "n").exists()
 
 
 def test_umount_of_something_not_mounted(

@@ -370,7 +370,7 @@ def test_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
         "With --layers, remove every cached snapshot layer instead",
         "and nothing else",
         "elsewhere --yes is needed",
-        "3 kernel overlayfs cannot be mounted here",
+        "3 the view cannot be mounted here (neither kernel overlayfs nor FUSE)",
     ):
         assert phrase in text, phrase
 

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import itertools
 import os
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -87,6 +88,9 @@ class KernelMount(UpperLayerView):
     def _retire(self) -> bool:
         """Leave the view in its batch, to be unmounted with it, if nothing holds it and it
         holds little; returns whether it did."""
+        if self._backend.upper_on_disk:
+            # No tmpfs of its own to go with the batch: unmount it and remove its upper now.
+            return False
         try:
             with _namespaces.privileged():
                 if _used(self._root) > KEEP_AT_MOST:
@@ -116,7 +120,7 @@ class KernelMount(UpperLayerView):
                 detach(self._merged)  # in-place: the view sits outside our tmpfs
             detach(self._root)
             try:
-                self._root.rmdir()
+                _remove_tree(self._root)  # a directory on disk (tmpfs without user xattrs)
             except OSError as exc:
                 return [f"could not remove {self._root}: {exc}"]
         if busy:
@@ -132,6 +136,36 @@ def _used(path: Path) -> int:
     """Bytes in use on the filesystem at *path*."""
     st = os.statvfs(path)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def _mounts_under(root: Path) -> list[Path]:
+    """Mount points at or below *root* in the calling thread's mount table."""
+    return [m.point for m in _mountinfo.read() if m.point == root or root in m.point.parents]
+
+
+def _remove_tree(root: Path) -> None:
+    """Remove *root*: an empty mount point, or an upper layer kept on disk.
+
+    Never while something is mounted at or below *root*: an in-place view binds the real
+    project below it, and removing through that bind would delete the user's files.
+    """
+    try:
+        root.rmdir()
+    except OSError as exc:
+        if exc.errno != errno.ENOTEMPTY:
+            raise
+        # Without a tmpfs at root, detaching root detached nothing: the view (and in place,
+        # the clones of the real directories) are still mounted below it.
+        for point in sorted(_mounts_under(root), key=lambda p: len(p.parts), reverse=True):
+            detach(point)
+        if _mounts_under(root):
+            raise OSError(errno.EBUSY, "something is still mounted below it") from exc
+        # A test may leave directories without write or search permission.
+        for directory, dirnames, _ in os.walk(root):
+            for name in dirnames:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(directory, name), 0o700, follow_symlinks=False)
+        shutil.rmtree(root)
 
 
 def _is_busy(target: Path) -> bool:
@@ -156,6 +190,7 @@ class KernelBackend:
         self._probe: _probe.ProbeResult | None = None
         self._ready_threads: set[int] = set()
         self._unprivileged: bool | None = None
+        self._upper_on_disk = False
         self._tmpfs_options = "mode=0755" + (f",size={upper_size}" if upper_size else "")
         self._batches = itertools.count()
         # The batch new views go into, per thread (each has a mount namespace of its own).
@@ -200,7 +235,17 @@ class KernelBackend:
         self._scratch.mkdir(parents=True, exist_ok=True)
         with _namespaces.privileged():
             _syscalls.mount("tmpfs", self._scratch, "tmpfs", _syscalls.MS_NOSUID, "mode=0755")
+            if self.unprivileged and not _overlayopts.user_xattrs(self._scratch):
+                # tmpfs before Linux 6.6 cannot mark an opaque directory of an unprivileged
+                # overlay: its upper layers go on the disk beneath (the probe checked it can).
+                _syscalls.umount(self._scratch, _syscalls.MNT_DETACH)
+                self._upper_on_disk = True
         self._ready_threads.add(native_id)
+
+    @property
+    def upper_on_disk(self) -> bool:
+        """Whether views keep their upper layers on the disk (tmpfs without user xattrs)."""
+        return self._upper_on_disk
 
     def batch(self) -> _Batch:
         """The batch new views go into (a new one once the current one has had enough)."""
@@ -209,8 +254,9 @@ class KernelBackend:
         if batch is None or batch.closed + batch.live >= BATCH:
             path = self._scratch / f"batch{next(self._batches)}"
             path.mkdir()
-            with _namespaces.privileged():
-                _syscalls.mount("tmpfs", path, "tmpfs", _syscalls.MS_NOSUID, "mode=0755")
+            if not self._upper_on_disk:  # on disk, a batch is a plain directory
+                with _namespaces.privileged():
+                    _syscalls.mount("tmpfs", path, "tmpfs", _syscalls.MS_NOSUID, "mode=0755")
             batch = self._current[thread] = _Batch(path)
         return batch
 
@@ -254,8 +300,9 @@ class KernelBackend:
             batch = self.batch()
             (batch.path / name).mkdir()
         root = batch.path / name
-        with _namespaces.privileged():
-            _syscalls.mount("tmpfs", root, "tmpfs", 0, self._tmpfs_options)
+        if not self._upper_on_disk:
+            with _namespaces.privileged():
+                _syscalls.mount("tmpfs", root, "tmpfs", 0, self._tmpfs_options)
         upper, work = root / ".upper", root / ".work"
         merged = target or root / (lowers[0].name or "root")
         for directory in (upper, work) if target else (upper, work, merged):

@@ -20,7 +20,7 @@ Exit codes:
 * 1: not found, ambiguous, or nothing to act on (and expected errors: unreadable store,
   permission denied);
 * 2: usage error (argparse);
-* 3: kernel overlayfs cannot be mounted here.
+* 3: the view cannot be mounted here (neither kernel overlayfs nor FUSE).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ exit codes:
   0  success
   1  not found, ambiguous, or nothing to act on
   2  usage error
-  3  kernel overlayfs cannot be mounted here"""
+  3  the view cannot be mounted here (neither kernel overlayfs nor FUSE)"""
 
 KEEP_HINT = (
     "pytest-overlay keeps the upper layer of each failed test (--overlay-keep=failed, the "

@@ -29,6 +29,8 @@ import contextlib
 import errno
 import os
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -222,12 +224,22 @@ def mount_kept(ctx: Context, kept: Kept, target: Path) -> int:
             )
     target = _check_target(target, kept.directory)
     probe = _probe.probe_kernel()
+    rw = bool(ctx.args.rw)
+    command: str | None = ctx.args.command
     if not probe.ok:
-        raise CliError(
-            f"kernel overlayfs cannot be mounted here: {probe.reason}",
-            code=EXIT_CANNOT_MOUNT,
-            hint=show_hint + " (the only way for layers kept by the copy backend)",
-        )
+        # As the fixture does: FUSE where the kernel cannot (a kernel below 5.11 for an
+        # ordinary user, a container without user namespaces).
+        from pytest_overlay._backends.fuse import probe_fuse
+
+        fuse_reason = probe_fuse()
+        if fuse_reason is not None:
+            raise CliError(
+                f"kernel overlayfs cannot be mounted here: {probe.reason}; nor FUSE: {fuse_reason}",
+                code=EXIT_CANNOT_MOUNT,
+                hint=show_hint + " (the only way for layers kept by the copy backend)",
+            )
+        ctx.warn(f"kernel overlayfs cannot be mounted here ({probe.reason}): mounting with FUSE")
+        return _fuse_view(ctx, nodeid, target, upper, lowers, rw=rw, command=command)
     user_xattrs, foreign = _scan_upper(upper)
     if foreign:
         ctx.warn(
@@ -239,8 +251,6 @@ def mount_kept(ctx: Context, kept: Kept, target: Path) -> int:
     # A layer whose opaque directories are marked the way unprivileged overlays mark them
     # needs userxattr even as root.
     options = _overlayopts.feature_options(userxattr=user_xattrs or not root)
-    rw = bool(ctx.args.rw)
-    command: str | None = ctx.args.command
     if root and command is None:
         _mount_or_explain(target, upper, lowers, rw=rw, options=options)
         how = "writable: changes go to the kept layer" if rw else "read-only"
@@ -260,6 +270,66 @@ def mount_kept(ctx: Context, kept: Kept, target: Path) -> int:
     else:
         argv = ["/bin/sh", "-c", command]
     return _exec_in(target, argv, ctx)
+
+
+def _fuse_view(
+    ctx: Context,
+    nodeid: str,
+    target: Path,
+    upper: Path,
+    lowers: list[Path],
+    *,
+    rw: bool,
+    command: str | None,
+) -> int:
+    """The view of a kept test served by our FUSE file system (``pytest-overlay-fs``).
+
+    As root without a command it stays mounted until ``umount``, as a kernel view does.
+    Otherwise the shell (or *command*) runs as a child in the view, which is unmounted when
+    it exits: a FUSE mount cannot be made private to one shell.
+    """
+    from pytest_overlay._fuse import helper
+
+    work = upper.parent / WORK_DIR
+    work.mkdir(mode=0o700, exist_ok=True)
+    data = _overlayopts.legacy_data(lowers, {"upperdir": str(upper), "workdir": str(work)})
+    if helper.main([SOURCE, os.fspath(target), "-o", data + ("" if rw else ",ro")]) != 0:
+        # pytest-overlay-fs said why on standard error.
+        raise CliError(
+            f"could not mount the view at {safe_path(str(target))} with FUSE",
+            code=EXIT_CANNOT_MOUNT,
+        )
+    how = "writable: changes go to the kept layer" if rw else "read-only"
+    root = _namespaces.is_real_root()
+    if root and command is None:
+        ctx.print(f"mounted the view of {nodeid} ({how}, FUSE) at {safe_path(str(target))}")
+        ctx.print(f"unmount it with: pytest-overlay umount {safe_path(str(target))}")
+        return EXIT_OK
+    if command is None:
+        ctx.err.write(
+            f"{nodeid} ({how}, FUSE) is mounted at {safe_path(str(target))} until this shell "
+            "exits\n"
+        )
+        argv = [os.environ.get("SHELL") or "/bin/sh"]
+    else:
+        argv = ["/bin/sh", "-c", command]
+    ctx.out.flush()
+    ctx.err.flush()
+    try:
+        done = subprocess.run(
+            argv, cwd=target, env={**os.environ, VIEW_ENV: os.fspath(target)}, check=False
+        )
+    finally:
+        _unmount_fuse(target, root=root)
+    return done.returncode
+
+
+def _unmount_fuse(target: Path, *, root: bool) -> None:
+    if root:
+        _syscalls.umount(target, _syscalls.MNT_DETACH)
+        return
+    tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+    subprocess.run([tool, "-u", "-z", os.fspath(target)], check=False)
 
 
 def _mount_or_explain(

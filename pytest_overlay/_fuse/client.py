@@ -37,6 +37,20 @@ LIBFUSE_MISSING = (
     "libfuse not installed: install the fuse3 package (apt install fuse3; libfuse2 works too)"
 )
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+READY_TIMEOUT_ENV = "PYTEST_OVERLAY_FUSE_READY_TIMEOUT"
+
+
+def _ready_timeout() -> float:
+    # Ten seconds is plenty on hardware; an emulated machine (qemu without KVM) starts a
+    # server's Python several times slower.
+    try:
+        return max(float(os.environ.get(READY_TIMEOUT_ENV, "")), 1.0)
+    except ValueError:
+        return 10.0
+
+
+READY_TIMEOUT = _ready_timeout()
+"""Seconds a new FUSE server gets to become live (``$PYTEST_OVERLAY_FUSE_READY_TIMEOUT``)."""
 # umount2 errors that mean "already gone": EINVAL (not a mount point any more), ENOENT.
 _GONE = frozenset({errno.EINVAL, errno.ENOENT})
 _MNT_DETACH = 2
@@ -305,7 +319,7 @@ def start(
     upper: str | os.PathLike[str],
     work: str | os.PathLike[str],
     mountpoint: str | os.PathLike[str],
-    timeout: float = 10.0,
+    timeout: float = READY_TIMEOUT,
 ) -> FuseMount:
     """Mount an overlay of *lowers* (topmost first) and *upper* on *mountpoint* over FUSE.
 

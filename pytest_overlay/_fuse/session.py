@@ -27,7 +27,14 @@ from typing import IO, final
 
 from pytest_overlay._errors import MountError
 
-from .client import LIBFUSE_MISSING, PACKAGE_ROOT, FuseMount, failed_mount, server_stderr
+from .client import (
+    LIBFUSE_MISSING,
+    PACKAGE_ROOT,
+    READY_TIMEOUT,
+    FuseMount,
+    failed_mount,
+    server_stderr,
+)
 from .forkserver import MAX_REQUEST
 from .server import EXIT_NO_LIBFUSE
 
@@ -235,7 +242,7 @@ class SessionServer:
         *,
         auto_unmount: bool = True,
         over_itself: bool = False,
-        timeout: float = 10.0,
+        timeout: float = READY_TIMEOUT,
     ) -> FuseMount:
         """Mount like :func:`.client.start`, served by a child of the session's server.
 
