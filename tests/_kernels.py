@@ -170,7 +170,12 @@ def _distributions() -> Iterator[importlib.metadata.Distribution]:
         if name in seen:
             continue
         seen.add(name)
-        dist = importlib.metadata.distribution(name)
+        # From site-packages first: run from a checkout that pip installed in editable mode,
+        # the checkout's own pytest_overlay.egg-info comes first on sys.path and names no
+        # file in site-packages, where the editable install's entry point is.
+        site = sysconfig.get_paths()["purelib"]
+        found = list(importlib.metadata.distributions(name=name, path=[site]))
+        dist = found[0] if found else importlib.metadata.distribution(name)
         yield dist
         for text in dist.requires or []:
             requirement = Requirement(text)

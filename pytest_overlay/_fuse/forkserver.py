@@ -25,8 +25,10 @@ receives, in any order:
 End of file on the control socket (the pytest process has gone or closed it) ends this
 process: it sends its children SIGTERM, on which each unmounts its mount lazily and exits (see
 :mod:`.server`), and SIGKILL to any still there a second later.  The death of the pytest
-process also kills this one (its parent-death signal, SIGKILL), and its children then get
-SIGTERM from theirs: whichever comes first, every mount is unmounted.  Exit status 3 means
+process ends this one the same way (its parent-death signal, SIGTERM, which it handles):
+whichever comes first, every mount is unmounted.  This process dying on its own while pytest
+lives (SIGKILL) kills its children without an unmount: the mounts stay, dead, and the test's
+accesses fail instead of reaching the directory under a view.  Exit status 3 means
 that libfuse could not be loaded.
 """
 
@@ -136,11 +138,18 @@ def _spawn(message: bytes, fds: list[int], children: _Children, inherited: Seque
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            # libfuse installs its own SIGTERM handler (unmount, then exit) only over the
+            # default one.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             children.close_channels()
             for fd in inherited:
                 os.close(fd)
-            # SIGTERM: the mount is unmounted (lazily) before the child exits.
-            die_with_parent(None, signal.SIGTERM)
+            # SIGKILL, not SIGTERM: a session server that dies on its own (the OOM killer)
+            # while pytest lives must leave the mount in place, dead, so that the test's
+            # accesses fail (ENOTCONN) instead of falling through to the directory under it,
+            # which in place is the real project.  When pytest dies, the session server gets
+            # SIGTERM and sends its children SIGTERM first (stop_all), which unmounts.
+            die_with_parent(None, signal.SIGKILL)
             code = _child(request, channel, log)
         except BaseException as exc:  # report, then leave without cleanup
             print(f"forkserver child: {exc!r}", file=sys.stderr, flush=True)
@@ -191,6 +200,10 @@ def serve_requests(control: socket.socket) -> None:
         children.stop_all()
 
 
+def _leave(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Import everything a mount needs, then serve requests; return the exit status."""
     parser = argparse.ArgumentParser(
@@ -200,7 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--control-fd", type=int, required=True, metavar="N")
     parser.add_argument("--parent", type=int, metavar="PID")
     args = parser.parse_args(argv)
-    die_with_parent(args.parent)
+    # pytest died: leave serve_requests through its ``finally``, which sends every child
+    # SIGTERM, on which each unmounts its mount lazily.
+    signal.signal(signal.SIGTERM, _leave)
+    die_with_parent(args.parent, signal.SIGTERM)
     try:
         load_mfusepy()
     except LibfuseMissingError as exc:
