@@ -266,10 +266,12 @@ def mount_kept(ctx: Context, kept: Kept, target: Path) -> int:
             f"{nodeid} ({how}) is mounted at {safe_path(str(target))} for this shell only; "
             "exit the shell to unmount\n"
         )
-        argv = [os.environ.get("SHELL") or "/bin/sh"]
-    else:
-        argv = ["/bin/sh", "-c", command]
-    return _exec_in(target, argv, ctx)
+    return _exec_in(target, _shell_argv(command), ctx)
+
+
+def _shell_argv(command: str | None) -> list[str]:
+    """The user's shell, or ``sh -c`` *command*: what runs in a view for ``--command``."""
+    return [os.environ.get("SHELL") or "/bin/sh"] if command is None else ["/bin/sh", "-c", command]
 
 
 def _fuse_view(
@@ -310,9 +312,7 @@ def _fuse_view(
             f"{nodeid} ({how}, FUSE) is mounted at {safe_path(str(target))} until this shell "
             "exits\n"
         )
-        argv = [os.environ.get("SHELL") or "/bin/sh"]
-    else:
-        argv = ["/bin/sh", "-c", command]
+    argv = _shell_argv(command)
     ctx.out.flush()
     ctx.err.flush()
     try:
