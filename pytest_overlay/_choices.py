@@ -16,3 +16,8 @@ Hypothesis's example database and pytest-benchmark's saved runs."""
 TOOL_STATE_FILES = (".coverage", ".coverage.*")
 """Files of the project root whose writes reach the disk in place by default: coverage data."""
 MARKER_ARGUMENTS = ("lowers", "backend", "layers")
+GOLDEN_MARKER = "overlay_golden"
+GOLDEN_MARKER_ARGUMENTS = ("ignore", "replace", "timestamps")
+RECORDS_DIR = "__effects__"
+"""The directory beside a test module that holds its golden records, one subdirectory per
+module (see :mod:`pytest_overlay._golden`)."""

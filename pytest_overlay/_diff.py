@@ -228,9 +228,28 @@ class TreeDiff:
         """Return the change at *path*, or None if that path did not change."""
         return self._by_path.get(path)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-able form, ``{"changes": [...]}`` (see :meth:`Change.to_dict`).
+
+        The one serialisation of a diff: :meth:`to_json`, kept layers and golden records all
+        go through it.
+        """
+        return {"changes": [c.to_dict() for c in self.changes]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TreeDiff:
+        """Rebuild a :class:`TreeDiff` from :meth:`to_dict` output.
+
+        :raises ValueError: if *data* is not such output.
+        """
+        items = data.get("changes") if isinstance(data, Mapping) else None
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise ValueError("Not a serialised tree diff")
+        return cls(tuple(Change.from_dict(item) for item in items))
+
     def to_json(self) -> str:
         """Serialise to ASCII-only JSON (undecodable names survive as ``\\udcXX`` escapes)."""
-        return json.dumps({"changes": [c.to_dict() for c in self.changes]})
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> TreeDiff:
@@ -239,12 +258,9 @@ class TreeDiff:
         :raises ValueError: if *text* is not such output.
         """
         data = json.loads(text)
-        if not isinstance(data, dict) or not isinstance(data.get("changes"), list):
+        if not isinstance(data, dict):
             raise ValueError("Not a serialised tree diff")
-        items: list[Any] = data["changes"]
-        if not all(isinstance(item, dict) for item in items):
-            raise ValueError("Not a serialised tree diff")
-        return cls(tuple(Change.from_dict(item) for item in items))
+        return cls.from_dict(data)
 
 
 # --- comparing two entries ----------------------------------------------------------------

@@ -58,7 +58,7 @@ class Record:
 
     def tree_diff(self) -> TreeDiff:
         """The test's changes."""
-        return TreeDiff.from_json(json.dumps(self.diff))
+        return TreeDiff.from_dict(self.diff)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Record:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
+    from ._goldenrun import Outcome
     from ._session import OverlaySession
     from ._settings import Settings
 
@@ -18,3 +20,9 @@ session_key: pytest.StashKey[OverlaySession] = pytest.StashKey()
 header_shown_key = pytest.StashKey[bool]()
 # What xdist workers told the controller: their notices, and whether they used the plugin.
 worker_notices_key = pytest.StashKey[list[str]]()
+# Golden records: every collected module, and the golden tests' names by module (the thin
+# plugin notes them; the records are read only if a golden test or a record directory exists).
+golden_modules_key = pytest.StashKey[set[Path]]()
+golden_tests_key = pytest.StashKey[dict[Path, set[str]]]()
+# What this process did to golden records (and, on an xdist controller, what its workers did).
+golden_outcome_key: pytest.StashKey[Outcome] = pytest.StashKey()

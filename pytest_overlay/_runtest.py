@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -246,7 +245,7 @@ def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path 
         report = _all_targets_report(state, diffs, ReportOptions(max_lines=None))
         # In place with several sandboxed directories: the others' changes, for --json.
         others = [
-            {"target": str(target), "diff": json_dict(other)}
+            {"target": str(target), "diff": other.to_dict()}
             for target, other in zip(state.targets[1:], diffs[1:], strict=True)
         ]
         record = Record(
@@ -256,18 +255,12 @@ def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path 
             backend=state.backend,
             lowers=[str(p) for p in state.overlay.lowers],
             time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            diff=json_dict(diff),
+            diff=diff.to_dict(),
             report=report,
             worker=os.environ.get("PYTEST_XDIST_WORKER"),
             extra={"other_targets": others} if others else {},
         )
         return keep_test(run_dir, record, state.mounts[0].export)
-
-
-def json_dict(diff: TreeDiff) -> dict[str, object]:
-    """The JSON form of a diff, as a dict."""
-    data: dict[str, object] = json.loads(diff.to_json())
-    return data
 
 
 def render_changes_report(mount: Mount, diff: TreeDiff, options: ReportOptions) -> str:

@@ -145,6 +145,37 @@ def add_options(parser: pytest.Parser) -> None:
         action="append",
     )
     option(
+        "update",
+        "bool",
+        "Write missing golden records of tests' effects and rewrite changed ones; remove "
+        "records no collected test claims (see docs/golden.md)",
+        False,
+        action="store_const",
+        const=True,
+        default=None,
+    )
+    option(
+        "golden-ignore",
+        "linelist",
+        "Glob of paths left out of golden records, matched as overlay_ignore is; repeatable",
+        [],
+        metavar="GLOB",
+        action="append",
+    )
+    parser.addini(
+        "overlay_golden_replace",
+        type="linelist",
+        default=[],
+        help="Normaliser of golden records: 'REGEX => REPLACEMENT', one a line, applied to "
+        "text content and symbolic link targets",
+    )
+    parser.addini(
+        "overlay_golden_timestamps",
+        type="bool",
+        default=False,
+        help="Replace ISO 8601 date-times in golden records' text by <timestamp>",
+    )
+    option(
         "tool-state",
         "string",
         "In place, whether tools' state in the project (.hypothesis, .benchmarks, .coverage*) "
@@ -174,6 +205,11 @@ class Settings:
     rebuild: bool = False
     upper_size: str = ""
     layer_dir: Path | None = None
+    update: bool = False
+    """Write and rewrite golden records, and remove unused ones (``--overlay-update``)."""
+    golden_ignore: tuple[str, ...] = ()
+    golden_replace: tuple[tuple[str, str], ...] = ()
+    golden_timestamps: bool = False
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -214,7 +250,41 @@ class Settings:
             rebuild=bool(value("overlay_rebuild")),
             upper_size=_size(value("overlay_upper_size")),
             layer_dir=_layer_dir(value("overlay_layer_dir"), root),
+            update=bool(value("overlay_update")),
+            golden_ignore=tuple(str(p) for p in value("overlay_golden_ignore") or ()),
+            golden_replace=_replacements(config.getini("overlay_golden_replace")),
+            golden_timestamps=bool(config.getini("overlay_golden_timestamps")),
         )
+
+
+def _replacements(lines: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for line in lines:
+        try:
+            pairs.append(parse_replacement(str(line)))
+        except ValueError as exc:
+            raise pytest.UsageError(f"overlay_golden_replace: {exc}") from None
+    return tuple(pairs)
+
+
+def parse_replacement(line: str) -> tuple[str, str]:
+    """``REGEX => REPLACEMENT`` (the ini form of a golden normaliser) as a pair.
+
+    :raises ValueError: with what is wrong, if *line* is not of that form or the regex is bad.
+    """
+    pattern, arrow, repl = line.rpartition(" => ")
+    if not arrow or not pattern.strip():
+        raise ValueError(f"{line!r} is not of the form 'REGEX => REPLACEMENT'")
+    check_regex(pattern.strip())
+    return pattern.strip(), repl.strip()
+
+
+def check_regex(pattern: str) -> None:
+    """:raises ValueError: naming the mistake, if *pattern* is not a regular expression."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
 
 
 def _size(raw: object) -> str:

@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ._choices import GOLDEN_MARKER, RECORDS_DIR
 from ._keys import (
+    golden_modules_key,
+    golden_outcome_key,
+    golden_tests_key,
     header_shown_key,
     run_id_key,
     session_key,
@@ -40,9 +44,14 @@ LAYER_FIXTURE = "overlay_layer"
 IN_PLACE_FIXTURE = "_overlay_in_place"
 marker_problem_key = pytest.StashKey[str]()
 WORKER_NOTICES = "pytest_overlay_notices"
+WORKER_GOLDEN = "pytest_overlay_golden"
 MARKER_HELP = (
     "overlay(lowers=None, backend=None, layers=None): lower directories, backend and "
     "snapshot layers (names of fixtures returning overlay_layer(...)) for this test"
+)
+GOLDEN_HELP = (
+    f"{GOLDEN_MARKER}(ignore=None, replace=None, timestamps=None): what this test does to "
+    "the tree must match its golden record (docs/golden.md); --overlay-update writes it"
 )
 
 
@@ -50,6 +59,16 @@ def _machinery() -> ModuleType:
     from . import _activation
 
     return _activation
+
+
+def _golden() -> ModuleType:
+    from . import _goldenrun
+
+    return _goldenrun
+
+
+def _is_golden(item: pytest.Item) -> bool:
+    return item.get_closest_marker(GOLDEN_MARKER) is not None
 
 
 def _active(config: pytest.Config) -> OverlaySession | None:
@@ -91,6 +110,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
+    config.addinivalue_line("markers", GOLDEN_HELP)
     settings = Settings.from_config(config)
     inherited = getattr(config, "workerinput", {}).get("pytest_overlay") or {}
     config.stash[settings_key] = settings
@@ -126,6 +146,8 @@ class _XdistHooks:
 
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         output = getattr(node, "workeroutput", None) or {}
+        if WORKER_GOLDEN in output:
+            _golden().merge_worker_output(self._config, output[WORKER_GOLDEN])
         if WORKER_NOTICES not in output:
             return  # the worker did not use the plugin
         notices = self._config.stash.setdefault(worker_notices_key, [])
@@ -141,6 +163,17 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return lines
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Note every collected module, and the golden tests (deselected ones too): what
+    :func:`pytest_sessionfinish` needs to tell which records no test claims."""
+    config = item.config
+    config.stash.setdefault(golden_modules_key, set()).add(item.path)
+    if _is_golden(item):
+        tests = config.stash.setdefault(golden_tests_key, {})
+        _, sep, name = item.nodeid.partition("::")
+        tests.setdefault(item.path, set()).add(name if sep else item.name)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     problems: list[str] = []
     used = False
@@ -149,6 +182,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         names = getattr(item, "fixturenames", None)
         if in_place and names is not None and IN_PLACE_FIXTURE not in names:
             names.insert(0, IN_PLACE_FIXTURE)
+        if not in_place and names is not None and FIXTURE_NAME not in names and _is_golden(item):
+            # A golden test records what it does to its overlay: it gets one.
+            names.append(FIXTURE_NAME)
         markers = list(item.iter_markers("overlay"))
         for marker in markers:
             try:
@@ -158,7 +194,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 problems.append(problem)
                 item.stash[marker_problem_key] = f"{problem}\nIt accepts {MARKER_SIGNATURE}."
         fixtures = names or ()
-        used = used or bool(markers) or FIXTURE_NAME in fixtures or LAYER_FIXTURE in fixtures
+        used = (
+            used
+            or bool(markers)
+            or FIXTURE_NAME in fixtures
+            or LAYER_FIXTURE in fixtures
+            or _is_golden(item)
+        )
     if problems and hasattr(config, "workerinput"):
         # An xdist worker cannot stop the run with a usage error (the controller reports a
         # crash instead), so each test with a wrong marker fails with the message.
@@ -181,6 +223,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     problem = item.stash.get(marker_problem_key, None)
     if problem is not None:
         pytest.fail(problem, pytrace=False)
+    if _is_golden(item):
+        # Before any fixture: in place, the record is read before a view covers it.
+        _golden().setup(item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    result = yield
+    session = _active(item.config)
+    if session is not None and _is_golden(item):
+        _golden().check(item, session)
+    return result
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -215,10 +269,22 @@ def pytest_report_collectionfinish(config: pytest.Config) -> list[str] | None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    overlay_session = _active(session.config)
-    workeroutput = getattr(session.config, "workeroutput", None)
+    config = session.config
+    overlay_session = _active(config)
+    workeroutput = getattr(config, "workeroutput", None)
     if overlay_session is not None and workeroutput is not None:
         workeroutput[WORKER_NOTICES] = list(overlay_session.notices)
+    modules = config.stash.get(golden_modules_key, set())
+    if golden_tests_key in config.stash or any(
+        (m.parent / RECORDS_DIR / m.stem).is_dir() for m in modules
+    ):
+        golden = _golden()
+        golden.find_unused(config)
+        if workeroutput is not None:
+            workeroutput[WORKER_GOLDEN] = golden.worker_output(config)
+            return
+    if config.stash[settings_key].update and golden_outcome_present(config):
+        _golden().remove_unused(config)
 
 
 @pytest.fixture
@@ -261,9 +327,14 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         raise
     finally:
         session = _active(item.config)
-        if session is not None:
-            with real_filesystem():
-                _machinery().in_place_teardown(item, session, failed=failed)
+        try:
+            if session is not None:
+                with real_filesystem():
+                    _machinery().in_place_teardown(item, session, failed=failed)
+        finally:
+            if _is_golden(item):
+                # The views are gone: a record is written to the real disk.
+                _golden().write(item, session)
 
 
 @pytest.fixture
@@ -325,6 +396,11 @@ def pytest_runtest_makereport(
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
+    golden = _golden().summary_lines(config) if golden_outcome_present(config) else []
+    if golden:
+        terminalreporter.section("pytest-overlay golden records")
+        for line in golden:
+            terminalreporter.write_line(line)
     session = _active(config)
     from_workers = config.stash.get(worker_notices_key, None)
     if session is None and from_workers is None:
@@ -341,6 +417,11 @@ def pytest_terminal_summary(
         terminalreporter.section("pytest-overlay", yellow=bool(notices))
         for line in lines:
             terminalreporter.write_line(line)
+
+
+def golden_outcome_present(config: pytest.Config) -> bool:
+    """Whether this process has anything to say about golden records."""
+    return golden_outcome_key in config.stash
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
