@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from . import _namespaces
-from ._choices import GOLDEN_MARKER
+from ._choices import GOLDEN_MARKER, RECORDS_DIR
 from ._golden import (
     MARKER_SIGNATURE,
     TEXT_LIMIT,
@@ -252,11 +252,19 @@ def find_unused(config: pytest.Config) -> None:
     modules = config.stash.get(golden_modules_key, set())
     tests = config.stash.get(golden_tests_key, {})
     claimed = {m: {record_name(name) for name in names} for m, names in tests.items()}
-    listings = {}
+    listings: dict[Path, list[str]] = {}
     with real_filesystem():
         for module in _fully_collected(config, modules):
             with contextlib.suppress(OSError):
                 listings[module] = os.listdir(record_dir(module))
+        # Records of a module that is gone (deleted or renamed), beside one that was collected.
+        for directory in {module.parent for module in modules}:
+            with contextlib.suppress(OSError):
+                for stem in os.listdir(directory / RECORDS_DIR):
+                    module = directory / f"{stem}.py"
+                    if not module.exists():
+                        with contextlib.suppress(OSError):
+                            listings[module] = os.listdir(record_dir(module))
     unused = unused_records(listings, claimed)
     _outcome(config).unused = [_shown(p, config) for p in unused]
 

@@ -276,7 +276,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         workeroutput[WORKER_NOTICES] = list(overlay_session.notices)
     modules = config.stash.get(golden_modules_key, set())
     if golden_tests_key in config.stash or any(
-        (m.parent / RECORDS_DIR / m.stem).is_dir() for m in modules
+        (directory / RECORDS_DIR).is_dir() for directory in {m.parent for m in modules}
     ):
         golden = _golden()
         golden.find_unused(config)

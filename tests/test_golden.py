@@ -352,6 +352,24 @@ def test_normalisers_from_ini_and_marker(pytester: pytest.Pytester) -> None:
     run(pytester, "-n", "2").assert_outcomes(passed=1)
 
 
+def test_records_of_a_deleted_module_are_unused(pytester: pytest.Pytester) -> None:
+    project(pytester, TESTS.replace('["a", "b"]', '["a"]'))
+    other = pytester.path / "tests" / "test_other.py"
+    other.write_text("import pytest\n\n@pytest.mark.overlay_golden\ndef test_x(): pass\n")
+    run(pytester, "--overlay-backend=copy", "--overlay-update").assert_outcomes(passed=4)
+    other.unlink()
+    unused = run(pytester, "--overlay-backend=copy")
+    unused.assert_outcomes(passed=3)
+    unused.stdout.fnmatch_lines(
+        [
+            "1 golden record that no collected test claims; --overlay-update removes them:",
+            "  tests/__effects__/test_other/test_x.txt",
+        ]
+    )
+    run(pytester, "--overlay-backend=copy", "--overlay-update").assert_outcomes(passed=3)
+    assert sorted(os.listdir(pytester.path / "tests" / "__effects__")) == ["test_gen"]
+
+
 def test_mistakes_are_named(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\noverlay_golden_replace = no arrow here\n")
     pytester.makepyfile("def test_nothing(): pass")
