@@ -40,6 +40,7 @@ from ._golden import (
     unused_records,
 )
 from ._keys import golden_modules_key, golden_outcome_key, golden_tests_key, settings_key
+from ._names import name_in_module
 from ._realfs import real_filesystem
 from ._safetext import safe_path
 
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CHUNK = 1 << 20
-WORKER_OUTPUT = "pytest_overlay_golden"
 
 
 @dataclass
@@ -71,12 +71,6 @@ class _TestRecord:
 
 
 _test_key = pytest.StashKey[_TestRecord]()
-
-
-def test_name(item: pytest.Item) -> str:
-    """The test's name within its module: ``test_x[param]`` or ``TestClass::test_x``."""
-    _, sep, rest = item.nodeid.partition("::")
-    return rest if sep else item.name
 
 
 def _outcome(config: pytest.Config) -> Outcome:
@@ -114,7 +108,7 @@ def setup(item: pytest.Item) -> None:
             f"{item.nodeid}: @pytest.mark.{GOLDEN_MARKER}: {exc}\nIt accepts {MARKER_SIGNATURE}.",
             pytrace=False,
         )
-    path = record_path(item.path, test_name(item))
+    path = record_path(item.path, name_in_module(item.nodeid, item.name))
     expected: str | None = None
     with real_filesystem():
         try:

@@ -12,6 +12,13 @@ def safe_label(name: str, limit: int = 30) -> str:
     return re.sub(r"[\W]", "_", name)[:limit] or "test"
 
 
+def name_in_module(nodeid: str, name: str) -> str:
+    """A test's name within its module (``test_x[param]``, ``TestClass::test_x``): what its
+    golden record is named after."""
+    _, sep, rest = nodeid.partition("::")
+    return rest if sep else name
+
+
 def new_run_id(now: _dt.datetime | None = None) -> str:
     """A sortable, unique id for a run (xdist workers share their controller's)."""
     now = now or _dt.datetime.now(_dt.timezone.utc)

@@ -30,7 +30,7 @@ from ._keys import (
     settings_key,
     worker_notices_key,
 )
-from ._names import new_run_id
+from ._names import name_in_module, new_run_id
 from ._realfs import real_filesystem
 from ._settings import MARKER_SIGNATURE, MarkerError, Settings, add_options, parse_marker
 
@@ -170,8 +170,7 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     config.stash.setdefault(golden_modules_key, set()).add(item.path)
     if _is_golden(item):
         tests = config.stash.setdefault(golden_tests_key, {})
-        _, sep, name = item.nodeid.partition("::")
-        tests.setdefault(item.path, set()).add(name if sep else item.name)
+        tests.setdefault(item.path, set()).add(name_in_module(item.nodeid, item.name))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -370,6 +370,27 @@ def test_records_of_a_deleted_module_are_unused(pytester: pytest.Pytester) -> No
     assert sorted(os.listdir(pytester.path / "tests" / "__effects__")) == ["test_gen"]
 
 
+HOSTILE = """\
+import pytest
+
+
+@pytest.mark.overlay_golden
+def test_hostile(overlay_root):
+    (overlay_root / "evil\\n\\x1b[31mred\\u202e").write_text("x\\x1b[2J\\n")
+"""
+
+
+def test_hostile_names_print_safely_and_round_trip(pytester: pytest.Pytester) -> None:
+    project(pytester, HOSTILE)
+    missing = run(pytester, "--overlay-backend=copy")
+    missing.assert_outcomes(failed=1)
+    missing.stdout.fnmatch_lines(["added evil\\n\\x1b[31mred\\u202e", "  ~ x\\x1b[2J"])
+    assert "\x1b" not in missing.stdout.str()
+    assert "\u202e" not in missing.stdout.str()
+    run(pytester, "--overlay-backend=copy", "--overlay-update").assert_outcomes(passed=1)
+    run(pytester, "--overlay-backend=copy").assert_outcomes(passed=1)
+
+
 def test_mistakes_are_named(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\noverlay_golden_replace = no arrow here\n")
     pytester.makepyfile("def test_nothing(): pass")
