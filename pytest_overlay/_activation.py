@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from . import _contain, _namespaces
-from ._backends.inplace import FUSE_IN_PLACE_NEEDS_ROOT, in_place_impossible
+from ._backends.inplace import fuse_in_place_needs_root, in_place_impossible
 from ._errors import BackendUnavailableError, OverlayError, ViewLostError, path_too_long
 from ._keys import session_key
 from ._namespaces import EARLY, LAZY, XDIST_WORKER, threads_reason
@@ -115,7 +115,7 @@ def enter_before_conftests(early_config: pytest.Config, *, inplace: bool) -> Non
 def _not_in_place(kernel_reason: str) -> tuple[tuple[str, str], ...]:
     return (
         ("kernel", kernel_reason),
-        ("fuse", FUSE_IN_PLACE_NEEDS_ROOT),
+        ("fuse", fuse_in_place_needs_root()),
     )
 
 

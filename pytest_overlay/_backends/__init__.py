@@ -22,8 +22,8 @@ from .fuse import FuseBackend, private_mounts_possible
 from .idmap import unmapped_owner
 from .inplace import (
     COPY_IN_PLACE,
-    FUSE_IN_PLACE_NEEDS_ROOT,
-    IN_PLACE_NEEDS_PRIVATE_NAMESPACE,
+    fuse_in_place_needs_root,
+    fuse_in_place_refused,
     in_place_impossible,
 )
 from .kernel import KernelBackend, refused_lower
@@ -89,7 +89,8 @@ def select_backend(
         if requested == "copy" and inplace:
             raise BackendUnavailableError(COPY_IN_PLACE)
         if requested == "fuse" and inplace and not private_mounts_possible():
-            raise BackendUnavailableError(IN_PLACE_NEEDS_PRIVATE_NAMESPACE)
+            refused = create_backend("kernel", scratch, upper_size).unavailable_reason()
+            raise BackendUnavailableError(fuse_in_place_refused(refused))
         backend = create_backend(requested, scratch, upper_size)
         reason = backend.unavailable_reason()
         if reason is None and requested == "kernel":
@@ -126,7 +127,7 @@ def fall_back(
     """
     if inplace and not private_mounts_possible():
         # Mounted through fusermount3, the view would cover the project machine-wide.
-        skipped = ("fuse", FUSE_IN_PLACE_NEEDS_ROOT)
+        skipped = ("fuse", fuse_in_place_needs_root())
         raise BackendUnavailableError(in_place_impossible((*passed_over, skipped)))
     fuse = create_backend("fuse", scratch)
     reason = fuse.unavailable_reason()

@@ -27,6 +27,7 @@ from typing import IO, Protocol, final
 
 from pytest_overlay import _syscalls
 from pytest_overlay._errors import MountError
+from pytest_overlay._probe import LACKS_SYS_ADMIN, docker_fix, lacks_sys_admin
 
 from .server import EXIT_NO_LIBFUSE
 
@@ -90,9 +91,15 @@ _FUSERMOUNT_FIXES = (
         "mount failed: Operation not permitted",
         "the kernel refused fusermount3's mount: fusermount3 must be setuid root (ls -l "
         "$(command -v fusermount3)), and under no_new_privs, a seccomp filter or an AppArmor "
-        "policy (in a container, say) it cannot mount; there, run as root with CAP_SYS_ADMIN",
+        "policy (in a container, say) it cannot mount; there, {root}",
     ),
 )
+
+
+def _root_remedy() -> str:
+    if lacks_sys_admin():
+        return f"{LACKS_SYS_ADMIN}: run the container with {docker_fix(fuse=True)}"
+    return "run as root with CAP_SYS_ADMIN"
 
 
 def _fusermount() -> str | None:
@@ -110,6 +117,9 @@ def fusermount_refusal(output: str) -> str | None:
             continue
         for words, fix in _FUSERMOUNT_FIXES:
             if words in message:
+                if "{root}" in fix:
+                    # A container's root lacks the capability; root itself is no remedy.
+                    fix = fix.format(root=_root_remedy())
                 return f"{tool} refused it: {message}; {fix}"
         return f"{tool} refused it: {message}"
     return None
