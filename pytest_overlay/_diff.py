@@ -156,8 +156,11 @@ def display_path(change: Change) -> str:
     return safe_path(change.path) + suffix
 
 
+_REPR_CHANGES = 5  # a repr is read inside an assertion message: the first few, then a count
+
+
 @final
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class TreeDiff:
     """The changes a test made to the tree, sorted by path ("a/b" right after "a").
 
@@ -191,6 +194,13 @@ class TreeDiff:
 
     def __str__(self) -> str:
         return "\n".join(f"{c.kind.letter} {display_path(c)}" for c in self.changes)
+
+    def __repr__(self) -> str:
+        # One short line: pytest's assertion rewriting shows it, maybe several times over.
+        shown = [f"{c.kind.letter} {display_path(c)}" for c in self.changes[:_REPR_CHANGES]]
+        if len(self.changes) > _REPR_CHANGES:
+            shown.append(f"... {len(self.changes) - _REPR_CHANGES} more")
+        return f"TreeDiff({', '.join(shown)})"
 
     @cached_property
     def _by_path(self) -> dict[str, Change]:

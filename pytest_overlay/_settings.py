@@ -42,7 +42,9 @@ def add_options(parser: pytest.Parser) -> None:
     ) -> None:
         dest = "overlay_" + name.replace("-", "_") if name else "overlay"
         flag = flag or (f"--overlay-{name}" if name else "--overlay")
-        group.addoption(flag, dest=dest, help=help_text, **kwargs)
+        # argparse %-formats an option's help, pytest prints an ini's as it is: one text,
+        # escaped for argparse only (a "10%%" showed in the ini list of ``pytest --help``).
+        group.addoption(flag, dest=dest, help=help_text.replace("%", "%%"), **kwargs)
         parser.addini(dest, help=help_text, type=ini_type, default=ini_default)
 
     option(
@@ -131,7 +133,7 @@ def add_options(parser: pytest.Parser) -> None:
         "upper-size",
         "string",
         "Size limit of each test's upper layer on the kernel backend, as tmpfs takes it "
-        "(e.g. 512M, 2G, 1T, 10%%; default: the tmpfs default, half the memory)",
+        "(e.g. 512M, 2G, 1T, 10%; default: the tmpfs default, half the memory)",
         "",
         metavar="SIZE",
     )

@@ -151,6 +151,18 @@ def test_the_toml_reader_of_python_3_10() -> None:
 # --- what the messages say ----------------------------------------------------------------------
 
 
+def test_list_outside_a_project_ends_its_hint_with_a_whole_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 21: the hint ended "...--overlay-keep=all keeps every test's".
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(capsys, "list")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].endswith(f"(no pytest project found upward from {tmp_path})"), out
+    assert lines[1].endswith("; --overlay-keep=all keeps every test's, passed or failed"), out
+
+
 def test_nothing_kept_says_where_it_looked_and_when_layers_are_kept(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -165,7 +177,7 @@ def test_nothing_kept_says_where_it_looked_and_when_layers_are_kept(
     text = " ".join(hints)
     assert "keeps the upper layer of each failed test (--overlay-keep=failed, the default)" in text
     assert "with the overlay_root fixture and in place (--overlay) alike" in text
-    assert "--overlay-keep=all keeps every test's" in text
+    assert "--overlay-keep=all keeps every test's, passed or failed" in text
     assert "only" not in text  # not "only with --overlay"
     assert "--cache-dir" in text
     # The commands that need a kept test say the same, as an error.

@@ -202,3 +202,12 @@ def test_overlay_warning_as_an_error_is_one_line(pytester: pytest.Pytester) -> N
     result.stdout.fnmatch_lines(
         ["*OverlayWarning (an error under filterwarnings): test_keep.py::test_fails: could not*"]
     )
+
+
+def test_help_shows_a_percent_sign_once(pytester: pytest.Pytester) -> None:
+    # Issue 21: the ini list of `pytest --help` said "10%%" (argparse's escape, shown raw).
+    result = _run(pytester, "--help")
+    text = result.stdout.str()
+    assert "10%%" not in text, text
+    # The option and its ini twin, each with the example intact.
+    assert text.count("1T, 10%;") == 2, text

@@ -308,3 +308,20 @@ def test_hostile_names_and_fifos_in_a_failure_report(
     assert "A pipe" in output
     assert "Symlink out -> /etc/passwd" in output
     assert "root:" not in output  # the symlink was not followed
+
+
+def test_a_diff_in_a_failed_assertion_is_one_short_line(pytester: pytest.Pytester) -> None:
+    # Issue 21: the dataclass repr of every change ran over several lines in the rewrite.
+    pytester.makepyfile(
+        """
+        def test_writes(overlay_root):
+            for i in range(8):
+                (overlay_root / f"f{i}.txt").write_text("x")
+            assert not overlay_root.diff()
+        """
+    )
+    result = run(pytester, "--overlay-backend=copy")
+    result.assert_outcomes(failed=1)
+    shown = "TreeDiff(A f0.txt, A f1.txt, A f2.txt, A f3.txt, A f4.txt, ... 3 more)"
+    result.stdout.fnmatch_lines([f"E * assert not {shown}", f"E * where {shown} = diff()"])
+    assert "Change(" not in result.stdout.str()
