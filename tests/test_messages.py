@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests._gates import gate, kernel_reason
+from tests._gates import fuse_reason, gate, kernel_reason
 
 ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark")
 
@@ -167,6 +167,42 @@ def test_a_lingering_process_is_reported_in_one_line(pytester: pytest.Pytester) 
             "through *), so it was detached lazily*",
         ]
     )
+    _assert_no_plugin_frames(result)
+
+
+SQLITE = """
+import sqlite3
+
+KEPT = []
+
+def test_leaves_a_connection(overlay_root):
+    # Common in real suites: a connection kept in a module, open in pytest itself.
+    KEPT.append(sqlite3.connect(overlay_root / "db.sqlite"))
+    KEPT[0].execute("create table t (x)")
+"""
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [
+        ("kernel", "* was still in use (by this pytest process (pid *) through */db.sqlite), so *"),
+        ("fuse", "* was still in use (by this pytest process (pid *) through */db.sqlite), so *"),
+        ("copy", "* was still in use by this pytest process (pid *) through */db.sqlite when *"),
+    ],
+)
+def test_a_file_left_open_in_pytest_is_named(
+    pytester: pytest.Pytester, backend: str, expected: str
+) -> None:
+    # Issue 21: the view was "still in use" by nobody named (kernel, fuse), or by pytest's own
+    # command line (copy); the holder is this process, through the file it keeps open.
+    gate(backend, kernel_reason() if backend == "kernel" else None)
+    if backend == "fuse":
+        gate("fuse", fuse_reason())
+    pytester.makepyfile(test_sqlite=SQLITE)
+    result = _run(pytester, f"--overlay-backend={backend}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*= pytest-overlay =*", f"test_sqlite.py::*{expected}"])
+    assert "-m pytest" not in result.stdout.str()
     _assert_no_plugin_frames(result)
 
 

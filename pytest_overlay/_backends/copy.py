@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pytest_overlay._diff import TreeDiff, diff_paths
 from pytest_overlay._files import copy_file_data, remove_tree
+from pytest_overlay._holders import name_holders
 from pytest_overlay._layers import Entry, LayerStack
 from pytest_overlay._layerwrite import copy_metadata, copy_node, synthesize_upper
 
@@ -316,11 +317,9 @@ class CopyMount:
         # It would go on changing the copy after the reset: the copy is no longer ours to
         # reuse, and stays as it is for that process until the end of the run.
         self._backend.set_aside(self._copy)
-        named = ", ".join(f"pid {pid} ({command})" for pid, command in users[:3])
-        more = f" and {len(users) - 3} more" if len(users) > 3 else ""
         return [
-            f"{self.path} was still in use by {named}{more} when the test ended, so that copy "
-            "was set aside: the process may go on using it until the end of the run, when it "
+            f"{self.path} was still in use by {name_holders(users)} when the test ended, so that "
+            "copy was set aside: the process may go on using it until the end of the run, when it "
             "is removed, and the next test gets a fresh copy"
         ]
 
