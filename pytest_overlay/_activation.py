@@ -381,7 +381,12 @@ def failure_report(
     state.phases[when] = outcome
     if outcome != "failed" or when not in ("setup", "call"):
         return None
-    title, text = failure_section(item, state, session, color=_color(item), error=error)
+    section = failure_section(
+        item, state, session, color=_color(item), encoding=_encoding(item), error=error
+    )
+    if section is None:
+        return None
+    title, text = section
     full = upper_full_note(error, state.backend, session.settings.upper_size)
     return title, f"{full}\n\n{text}" if full else text
 
@@ -403,6 +408,20 @@ def _color(item: pytest.Item) -> bool:
     if inherited is not None and "color" in inherited:
         return bool(inherited["color"])
     return item.config.get_terminal_writer().hasmarkup
+
+
+def terminal_encoding(config: pytest.Config) -> str:
+    """The encoding pytest writes its report in (its terminal writer's file's)."""
+    # TerminalWriter has no public attribute for it; its file is sys.stdout as pytest found it.
+    file = getattr(config.get_terminal_writer(), "_file", None)
+    return getattr(file, "encoding", None) or "utf-8"
+
+
+def _encoding(item: pytest.Item) -> str:
+    inherited = getattr(item.config, "workerinput", {}).get("pytest_overlay")
+    if inherited is not None and "encoding" in inherited:
+        return str(inherited["encoding"])
+    return terminal_encoding(item.config)
 
 
 def summary_lines(config: pytest.Config, session: OverlaySession) -> list[str]:

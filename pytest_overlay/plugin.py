@@ -117,7 +117,13 @@ class _XdistHooks:
 
     def pytest_configure_node(self, node: Any) -> None:
         session = _active(self._config)
-        decided = _machinery().xdist_worker_input(session) if session is not None else {}
+        decided: dict[str, Any] = {}
+        if session is not None:
+            engine = _machinery()
+            decided = {
+                "encoding": engine.terminal_encoding(node.config),
+                **engine.xdist_worker_input(session),
+            }
         node.workerinput["pytest_overlay"] = {
             "run_id": self._config.stash[run_id_key],
             "color": node.config.get_terminal_writer().hasmarkup,

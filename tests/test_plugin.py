@@ -325,3 +325,79 @@ def test_a_diff_in_a_failed_assertion_is_one_short_line(pytester: pytest.Pyteste
     shown = "TreeDiff(A f0.txt, A f1.txt, A f2.txt, A f3.txt, A f4.txt, ... 3 more)"
     result.stdout.fnmatch_lines([f"E * assert not {shown}", f"E * where {shown} = diff()"])
     assert "Change(" not in result.stdout.str()
+
+
+MANY = """
+def test_many(overlay_root):
+    for i in range(500):
+        (overlay_root / f"f{i:03}.txt").write_text(f"line {i}\\n")
+    assert 0
+"""
+CUT = (
+    "... * more lines not shown, of 500 changes: 500 added (-v shows more, "
+    "overlay_diff_lines = 0 shows all; or `pytest-overlay show 'test_many.py::test_many'`)"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        ((), 200),
+        (("--tb=short",), 200),
+        (("-v",), 1000),
+        (("-vv",), 1500),
+        (("--tb=line",), 1),
+        (("--tb=no",), 0),
+    ],
+    ids=["default", "tb-short", "v", "vv", "tb-line", "tb-no"],
+)
+def test_a_long_failure_section_is_cut_as_tb_and_v_ask(
+    pytester: pytest.Pytester, args: tuple[str, ...], shown: int
+) -> None:
+    # Issue 21: 500 new files gave some 700 lines whatever --tb said.
+    pytester.makepyfile(test_many=MANY)
+    result = run(pytester, "--overlay-backend=copy", *args)
+    result.assert_outcomes(failed=1)
+    lines = result.outlines
+    if shown == 0:
+        assert not any("overlay changes" in line for line in lines)
+        return
+    start = next(i for i, line in enumerate(lines) if "overlay changes (copy)" in line) + 1
+    section = lines[start : start + shown]
+    if "--tb=line" in args:
+        assert section == [
+            "500 changes: 500 added; `pytest-overlay show 'test_many.py::test_many'` shows them"
+        ]
+        return
+    assert section[:2] == ["A f000.txt", "A f001.txt"]
+    if shown == 1500:  # all of it: the list, a blank line, and five lines for each file
+        assert lines[start + 500 : start + 502] == ["", "--- /dev/null"]
+        assert "more lines not shown" not in result.stdout.str()
+        return
+    if shown < 500:
+        assert lines[start + shown - 1] == f"A f{shown - 1:03}.txt", "the list, cut"
+    else:
+        assert lines[start + 499 : start + 502] == ["A f499.txt", "", "--- /dev/null"]
+    pytest_lines = pytest.LineMatcher([lines[start + shown]])
+    pytest_lines.fnmatch_lines([CUT])
+    if "--tb=short" in args:
+        assert "--- /dev/null" not in result.stdout.str()
+
+
+def test_a_failure_section_survives_an_ascii_terminal(pytester: pytest.Pytester) -> None:
+    # Issue 21: pytest writes text its output cannot encode as one line of escapes.
+    pytester.makepyfile(
+        """
+        def test_writes(overlay_root):
+            (overlay_root / "a.txt").write_text("h\\u00e9llo\\nworld\\n")
+            assert 0
+        """
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONIOENCODING", "ascii")
+        result = run(pytester, "--overlay-backend=copy")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*overlay changes (copy)*", "A a.txt", "", "--- /dev/null", "+++ b/a.txt", "@@ *"]
+    )
+    result.stdout.fnmatch_lines(["+h\\xe9llo", "+world"])
