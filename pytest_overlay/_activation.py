@@ -166,6 +166,19 @@ def header_lines(session: OverlaySession) -> list[str]:
     return lines
 
 
+def header_to_summary(session: OverlaySession) -> None:
+    """An xdist worker's header is never shown: its lines go in the summary instead.
+
+    They say why the kernel was passed over, so the notice of a fallback in this worker,
+    which says the same, goes (issue 21: the reason was printed twice).
+    """
+    header = header_lines(session)
+    reason = session.kernel_unusable
+    if reason and any(f"kernel not used: {reason}" in line for line in header):
+        session.notices[:] = [n for n in session.notices if not n.endswith(f": {reason}")]
+    session.notices.extend(line for line in header if line not in session.notices)
+
+
 def xdist_worker_input(session: OverlaySession | None) -> dict[str, Any]:
     """What a worker inherits of the controller's decision (nothing, if it made none)."""
     if session is None:

@@ -200,10 +200,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if hasattr(session.config, "workerinput") and not session.config.stash.get(
         header_shown_key, False
     ):
-        # A worker's header is never shown: its backend goes in the summary instead.
-        for line in engine.header_lines(overlay_session):
-            if line not in overlay_session.notices:
-                overlay_session.notices.append(line)
+        engine.header_to_summary(overlay_session)
 
 
 def pytest_report_collectionfinish(config: pytest.Config) -> list[str] | None:

@@ -96,7 +96,8 @@ def test_xdist_controller_with_a_thread_falls_back_instead_of_crashing(user_dir:
     _unpriv.write_user_files(user_dir, {**SMALL_PROJECT, "conftest.py": THREAD})
     output = _run(user_dir, "-n", "2")
     assert "2 passed" in output
-    assert f"using the {_fallback()} backend instead" in output
+    # The workers' header, in the summary, says why (their fallback notice would repeat it).
+    assert "kernel not used: pytest-xdist workers run several threads" in output, output
     _assert_fallback_header(output)
 
 
@@ -130,3 +131,20 @@ def test_blocked_user_namespaces_fall_back_with_the_reason(user_dir: Path, dev_f
     )
     assert "the kernel backend cannot work here: creating a user namespace" in explicit.stderr
     assert "Traceback" not in explicit.output
+
+
+@pytest.mark.parametrize(
+    ("dev_fuse_mode", "fallback"), [(0o666, "fuse"), (0o600, "copy")], ids=["fuse", "copy"]
+)
+def test_xdist_workers_fallback_is_said_once(
+    user_dir: Path, dev_fuse_mode: int, fallback: str
+) -> None:
+    # Issue 21: the workers' reason was printed twice (their notice, then their header).
+    _unpriv.write_user_files(user_dir, SMALL_PROJECT)
+    namespace = Namespace(dev_fuse_mode=dev_fuse_mode)
+    result = _run_user(user_dir, "-n", "2", namespace=namespace, expect_rc=0)
+    summary = result.stdout[result.stdout.index("= pytest-overlay =") :]
+    assert f"overlay: backend={fallback} (" in summary, result.output
+    reason = "pytest-xdist workers run several threads from the start"
+    assert summary.count(reason) == 1, result.output
+    assert f"  kernel not used: {reason}" in summary, result.output
