@@ -101,6 +101,14 @@ def root_fix(recipe: str) -> str:
 _MEANWHILE = (
     "meanwhile the overlay_root fixture works on the fuse backend or with --overlay-backend=copy"
 )
+
+
+def for_the_command_line(reason: str) -> str:
+    """*reason* without its advice for pytest runs (the fixture), which the command-line
+    tool, mounting a kept layer, cannot take."""
+    return reason.removesuffix(f"; {_MEANWHILE}")
+
+
 # A policy, not a missing feature: AppArmor's unprivileged_userns profile answers a mount in
 # the new namespace with EPERM (capability denied) or EACCES (mount rule denied), and so do
 # seccomp profiles and other LSMs.

@@ -7,6 +7,7 @@ harness), so nothing is ever mounted in the namespace of the test process.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -568,6 +569,27 @@ def test_mount_says_why_it_cannot_mount(
     ) in err
     assert "`pytest-overlay show tests/test_b.py::test_beta`" in err
     assert "copy backend" in err
+
+
+def test_mount_where_neither_works_gives_no_advice_for_pytest(
+    kept: Project,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 21: on Ubuntu's AppArmor the reason ended "meanwhile the overlay_root fixture
+    # works ...", which a kept layer's view cannot use.
+    reason = _probe.explain_mount_denied("a mount", errno.EACCES)
+    assert "overlay_root fixture" in reason
+    monkeypatch.setattr(_probe, "probe_kernel", lambda: _probe.ProbeResult(False, "user", reason))
+    monkeypatch.setattr(fuse_backend, "probe_fuse", lambda: "/dev/fuse does not exist")
+    (tmp_path / "view").mkdir()
+    code, out, err = run_main(capsys, "mount", "test_beta", str(tmp_path / "view"))
+    assert (code, out) == (3, "")
+    assert "the user namespace was created, but a mount in it was denied (EACCES)" in err
+    assert "; nor FUSE: /dev/fuse does not exist" in err
+    assert "overlay_root" not in err
+    assert "--overlay-backend" not in err
 
 
 def test_mount_falls_back_to_fuse_where_the_kernel_cannot(
