@@ -401,3 +401,29 @@ def test_a_failure_section_survives_an_ascii_terminal(pytester: pytest.Pytester)
         ["*overlay changes (copy)*", "A a.txt", "", "--- /dev/null", "+++ b/a.txt", "@@ *"]
     )
     result.stdout.fnmatch_lines(["+h\\xe9llo", "+world"])
+
+
+def test_the_copy_backend_leaves_a_virtualenv_out(pytester: pytest.Pytester) -> None:
+    # Issue 21: a project's .venv was copied whole each session; tests run the real one.
+    venv = pytester.path / ".venv"
+    (venv / "lib").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "lib" / "big.bin").write_bytes(b"\0" * (1 << 20))
+    (pytester.path / "src").mkdir()
+    (pytester.path / "src" / "a.txt").write_text("a\n")
+    pytester.makepyfile(
+        """
+        def test_view(overlay_root):
+            assert (overlay_root / "src" / "a.txt").read_text() == "a\\n"
+            assert not (overlay_root / ".venv").exists()
+            (overlay_root / "src" / "b.txt").write_text("b")
+            assert str(overlay_root.diff()) == "A src/b.txt"
+
+        def test_next_one_is_pristine(overlay_root):
+            assert not overlay_root.diff()
+            assert not (overlay_root / ".venv").exists()
+        """
+    )
+    result = run(pytester, "--overlay-backend=copy")
+    result.assert_outcomes(passed=2)
+    assert (venv / "lib" / "big.bin").stat().st_size == 1 << 20

@@ -100,8 +100,15 @@ class _Copy:
     def _copy_children(self, rel: str, target: Path) -> None:
         for name, entry in sorted(self._stack.listdir(rel).items()):
             child = f"{rel}/{name}" if rel else name
-            if not (self.hidden and self._is_hidden(child)):
-                self._copy_entry(child, entry, target / name)
+            if self.hidden and self._is_hidden(child):
+                continue
+            if stat.S_ISDIR(entry.stat.st_mode) and _is_virtualenv(entry.real_path):
+                # Issue 21: a project's .venv (46 MB, 4.6 s a session) was copied whole for
+                # tests that run the real one; left out of the copy and of the diff, as our
+                # scratch space is.
+                self.hidden = (*self.hidden, child)
+                continue
+            self._copy_entry(child, entry, target / name)
 
     def _copy_entry(self, rel: str, entry: Entry, target: Path) -> None:
         if stat.S_ISDIR(entry.stat.st_mode):
@@ -209,6 +216,11 @@ class _Copy:
     def remove(self) -> None:
         self.tracker.close()
         remove_tree(self.root)
+
+
+def _is_virtualenv(directory: Path) -> bool:
+    """Whether *directory* is a Python virtual environment (``venv``, virtualenv, tox, uv)."""
+    return os.path.isfile(os.path.join(directory, "pyvenv.cfg"))
 
 
 def _is_root() -> bool:
