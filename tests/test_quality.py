@@ -32,5 +32,20 @@ def test_mypy_strict() -> None:
     _run("mypy")
 
 
+def test_mypy_checks_the_calls_into_the_machinery(tmp_path: Path) -> None:
+    # Issue 21: the plugin reached the machinery through a ModuleType, so every call was Any.
+    wrong = tmp_path / "wrong_call.py"
+    wrong.write_text("from pytest_overlay.plugin import _engine\n\n_engine.header_lines()\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", str(wrong)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'Missing positional argument "session" in call to "header_lines"' in result.stdout
+
+
 def test_docs_build_without_warnings(tmp_path: Path) -> None:
     _run("mkdocs", "build", "--strict", "--quiet", "--site-dir", str(tmp_path / "site"))
