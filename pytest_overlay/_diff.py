@@ -1,9 +1,10 @@
-"""What a test changed on disk: the data model, and the two ways of computing it.
+"""What a test changed on disk: the data model, and the three ways of computing it.
 
 :func:`diff_upper` reads an overlay upper layer (kernel overlayfs or FUSE) and costs in
-proportion to what changed; :func:`diff_trees` compares a full materialised copy with the lower
-layers.  Both compare entries with the same rules, so the same operations give the same
-:class:`TreeDiff` on every backend.
+proportion to what changed; :func:`diff_paths` compares the paths a tracker saw change in a
+copy (the copy backend) with the lower layers, at the same cost; :func:`diff_trees` compares a
+whole materialised copy with the lower layers.  All compare entries with the same rules, so the
+same operations give the same :class:`TreeDiff` on every backend.
 
 Neither follows a symbolic link, opens anything but a regular file (and that only with
 ``O_NOFOLLOW | O_NONBLOCK``), or compares xattrs; overlay-private xattrs are thus ignored.

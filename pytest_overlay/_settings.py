@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -20,7 +20,11 @@ from ._choices import (
     TOOL_STATE_DIRS,
     TOOL_STATE_FILES,
     USERNS_CHOICES,
+    Keep,
+    Userns,
 )
+
+_Word = TypeVar("_Word", bound=str)
 
 DEFAULT_IGNORE = (
     "__pycache__",
@@ -162,9 +166,9 @@ class Settings:
 
     backend: str = "auto"
     lowers: tuple[Path, ...] = ()
-    userns: str = "lazy"
+    userns: Userns = "lazy"
     inplace: bool = False
-    keep: str = "failed"
+    keep: Keep = "failed"
     keep_count: int = 3
     ignore: tuple[str, ...] = DEFAULT_IGNORE
     diff_lines: int = 200
@@ -244,14 +248,15 @@ def _layer_dir(raw: object, root: Path) -> Path | None:
     return path
 
 
-def _choice(raw: object, choices: Sequence[str], name: str, what: str = "value") -> str:
+def _choice(raw: object, choices: Sequence[_Word], name: str, what: str = "value") -> _Word:
     text = str(raw or choices[0]).strip()
-    if text not in choices:
-        raise pytest.UsageError(
-            f"--overlay-{name} / overlay_{name.replace('-', '_')}: unknown {what} {text!r}; "
-            f"choose one of {', '.join(choices)}"
-        )
-    return text
+    for choice in choices:
+        if text == choice:
+            return choice  # the Literal's own word, typed as one
+    raise pytest.UsageError(
+        f"--overlay-{name} / overlay_{name.replace('-', '_')}: unknown {what} {text!r}; "
+        f"choose one of {', '.join(choices)}"
+    )
 
 
 def _number(raw: object, name: str) -> int:

@@ -22,7 +22,7 @@ from pytest_overlay._diff import TreeDiff, diff_paths
 from pytest_overlay._files import copy_file_data, remove_tree
 from pytest_overlay._holders import name_holders
 from pytest_overlay._layers import Entry, LayerStack
-from pytest_overlay._layerwrite import copy_metadata, copy_node, synthesize_upper
+from pytest_overlay._layerwrite import copy_metadata, copy_node, is_root, synthesize_upper
 
 from .base import IgnoreFn, safe_label
 from .copy_tracking import ChangeTracker, processes_inside, signature
@@ -120,12 +120,12 @@ class _Copy:
         # A socket or device node that needs privileges to recreate is left out: it cannot
         # be used through a copy anyway.
         if copy_node(
-            source, os.fspath(target), st, owner=_is_root(), exact=False, copy_data=self._copy_data
+            source, os.fspath(target), st, owner=is_root(), exact=False, copy_data=self._copy_data
         ):
             self.tracker.record(rel, target, os.lstat(target), is_dir=False)
 
     def _finish_dir(self, rel: str, entry: Entry, target: Path) -> None:
-        copy_metadata(entry.real_path, target, entry.stat, owner=_is_root(), exact=False)
+        copy_metadata(entry.real_path, target, entry.stat, owner=is_root(), exact=False)
         self.tracker.record(rel, target, os.lstat(target), is_dir=True)
 
     def diff(self, ignore: IgnoreFn | None) -> TreeDiff:
@@ -221,10 +221,6 @@ class _Copy:
 def _is_virtualenv(directory: Path) -> bool:
     """Whether *directory* is a Python virtual environment (``venv``, virtualenv, tox, uv)."""
     return os.path.isfile(os.path.join(directory, "pyvenv.cfg"))
-
-
-def _is_root() -> bool:
-    return sys.platform != "win32" and os.geteuid() == 0
 
 
 def _sort_key(rel: str) -> tuple[str, ...]:

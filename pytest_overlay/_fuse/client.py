@@ -1,10 +1,10 @@
 """Start and stop the FUSE server process, and tell whether FUSE can work here at all.
 
 The server always runs in a process of its own (a Python FUSE callback that needs something the
-accessing process holds would deadlock it for good; overlay-semantics §4.3).  It is started
-with ``subprocess`` (no fork of a possibly multithreaded pytest), in its own session (Ctrl-C
-reaches the tests, not the server; :meth:`FuseMount.close` stops it), and dies with the thread
-that started it.
+accessing process holds would deadlock it for good; docs/how-it-works.md, "The fuse backend").
+It is started with ``subprocess`` (no fork of a possibly multithreaded pytest), in its own
+session (Ctrl-C reaches the tests, not the server; :meth:`FuseMount.close` stops it), and dies
+with the thread that started it.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ READY_TIMEOUT = _ready_timeout()
 """Seconds a new FUSE server gets to become live (``$PYTEST_OVERLAY_FUSE_READY_TIMEOUT``)."""
 # umount2 errors that mean "already gone": EINVAL (not a mount point any more), ENOENT.
 _GONE = frozenset({errno.EINVAL, errno.ENOENT})
-_MNT_DETACH = 2
 
 
 # fusermount3's own words (libfuse's util/fusermount.c) for the refusals one can fix, and how.
@@ -209,7 +208,7 @@ class FuseMount:
     def _unmount(self, *, lazy: bool) -> None:
         if os.geteuid() == 0:
             try:
-                _syscalls.umount(self.mountpoint, _MNT_DETACH if lazy else 0)
+                _syscalls.umount(self.mountpoint, _syscalls.MNT_DETACH if lazy else 0)
                 return
             except OSError as exc:
                 if exc.errno in _GONE:
