@@ -427,3 +427,45 @@ def test_the_copy_backend_leaves_a_virtualenv_out(pytester: pytest.Pytester) -> 
     result = run(pytester, "--overlay-backend=copy")
     result.assert_outcomes(passed=2)
     assert (venv / "lib" / "big.bin").stat().st_size == 1 << 20
+
+
+UNVERIFIED = """
+from pytest_overlay._backends import copy
+from pytest_overlay._errors import ResetUnverifiedError
+
+
+def _never_the_same(rel, old, now):
+    # A reset bug, injected: every check of a restored path fails.
+    raise ResetUnverifiedError(rel, "differs from the lowers after the reset")
+
+
+copy._check_same = _never_the_same
+"""
+
+
+def test_a_copy_reset_that_cannot_verify_itself_is_said_once(pytester: pytest.Pytester) -> None:
+    # Issue 21: it raised OSError with invented errnos and release() swallowed it, so a reset
+    # bug became a silent full copy per test.
+    pytester.makeconftest(UNVERIFIED)
+    (pytester.path / "data.txt").write_text("x\n")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_changes(overlay_root, n):
+            assert (overlay_root / "data.txt").read_text() == "x\\n"
+            (overlay_root / "data.txt").write_text(f"changed {n}\\n")
+        """
+    )
+    result = run(pytester, "--overlay-backend=copy")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*= pytest-overlay =*",
+            "*the copy backend could not reset its copy after a test (data.txt: differs from the "
+            "lowers after the reset), so it made a fresh copy; each such test costs a full copy "
+            "of the tree. If this repeats, please report it, with the path",
+        ]
+    )
+    assert result.stdout.str().count("could not reset its copy") == 1
