@@ -22,7 +22,7 @@ from pytest_overlay._storepath import (
     resolve_cache_dir,
     store_dir,
 )
-from tests.test_cli_layers import _run
+from tests._run import counts, run_module
 
 CONFIGS = {
     "pytest.ini": "[pytest]\ncache_dir = {value}\n",
@@ -228,18 +228,19 @@ def test_a_layer_kept_in_a_moved_cache_is_listed(tmp_path: Path) -> None:
     (root / "sub").mkdir(parents=True)
     (root / "pyproject.toml").write_text(CONFIGS["pyproject.toml"].format(value="$BUILD/cache"))
     (root / "test_kept.py").write_text(FAILING)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TOX_"))}
-    env.update(PYTHONDONTWRITEBYTECODE="1", BUILD="out")
+    # Not tox's variables: the store would follow TOX_ENV_DIR.
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TOX_")}
+    env["BUILD"] = "out"
 
-    done = _run(root, env, "pytest", "-p", "no:randomly", "--overlay-backend=copy")
-    assert "1 failed" in done.stdout, done.stdout + done.stderr
+    done = run_module(root, env, "pytest", "-p", "no:randomly", "--overlay-backend=copy")
+    assert counts(done.stdout).get("failed") == 1, done.stdout + done.stderr
     store = root / "out" / "cache" / "d" / "overlay"
     assert store.is_dir(), done.stdout
-    listed = _run(root / "sub", env, "pytest_overlay", "list")
+    listed = run_module(root / "sub", env, "pytest_overlay", "list")
     assert (listed.returncode, listed.stderr) == (0, ""), listed.stderr
     assert f"in {store}" in listed.stdout.splitlines()[0]
     assert "test_kept.py::test_writes_and_fails" in listed.stdout
     assert listed.stdout.splitlines()[-1] == "1 kept test"
-    cleaned = _run(root / "sub", env, "pytest_overlay", "clean", "--yes")
+    cleaned = run_module(root / "sub", env, "pytest_overlay", "clean", "--yes")
     assert cleaned.returncode == 0, cleaned.stderr
     assert "removed 1 run (1 test, " in cleaned.stdout

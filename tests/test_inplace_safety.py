@@ -18,7 +18,7 @@ import pytest
 from pytest_overlay import _probe
 from tests import _unpriv
 from tests._gates import gate, kernel_reason
-from tests._run import assert_clean, docker_like, run_pytest
+from tests._run import assert_clean, counts, docker_like, run_pytest
 from tests._sample_project import tree_digest as full_digest
 from tests._unpriv import Namespace
 
@@ -81,7 +81,7 @@ def test_conftest_thread_cannot_stop_the_user_namespace(
     before = tree_digest(threaded_project)
     code, text = run_user(threaded_project, "--overlay", *xdist)
     assert code == 0, text
-    assert "2 passed" in text, text
+    assert counts(text).get("passed") == 2, text
     assert "overlay: backend=kernel (user namespace)" in text, text
     assert_clean(text)
     assert tree_digest(threaded_project) == before

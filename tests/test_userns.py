@@ -21,7 +21,7 @@ import pytest
 
 from tests import _unpriv
 from tests._gates import gate, user_fuse_reason
-from tests._run import Result, run_pytest
+from tests._run import Result, counts, run_pytest
 from tests._sample_project import SMALL_PROJECT, SMALL_SUITE
 from tests._unpriv import Namespace
 
@@ -74,7 +74,7 @@ def _run(root: Path, *args: str) -> str:
 def test_thread_at_import_falls_back_and_says_why(user_dir: Path, ini: str) -> None:
     _unpriv.write_user_files(user_dir, {**THREADED, "pytest.ini": f"[pytest]\n{ini}\n"})
     output = _run(user_dir)
-    assert "2 passed" in output
+    assert counts(output).get("passed") == 2
     fallback = _fallback()
     notice = f"overlay: kernel backend unusable, using the {fallback} backend instead"
     assert notice in output
@@ -87,7 +87,7 @@ def test_thread_at_import_falls_back_and_says_why(user_dir: Path, ini: str) -> N
 def test_early_userns_survives_threads_started_by_tests(user_dir: Path) -> None:
     _unpriv.write_user_files(user_dir, THREADED)
     output = _run(user_dir, "--overlay-userns=early")
-    assert "2 passed" in output
+    assert counts(output).get("passed") == 2
     assert "copy backend instead" not in output
     assert "overlay: backend=kernel (user namespace)" in output
 
@@ -95,7 +95,7 @@ def test_early_userns_survives_threads_started_by_tests(user_dir: Path) -> None:
 def test_xdist_controller_with_a_thread_falls_back_instead_of_crashing(user_dir: Path) -> None:
     _unpriv.write_user_files(user_dir, {**SMALL_PROJECT, "conftest.py": THREAD})
     output = _run(user_dir, "-n", "2")
-    assert "2 passed" in output
+    assert counts(output).get("passed") == 2
     # The workers' header, in the summary, says why (their fallback notice would repeat it).
     assert "kernel not used: pytest-xdist workers run several threads" in output, output
     _assert_fallback_header(output)
@@ -104,7 +104,7 @@ def test_xdist_controller_with_a_thread_falls_back_instead_of_crashing(user_dir:
 def test_explicit_kernel_with_threads_errors_each_test_clearly(user_dir: Path) -> None:
     _unpriv.write_user_files(user_dir, THREADED)
     output = _run_user(user_dir, "--overlay-backend=kernel", expect_rc=1).output
-    assert "2 errors" in output or "2 error" in output, output
+    assert counts(output).get("error") == 2, output
     assert "the kernel backend cannot work here" in output
     assert "Traceback" not in output
     assert "During handling" not in output
@@ -117,7 +117,7 @@ def test_blocked_user_namespaces_fall_back_with_the_reason(user_dir: Path, dev_f
     mode = _unpriv.OPEN_DEV_FUSE.dev_fuse_mode if open_dev_fuse else None
     blocked = Namespace(block_userns=True, dev_fuse_mode=mode)
     output = _run_user(user_dir, namespace=blocked, expect_rc=0).output
-    assert "2 passed" in output
+    assert counts(output).get("passed") == 2
     assert "kernel not used: creating a user namespace is not permitted here" in output
     if open_dev_fuse:
         assert "overlay: backend=fuse (fusermount3)" in output
