@@ -1,8 +1,9 @@
 """The ``pytest-overlay`` command, on stores made with the plugin's own ``_keep`` functions.
 
 Commands that only read run in-process through :func:`main`.  Every real mount runs in a child
-started by ``unshare --mount --propagation private`` (or, unprivileged, by the test-user
-harness), so nothing is ever mounted in the namespace of the test process.
+in a private mount namespace (:func:`tests._run.run` with a :class:`tests._unpriv.Namespace`,
+or, unprivileged, the test-user harness), so nothing is ever mounted in the namespace of the
+test process.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import errno
 import json
 import os
 import shlex
-import shutil
 import stat
 import subprocess
 import sys
@@ -31,6 +31,8 @@ from pytest_overlay._keep import RECORD_FILE, Record, Store, keep_test
 from pytest_overlay._safetext import safe_path
 from tests import _unpriv
 from tests._gates import fuse_reason, gate, kernel_reason
+from tests._run import Result, run, run_module
+from tests._unpriv import Namespace
 
 RUN_OLD = "20250101-100000-11"
 RUN_NEW = "20250102-100000-22"
@@ -447,23 +449,11 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_module_and_help_run_as_a_program(project: Project) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest_overlay", "--help"],
-        cwd=project.root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_module(project.root, None, "pytest_overlay", "--help")
     assert done.returncode == 0, done.stderr
     for command in ("list", "show", "layers", "mount", "umount", "clean", "exit codes:"):
         assert command in done.stdout
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest_overlay", "show", "x"],
-        cwd=project.root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_module(project.root, None, "pytest_overlay", "show", "x")
     assert done.returncode == 1
     assert done.stderr.startswith("pytest-overlay: error: no kept layers in ")
     assert "Traceback" not in done.stderr
@@ -628,21 +618,12 @@ def test_umount_of_something_not_mounted(
 
 def _needs_root_mounts() -> None:
     gate("kernel", kernel_reason())
-    gate("unshare", None if shutil.which("unshare") else "unshare(1) from util-linux is missing")
 
 
-def in_private_namespace(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def in_private_namespace(script: str, cwd: Path) -> Result:
     """Run a sh *script* in a new private mount namespace; ``$PO`` runs the command."""
-    env = {**os.environ, "PO": f"{shlex.quote(sys.executable)} -m pytest_overlay"}
-    return subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    env = {"PO": f"{shlex.quote(sys.executable)} -m pytest_overlay"}
+    return run(["sh", "-c", script], cwd=cwd, env=env, namespace=Namespace(), timeout=120)
 
 
 WRITE = (
