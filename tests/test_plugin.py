@@ -430,7 +430,7 @@ def test_the_copy_backend_leaves_a_virtualenv_out(pytester: pytest.Pytester) -> 
 
 
 UNVERIFIED = """
-from pytest_overlay._backends import copy
+from pytest_overlay._backends import copying
 from pytest_overlay._errors import ResetUnverifiedError
 
 
@@ -439,7 +439,7 @@ def _never_the_same(rel, old, now):
     raise ResetUnverifiedError(rel, "differs from the lowers after the reset")
 
 
-copy._check_same = _never_the_same
+copying._check_same = _never_the_same
 """
 
 

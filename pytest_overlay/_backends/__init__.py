@@ -1,7 +1,8 @@
 """Backends behind one interface, and the choice between them.
 
-Each backend is a module named after it (:mod:`.kernel`, :mod:`.fuse`, :mod:`.copy`); a part
-that only one backend uses carries its name (:mod:`.copy_tracking`); the parts they share are
+Each backend is a module named after it (:mod:`.kernel`, :mod:`.fuse`; the copy backend's is
+:mod:`.copying`, not to shadow the standard library's ``copy``); a part that only one backend
+uses carries its name (:mod:`.copy_tracking`); the parts they share are
 named after what they do: :mod:`.base` (the interface), :mod:`.mounted` (a real mount with an
 upper layer: kernel and FUSE), :mod:`.idmap` (owners a user namespace cannot map) and
 :mod:`.inplace` (which backends may run in place).
@@ -17,7 +18,7 @@ from pytest_overlay._choices import BACKEND_CHOICES
 from pytest_overlay._errors import BackendUnavailableError
 
 from .base import Backend, Mount
-from .copy import CopyBackend
+from .copying import CopyBackend
 from .fuse import FuseBackend, private_mounts_possible
 from .idmap import unmapped_owner
 from .inplace import (
