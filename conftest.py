@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._gates import REQUIRE_ENV, gate
+from tests._gates import REQUIRE_ENV, gate, required
 from tests._sample_project import SMALL_PROJECT, make_project, overlay_mounts
 
 # The suite reads the output of the pytest runs it starts, and pytest fits that output to
@@ -21,6 +21,17 @@ os.environ["COLUMNS"] = "80"
 def pytest_report_header(config: pytest.Config) -> str:
     required = os.environ.get(REQUIRE_ENV) or "none (missing capabilities skip)"
     return f"pytest-overlay self-test: required capabilities: {required}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the ``stress`` tests (minutes each) unless asked for: by a ``-m`` expression
+    that names them, or by ``PYTEST_OVERLAY_REQUIRE`` with ``stress`` or ``all`` (CI)."""
+    if "stress" in (config.option.markexpr or "") or required("stress"):
+        return
+    stress = [item for item in items if item.get_closest_marker("stress") is not None]
+    if stress:
+        config.hook.pytest_deselected(items=stress)
+        items[:] = [item for item in items if item.get_closest_marker("stress") is None]
 
 
 @pytest.fixture

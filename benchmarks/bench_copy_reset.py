@@ -29,7 +29,7 @@ from _common import REPO_ROOT, ensure_tree, fmt_ms, fmt_ratio, median, prepare_c
 
 sys.path.insert(0, str(REPO_ROOT))
 
-from pytest_overlay._backends.copy import CopyBackend
+from pytest_overlay._backends.copying import CopyBackend
 from pytest_overlay._backends.kernel import KernelBackend
 
 

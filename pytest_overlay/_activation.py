@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from . import _contain, _namespaces
-from ._backends.inplace import FUSE_IN_PLACE_NEEDS_ROOT, in_place_impossible
+from ._backends.inplace import fuse_in_place_needs_root, in_place_impossible
 from ._errors import BackendUnavailableError, OverlayError, ViewLostError, path_too_long
 from ._keys import session_key
 from ._namespaces import EARLY, LAZY, XDIST_WORKER, threads_reason
@@ -115,7 +115,7 @@ def enter_before_conftests(early_config: pytest.Config, *, inplace: bool) -> Non
 def _not_in_place(kernel_reason: str) -> tuple[tuple[str, str], ...]:
     return (
         ("kernel", kernel_reason),
-        ("fuse", FUSE_IN_PLACE_NEEDS_ROOT),
+        ("fuse", fuse_in_place_needs_root()),
     )
 
 
@@ -164,6 +164,19 @@ def header_lines(session: OverlaySession) -> list[str]:
         where = ", ".join(str(p) for p in session.settings.lowers)
         lines.append(f"overlay: in-place mode: {where} is sandboxed for every test")
     return lines
+
+
+def header_to_summary(session: OverlaySession) -> None:
+    """An xdist worker's header is never shown: its lines go in the summary instead.
+
+    They say why the kernel was passed over, so the notice of a fallback in this worker,
+    which says the same, goes (issue 21: the reason was printed twice).
+    """
+    header = header_lines(session)
+    reason = session.kernel_unusable
+    if reason and any(f"kernel not used: {reason}" in line for line in header):
+        session.notices[:] = [n for n in session.notices if not n.endswith(f": {reason}")]
+    session.notices.extend(line for line in header if line not in session.notices)
 
 
 def xdist_worker_input(session: OverlaySession | None) -> dict[str, Any]:
@@ -381,7 +394,12 @@ def failure_report(
     state.phases[when] = outcome
     if outcome != "failed" or when not in ("setup", "call"):
         return None
-    title, text = failure_section(item, state, session, color=_color(item), error=error)
+    section = failure_section(
+        item, state, session, color=_color(item), encoding=_encoding(item), error=error
+    )
+    if section is None:
+        return None
+    title, text = section
     full = upper_full_note(error, state.backend, session.settings.upper_size)
     return title, f"{full}\n\n{text}" if full else text
 
@@ -403,6 +421,20 @@ def _color(item: pytest.Item) -> bool:
     if inherited is not None and "color" in inherited:
         return bool(inherited["color"])
     return item.config.get_terminal_writer().hasmarkup
+
+
+def terminal_encoding(config: pytest.Config) -> str:
+    """The encoding pytest writes its report in (its terminal writer's file's)."""
+    # TerminalWriter has no public attribute for it; its file is sys.stdout as pytest found it.
+    file = getattr(config.get_terminal_writer(), "_file", None)
+    return getattr(file, "encoding", None) or "utf-8"
+
+
+def _encoding(item: pytest.Item) -> str:
+    inherited = getattr(item.config, "workerinput", {}).get("pytest_overlay")
+    if inherited is not None and "encoding" in inherited:
+        return str(inherited["encoding"])
+    return terminal_encoding(item.config)
 
 
 def summary_lines(config: pytest.Config, session: OverlaySession) -> list[str]:

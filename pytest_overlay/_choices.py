@@ -6,10 +6,19 @@ these, so they live apart from anything that is costly to import.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
+# Backend names stay strings: a backend registry (issue 21) is to add names at run time.
 BACKEND_CHOICES = ("auto", "kernel", "fuse", "copy")
-KEEP_CHOICES = ("failed", "all", "none")
-USERNS_CHOICES = ("lazy", "early")
-TOOL_STATE_CHOICES = ("disk", "discard")
+Keep = Literal["failed", "all", "none"]
+"""Which tests' upper layers are kept (``overlay_keep``); the first is the default."""
+KEEP_CHOICES: tuple[Keep, ...] = get_args(Keep)
+Userns = Literal["lazy", "early"]
+"""When an ordinary user's run enters its user namespace (``overlay_userns``)."""
+USERNS_CHOICES: tuple[Userns, ...] = get_args(Userns)
+ToolState = Literal["disk", "discard"]
+"""What becomes of tools' state written in place (``overlay_tool_state``)."""
+TOOL_STATE_CHOICES: tuple[ToolState, ...] = get_args(ToolState)
 TOOL_STATE_DIRS = (".hypothesis", ".benchmarks")
 """Directories of the project passed through in place by default (``overlay_tool_state``):
 Hypothesis's example database and pytest-benchmark's saved runs."""

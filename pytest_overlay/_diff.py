@@ -1,9 +1,10 @@
-"""What a test changed on disk: the data model, and the two ways of computing it.
+"""What a test changed on disk: the data model, and the three ways of computing it.
 
 :func:`diff_upper` reads an overlay upper layer (kernel overlayfs or FUSE) and costs in
-proportion to what changed; :func:`diff_trees` compares a full materialised copy with the lower
-layers.  Both compare entries with the same rules, so the same operations give the same
-:class:`TreeDiff` on every backend.
+proportion to what changed; :func:`diff_paths` compares the paths a tracker saw change in a
+copy (the copy backend) with the lower layers, at the same cost; :func:`diff_trees` compares a
+whole materialised copy with the lower layers.  All compare entries with the same rules, so the
+same operations give the same :class:`TreeDiff` on every backend.
 
 Neither follows a symbolic link, opens anything but a regular file (and that only with
 ``O_NOFOLLOW | O_NONBLOCK``), or compares xattrs; overlay-private xattrs are thus ignored.
@@ -156,8 +157,11 @@ def display_path(change: Change) -> str:
     return safe_path(change.path) + suffix
 
 
+_REPR_CHANGES = 5  # a repr is read inside an assertion message: the first few, then a count
+
+
 @final
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class TreeDiff:
     """The changes a test made to the tree, sorted by path ("a/b" right after "a").
 
@@ -191,6 +195,13 @@ class TreeDiff:
 
     def __str__(self) -> str:
         return "\n".join(f"{c.kind.letter} {display_path(c)}" for c in self.changes)
+
+    def __repr__(self) -> str:
+        # One short line: pytest's assertion rewriting shows it, maybe several times over.
+        shown = [f"{c.kind.letter} {display_path(c)}" for c in self.changes[:_REPR_CHANGES]]
+        if len(self.changes) > _REPR_CHANGES:
+            shown.append(f"... {len(self.changes) - _REPR_CHANGES} more")
+        return f"TreeDiff({', '.join(shown)})"
 
     @cached_property
     def _by_path(self) -> dict[str, Change]:

@@ -19,6 +19,7 @@ __all__ = [
     "MountError",
     "OverlayError",
     "OverlayFailure",
+    "ResetUnverifiedError",
     "ViewLostError",
     "path_too_long",
 ]
@@ -53,6 +54,23 @@ class ViewLostError(OverlayError):
     """
 
     __module__ = "pytest_overlay"
+
+
+@final
+class ResetUnverifiedError(OverlayError):
+    """The copy backend reset a copy after a test and could not show it pristine again.
+
+    Not an ``OSError``: nothing failed at the system's level, a check of ours did.  The copy
+    is thrown away and the next test gets a fresh one; the session says so once, since a
+    reset that never verifies means a full copy for every test.
+    """
+
+    __module__ = "pytest_overlay"
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(f"{path or '.'}: {what}")
+        self.path = path
+        self.what = what
 
 
 class OverlayFailure(OverlayError, Failed):

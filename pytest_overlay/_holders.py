@@ -1,4 +1,5 @@
-"""Which processes keep a view in use: named in the report of a view detached lazily.
+"""Which processes keep a view in use: named in the report of a view detached lazily, or of
+a copy set aside (the copy backend finds its holders by path, :mod:`._backends.copy_tracking`).
 
 Only asked when the unmount found the view busy, so the cost (a look at every process's
 working directory, root and open files, a few milliseconds per hundred processes) is paid
@@ -13,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Holder", "describe_holders", "holders_of", "view_device"]
+__all__ = ["Holder", "describe_holders", "holders_of", "name_holders", "view_device"]
 
 _LIMIT = 3  # holders named in one report line; the rest are counted
 
@@ -27,6 +28,10 @@ class Holder:
     path: str
 
     def __str__(self) -> str:
+        if self.pid == os.getpid():
+            # A test left a file open in pytest itself (an sqlite connection in a module,
+            # say): naming pytest's own command line would only puzzle.
+            return f"this pytest process (pid {self.pid}) through {self.path}"
         return f"pid {self.pid} ({self.command}) through {self.path}"
 
 
@@ -49,11 +54,17 @@ def view_device(view: Path) -> int | None:
         return None
 
 
-def holders_of(device: int | None, *, limit: int = 20) -> list[Holder]:
-    """Processes (other than this one) with their working directory, root or an open file on
-    the filesystem of *device*; empty if that cannot be told (no ``/proc``)."""
+def holders_of(device: int | None, *, inside: Path | None = None, limit: int = 20) -> list[Holder]:
+    """Processes with their working directory, root or an open file on the filesystem of
+    *device*, or an open file under the path *inside*; empty if that cannot be told.
+
+    Kernel overlayfs gives a directory its own device but a file the device of a layer, so
+    a file the test created shows neither the view's device nor the upper directory's: the
+    view's path finds it where that path is the view's alone (not in place).
+    """
     if device is None:
         return []
+    prefix = None if inside is None else os.fspath(inside) + "/"
     try:
         pids = [name for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
@@ -61,17 +72,17 @@ def holders_of(device: int | None, *, limit: int = 20) -> list[Holder]:
     me = str(os.getpid())
     found: list[Holder] = []
     for pid in pids:
-        if pid == me:
-            continue
         base = Path("/proc", pid)
-        links = [base / "cwd", base / "root"]
+        # This process only through an open file: its working directory and root are the
+        # user's, and in place the view stands at the same paths.
+        links = [] if pid == me else [base / "cwd", base / "root"]
         with contextlib.suppress(OSError):
             links += [base / "fd" / fd for fd in os.listdir(base / "fd")]
         for link in links:
             try:
-                if os.stat(link).st_dev != device:
-                    continue
                 where = os.readlink(link)
+                if os.stat(link).st_dev != device and not (prefix and where.startswith(prefix)):
+                    continue
             except OSError:
                 continue
             found.append(Holder(int(pid), _command(pid), where))
@@ -81,10 +92,13 @@ def holders_of(device: int | None, *, limit: int = 20) -> list[Holder]:
     return found
 
 
-def describe_holders(holders: list[Holder]) -> str:
-    """The holders for a report line: ``" (by pid 12 (sleep 5) through /p/f)"``, or ``""``."""
-    if not holders:
-        return ""
+def name_holders(holders: list[Holder]) -> str:
+    """The holders named for a report line: ``pid 12 (sleep 5) through /p/f; ...``."""
     named = "; ".join(str(h) for h in holders[:_LIMIT])
     more = f" and {len(holders) - _LIMIT} more" if len(holders) > _LIMIT else ""
-    return f" (by {named}{more})"
+    return named + more
+
+
+def describe_holders(holders: list[Holder]) -> str:
+    """The holders for a report line: ``" (by pid 12 (sleep 5) through /p/f)"``, or ``""``."""
+    return f" (by {name_holders(holders)})" if holders else ""

@@ -36,7 +36,6 @@ RUN_FILE = "run.json"
 RECORD_FILE = "record.json"
 UPPER_DIR = "upper"
 LATEST_FILE = "latest"
-KEEP_CHOICES = ("failed", "all", "none")
 
 
 @dataclass(frozen=True)
@@ -75,12 +74,6 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
     os.replace(temporary, path)
-
-
-def new_run_id(now: _dt.datetime | None = None) -> str:
-    """A sortable, unique id for a run."""
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    return f"{now:%Y%m%d-%H%M%S}-{os.getpid()}"
 
 
 def test_slug(nodeid: str) -> str:

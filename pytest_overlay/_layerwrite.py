@@ -47,6 +47,7 @@ __all__ = [
     "copy_metadata",
     "copy_node",
     "copy_xattrs",
+    "is_root",
     "make_whiteout",
     "set_opaque",
     "strip_markers",
@@ -68,7 +69,8 @@ _NO_XATTR = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCE
 _NO_OWNER = frozenset({errno.EINVAL, errno.EPERM})
 
 
-def _is_root() -> bool:
+def is_root() -> bool:
+    """Whether files may be given any owner (the effective user is root)."""
     return sys.platform != "win32" and os.geteuid() == 0
 
 
@@ -189,7 +191,7 @@ def copy_xattrs(source: str | os.PathLike[str], target: str | os.PathLike[str]) 
         if exc.errno in _NO_XATTR:
             return
         raise
-    private = overlay_xattrs(as_root=_is_root())
+    private = overlay_xattrs(as_root=is_root())
     for name in names:
         if name.startswith(private):
             continue
@@ -270,7 +272,7 @@ def copy_layer(source: Path, target: Path) -> int:
     """Copy the upper layer *source* to *target* (created), whiteouts and opaque markers
     included, each in the format *target*'s filesystem can hold; returns the bytes of file data.
     """
-    owner = _is_root()
+    owner = is_root()
     os.mkdir(target, 0o700)
     total = _copy_layer_dir(os.fspath(source), os.fspath(target), owner, os.fspath(target))
     # A layer's root may be a symbolic link to it (followed, as the reader does).
@@ -303,7 +305,7 @@ def _copy_layer_dir(source: str, target: str, owner: bool, layer: str) -> int:
 def synthesize_upper(diff: TreeDiff, new_root: Path, upper: Path) -> int:
     """Write into *upper* (created) the layer that turns the lowers into *new_root*, given
     *diff*, the changes between them; returns the bytes of file data written."""
-    owner = _is_root()
+    owner = is_root()
     os.mkdir(upper, 0o700)
     directories: dict[str, os.stat_result] = {}
     total = 0

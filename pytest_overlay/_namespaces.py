@@ -22,9 +22,8 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
-from . import _janitor, _mountinfo, _syscalls
+from . import _janitor, _syscalls
 
 CAP_SYS_ADMIN = 21
 
@@ -158,11 +157,6 @@ def ensure_private_mount_namespace() -> None:
     with _state_lock:
         _private_threads.add(native_id)
     _janitor.start_janitor(privileged)
-
-
-def mounted_paths() -> set[Path]:
-    """The mount points visible to the calling thread."""
-    return {mount.point for mount in _mountinfo.read()}
 
 
 # Where the process stands when it cannot enter a user namespace; each gets the advice that

@@ -72,9 +72,43 @@ def docker_fix(*, userns: bool = False, fuse: bool = False) -> str:
     return f"`docker run {' '.join(flags)}` (or `--privileged`)"
 
 
+def lacks_sys_admin() -> bool:
+    """Root by uid that cannot mount: a container's root without ``CAP_SYS_ADMIN``.
+
+    Telling this root to "run as root" would send it in a circle: what it lacks is the
+    capability, which only whoever starts the container can give.
+    """
+    return os.geteuid() == 0 and not _namespaces.is_real_root()
+
+
+LACKS_SYS_ADMIN = (
+    "this root lacks CAP_SYS_ADMIN (a container's root does, unless the container is "
+    "started with it)"
+)
+
+
+def root_fix(recipe: str) -> str:
+    """The privilege remedy that fits this process, *recipe* being the ``docker run`` one.
+
+    An ordinary user is told to run as root; a root without ``CAP_SYS_ADMIN`` is told what
+    it lacks and how its container gets it.
+    """
+    if lacks_sys_admin():
+        return f"{LACKS_SYS_ADMIN}: run the container with {recipe}"
+    return "run as root (`sudo -E pytest`)"
+
+
 _MEANWHILE = (
     "meanwhile the overlay_root fixture works on the fuse backend or with --overlay-backend=copy"
 )
+
+
+def for_the_command_line(reason: str) -> str:
+    """*reason* without its advice for pytest runs (the fixture), which the command-line
+    tool, mounting a kept layer, cannot take."""
+    return reason.removesuffix(f"; {_MEANWHILE}")
+
+
 # A policy, not a missing feature: AppArmor's unprivileged_userns profile answers a mount in
 # the new namespace with EPERM (capability denied) or EACCES (mount rule denied), and so do
 # seccomp profiles and other LSMs.
@@ -93,7 +127,10 @@ def _errno_name(err: int) -> str:
 def explain_userns_failure(step: str, err: int) -> str:
     """Turn a failed step of entering a user namespace into advice for the user."""
     if apparmor_restricts_userns():
-        return f"{_APPARMOR_RESTRICTS}; allow them with {APPARMOR_FIX}, or run the tests as root"
+        return (
+            f"{_APPARMOR_RESTRICTS}; allow them with {APPARMOR_FIX}, or "
+            f"{root_fix(docker_fix(userns=True))}"
+        )
     if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
         return (
             "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0); "
@@ -105,11 +142,13 @@ def explain_userns_failure(step: str, err: int) -> str:
             "enable them with `sudo sysctl -w user.max_user_namespaces=15000`"
         )
     if err == errno.EPERM and step == "unshare":
-        return (
+        blocked = (
             "creating a user namespace is not permitted here (a container's seccomp profile, "
-            f"such as Docker's default, or a chroot blocks it); run the container with "
-            f"{docker_fix(userns=True)}, or run the tests as root"
+            "such as Docker's default, or a chroot blocks it)"
         )
+        if lacks_sys_admin():
+            return f"{blocked}, and {root_fix(docker_fix(userns=True))}"
+        return f"{blocked}; run the container with {docker_fix(userns=True)}, or {root_fix('')}"
     return f"{step} failed: {os.strerror(err)} (errno {errno.errorcode.get(err, err)})"
 
 
@@ -122,14 +161,13 @@ def explain_mount_denied(what: str, err: int) -> str:
     denied = f"the user namespace was created, but {what} in it was denied ({_errno_name(err)})"
     if apparmor_restricts_userns():
         return (
-            f"{_APPARMOR_RESTRICTS}: {denied}; lift it with {APPARMOR_FIX}, or run as root "
-            f"(`sudo -E pytest`); {_MEANWHILE}"
+            f"{_APPARMOR_RESTRICTS}: {denied}; lift it with {APPARMOR_FIX}, or "
+            f"{root_fix(docker_fix())}; {_MEANWHILE}"
         )
     return (
         f"{denied}: on Ubuntu 23.10+ AppArmor's kernel.apparmor_restrict_unprivileged_userns "
         f"does this, lifted with {APPARMOR_FIX}; in a container a seccomp or LSM policy, "
-        f"lifted with {docker_fix(userns=True)}; or run as root (`sudo -E pytest`); "
-        f"{_MEANWHILE}"
+        f"lifted with {docker_fix(userns=True)}; or {root_fix(docker_fix())}; {_MEANWHILE}"
     )
 
 

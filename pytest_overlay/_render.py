@@ -8,7 +8,7 @@ from __future__ import annotations
 from ._diff import Change, ChangeKind, TreeDiff, display_path
 from ._safetext import safe_path
 
-__all__ = ["change_line", "render_changes"]
+__all__ = ["change_line", "count_changes", "render_changes"]
 
 
 def _octal(mode: int | None) -> str:
@@ -43,3 +43,24 @@ def render_changes(diff: TreeDiff) -> str:
 def change_line(change: Change) -> str:
     """The line :func:`render_changes` shows for *change*, without a line terminator."""
     return f"{change.kind.letter} {display_path(change)}{_detail(change)}"
+
+
+_COUNTED = {
+    ChangeKind.ADDED: "added",
+    ChangeKind.MODIFIED: "modified",
+    ChangeKind.DELETED: "deleted",
+    ChangeKind.MODE: "with new permissions",
+    ChangeKind.TIMES: "with new times",
+}
+
+
+def count_changes(diffs: TreeDiff | list[TreeDiff]) -> str:
+    """``"500 changes: 480 added, 20 modified"``: a diff (or several) in one line."""
+    changes = [c for diff in ([diffs] if isinstance(diffs, TreeDiff) else diffs) for c in diff]
+    counts = [
+        f"{n} {word}"
+        for kind, word in _COUNTED.items()
+        if (n := sum(1 for c in changes if c.kind is kind))
+    ]
+    total = f"{len(changes)} change" + ("" if len(changes) == 1 else "s")
+    return f"{total}: {', '.join(counts)}" if counts else "no changes"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeAlias, final
 
 from ._diff import Change, ChangeKind, TreeDiff, display_path
-from ._render import change_line
+from ._render import change_line, count_changes
 from ._safetext import safe_line, safe_path
 
 __all__ = [
@@ -79,8 +79,10 @@ class ReportOptions:
     """How much of a report to show, and how."""
 
     max_lines: int | None = 200
-    """Most lines of detail shown after the change list (which is always shown whole); None or
-    0 shows everything."""
+    """Most lines shown, the change list and the details together; None or 0 shows everything.
+    A report cut short ends with a line counting what was left out and every change by kind."""
+    details: bool = True
+    """Show the details after the change list (``--tb=short`` shows the list alone)."""
     color: bool = False
     """Colour the change list and the diffs with ANSI escape sequences."""
     more_hint: str = ""
@@ -366,11 +368,11 @@ def _paint(line: str, color: str | None, enabled: bool) -> str:
     return f"{color}{line}{_RESET}" if enabled and color else line
 
 
-def _more_note(hidden: int, hint: str) -> str:
+def _more_note(hidden: int, diff: TreeDiff, hint: str) -> str:
     lines = "line" if hidden == 1 else "lines"
     also = f"; or {safe_line(hint)}" if hint else ""
     return (
-        f"... {hidden} more {lines} not shown"
+        f"... {hidden} more {lines} not shown, of {count_changes(diff)}"
         f" (-v shows more, overlay_diff_lines = 0 shows all{also})"
     )
 
@@ -391,7 +393,8 @@ def render_report(
     hold no NUL byte and are at least three quarters UTF-8; undecodable bytes show as
     ``\\xNN``, and a ``\\r`` ending every line is not shown.
 
-    The details stop after ``options.max_lines`` lines with a note of how many were left out.
+    The report stops after ``options.max_lines`` lines (the change list counts too) with a
+    note of how many were left out and how many changes of each kind there are in all.
     Only regular files are read, without following symbolic links; the result depends on
     nothing else.  There is no trailing newline; an empty diff renders as ``""``.
 
@@ -402,12 +405,18 @@ def render_report(
     body = [
         _paint(line, _LINE_COLORS.get(key), options.color)
         for change in diff
+        if options.details
         for key, line in _details(change, old, new)
     ]
+    lines = [*head, "", *body] if body else head
     limit = options.max_lines or None
-    if limit is not None and len(body) > limit:
-        body[limit:] = [_more_note(len(body) - limit, options.more_hint)]
-    return "\n".join([*head, "", *body] if body else head)
+    if limit is not None and len(lines) > limit:
+        shown = lines[:limit]
+        if shown and not shown[-1]:
+            shown.pop()  # not the blank line between the list and the details
+        hidden = sum(1 for line in lines[len(shown) :] if line)
+        lines = [*shown, _more_note(hidden, diff, options.more_hint)]
+    return "\n".join(lines)
 
 
 # --- short forms ------------------------------------------------------------------------------

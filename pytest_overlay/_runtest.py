@@ -26,6 +26,7 @@ from ._errors import ViewLostError, path_too_long
 from ._keep import Record, Store, keep_test
 from ._layers import LayerStack
 from ._overlay import Overlay
+from ._render import count_changes
 from ._report import ReportOptions, render_report
 from ._safetext import safe_path
 from ._session import OverlaySession
@@ -302,13 +303,22 @@ def failure_section(
     session: OverlaySession,
     *,
     color: bool,
+    encoding: str = "utf-8",
     error: BaseException | None = None,
-) -> tuple[str, str]:
-    """The report section that shows a failed test's changes.
+) -> tuple[str, str] | None:
+    """The report section that shows a failed test's changes, as pytest's ``--tb`` asks.
 
-    *error*, the exception the phase failed with, adds a note when it is the ``EOVERFLOW`` of
-    a copy-up in the user-namespace kernel backend (a file with an unmapped owner).
+    ``--tb=no`` shows none, ``--tb=line`` one line counting the changes, ``--tb=short`` the
+    change list alone; each is cut at ``overlay_diff_lines`` (times 5 with ``-v``, whole with
+    ``-vv``) and ends with a line counting what was left out.  The text is made encodable in
+    *encoding*, the terminal's: pytest writes a section it cannot encode as one line of
+    escapes.  *error*, the exception the phase failed with, adds a note when it is the
+    ``EOVERFLOW`` of a copy-up in the user-namespace kernel backend (a file with an unmapped
+    owner).
     """
+    style = item.config.getoption("tbstyle", "auto")
+    if style == "no":
+        return None
     verbosity = item.config.get_verbosity()
     limit: int | None = session.settings.diff_lines
     if limit == 0 or verbosity >= 2:
@@ -317,16 +327,29 @@ def failure_section(
         limit *= 5
     hint = f"`pytest-overlay show '{item.nodeid}'`"
     try:
-        options = ReportOptions(max_lines=limit, color=color, more_hint=hint)
+        options = ReportOptions(
+            max_lines=limit, color=color, more_hint=hint, details=style != "short"
+        )
         with _namespaces.privileged():
             diffs = [mount.diff(state.ignore) for mount in state.mounts]
-            text = _all_targets_report(state, diffs, options)
+            if style == "line":
+                text = f"{count_changes(diffs)}; {hint} shows them"
+            else:
+                text = _all_targets_report(state, diffs, options)
     except Exception as exc:
         text = f"(could not compute the changes: {_describe(exc)})"
     if state.backend == "kernel" and not _namespaces.is_real_root():
         note = overflow_note(error)
         text = f"{note}\n\n{text}" if note else text
-    return f"{SECTION} ({state.backend})", text
+    return f"{SECTION} ({state.backend})", _encodable(text, encoding)
+
+
+def _encodable(text: str, encoding: str) -> str:
+    """*text* with what *encoding* cannot hold as backslash escapes, its lines kept."""
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # an encoding Python does not know: leave it to pytest
+        return text
 
 
 def _describe(exc: Exception) -> str:

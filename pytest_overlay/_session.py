@@ -1,6 +1,8 @@
-"""Settings parsed once from the pytest config, and the per-session backend state: the
-backends, and the views that tests left untouched, kept for the next test with the same
-lowers (:meth:`OverlaySession.view`, :meth:`OverlaySession.release`)."""
+"""One pytest process's overlay state: the backend chosen for the session (and its fallback
+when the kernel turns out unusable), the backends it created, and the views that tests left
+untouched, parked for the next test that asks for the same (:meth:`OverlaySession.view`,
+:meth:`OverlaySession.release`); with the notices for the summary and the caches the tests
+share.  The settings it holds are parsed by :mod:`._settings`."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -20,7 +20,11 @@ from ._choices import (
     TOOL_STATE_DIRS,
     TOOL_STATE_FILES,
     USERNS_CHOICES,
+    Keep,
+    Userns,
 )
+
+_Word = TypeVar("_Word", bound=str)
 
 DEFAULT_IGNORE = (
     "__pycache__",
@@ -42,7 +46,9 @@ def add_options(parser: pytest.Parser) -> None:
     ) -> None:
         dest = "overlay_" + name.replace("-", "_") if name else "overlay"
         flag = flag or (f"--overlay-{name}" if name else "--overlay")
-        group.addoption(flag, dest=dest, help=help_text, **kwargs)
+        # argparse %-formats an option's help, pytest prints an ini's as it is: one text,
+        # escaped for argparse only (a "10%%" showed in the ini list of ``pytest --help``).
+        group.addoption(flag, dest=dest, help=help_text.replace("%", "%%"), **kwargs)
         parser.addini(dest, help=help_text, type=ini_type, default=ini_default)
 
     option(
@@ -131,7 +137,7 @@ def add_options(parser: pytest.Parser) -> None:
         "upper-size",
         "string",
         "Size limit of each test's upper layer on the kernel backend, as tmpfs takes it "
-        "(e.g. 512M, 2G, 1T, 10%%; default: the tmpfs default, half the memory)",
+        "(e.g. 512M, 2G, 1T, 10%; default: the tmpfs default, half the memory)",
         "",
         metavar="SIZE",
     )
@@ -191,9 +197,9 @@ class Settings:
 
     backend: str = "auto"
     lowers: tuple[Path, ...] = ()
-    userns: str = "lazy"
+    userns: Userns = "lazy"
     inplace: bool = False
-    keep: str = "failed"
+    keep: Keep = "failed"
     keep_count: int = 3
     ignore: tuple[str, ...] = DEFAULT_IGNORE
     diff_lines: int = 200
@@ -312,14 +318,15 @@ def _layer_dir(raw: object, root: Path) -> Path | None:
     return path
 
 
-def _choice(raw: object, choices: Sequence[str], name: str, what: str = "value") -> str:
+def _choice(raw: object, choices: Sequence[_Word], name: str, what: str = "value") -> _Word:
     text = str(raw or choices[0]).strip()
-    if text not in choices:
-        raise pytest.UsageError(
-            f"--overlay-{name} / overlay_{name.replace('-', '_')}: unknown {what} {text!r}; "
-            f"choose one of {', '.join(choices)}"
-        )
-    return text
+    for choice in choices:
+        if text == choice:
+            return choice  # the Literal's own word, typed as one
+    raise pytest.UsageError(
+        f"--overlay-{name} / overlay_{name.replace('-', '_')}: unknown {what} {text!r}; "
+        f"choose one of {', '.join(choices)}"
+    )
 
 
 def _number(raw: object, name: str) -> int:

@@ -5,16 +5,16 @@ so it imports only pytest, the standard library and the option definitions.  The
 (:mod:`pytest_overlay._activation` and the backends behind it) is imported, and the machine
 probed, only once the plugin is in use: when a collected test uses ``overlay_root``, the
 ``overlay`` marker or ``overlay_layer``, or when ``--overlay``, an explicit
-``--overlay-backend`` or ``overlay_userns = early`` asks for it.  The imports inside
-:func:`_machinery` are there for that reason alone.
+``--overlay-backend`` or ``overlay_userns = early`` asks for it: ``_engine`` imports
+:mod:`pytest_overlay._activation` at its first use, and mypy reads it as that module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -55,16 +55,27 @@ GOLDEN_HELP = (
 )
 
 
-def _machinery() -> ModuleType:
-    from . import _activation
+class _LazyModule:
+    """A module imported at its first attribute access (the machinery, only once in use)."""
 
-    return _activation
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
 
 
-def _golden() -> ModuleType:
-    from . import _goldenrun
+if TYPE_CHECKING:
+    # mypy reads the machinery itself, so that every call into it is checked.
+    from . import _activation as _engine
+else:
+    _engine = _LazyModule("pytest_overlay._activation")
 
-    return _goldenrun
+
+if TYPE_CHECKING:
+    from . import _goldenrun as _golden_engine
+else:
+    _golden_engine = _LazyModule("pytest_overlay._goldenrun")
 
 
 def _is_golden(item: pytest.Item) -> bool:
@@ -79,9 +90,8 @@ def _use(config: pytest.Config) -> OverlaySession:
     """The session, bringing the plugin into use if nothing has yet."""
     session = _active(config)
     if session is None:
-        engine = _machinery()
-        session = engine.activate(config, config.stash[settings_key], config.stash[run_id_key])
-        engine.enter_for_tests(config, session)
+        session = _engine.activate(config, config.stash[settings_key], config.stash[run_id_key])
+        _engine.enter_for_tests(config, session)
     return session
 
 
@@ -104,7 +114,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     early = str(value("overlay_userns") or "").strip() == "early"
     backend = str(value("overlay_backend") or "auto").strip()
     if (inplace or early) and backend in ("auto", "kernel"):
-        _machinery().enter_before_conftests(early_config, inplace=inplace)
+        _engine.enter_before_conftests(early_config, inplace=inplace)
 
 
 @pytest.hookimpl(trylast=True)
@@ -124,9 +134,8 @@ def pytest_configure(config: pytest.Config) -> None:
         or "backend" in inherited
     )
     if asked:
-        engine = _machinery()
-        session = engine.activate(config, settings, config.stash[run_id_key])
-        engine.configure_asked(config, session)
+        session = _engine.activate(config, settings, config.stash[run_id_key])
+        _engine.configure_asked(config, session)
 
 
 class _XdistHooks:
@@ -137,7 +146,12 @@ class _XdistHooks:
 
     def pytest_configure_node(self, node: Any) -> None:
         session = _active(self._config)
-        decided = _machinery().xdist_worker_input(session) if session is not None else {}
+        decided: dict[str, Any] = {}
+        if session is not None:
+            decided = {
+                "encoding": _engine.terminal_encoding(node.config),
+                **_engine.xdist_worker_input(session),
+            }
         node.workerinput["pytest_overlay"] = {
             "run_id": self._config.stash[run_id_key],
             "color": node.config.get_terminal_writer().hasmarkup,
@@ -147,7 +161,7 @@ class _XdistHooks:
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         output = getattr(node, "workeroutput", None) or {}
         if WORKER_GOLDEN in output:
-            _golden().merge_worker_output(self._config, output[WORKER_GOLDEN])
+            _golden_engine.merge_worker_output(self._config, output[WORKER_GOLDEN])
         if WORKER_NOTICES not in output:
             return  # the worker did not use the plugin
         notices = self._config.stash.setdefault(worker_notices_key, [])
@@ -159,7 +173,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if session is None:
         return None
     config.stash[header_shown_key] = True
-    lines: list[str] = _machinery().header_lines(session)
+    lines: list[str] = _engine.header_lines(session)
     return lines
 
 
@@ -224,7 +238,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(problem, pytrace=False)
     if _is_golden(item):
         # Before any fixture: in place, the record is read before a view covers it.
-        _golden().setup(item)
+        _golden_engine.setup(item)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -232,7 +246,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     result = yield
     session = _active(item.config)
     if session is not None and _is_golden(item):
-        _golden().check(item, session)
+        _golden_engine.check(item, session)
     return result
 
 
@@ -242,15 +256,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if overlay_session is None:
         return
     # The last moment before tests (or the plugins around them) start threads.
-    engine = _machinery()
-    engine.enter_for_tests(session.config, overlay_session)
+    _engine.enter_for_tests(session.config, overlay_session)
     if hasattr(session.config, "workerinput") and not session.config.stash.get(
         header_shown_key, False
     ):
-        # A worker's header is never shown: its backend goes in the summary instead.
-        for line in engine.header_lines(overlay_session):
-            if line not in overlay_session.notices:
-                overlay_session.notices.append(line)
+        _engine.header_to_summary(overlay_session)
 
 
 def pytest_report_collectionfinish(config: pytest.Config) -> list[str] | None:
@@ -263,7 +273,7 @@ def pytest_report_collectionfinish(config: pytest.Config) -> list[str] | None:
     quiet = config.option.verbose < 0 or getattr(config.option, "no_header", False)
     if not quiet and not config.stash.get(header_shown_key, False):
         config.stash[header_shown_key] = True
-        lines[:0] = _machinery().header_lines(session)
+        lines[:0] = _engine.header_lines(session)
     return lines or None
 
 
@@ -277,13 +287,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if golden_tests_key in config.stash or any(
         (directory / RECORDS_DIR).is_dir() for directory in {m.parent for m in modules}
     ):
-        golden = _golden()
-        golden.find_unused(config)
+        _golden_engine.find_unused(config)
         if workeroutput is not None:
-            workeroutput[WORKER_GOLDEN] = golden.worker_output(config)
+            workeroutput[WORKER_GOLDEN] = _golden_engine.worker_output(config)
             return
     if config.stash[settings_key].update and golden_outcome_present(config):
-        _golden().remove_unused(config)
+        _golden_engine.remove_unused(config)
 
 
 @pytest.fixture
@@ -301,7 +310,7 @@ def _overlay_in_place(
     basetemp = Path(tmp_path_factory.getbasetemp())
     # A fake filesystem (pyfakefs, of a wider scope) may be active already: see _realfs.
     with real_filesystem():
-        _machinery().in_place_setup(request, _use(request.config), basetemp)
+        _engine.in_place_setup(request, _use(request.config), basetemp)
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)
@@ -329,11 +338,11 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         try:
             if session is not None:
                 with real_filesystem():
-                    _machinery().in_place_teardown(item, session, failed=failed)
+                    _engine.in_place_teardown(item, session, failed=failed)
         finally:
             if _is_golden(item):
                 # The views are gone: a record is written to the real disk.
-                _golden().write(item, session)
+                _golden_engine.write(item, session)
 
 
 @pytest.fixture
@@ -350,9 +359,9 @@ def overlay_root(
     with real_filesystem():
         session = _use(request.config)
         basetemp = Path(tmp_path_factory.getbasetemp())
-        machinery = _machinery()
+        fixture = _engine.overlay_root_fixture  # imported here, on the real filesystem
     # The body leaves the fake (if any) around its setup and teardown, not around the test.
-    yield from machinery.overlay_root_fixture(request, session, basetemp)
+    yield from fixture(request, session, basetemp)
 
 
 @pytest.fixture(scope="session")
@@ -370,7 +379,7 @@ def overlay_layer(
     with real_filesystem():
         session = _use(request.config)
         basetemp = Path(tmp_path_factory.getbasetemp())
-        factory: LayerFactory = _machinery().layer_factory(request.config, session, basetemp)
+        factory: LayerFactory = _engine.layer_factory(request.config, session, basetemp)
     return factory
 
 
@@ -386,7 +395,7 @@ def pytest_runtest_makereport(
     # Only a failure's report reads the view; the rest records the outcome.
     guard = real_filesystem() if report.failed else contextlib.nullcontext()
     with guard:
-        section = _machinery().failure_report(item, session, report.when, report.outcome, error)
+        section = _engine.failure_report(item, session, report.when, report.outcome, error)
     if section is not None:
         report.sections.append(section)
     return report
@@ -395,7 +404,7 @@ def pytest_runtest_makereport(
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
-    golden = _golden().summary_lines(config) if golden_outcome_present(config) else []
+    golden = _golden_engine.summary_lines(config) if golden_outcome_present(config) else []
     if golden:
         terminalreporter.section("pytest-overlay golden records")
         for line in golden:
@@ -404,13 +413,12 @@ def pytest_terminal_summary(
     from_workers = config.stash.get(worker_notices_key, None)
     if session is None and from_workers is None:
         return
-    engine = _machinery()
     if session is None:
         # Workers used the plugin under a controller that did not: it counts what they kept
         # (a session that is never asked for a backend probes nothing).
-        session = engine.activate(config, config.stash[settings_key], config.stash[run_id_key])
+        session = _engine.activate(config, config.stash[settings_key], config.stash[run_id_key])
     notices = [*session.notices, *(n for n in from_workers or () if n not in session.notices)]
-    kept = [line for line in engine.summary_lines(config, session) if line not in notices]
+    kept = [line for line in _engine.summary_lines(config, session) if line not in notices]
     lines = notices + kept
     if lines:
         terminalreporter.section("pytest-overlay", yellow=bool(notices))

@@ -20,7 +20,6 @@ failed.  A child that the namespace prelude could not set up is a missing capabi
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -28,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
+
+import pytest
 
 from tests import _seccomp, _unpriv
 from tests._gates import REQUIRE_ENV, gate
@@ -47,6 +48,7 @@ __all__ = [
     "mount_denied",
     "pytest_argv",
     "run",
+    "run_module",
     "run_pytest",
 ]
 
@@ -54,7 +56,6 @@ PLUGINS_OFF = ("-p", "no:randomly", "-p", "no:benchmark")
 """Plugins a child pytest runs without: random order and benchmarks would only add noise."""
 _NO_CACHE = ("-p", "no:cacheprovider")  # pytest's cache would write into the tree under test
 _NO_BYTECODE = {"PYTHONDONTWRITEBYTECODE": "1"}
-_SUMMARY = re.compile(r"(\d+) (passed|failed|errors?|xfailed|xpassed|skipped|warnings?)")
 
 
 @dataclass(frozen=True)
@@ -178,16 +179,29 @@ def run(
     return result
 
 
+def run_module(cwd: Path, env: Mapping[str, str | None] | None, *argv: str) -> Result:
+    """``python -m ARGV`` in *cwd* as root (:func:`run`, *env* updating the environment):
+    the command-line tool, or a pytest run with options of the caller's choosing."""
+    return run([sys.executable, "-m", *argv], cwd=cwd, env=env)
+
+
 def run_pytest(cwd: Path, *args: str, cache: bool = False, **options: Unpack[Options]) -> Result:
     """Run a child pytest (:func:`pytest_argv`) in *cwd*; *options* as for :func:`run`."""
     return run(pytest_argv(*args, cache=cache), cwd=cwd, **options)
 
 
 def counts(text: str) -> dict[str, int]:
-    """The outcome counts of pytest's last summary line (``errors`` as ``error``)."""
-    lines = [line for line in text.splitlines() if re.search(r" in [\d.]+s", line)]
-    assert lines, text
-    return {kind.rstrip("s"): int(number) for number, kind in _SUMMARY.findall(lines[-1])}
+    """The outcome counts of pytest's last summary line in *text*, read by pytest's own
+    parser (``RunResult.parseoutcomes``), nouns singular: ``error``, ``warning``.
+
+    For a child pytest not started through pytester; ``counts(out) == {"passed": 2}`` also
+    says that nothing failed, where ``"2 passed" in out`` would match "12 passed".
+    """
+    try:
+        nouns = pytest.RunResult.parse_summary_nouns(text.splitlines())
+    except ValueError:
+        raise AssertionError(f"no pytest summary line in:\n{text}") from None
+    return {noun.rstrip("s"): number for noun, number in nouns.items()}
 
 
 def assert_clean(text: str) -> None:

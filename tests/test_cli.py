@@ -1,16 +1,17 @@
 """The ``pytest-overlay`` command, on stores made with the plugin's own ``_keep`` functions.
 
 Commands that only read run in-process through :func:`main`.  Every real mount runs in a child
-started by ``unshare --mount --propagation private`` (or, unprivileged, by the test-user
-harness), so nothing is ever mounted in the namespace of the test process.
+in a private mount namespace (:func:`tests._run.run` with a :class:`tests._unpriv.Namespace`,
+or, unprivileged, the test-user harness), so nothing is ever mounted in the namespace of the
+test process.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
-import shutil
 import stat
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from pytest_overlay._keep import RECORD_FILE, Record, Store, keep_test
 from pytest_overlay._safetext import safe_path
 from tests import _unpriv
 from tests._gates import fuse_reason, gate, kernel_reason
+from tests._run import Result, run, run_module
+from tests._unpriv import Namespace
 
 RUN_OLD = "20250101-100000-11"
 RUN_NEW = "20250102-100000-22"
@@ -446,23 +449,11 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_module_and_help_run_as_a_program(project: Project) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest_overlay", "--help"],
-        cwd=project.root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_module(project.root, None, "pytest_overlay", "--help")
     assert done.returncode == 0, done.stderr
     for command in ("list", "show", "layers", "mount", "umount", "clean", "exit codes:"):
         assert command in done.stdout
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest_overlay", "show", "x"],
-        cwd=project.root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_module(project.root, None, "pytest_overlay", "show", "x")
     assert done.returncode == 1
     assert done.stderr.startswith("pytest-overlay: error: no kept layers in ")
     assert "Traceback" not in done.stderr
@@ -570,6 +561,27 @@ def test_mount_says_why_it_cannot_mount(
     assert "copy backend" in err
 
 
+def test_mount_where_neither_works_gives_no_advice_for_pytest(
+    kept: Project,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 21: on Ubuntu's AppArmor the reason ended "meanwhile the overlay_root fixture
+    # works ...", which a kept layer's view cannot use.
+    reason = _probe.explain_mount_denied("a mount", errno.EACCES)
+    assert "overlay_root fixture" in reason
+    monkeypatch.setattr(_probe, "probe_kernel", lambda: _probe.ProbeResult(False, "user", reason))
+    monkeypatch.setattr(fuse_backend, "probe_fuse", lambda: "/dev/fuse does not exist")
+    (tmp_path / "view").mkdir()
+    code, out, err = run_main(capsys, "mount", "test_beta", str(tmp_path / "view"))
+    assert (code, out) == (3, "")
+    assert "the user namespace was created, but a mount in it was denied (EACCES)" in err
+    assert "; nor FUSE: /dev/fuse does not exist" in err
+    assert "overlay_root" not in err
+    assert "--overlay-backend" not in err
+
+
 def test_mount_falls_back_to_fuse_where_the_kernel_cannot(
     kept: Project,
     capfd: pytest.CaptureFixture[str],
@@ -606,21 +618,12 @@ def test_umount_of_something_not_mounted(
 
 def _needs_root_mounts() -> None:
     gate("kernel", kernel_reason())
-    gate("unshare", None if shutil.which("unshare") else "unshare(1) from util-linux is missing")
 
 
-def in_private_namespace(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def in_private_namespace(script: str, cwd: Path) -> Result:
     """Run a sh *script* in a new private mount namespace; ``$PO`` runs the command."""
-    env = {**os.environ, "PO": f"{shlex.quote(sys.executable)} -m pytest_overlay"}
-    return subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    env = {"PO": f"{shlex.quote(sys.executable)} -m pytest_overlay"}
+    return run(["sh", "-c", script], cwd=cwd, env=env, namespace=Namespace(), timeout=120)
 
 
 WRITE = (

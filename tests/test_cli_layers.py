@@ -10,10 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from pytest_overlay._cli import main
 from pytest_overlay._cli.layers import age
 from pytest_overlay._keep import Store
 from pytest_overlay._snapshot.cache import LAYER_DIR, META_FILE, LayerCache, default_layer_root
+from tests._run import counts, run_module
 
 UTC = dt.timezone.utc
 GONE_KEY = "0123456789ab" + "c" * 52
@@ -426,23 +424,8 @@ def _layered_project(tmp_path: Path) -> Path:
     return project
 
 
-def _run(cwd: Path, env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", *argv],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update(PYTHONDONTWRITEBYTECODE="1", XDG_CACHE_HOME=str(tmp_path / "xdg"))
-    return env
+def _env(tmp_path: Path) -> dict[str, str | None]:
+    return {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
 
 
 PYTEST = ("pytest", "-p", "no:cacheprovider", "-p", "no:randomly", "--overlay-backend=copy")
@@ -452,10 +435,10 @@ def test_layers_built_by_pytest_are_listed_and_cleaned(tmp_path: Path) -> None:
     project = _layered_project(tmp_path)
     env = _env(tmp_path)
     layers = tmp_path / "layers"
-    done = _run(project, env, *PYTEST, f"--overlay-layer-dir={layers}")
-    assert "2 passed" in done.stdout, done.stdout + done.stderr
+    done = run_module(project, env, *PYTEST, f"--overlay-layer-dir={layers}")
+    assert counts(done.stdout).get("passed") == 2, done.stdout + done.stderr
 
-    listed = _run(project, env, "pytest_overlay", "layers", "--layer-dir", str(layers))
+    listed = run_module(project, env, "pytest_overlay", "layers", "--layer-dir", str(layers))
     assert (listed.returncode, listed.stderr) == (0, ""), listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0] == f"snapshot layers in {layers} (--layer-dir)"
@@ -465,12 +448,14 @@ def test_layers_built_by_pytest_are_listed_and_cleaned(tmp_path: Path) -> None:
     assert rows["extra"][-1] == "tools"
     assert lines[4].startswith("2 layers, ")
 
-    refused = _run(project, env, "pytest_overlay", "clean", "--layers", "--layer-dir", str(layers))
+    refused = run_module(
+        project, env, "pytest_overlay", "clean", "--layers", "--layer-dir", str(layers)
+    )
     assert refused.returncode == 1
     assert "nothing removed (2 snapshot layers cached)" in refused.stderr
     assert len(list(layers.glob("tools-*"))) == 1
 
-    cleaned = _run(
+    cleaned = run_module(
         project, env, "pytest_overlay", "clean", "--layers", "--yes", "--layer-dir", str(layers)
     )
     assert cleaned.returncode == 0, cleaned.stderr
@@ -479,7 +464,7 @@ def test_layers_built_by_pytest_are_listed_and_cleaned(tmp_path: Path) -> None:
     assert "Traceback" not in cleaned.stderr
     assert not list(layers.glob("tools-*"))
     assert not list(layers.glob("extra-*"))
-    listed = _run(project, env, "pytest_overlay", "layers", "--layer-dir", str(layers))
+    listed = run_module(project, env, "pytest_overlay", "layers", "--layer-dir", str(layers))
     assert listed.returncode == 0
     assert listed.stdout.startswith(f"no snapshot layers cached in {layers}")
 
@@ -487,12 +472,12 @@ def test_layers_built_by_pytest_are_listed_and_cleaned(tmp_path: Path) -> None:
 def test_the_command_finds_the_cache_pytest_used_by_default(tmp_path: Path) -> None:
     project = _layered_project(tmp_path)
     env = _env(tmp_path)
-    done = _run(project, env, *PYTEST, "test_layered.py::test_tools")
-    assert "1 passed" in done.stdout, done.stdout + done.stderr
-    listed = _run(project / "sub", env, "pytest_overlay", "layers")
+    done = run_module(project, env, *PYTEST, "test_layered.py::test_tools")
+    assert counts(done.stdout).get("passed") == 1, done.stdout + done.stderr
+    listed = run_module(project / "sub", env, "pytest_overlay", "layers")
     assert listed.returncode == 0, listed.stderr
     assert f"(of the project {project})" in listed.stdout.splitlines()[0]
     assert listed.stdout.splitlines()[2].split()[0] == "tools"
-    cleaned = _run(project / "sub", env, "pytest_overlay", "clean", "--layers", "--yes")
+    cleaned = run_module(project / "sub", env, "pytest_overlay", "clean", "--layers", "--yes")
     assert cleaned.returncode == 0, cleaned.stderr
     assert "removed 1 snapshot layer (" in cleaned.stdout

@@ -22,7 +22,7 @@ from pytest_overlay._storepath import (
     resolve_cache_dir,
     store_dir,
 )
-from tests.test_cli_layers import _run
+from tests._run import counts, run_module
 
 CONFIGS = {
     "pytest.ini": "[pytest]\ncache_dir = {value}\n",
@@ -151,6 +151,18 @@ def test_the_toml_reader_of_python_3_10() -> None:
 # --- what the messages say ----------------------------------------------------------------------
 
 
+def test_list_outside_a_project_ends_its_hint_with_a_whole_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 21: the hint ended "...--overlay-keep=all keeps every test's".
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(capsys, "list")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].endswith(f"(no pytest project found upward from {tmp_path})"), out
+    assert lines[1].endswith("; --overlay-keep=all keeps every test's, passed or failed"), out
+
+
 def test_nothing_kept_says_where_it_looked_and_when_layers_are_kept(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -165,7 +177,7 @@ def test_nothing_kept_says_where_it_looked_and_when_layers_are_kept(
     text = " ".join(hints)
     assert "keeps the upper layer of each failed test (--overlay-keep=failed, the default)" in text
     assert "with the overlay_root fixture and in place (--overlay) alike" in text
-    assert "--overlay-keep=all keeps every test's" in text
+    assert "--overlay-keep=all keeps every test's, passed or failed" in text
     assert "only" not in text  # not "only with --overlay"
     assert "--cache-dir" in text
     # The commands that need a kept test say the same, as an error.
@@ -216,18 +228,19 @@ def test_a_layer_kept_in_a_moved_cache_is_listed(tmp_path: Path) -> None:
     (root / "sub").mkdir(parents=True)
     (root / "pyproject.toml").write_text(CONFIGS["pyproject.toml"].format(value="$BUILD/cache"))
     (root / "test_kept.py").write_text(FAILING)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TOX_"))}
-    env.update(PYTHONDONTWRITEBYTECODE="1", BUILD="out")
+    # Not tox's variables: the store would follow TOX_ENV_DIR.
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TOX_")}
+    env["BUILD"] = "out"
 
-    done = _run(root, env, "pytest", "-p", "no:randomly", "--overlay-backend=copy")
-    assert "1 failed" in done.stdout, done.stdout + done.stderr
+    done = run_module(root, env, "pytest", "-p", "no:randomly", "--overlay-backend=copy")
+    assert counts(done.stdout).get("failed") == 1, done.stdout + done.stderr
     store = root / "out" / "cache" / "d" / "overlay"
     assert store.is_dir(), done.stdout
-    listed = _run(root / "sub", env, "pytest_overlay", "list")
+    listed = run_module(root / "sub", env, "pytest_overlay", "list")
     assert (listed.returncode, listed.stderr) == (0, ""), listed.stderr
     assert f"in {store}" in listed.stdout.splitlines()[0]
     assert "test_kept.py::test_writes_and_fails" in listed.stdout
     assert listed.stdout.splitlines()[-1] == "1 kept test"
-    cleaned = _run(root / "sub", env, "pytest_overlay", "clean", "--yes")
+    cleaned = run_module(root / "sub", env, "pytest_overlay", "clean", "--yes")
     assert cleaned.returncode == 0, cleaned.stderr
     assert "removed 1 run (1 test, " in cleaned.stdout

@@ -186,11 +186,38 @@ def test_docker_like_container_falls_back_to_copy_and_says_why(small_project: Pa
         in result.stdout
     ), text
     # Each reason says what blocked it and what to change.
+    # Root is told what it lacks, not to run as root (issue 21).
     assert (
         "kernel not used: creating a user namespace is not permitted here (a container's "
-        "seccomp profile, such as Docker's default, or a chroot blocks it); run the container "
-        "with `docker run --cap-add SYS_ADMIN --security-opt apparmor=unconfined "
-        "--security-opt seccomp=unconfined` (or `--privileged`)" in result.stdout
+        "seccomp profile, such as Docker's default, or a chroot blocks it), and this root "
+        "lacks CAP_SYS_ADMIN (a container's root does, unless the container is started with "
+        "it): run the container with `docker run --cap-add SYS_ADMIN --security-opt "
+        "apparmor=unconfined --security-opt seccomp=unconfined` (or `--privileged`)"
+        in result.stdout
     ), text
+    assert "run as root" not in text, text
     assert "fuse not used: a FUSE test mount failed:" in result.stdout, text
     assert "(fusermount3: mount failed: Operation not permitted)" in result.stdout, text
+
+
+@pytest.mark.usefixtures("root_env", "no_leaked_mounts")
+def test_docker_like_container_in_place_says_what_root_lacks(small_project: Path) -> None:
+    # In place nothing can stand at the real paths: the usage error names the missing
+    # capability and the container recipe, never "run as root" nor sudo to a root.
+    before = tree_digest(small_project, skip=(".pytest_cache",), dir_times=False)
+    result = run_pytest(
+        small_project, "--overlay", wrapper=docker_like(), expect_rc=pytest.ExitCode.USAGE_ERROR
+    )
+    text = result.output
+    assert (
+        "  fuse not used: in place, FUSE needs a private mount namespace, and this root lacks "
+        "CAP_SYS_ADMIN (a container's root does, unless the container is started with it)\n"
+        "To fix it, either:\n"
+        "  - give the container what a mount needs: `docker run --cap-add SYS_ADMIN --device "
+        "/dev/fuse --security-opt apparmor=unconfined` (or `--privileged`)\n"
+        "  - drop --overlay and use the overlay_root fixture" in text
+    ), text
+    assert "run as root" not in text, text
+    assert "sudo" not in text, text
+    assert_clean(text)
+    assert tree_digest(small_project, skip=(".pytest_cache",), dir_times=False) == before

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay._backends.copy import CopyBackend
+from pytest_overlay._backends.copying import CopyBackend
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux", reason="processes are found in /proc, on Linux only"

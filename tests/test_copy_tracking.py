@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay._backends.copy import CopyBackend
+from pytest_overlay._backends.copying import CopyBackend
 from pytest_overlay._diff import diff_trees
 
 

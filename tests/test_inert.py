@@ -17,7 +17,7 @@ import pytest
 
 from tests import _unpriv
 from tests._gates import gate
-from tests._run import run_pytest
+from tests._run import counts, run_pytest
 
 AUDIT = r"""
 import atexit, json, os, sys
@@ -147,7 +147,7 @@ def test_unused_plugin_does_nothing_as_a_user() -> None:
 def test_a_test_that_uses_the_fixture_brings_the_plugin_in(tmp_path: Path) -> None:
     _project(tmp_path, TRIVIAL + USES_FIXTURE)
     output, record = _run_root(tmp_path)
-    assert "3 passed" in output
+    assert counts(output).get("passed") == 3
     lines = output.splitlines()
     collected = next(i for i, line in enumerate(lines) if line.startswith("collected 3 items"))
     assert lines[collected + 1].startswith("overlay: backend="), output
@@ -165,5 +165,5 @@ def test_an_explicit_backend_is_in_the_report_header(tmp_path: Path) -> None:
 def test_the_fixture_line_is_left_out_with_quiet(tmp_path: Path) -> None:
     _project(tmp_path, USES_FIXTURE)
     output, _ = _run_root(tmp_path, "-q")
-    assert "1 passed" in output
+    assert counts(output).get("passed") == 1
     assert "overlay: backend=" not in output, output

@@ -23,7 +23,7 @@ import pytest
 
 from pytest_overlay import _namespaces, _syscalls
 from pytest_overlay._backends.base import Backend
-from pytest_overlay._backends.copy import CopyBackend
+from pytest_overlay._backends.copying import CopyBackend
 from pytest_overlay._backends.fuse import FuseBackend
 from pytest_overlay._backends.kernel import KernelBackend
 from pytest_overlay._diff import TreeDiff

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests._gates import gate, kernel_reason
+from tests._run import counts
 from tests._sample_project import tree_digest
 
 CONFTEST = r"""
@@ -141,13 +142,13 @@ def test_built_once_cached_and_rebuilt_on_change(
     project, counter, cache = layered
     before = tree_digest(project)
     first = run(project, counter, cache, "-n", "2", f"--overlay-backend={backend}")
-    assert "10 passed" in first.stdout, first.stdout + first.stderr
+    assert counts(first.stdout).get("passed") == 10, first.stdout + first.stderr
     assert counter.read_text() == "tools\n"
     assert tree_digest(project) == before
     layer_before = tree_digest(cache)
 
     second = run(project, counter, cache, f"--overlay-backend={backend}")
-    assert "10 passed" in second.stdout, second.stdout
+    assert counts(second.stdout).get("passed") == 10, second.stdout
     assert counter.read_text() == "tools\n"
     assert tree_digest(cache) == layer_before, "a test changed the cached layer"
 
@@ -160,14 +161,14 @@ def test_built_once_cached_and_rebuilt_on_change(
         (scratch / "layer" / "half-written").write_text("x")
     (project / "requirements.txt").write_text("tool==2\n")
     third = run(project, counter, cache, "-n", "2", f"--overlay-backend={backend}")
-    assert "10 passed" in third.stdout, third.stdout
+    assert counts(third.stdout).get("passed") == 10, third.stdout
     assert counter.read_text() == "tools\ntools\n"
     assert len(list(cache.glob("tools-*"))) == 1, "the stale layer was not removed"
     assert not killed.exists(), "a killed build's scratch directory was left behind"
     assert other.exists()
 
     fourth = run(project, counter, cache, "--overlay-rebuild", f"--overlay-backend={backend}")
-    assert "10 passed" in fourth.stdout, fourth.stdout
+    assert counts(fourth.stdout).get("passed") == 10, fourth.stdout
     assert counter.read_text() == "tools\ntools\ntools\n"
 
 
@@ -178,7 +179,7 @@ def test_stacked_layers_and_checkpoints(layered: tuple[Path, Path, Path], backen
     project, counter, cache = layered
     (project / "test_stacked.py").write_text(STACKED)
     result = run(project, counter, cache, "test_stacked.py", f"--overlay-backend={backend}")
-    assert "1 passed" in result.stdout, result.stdout + result.stderr
+    assert counts(result.stdout).get("passed") == 1, result.stdout + result.stderr
     assert counter.read_text() == "tools\nextra\n"
 
 
@@ -197,7 +198,7 @@ def test_layers_in_place(layered: tuple[Path, Path, Path]) -> None:
     # pytest's cache directory may appear; nothing else may change.
     before = tree_digest(project, skip=(".pytest_cache",), dir_times=False)
     result = run(project, counter, cache, "--overlay", "test_inplace_layer.py")
-    assert "1 passed" in result.stdout, result.stdout + result.stderr
+    assert counts(result.stdout).get("passed") == 1, result.stdout + result.stderr
     assert tree_digest(project, skip=(".pytest_cache",), dir_times=False) == before
 
 
@@ -212,7 +213,7 @@ def test_failing_build_errors_every_dependent_test_once(
     )
     result = run(project, counter, cache, "--overlay-backend=copy", *xdist)
     output = result.stdout + result.stderr
-    assert "10 errors" in output, output
+    assert counts(output).get("error") == 10, output
     assert counter.read_text() == "tools\n", "the failing build ran more than once"
     assert output.count("RuntimeError: no network") >= 1
     # In the summary, once, even when xdist workers hit it.

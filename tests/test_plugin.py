@@ -308,3 +308,164 @@ def test_hostile_names_and_fifos_in_a_failure_report(
     assert "A pipe" in output
     assert "Symlink out -> /etc/passwd" in output
     assert "root:" not in output  # the symlink was not followed
+
+
+def test_a_diff_in_a_failed_assertion_is_one_short_line(pytester: pytest.Pytester) -> None:
+    # Issue 21: the dataclass repr of every change ran over several lines in the rewrite.
+    pytester.makepyfile(
+        """
+        def test_writes(overlay_root):
+            for i in range(8):
+                (overlay_root / f"f{i}.txt").write_text("x")
+            assert not overlay_root.diff()
+        """
+    )
+    result = run(pytester, "--overlay-backend=copy")
+    result.assert_outcomes(failed=1)
+    shown = "TreeDiff(A f0.txt, A f1.txt, A f2.txt, A f3.txt, A f4.txt, ... 3 more)"
+    result.stdout.fnmatch_lines([f"E * assert not {shown}", f"E * where {shown} = diff()"])
+    assert "Change(" not in result.stdout.str()
+
+
+MANY = """
+def test_many(overlay_root):
+    for i in range(500):
+        (overlay_root / f"f{i:03}.txt").write_text(f"line {i}\\n")
+    assert 0
+"""
+CUT = (
+    "... * more lines not shown, of 500 changes: 500 added (-v shows more, "
+    "overlay_diff_lines = 0 shows all; or `pytest-overlay show 'test_many.py::test_many'`)"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        ((), 200),
+        (("--tb=short",), 200),
+        (("-v",), 1000),
+        (("-vv",), 1500),
+        (("--tb=line",), 1),
+        (("--tb=no",), 0),
+    ],
+    ids=["default", "tb-short", "v", "vv", "tb-line", "tb-no"],
+)
+def test_a_long_failure_section_is_cut_as_tb_and_v_ask(
+    pytester: pytest.Pytester, args: tuple[str, ...], shown: int
+) -> None:
+    # Issue 21: 500 new files gave some 700 lines whatever --tb said.
+    pytester.makepyfile(test_many=MANY)
+    result = run(pytester, "--overlay-backend=copy", *args)
+    result.assert_outcomes(failed=1)
+    lines = result.outlines
+    if shown == 0:
+        assert not any("overlay changes" in line for line in lines)
+        return
+    start = next(i for i, line in enumerate(lines) if "overlay changes (copy)" in line) + 1
+    section = lines[start : start + shown]
+    if "--tb=line" in args:
+        assert section == [
+            "500 changes: 500 added; `pytest-overlay show 'test_many.py::test_many'` shows them"
+        ]
+        return
+    assert section[:2] == ["A f000.txt", "A f001.txt"]
+    if shown == 1500:  # all of it: the list, a blank line, and five lines for each file
+        assert lines[start + 500 : start + 502] == ["", "--- /dev/null"]
+        assert "more lines not shown" not in result.stdout.str()
+        return
+    if shown < 500:
+        assert lines[start + shown - 1] == f"A f{shown - 1:03}.txt", "the list, cut"
+    else:
+        assert lines[start + 499 : start + 502] == ["A f499.txt", "", "--- /dev/null"]
+    pytest_lines = pytest.LineMatcher([lines[start + shown]])
+    pytest_lines.fnmatch_lines([CUT])
+    if "--tb=short" in args:
+        assert "--- /dev/null" not in result.stdout.str()
+
+
+def test_a_failure_section_survives_an_ascii_terminal(pytester: pytest.Pytester) -> None:
+    # Issue 21: pytest writes text its output cannot encode as one line of escapes.
+    pytester.makepyfile(
+        """
+        def test_writes(overlay_root):
+            (overlay_root / "a.txt").write_text("h\\u00e9llo\\nworld\\n")
+            assert 0
+        """
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONIOENCODING", "ascii")
+        result = run(pytester, "--overlay-backend=copy")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*overlay changes (copy)*", "A a.txt", "", "--- /dev/null", "+++ b/a.txt", "@@ *"]
+    )
+    result.stdout.fnmatch_lines(["+h\\xe9llo", "+world"])
+
+
+def test_the_copy_backend_leaves_a_virtualenv_out(pytester: pytest.Pytester) -> None:
+    # Issue 21: a project's .venv was copied whole each session; tests run the real one.
+    venv = pytester.path / ".venv"
+    (venv / "lib").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "lib" / "big.bin").write_bytes(b"\0" * (1 << 20))
+    (pytester.path / "src").mkdir()
+    (pytester.path / "src" / "a.txt").write_text("a\n")
+    pytester.makepyfile(
+        """
+        def test_view(overlay_root):
+            assert (overlay_root / "src" / "a.txt").read_text() == "a\\n"
+            assert not (overlay_root / ".venv").exists()
+            (overlay_root / "src" / "b.txt").write_text("b")
+            assert str(overlay_root.diff()) == "A src/b.txt"
+
+        def test_next_one_is_pristine(overlay_root):
+            assert not overlay_root.diff()
+            assert not (overlay_root / ".venv").exists()
+        """
+    )
+    result = run(pytester, "--overlay-backend=copy")
+    result.assert_outcomes(passed=2)
+    assert (venv / "lib" / "big.bin").stat().st_size == 1 << 20
+
+
+UNVERIFIED = """
+from pytest_overlay._backends import copying
+from pytest_overlay._errors import ResetUnverifiedError
+
+
+def _never_the_same(rel, old, now):
+    # A reset bug, injected: every check of a restored path fails.
+    raise ResetUnverifiedError(rel, "differs from the lowers after the reset")
+
+
+copying._check_same = _never_the_same
+"""
+
+
+def test_a_copy_reset_that_cannot_verify_itself_is_said_once(pytester: pytest.Pytester) -> None:
+    # Issue 21: it raised OSError with invented errnos and release() swallowed it, so a reset
+    # bug became a silent full copy per test.
+    pytester.makeconftest(UNVERIFIED)
+    (pytester.path / "data.txt").write_text("x\n")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_changes(overlay_root, n):
+            assert (overlay_root / "data.txt").read_text() == "x\\n"
+            (overlay_root / "data.txt").write_text(f"changed {n}\\n")
+        """
+    )
+    result = run(pytester, "--overlay-backend=copy")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*= pytest-overlay =*",
+            "*the copy backend could not reset its copy after a test (data.txt: differs from the "
+            "lowers after the reset), so it made a fresh copy; each such test costs a full copy "
+            "of the tree. If this repeats, please report it, with the path",
+        ]
+    )
+    assert result.stdout.str().count("could not reset its copy") == 1

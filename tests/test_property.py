@@ -31,7 +31,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from pytest_overlay._backends.copy import CopyBackend
+from pytest_overlay._backends.copying import CopyBackend
 from pytest_overlay._backends.fuse import FuseBackend
 from pytest_overlay._backends.kernel import KernelBackend
 from pytest_overlay._checkpoint import diff_states

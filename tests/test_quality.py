@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +32,46 @@ def test_ruff_format() -> None:
 
 def test_mypy_strict() -> None:
     _run("mypy")
+
+
+def test_mypy_checks_the_calls_into_the_machinery(tmp_path: Path) -> None:
+    # Issue 21: the plugin reached the machinery through a ModuleType, so every call was Any.
+    wrong = tmp_path / "wrong_call.py"
+    wrong.write_text("from pytest_overlay.plugin import _engine\n\n_engine.header_lines()\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", str(wrong)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'Missing positional argument "session" in call to "header_lines"' in result.stdout
+
+
+def _collected(*args: str, require: str) -> tuple[int, int]:
+    """How many tests of ``pytest --collect-only *args`` are selected, and how many there are."""
+    env = {**os.environ, "PYTEST_OVERLAY_REQUIRE": require}
+    argv = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", *args]
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    last = result.stdout.splitlines()[-1]
+    found = re.match(r"(\d+)/(\d+) tests collected|(\d+) tests collected", last)
+    assert found is not None, last
+    if found[3] is not None:
+        return int(found[3]), int(found[3])
+    return int(found[1]), int(found[2])
+
+
+def test_stress_tests_run_only_when_asked() -> None:
+    # Issue 21: the marker deselected nothing, so a plain run paid for minutes of stress.
+    module = "tests/test_sparse_files.py"
+    selected, total = _collected(module, require="")
+    assert selected < total
+    assert _collected(module, "-m", "stress", require="") == (total - selected, total)
+    assert _collected(module, "-m", "not quality", require="") == (selected, total)
+    assert _collected(module, require="all") == (total, total)  # CI
+    assert _collected(module, require="stress") == (total, total)
 
 
 def test_docs_build_without_warnings(tmp_path: Path) -> None:

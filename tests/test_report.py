@@ -500,8 +500,8 @@ def test_hostile_hint_is_inert(trees: Trees) -> None:
     trees.new_file("f", "a\nb\n")
     report = trees.report(ReportOptions(max_lines=1, more_hint="`show 'x\x1b[2J'`"))
     assert report.split("\n")[-1] == (
-        "... 4 more lines not shown (-v shows more, overlay_diff_lines = 0 shows all;"
-        " or `show 'x\\x1b[2J'`)"
+        "... 5 more lines not shown, of 1 change: 1 added (-v shows more, overlay_diff_lines = 0"
+        " shows all; or `show 'x\\x1b[2J'`)"
     )
 
 
@@ -517,6 +517,7 @@ def ten_changed_lines(trees: Trees) -> Trees:
 
 
 def test_truncation_note_and_count(ten_changed_lines: Trees) -> None:
+    # The change list counts toward the limit; the note counts every change by kind.
     report = ten_changed_lines.report(ReportOptions(max_lines=5))
     assert report.split("\n") == [
         "M f",
@@ -524,36 +525,43 @@ def test_truncation_note_and_count(ten_changed_lines: Trees) -> None:
         "",
         "--- a/f",
         "+++ b/f",
-        "@@ -1,10 +1,10 @@",
-        "-old 0",
-        "-old 1",
-        f"... 22 more lines not shown {NOTE}",
+        f"... 25 more lines not shown, of 2 changes: 1 added, 1 modified {NOTE}",
     ]
 
 
 def test_truncation_with_hint_and_singular(ten_changed_lines: Trees) -> None:
     hint = "`pytest-overlay show 'tests/test_x.py::test_y'`"
-    report = ten_changed_lines.report(ReportOptions(max_lines=26, more_hint=hint))
+    report = ten_changed_lines.report(ReportOptions(max_lines=29, more_hint=hint))
     assert report.split("\n")[-2:] == [
         "@@ -0,0 +1 @@",
-        "... 1 more line not shown (-v shows more, overlay_diff_lines = 0 shows all;"
-        " or `pytest-overlay show 'tests/test_x.py::test_y'`)",
+        "... 1 more line not shown, of 2 changes: 1 added, 1 modified (-v shows more, "
+        "overlay_diff_lines = 0 shows all; or `pytest-overlay show 'tests/test_x.py::test_y'`)",
     ]
 
 
-@pytest.mark.parametrize("limit", [None, 0, 27, 1000])
+@pytest.mark.parametrize("limit", [None, 0, 30, 1000])
 def test_no_truncation(ten_changed_lines: Trees, limit: int | None) -> None:
     report = ten_changed_lines.report(ReportOptions(max_lines=limit))
     assert report.count("\n") == 2 + 27
     assert report.endswith("\n+g")
 
 
-def test_change_list_is_never_truncated(trees: Trees) -> None:
+def test_a_long_change_list_is_cut_too(trees: Trees) -> None:
+    # Issue 21: 500 new files gave some 700 lines; the limit now holds for the whole report.
     for i in range(5):
         trees.new_file(f"f{i}", "x\n")
-    lines = trees.report(ReportOptions(max_lines=1)).split("\n")
-    assert lines[:7] == ["A f0", "A f1", "A f2", "A f3", "A f4", "", "--- /dev/null"]
-    assert lines[7] == f"... 19 more lines not shown {NOTE}"
+    lines = trees.report(ReportOptions(max_lines=3)).split("\n")
+    assert lines == [
+        "A f0",
+        "A f1",
+        "A f2",
+        f"... 22 more lines not shown, of 5 changes: 5 added {NOTE}",
+    ]
+
+
+def test_the_change_list_alone(ten_changed_lines: Trees) -> None:
+    report = ten_changed_lines.report(ReportOptions(details=False))
+    assert report.split("\n") == ["M f", "A g"]
 
 
 def test_negative_limit_is_rejected() -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from tests import _unpriv
 from tests._gates import gate, user_fuse_reason
-from tests._run import Result, run_pytest
+from tests._run import Result, counts, run_pytest
 from tests._sample_project import SMALL_PROJECT, SMALL_SUITE
 from tests._unpriv import Namespace
 
@@ -74,7 +74,7 @@ def _run(root: Path, *args: str) -> str:
 def test_thread_at_import_falls_back_and_says_why(user_dir: Path, ini: str) -> None:
     _unpriv.write_user_files(user_dir, {**THREADED, "pytest.ini": f"[pytest]\n{ini}\n"})
     output = _run(user_dir)
-    assert "2 passed" in output
+    assert counts(output).get("passed") == 2
     fallback = _fallback()
     notice = f"overlay: kernel backend unusable, using the {fallback} backend instead"
     assert notice in output
@@ -87,7 +87,7 @@ def test_thread_at_import_falls_back_and_says_why(user_dir: Path, ini: str) -> N
 def test_early_userns_survives_threads_started_by_tests(user_dir: Path) -> None:
     _unpriv.write_user_files(user_dir, THREADED)
     output = _run(user_dir, "--overlay-userns=early")
-    assert "2 passed" in output
+    assert counts(output).get("passed") == 2
     assert "copy backend instead" not in output
     assert "overlay: backend=kernel (user namespace)" in output
 
@@ -95,15 +95,16 @@ def test_early_userns_survives_threads_started_by_tests(user_dir: Path) -> None:
 def test_xdist_controller_with_a_thread_falls_back_instead_of_crashing(user_dir: Path) -> None:
     _unpriv.write_user_files(user_dir, {**SMALL_PROJECT, "conftest.py": THREAD})
     output = _run(user_dir, "-n", "2")
-    assert "2 passed" in output
-    assert f"using the {_fallback()} backend instead" in output
+    assert counts(output).get("passed") == 2
+    # The workers' header, in the summary, says why (their fallback notice would repeat it).
+    assert "kernel not used: pytest-xdist workers run several threads" in output, output
     _assert_fallback_header(output)
 
 
 def test_explicit_kernel_with_threads_errors_each_test_clearly(user_dir: Path) -> None:
     _unpriv.write_user_files(user_dir, THREADED)
     output = _run_user(user_dir, "--overlay-backend=kernel", expect_rc=1).output
-    assert "2 errors" in output or "2 error" in output, output
+    assert counts(output).get("error") == 2, output
     assert "the kernel backend cannot work here" in output
     assert "Traceback" not in output
     assert "During handling" not in output
@@ -116,7 +117,7 @@ def test_blocked_user_namespaces_fall_back_with_the_reason(user_dir: Path, dev_f
     mode = _unpriv.OPEN_DEV_FUSE.dev_fuse_mode if open_dev_fuse else None
     blocked = Namespace(block_userns=True, dev_fuse_mode=mode)
     output = _run_user(user_dir, namespace=blocked, expect_rc=0).output
-    assert "2 passed" in output
+    assert counts(output).get("passed") == 2
     assert "kernel not used: creating a user namespace is not permitted here" in output
     if open_dev_fuse:
         assert "overlay: backend=fuse (fusermount3)" in output
@@ -130,3 +131,20 @@ def test_blocked_user_namespaces_fall_back_with_the_reason(user_dir: Path, dev_f
     )
     assert "the kernel backend cannot work here: creating a user namespace" in explicit.stderr
     assert "Traceback" not in explicit.output
+
+
+@pytest.mark.parametrize(
+    ("dev_fuse_mode", "fallback"), [(0o666, "fuse"), (0o600, "copy")], ids=["fuse", "copy"]
+)
+def test_xdist_workers_fallback_is_said_once(
+    user_dir: Path, dev_fuse_mode: int, fallback: str
+) -> None:
+    # Issue 21: the workers' reason was printed twice (their notice, then their header).
+    _unpriv.write_user_files(user_dir, SMALL_PROJECT)
+    namespace = Namespace(dev_fuse_mode=dev_fuse_mode)
+    result = _run_user(user_dir, "-n", "2", namespace=namespace, expect_rc=0)
+    summary = result.stdout[result.stdout.index("= pytest-overlay =") :]
+    assert f"overlay: backend={fallback} (" in summary, result.output
+    reason = "pytest-xdist workers run several threads from the start"
+    assert summary.count(reason) == 1, result.output
+    assert f"  kernel not used: {reason}" in summary, result.output

@@ -1,7 +1,8 @@
 """Backends behind one interface, and the choice between them.
 
-Each backend is a module named after it (:mod:`.kernel`, :mod:`.fuse`, :mod:`.copy`); a part
-that only one backend uses carries its name (:mod:`.copy_tracking`); the parts they share are
+Each backend is a module named after it (:mod:`.kernel`, :mod:`.fuse`; the copy backend's is
+:mod:`.copying`, not to shadow the standard library's ``copy``); a part that only one backend
+uses carries its name (:mod:`.copy_tracking`); the parts they share are
 named after what they do: :mod:`.base` (the interface), :mod:`.mounted` (a real mount with an
 upper layer: kernel and FUSE), :mod:`.idmap` (owners a user namespace cannot map) and
 :mod:`.inplace` (which backends may run in place).
@@ -17,13 +18,13 @@ from pytest_overlay._choices import BACKEND_CHOICES
 from pytest_overlay._errors import BackendUnavailableError
 
 from .base import Backend, Mount
-from .copy import CopyBackend
+from .copying import CopyBackend
 from .fuse import FuseBackend, private_mounts_possible
 from .idmap import unmapped_owner
 from .inplace import (
     COPY_IN_PLACE,
-    FUSE_IN_PLACE_NEEDS_ROOT,
-    IN_PLACE_NEEDS_PRIVATE_NAMESPACE,
+    fuse_in_place_needs_root,
+    fuse_in_place_refused,
     in_place_impossible,
 )
 from .kernel import KernelBackend, refused_lower
@@ -89,7 +90,8 @@ def select_backend(
         if requested == "copy" and inplace:
             raise BackendUnavailableError(COPY_IN_PLACE)
         if requested == "fuse" and inplace and not private_mounts_possible():
-            raise BackendUnavailableError(IN_PLACE_NEEDS_PRIVATE_NAMESPACE)
+            refused = create_backend("kernel", scratch, upper_size).unavailable_reason()
+            raise BackendUnavailableError(fuse_in_place_refused(refused))
         backend = create_backend(requested, scratch, upper_size)
         reason = backend.unavailable_reason()
         if reason is None and requested == "kernel":
@@ -126,7 +128,7 @@ def fall_back(
     """
     if inplace and not private_mounts_possible():
         # Mounted through fusermount3, the view would cover the project machine-wide.
-        skipped = ("fuse", FUSE_IN_PLACE_NEEDS_ROOT)
+        skipped = ("fuse", fuse_in_place_needs_root())
         raise BackendUnavailableError(in_place_impossible((*passed_over, skipped)))
     fuse = create_backend("fuse", scratch)
     reason = fuse.unavailable_reason()

@@ -34,6 +34,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from pytest_overlay._holders import Holder
+
 __all__ = ["ChangeTracker", "Signature", "processes_inside", "signature"]
 
 Signature = tuple[int, int, int, int, int]
@@ -236,9 +238,9 @@ class ChangeTracker:
             self._inotify = None
 
 
-def processes_inside(root: str) -> list[tuple[int, str]]:
-    """The processes, as ``(pid, command)``, whose working directory, root directory,
-    executable or an open file is inside the directory *root* (a real path).
+def processes_inside(root: str) -> list[Holder]:
+    """The processes whose working directory, root directory, executable or an open file is
+    inside the directory *root* (a real path), each with the first such path found.
 
     Read from ``/proc`` (Linux; elsewhere nothing is found).  This runs after every test, so
     only this process and those with a higher pid are looked at: the kernel hands out pids in
@@ -263,8 +265,9 @@ def processes_inside(root: str) -> list[tuple[int, str]]:
         if wrapped < pid < own:
             continue
         try:
-            if _holds(f"/proc/{pid}/", root, prefix):
-                found.append((pid, _command(pid)))
+            path = _holds(f"/proc/{pid}/", root, prefix)
+            if path is not None:
+                found.append(Holder(pid, _command(pid), path))
         except OSError:  # gone meanwhile, or not ours to inspect
             continue
     return found
@@ -286,22 +289,23 @@ def _read_proc(path: str) -> bytes:
         os.close(fd)
 
 
-def _holds(base: str, root: str, prefix: str) -> bool:
+def _holds(base: str, root: str, prefix: str) -> str | None:
+    """The first path inside *root* that the process at *base* holds, or None."""
     for link in ("cwd", "root", "exe"):
         try:
             target = os.readlink(base + link)
         except FileNotFoundError:  # a kernel thread has no executable
             continue
         if target == root or target.startswith(prefix):
-            return True
+            return target
     for fd in os.listdir(base + "fd"):
         try:
             target = os.readlink(f"{base}fd/{fd}")
         except FileNotFoundError:  # closed meanwhile
             continue
         if target.startswith(prefix) or target == root:
-            return True
-    return False
+            return target
+    return None
 
 
 def _command(pid: int) -> str:

@@ -10,14 +10,23 @@ rather than used as a fallback.  This module owns those messages.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 
-from pytest_overlay._probe import APPARMOR_FIX, apparmor_restricts_userns, docker_fix
+from pytest_overlay._probe import (
+    APPARMOR_FIX,
+    LACKS_SYS_ADMIN,
+    apparmor_restricts_userns,
+    docker_fix,
+    lacks_sys_admin,
+    root_fix,
+)
 
 __all__ = [
     "COPY_IN_PLACE",
-    "FUSE_IN_PLACE_NEEDS_ROOT",
     "IN_PLACE_NEEDS_PRIVATE_NAMESPACE",
+    "fuse_in_place_needs_root",
+    "fuse_in_place_refused",
     "in_place_impossible",
 ]
 
@@ -26,16 +35,44 @@ _FIXTURE_MODE = (
     "backend too): tests then write into overlay_root instead of the real paths"
 )
 
-# Why auto passes FUSE over in place for an ordinary user, in a line and in full.
-IN_PLACE_NEEDS_PRIVATE_NAMESPACE = (
+_FUSE_NOT_IN_PLACE = (
     "in-place mode (--overlay) on the fuse backend needs root: the view is mounted over the "
     "project in a private mount namespace, and an ordinary user's FUSE mounts are made by "
-    "fusermount3 for the whole machine instead. Run pytest as root (a container's root with "
-    "CAP_SYS_ADMIN will do), or let the kernel backend run in place (allow unprivileged user "
-    "namespaces; see 'kernel not used' in the report header), or use the overlay_root fixture "
-    "without --overlay"
+    "fusermount3 for the whole machine instead."
 )
-FUSE_IN_PLACE_NEEDS_ROOT = "in place, FUSE needs root (a private mount namespace)"
+# What a FUSE view asked to mount in place without a private namespace says (the usage error
+# of an explicit --overlay-backend=fuse comes first, with the kernel's verdict).
+IN_PLACE_NEEDS_PRIVATE_NAMESPACE = (
+    f"{_FUSE_NOT_IN_PLACE} Run pytest as root (a container's root with CAP_SYS_ADMIN will do), "
+    "or use the overlay_root fixture without --overlay"
+)
+
+
+def fuse_in_place_refused(kernel_reason: str | None) -> str:
+    """The usage error of ``--overlay --overlay-backend=fuse`` without a private namespace.
+
+    :param kernel_reason: why the kernel backend cannot run here, or None if it can: the
+        message is then the whole story, no report header having been printed.
+    """
+    if kernel_reason is None:
+        kernel = (
+            "Use --overlay-backend=kernel (auto picks it here), which runs in place in a "
+            "user namespace"
+        )
+    else:
+        kernel = f"The kernel backend cannot run in place here either: {kernel_reason}. Or"
+    return (
+        f"{_FUSE_NOT_IN_PLACE} {kernel}; or {root_fix(docker_fix(fuse=True))}; or use the "
+        "overlay_root fixture without --overlay"
+    )
+
+
+def fuse_in_place_needs_root() -> str:
+    """Why auto passes FUSE over in place, in a line."""
+    if lacks_sys_admin():
+        return f"in place, FUSE needs a private mount namespace, and {LACKS_SYS_ADMIN}"
+    return "in place, FUSE needs root (a private mount namespace)"
+
 
 COPY_IN_PLACE = (
     "in-place mode (--overlay) cannot run on the copy backend: a copy cannot stand at the "
@@ -49,16 +86,26 @@ def _in_container() -> bool:
 
 
 def _fixes() -> list[str]:
-    """The remedies, the one that fits this machine first."""
-    apparmor = (
-        "on Ubuntu 23.10+ (GitHub's ubuntu-24.04 runners among them), allow unprivileged user "
-        f"namespaces: {APPARMOR_FIX}"
-    )
-    docker = f"in a container, give it what a mount needs: {docker_fix(fuse=True)}"
-    root = "run pytest as root (`sudo -E python -m pytest --overlay`)"
-    fixes = [apparmor, root, docker]
-    if _in_container() and not apparmor_restricts_userns():
-        fixes = [docker, root, apparmor]
+    """The remedies that fit this machine, the likeliest first, and the fixture last.
+
+    A remedy is offered only where it can apply: the sysctl where AppArmor sets it, the
+    ``docker run`` recipe in a container (or to a root without the capability), sudo to an
+    ordinary user; off Linux there is no mount to fix at all.
+    """
+    if not sys.platform.startswith("linux"):
+        return [
+            "run the tests on Linux (a container or a virtual machine will do): in place needs "
+            "kernel overlayfs, or FUSE in a private mount namespace",
+            _FIXTURE_MODE,
+        ]
+    fixes = []
+    if apparmor_restricts_userns():
+        fixes.append(f"allow unprivileged user namespaces (Ubuntu 23.10+): {APPARMOR_FIX}")
+    if _in_container() or lacks_sys_admin():
+        docker = f"give the container what a mount needs: {docker_fix(fuse=True)}"
+        fixes.insert(0 if _in_container() else len(fixes), docker)
+    if os.geteuid() != 0:
+        fixes.append("run pytest as root (`sudo -E python -m pytest --overlay`)")
     return [*fixes, _FIXTURE_MODE]
 
 

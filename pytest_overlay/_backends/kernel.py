@@ -115,7 +115,10 @@ class KernelMount(UpperLayerView):
                 detach(bind)
             busy = _is_busy(self._merged)
             # Named before the detach, while the view still shows its device.
-            who = describe_holders(holders_of(view_device(self._merged))) if busy else ""
+            inside = self._merged if self._merged.parent == self._root else None
+            who = ""
+            if busy:
+                who = describe_holders(holders_of(view_device(self._merged), inside=inside))
             if self._merged.parent != self._root:
                 detach(self._merged)  # in-place: the view sits outside our tmpfs
             detach(self._root)

@@ -37,7 +37,7 @@ exit codes:
 KEEP_HINT = (
     "pytest-overlay keeps the upper layer of each failed test (--overlay-keep=failed, the "
     "default), with the overlay_root fixture and in place (--overlay) alike; "
-    "--overlay-keep=all keeps every test's"
+    "--overlay-keep=all keeps every test's, passed or failed"
 )
 CACHE_DIR_HINT = (
     "if pytest ran with another cache directory (-o cache_dir=... or --rootdir), "

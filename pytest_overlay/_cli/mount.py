@@ -1,4 +1,5 @@
-"""``pytest-overlay mount`` and ``umount``: a kept test's view of the tree, with kernel overlayfs.
+"""``pytest-overlay mount`` and ``umount``: a kept test's view of the tree, with kernel overlayfs
+(or FUSE where the kernel cannot, as the fixture does).
 
 :func:`views_of` tells :mod:`.clean` which views still use a layer it would remove.  The
 mount options come from :mod:`pytest_overlay._overlayopts`, the mount table from
@@ -89,7 +90,8 @@ def add_parsers(subparsers: Any) -> None:
         "mount",
         "Recreate a kept test's view of the tree at a directory",
         "Mount the tree as the test left it at DIR, an existing empty directory: the test's "
-        "kept layer over the layers it ran on, with kernel overlayfs.  As root the view is "
+        "kept layer over the layers it ran on, with kernel overlayfs (FUSE where the kernel "
+        "cannot).  As root the view is "
         "mounted for everyone until `pytest-overlay umount DIR`; as an ordinary user it lives "
         "in a private namespace, and a shell is started in it: exit the shell to unmount.",
     )
@@ -227,6 +229,7 @@ def mount_kept(ctx: Context, kept: Kept, target: Path) -> int:
     rw = bool(ctx.args.rw)
     command: str | None = ctx.args.command
     if not probe.ok:
+        kernel_reason = _probe.for_the_command_line(probe.reason)
         # As the fixture does: FUSE where the kernel cannot (a kernel below 5.11 for an
         # ordinary user, a container without user namespaces).
         from pytest_overlay._backends.fuse import probe_fuse
@@ -234,11 +237,12 @@ def mount_kept(ctx: Context, kept: Kept, target: Path) -> int:
         fuse_reason = probe_fuse()
         if fuse_reason is not None:
             raise CliError(
-                f"kernel overlayfs cannot be mounted here: {probe.reason}; nor FUSE: {fuse_reason}",
+                f"kernel overlayfs cannot be mounted here: {kernel_reason}; "
+                f"nor FUSE: {fuse_reason}",
                 code=EXIT_CANNOT_MOUNT,
                 hint=show_hint + " (the only way for layers kept by the copy backend)",
             )
-        ctx.warn(f"kernel overlayfs cannot be mounted here ({probe.reason}): mounting with FUSE")
+        ctx.warn(f"kernel overlayfs cannot be mounted here ({kernel_reason}): mounting with FUSE")
         return _fuse_view(ctx, nodeid, target, upper, lowers, rw=rw, command=command)
     user_xattrs, foreign = _scan_upper(upper)
     if foreign:

@@ -1,10 +1,10 @@
 """Start and stop the FUSE server process, and tell whether FUSE can work here at all.
 
 The server always runs in a process of its own (a Python FUSE callback that needs something the
-accessing process holds would deadlock it for good; overlay-semantics §4.3).  It is started
-with ``subprocess`` (no fork of a possibly multithreaded pytest), in its own session (Ctrl-C
-reaches the tests, not the server; :meth:`FuseMount.close` stops it), and dies with the thread
-that started it.
+accessing process holds would deadlock it for good; docs/how-it-works.md, "The fuse backend").
+It is started with ``subprocess`` (no fork of a possibly multithreaded pytest), in its own
+session (Ctrl-C reaches the tests, not the server; :meth:`FuseMount.close` stops it), and dies
+with the thread that started it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import IO, Protocol, final
 
 from pytest_overlay import _syscalls
 from pytest_overlay._errors import MountError
+from pytest_overlay._probe import LACKS_SYS_ADMIN, docker_fix, lacks_sys_admin
 
 from .server import EXIT_NO_LIBFUSE
 
@@ -53,7 +54,6 @@ READY_TIMEOUT = _ready_timeout()
 """Seconds a new FUSE server gets to become live (``$PYTEST_OVERLAY_FUSE_READY_TIMEOUT``)."""
 # umount2 errors that mean "already gone": EINVAL (not a mount point any more), ENOENT.
 _GONE = frozenset({errno.EINVAL, errno.ENOENT})
-_MNT_DETACH = 2
 
 
 # fusermount3's own words (libfuse's util/fusermount.c) for the refusals one can fix, and how.
@@ -90,9 +90,15 @@ _FUSERMOUNT_FIXES = (
         "mount failed: Operation not permitted",
         "the kernel refused fusermount3's mount: fusermount3 must be setuid root (ls -l "
         "$(command -v fusermount3)), and under no_new_privs, a seccomp filter or an AppArmor "
-        "policy (in a container, say) it cannot mount; there, run as root with CAP_SYS_ADMIN",
+        "policy (in a container, say) it cannot mount; there, {root}",
     ),
 )
+
+
+def _root_remedy() -> str:
+    if lacks_sys_admin():
+        return f"{LACKS_SYS_ADMIN}: run the container with {docker_fix(fuse=True)}"
+    return "run as root with CAP_SYS_ADMIN"
 
 
 def _fusermount() -> str | None:
@@ -110,6 +116,9 @@ def fusermount_refusal(output: str) -> str | None:
             continue
         for words, fix in _FUSERMOUNT_FIXES:
             if words in message:
+                if "{root}" in fix:
+                    # A container's root lacks the capability; root itself is no remedy.
+                    fix = fix.format(root=_root_remedy())
                 return f"{tool} refused it: {message}; {fix}"
         return f"{tool} refused it: {message}"
     return None
@@ -199,7 +208,7 @@ class FuseMount:
     def _unmount(self, *, lazy: bool) -> None:
         if os.geteuid() == 0:
             try:
-                _syscalls.umount(self.mountpoint, _MNT_DETACH if lazy else 0)
+                _syscalls.umount(self.mountpoint, _syscalls.MNT_DETACH if lazy else 0)
                 return
             except OSError as exc:
                 if exc.errno in _GONE:

@@ -19,9 +19,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pytest_overlay._diff import TreeDiff, diff_paths
+from pytest_overlay._errors import ResetUnverifiedError
 from pytest_overlay._files import copy_file_data, remove_tree
+from pytest_overlay._holders import name_holders
 from pytest_overlay._layers import Entry, LayerStack
-from pytest_overlay._layerwrite import copy_metadata, copy_node, synthesize_upper
+from pytest_overlay._layerwrite import copy_metadata, copy_node, is_root, synthesize_upper
 
 from .base import IgnoreFn, safe_label
 from .copy_tracking import ChangeTracker, processes_inside, signature
@@ -99,8 +101,15 @@ class _Copy:
     def _copy_children(self, rel: str, target: Path) -> None:
         for name, entry in sorted(self._stack.listdir(rel).items()):
             child = f"{rel}/{name}" if rel else name
-            if not (self.hidden and self._is_hidden(child)):
-                self._copy_entry(child, entry, target / name)
+            if self.hidden and self._is_hidden(child):
+                continue
+            if stat.S_ISDIR(entry.stat.st_mode) and _is_virtualenv(entry.real_path):
+                # Issue 21: a project's .venv (46 MB, 4.6 s a session) was copied whole for
+                # tests that run the real one; left out of the copy and of the diff, as our
+                # scratch space is.
+                self.hidden = (*self.hidden, child)
+                continue
+            self._copy_entry(child, entry, target / name)
 
     def _copy_entry(self, rel: str, entry: Entry, target: Path) -> None:
         if stat.S_ISDIR(entry.stat.st_mode):
@@ -112,12 +121,12 @@ class _Copy:
         # A socket or device node that needs privileges to recreate is left out: it cannot
         # be used through a copy anyway.
         if copy_node(
-            source, os.fspath(target), st, owner=_is_root(), exact=False, copy_data=self._copy_data
+            source, os.fspath(target), st, owner=is_root(), exact=False, copy_data=self._copy_data
         ):
             self.tracker.record(rel, target, os.lstat(target), is_dir=False)
 
     def _finish_dir(self, rel: str, entry: Entry, target: Path) -> None:
-        copy_metadata(entry.real_path, target, entry.stat, owner=_is_root(), exact=False)
+        copy_metadata(entry.real_path, target, entry.stat, owner=is_root(), exact=False)
         self.tracker.record(rel, target, os.lstat(target), is_dir=True)
 
     def diff(self, ignore: IgnoreFn | None) -> TreeDiff:
@@ -132,7 +141,11 @@ class _Copy:
         )
 
     def reset(self) -> None:
-        """Put back what changed; raises if the copy cannot be shown pristine again."""
+        """Put back what changed.
+
+        :raises ResetUnverifiedError: the copy cannot be shown pristine again.
+        :raises OSError: putting something back failed.
+        """
         tracker = self.tracker
         tracker.collect()
         if not tracker.dirty and not tracker.replaced:
@@ -183,7 +196,7 @@ class _Copy:
             now = _lstat(self.merged / rel)
             if old is None or now is None:
                 if now is not None:
-                    raise OSError(errno.EEXIST, "left behind after the reset", rel)
+                    raise ResetUnverifiedError(rel, "left behind after the reset")
                 continue
             _check_same(rel, old, now)
         for rel in directories:
@@ -193,7 +206,7 @@ class _Copy:
             path = self.merged / rel if rel else self.merged
             _check_same(rel, old, os.lstat(path))
             if set(os.listdir(path)) - self._names(rel):
-                raise OSError(errno.EEXIST, "entries left behind after the reset", rel)
+                raise ResetUnverifiedError(rel, "entries left behind after the reset")
 
     def _names(self, rel: str) -> set[str]:
         """The names the lowers show in the directory *rel* (without our scratch)."""
@@ -210,8 +223,9 @@ class _Copy:
         remove_tree(self.root)
 
 
-def _is_root() -> bool:
-    return sys.platform != "win32" and os.geteuid() == 0
+def _is_virtualenv(directory: Path) -> bool:
+    """Whether *directory* is a Python virtual environment (``venv``, virtualenv, tox, uv)."""
+    return os.path.isfile(os.path.join(directory, "pyvenv.cfg"))
 
 
 def _sort_key(rel: str) -> tuple[str, ...]:
@@ -257,7 +271,7 @@ def _check_same(rel: str, old: Entry, now: os.stat_result) -> None:
     if stat.S_ISREG(a.st_mode):
         same = same and a.st_size == now.st_size and a.st_mtime_ns == now.st_mtime_ns
     if not same:
-        raise OSError(errno.EIO, "differs from the lowers after the reset", rel)
+        raise ResetUnverifiedError(rel, "differs from the lowers after the reset")
 
 
 class CopyMount:
@@ -311,16 +325,13 @@ class CopyMount:
         remove_tree(self._snapshots_dir)
         users = processes_inside(self._copy.real_root)
         if not users:
-            self._backend.release(self._copy)
-            return []
+            return self._backend.release(self._copy)
         # It would go on changing the copy after the reset: the copy is no longer ours to
         # reuse, and stays as it is for that process until the end of the run.
         self._backend.set_aside(self._copy)
-        named = ", ".join(f"pid {pid} ({command})" for pid, command in users[:3])
-        more = f" and {len(users) - 3} more" if len(users) > 3 else ""
         return [
-            f"{self.path} was still in use by {named}{more} when the test ended, so that copy "
-            "was set aside: the process may go on using it until the end of the run, when it "
+            f"{self.path} was still in use by {name_holders(users)} when the test ended, so that "
+            "copy was set aside: the process may go on using it until the end of the run, when it "
             "is removed, and the next test gets a fresh copy"
         ]
 
@@ -340,6 +351,8 @@ class CopyBackend:
         self._cloner = _Cloner()
         self._idle: dict[tuple[Path, ...], list[_Copy]] = {}
         self._copies: list[_Copy] = []
+        self._reset_failures: list[str] = []
+        self._reset_told = False
 
     @property
     def _scratch(self) -> Path:
@@ -372,11 +385,8 @@ class CopyBackend:
         idle = self._idle.setdefault(key, [])
         while idle:
             copy = idle.pop()
-            try:
-                copy.reset()  # a process the last test left behind may have written since
+            if self._reset(copy):  # a process the last test left behind may have written since
                 return copy
-            except OSError:
-                self._discard(copy)
         scratch = os.path.realpath(self._scratch)
         root = self._scratch / f"copy{next(self._counter)}"
         copy = _Copy(root, key, {scratch}, self._cloner, watch=self._watch)
@@ -392,14 +402,38 @@ class CopyBackend:
         """Never hand *copy* out again (a process still uses it); :meth:`shutdown` removes it."""
         copy.tracker.close()
 
-    def release(self, copy: _Copy) -> None:
-        """Reset *copy* for the next test, or throw it away if the reset cannot be verified."""
+    def release(self, copy: _Copy) -> list[str]:
+        """Reset *copy* for the next test, or throw it away if the reset fails or cannot be
+        verified; returns what the session should tell the user about failed resets."""
+        if self._reset(copy):
+            self._idle.setdefault(copy.lowers, []).append(copy)
+        return self.reset_notices()
+
+    def _reset(self, copy: _Copy) -> bool:
+        """Reset *copy*; on failure discard it, note why, and return False."""
         try:
             copy.reset()
-        except OSError:
+        except (ResetUnverifiedError, OSError) as exc:
             self._discard(copy)
-            return
-        self._idle.setdefault(copy.lowers, []).append(copy)
+            self._reset_failures.append(str(exc))
+            return False
+        return True
+
+    def reset_notices(self) -> list[str]:
+        """The notice of the first reset that failed since the last call, with a count.
+
+        Said once a session: a reset that fails every time means a full copy per test, which
+        the user should hear of (and report), but not a line per test.
+        """
+        failures, self._reset_failures = self._reset_failures, []
+        if not failures or self._reset_told:
+            return []
+        self._reset_told = True
+        return [
+            f"the copy backend could not reset its copy after a test ({failures[0]}), so it "
+            "made a fresh copy; each such test costs a full copy of the tree. If this repeats, "
+            "please report it, with the path"
+        ]
 
     def _discard(self, copy: _Copy) -> None:
         if copy in self._copies:
