@@ -24,6 +24,15 @@ from ._backends import Mount
 from ._backends.idmap import overflow_note
 from ._diff import TreeDiff
 from ._errors import ViewLostError, path_too_long
+from ._hermetic import (
+    extra_passthrough,
+    in_place_targets,
+    mount_order,
+    nested,
+    scratch_holder,
+    settle,
+    settle_released,
+)
 from ._keep import Record, Store, keep_test
 from ._layers import LayerStack
 from ._overlay import Overlay
@@ -50,6 +59,10 @@ class TestState:
     targets: tuple[Path, ...] = ()
     phases: dict[str, str] = field(default_factory=dict)
     saved_cwd: str | None = None
+    # False when one sandboxed directory holds another: no view goes to the next test.
+    reuse: bool = True
+    # The index of the area whose view holds pytest's basetemp, if any (_hermetic.py).
+    holder: int | None = None
 
 
 state_key = pytest.StashKey[TestState]()
@@ -89,13 +102,19 @@ def start_in_place(
     config = item.config
     basetemp = session.basetemp
     assert basetemp is not None, "the in-place fixture sets the basetemp first"
-    targets = session.settings.lowers
+    # The lowers, then the areas of --overlay-hermetic (see _hermetic.py).
+    targets = in_place_targets(session.settings)
     if session.passthrough is None:
         # Once per session (the same for every test, and a view may stand there meanwhile).
         cache = cache_dir_of(config)
         # Kept layers are written while the view is mounted: the store must be on the real disk.
         store_dir(cache).mkdir(parents=True, exist_ok=True)
-        keep_real = [cache, basetemp, *session.settings.passthrough]
+        keep_real = [
+            cache,
+            basetemp,
+            *session.settings.passthrough,
+            *extra_passthrough(session.settings, targets),
+        ]
         session.passthrough = {
             target: tuple(
                 p for p in keep_real if p.is_dir() and target in p.parents and p != target
@@ -103,21 +122,27 @@ def start_in_place(
             for target in targets
         }
     backend = session.selection.backend
-    mounts: list[Mount] = []
+    holder = scratch_holder(targets, len(session.settings.lowers), basetemp)
+    views: dict[int, Mount] = {}
     try:
-        for index, target in enumerate(targets):
+        # With --overlay-hermetic, the area holding the basetemp first, then a directory
+        # that holds another first (the inner view stands on the outer one): _hermetic.py.
+        for index in mount_order(targets, holder):
+            target = targets[index]
             # Snapshot layers stack under the first sandboxed directory, the project.
             stack = [*layers, target] if index == 0 else [target]
             passthrough = session.passthrough[target]
-            mounts.append(
-                session.view(
-                    backend, stack, label=item.name, target=target, passthrough=passthrough
-                )
+            parked = session.standing().get(target) if index == holder else None
+            views[index] = session.view(
+                backend, stack, label=item.name, target=target, passthrough=passthrough
             )
+            if index == holder:
+                settle(session, targets, holder, parked)
     except BaseException:
-        for mount in mounts:
+        for mount in reversed(views.values()):
             session.release(mount, reuse=False)
         raise
+    mounts = [views[index] for index in range(len(targets))]
     ignore = ignore_for(config, session, targets[0])
     state = TestState(
         mounts,
@@ -126,6 +151,8 @@ def start_in_place(
         ignore,
         inplace=True,
         targets=targets,
+        reuse=not nested(targets),
+        holder=holder,
     )
     state.saved_cwd = _enter_views(state)
     return state
@@ -182,11 +209,15 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Fini
         for mount in state.mounts:
             try:
                 # An untouched, unheld view goes to the next test as it is (_session.py).
-                done.reports.extend(session.release(mount, reuse=not kept))
+                done.reports.extend(session.release(mount, reuse=state.reuse and not kept))
             except ViewLostError as exc:
                 lost.append(str(exc))
             except Exception as exc:
                 done.broken.append(f"could not close the view {mount.path}: {_describe(exc)}")
+        try:
+            settle_released(session, state.targets, state.holder)
+        except Exception as exc:
+            done.broken.append(f"could not close the views left for the next test: {exc}")
         if state.saved_cwd is not None:
             os.chdir(state.saved_cwd)
         for aside in carried:

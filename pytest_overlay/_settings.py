@@ -6,7 +6,7 @@ import fnmatch
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,9 @@ from ._choices import (
     TOOL_STATE_FILES,
     USERNS_CHOICES,
 )
+from ._hermetic import Hermetic
+from ._hermetic import add_options as add_hermetic_options
+from ._hermetic import parse as parse_hermetic
 
 DEFAULT_IGNORE = (
     "__pycache__",
@@ -152,6 +155,7 @@ def add_options(parser: pytest.Parser) -> None:
         "disk",
         metavar="WHERE",
     )
+    add_hermetic_options(option)
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,8 @@ class Settings:
     rebuild: bool = False
     upper_size: str = ""
     layer_dir: Path | None = None
+    hermetic: Hermetic = field(default_factory=Hermetic)
+    """In place: more sandboxed directories, the writes report, strict mode (_hermetic.py)."""
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -214,6 +220,7 @@ class Settings:
             rebuild=bool(value("overlay_rebuild")),
             upper_size=_size(value("overlay_upper_size")),
             layer_dir=_layer_dir(value("overlay_layer_dir"), root),
+            hermetic=parse_hermetic(config, inplace=inplace, lowers=lowers or (root,)),
         )
 
 
