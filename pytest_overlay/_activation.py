@@ -8,6 +8,7 @@ may probe the machine, fork, mount and import the backends.
 from __future__ import annotations
 
 import errno
+import functools
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from . import _contain, _namespaces
 from ._backends.inplace import FUSE_IN_PLACE_NEEDS_ROOT, in_place_impossible
 from ._errors import BackendUnavailableError, OverlayError, ViewLostError, path_too_long
-from ._hermetic import hermetic_header, in_place_targets, record_writes
+from ._hermetic import hermetic_header, in_place_targets, record_writes, scratch_outside
 from ._keys import session_key
 from ._namespaces import EARLY, LAZY, XDIST_WORKER, threads_reason
 from ._overlay import Overlay
@@ -185,7 +186,7 @@ def xdist_worker_input(session: OverlaySession | None) -> dict[str, Any]:
 
 def in_place_setup(request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path) -> None:
     """Sandbox the project for one ``--overlay`` test (see ``plugin._overlay_in_place``)."""
-    session.set_basetemp(basetemp)
+    session.set_basetemp(basetemp, functools.partial(scratch_outside, request.config))
     item = request.node
     choices = marker_choices(item)
     layers: tuple[Path, ...] = ()

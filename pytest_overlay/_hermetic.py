@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,8 +46,7 @@ __all__ = [
     "parse",
     "record_writes",
     "scratch_holder",
-    "settle",
-    "settle_released",
+    "scratch_outside",
     "strict_failure",
 ]
 
@@ -213,20 +213,59 @@ def _within(path: Path, holder: Path) -> bool:
     return path == holder or holder in path.parents
 
 
-def in_place_targets(settings: Any) -> tuple[Path, ...]:
-    """Every directory sandboxed in place: the lowers (the project first), then the areas."""
+def in_place_targets(settings: Any, scratch: Path | None = None) -> tuple[Path, ...]:
+    """Every directory sandboxed in place: the lowers (the project first), then the areas,
+    the one holding *scratch* (the backends' scratch directory) last."""
     hermetic: Hermetic = settings.hermetic
-    return (*settings.lowers, *(path for _, path in hermetic.areas))
+    areas = [path for _, path in hermetic.areas]
+    if scratch is not None:
+        areas.sort(key=lambda path: path in scratch.parents)
+    return (*settings.lowers, *areas)
 
 
-@functools.lru_cache(maxsize=8)
-def scratch_holder(targets: tuple[Path, ...], lowers: int, basetemp: Path) -> int | None:
-    """The index of the area whose view holds pytest's basetemp (TMPDIR, usually), or None.
+# Where backends keep their scratch (upper layers, clones of the lowers) when pytest's
+# basetemp is inside an area: anywhere not sandboxed, tmpfs first.
+# (mkdtemp makes a private directory in them, so S108's worry does not apply.)
+_SCRATCH_CANDIDATES = ("/dev/shm", "/run/user/{uid}", "/var/tmp")  # noqa: S108
 
-    Backends keep each view's scratch (its upper layer, clones of the lowers) in the
-    basetemp, which the area's view passes through: mounted after it, they hang in that
-    view's mount tree.  So the holder is mounted first and closed last, and when it is
-    replaced, no other view may stay parked (:func:`settle`).
+
+def scratch_outside(config: pytest.Config, basetemp: Path) -> Path | None:
+    """A scratch directory for the backends outside every sandboxed directory, when the
+    basetemp is inside an area (TMPDIR, usually); None to keep it in the basetemp.
+
+    Each view's scratch mounts (its tmpfs, the clones of its lowers) made inside an area's
+    view would hang in that view's pass-through bind of the basetemp: they would go with it
+    when it is replaced, and it could never be found idle and reused.  Made here, once per
+    process, and removed when pytest ends.
+    """
+    settings = config.stash[_settings_key()]
+    targets = in_place_targets(settings)
+    if scratch_holder(targets, len(settings.lowers), basetemp) is None:
+        return None
+    for raw in _SCRATCH_CANDIDATES:
+        candidate = Path(raw.format(uid=os.getuid()))
+        if not candidate.is_dir() or any(_within(candidate, t) for t in targets):
+            continue
+        try:
+            path = Path(tempfile.mkdtemp(prefix="pytest-overlay-", dir=candidate))
+        except OSError:
+            continue
+        config.add_cleanup(functools.partial(shutil.rmtree, path, ignore_errors=True))
+        return path
+    return None
+
+
+def _settings_key() -> Any:
+    from ._keys import settings_key
+
+    return settings_key
+
+
+def scratch_holder(targets: Sequence[Path], lowers: int, basetemp: Path) -> int | None:
+    """The index of the area whose view holds the backends' scratch, or None.
+
+    Only when :func:`scratch_outside` found no place outside the areas.  Then the holder is
+    mounted first and closed last, and no view goes to the next test (:func:`nested`).
     """
     for index in range(lowers, len(targets)):
         if targets[index] in basetemp.parents:
@@ -238,42 +277,21 @@ def mount_order(targets: Sequence[Path], holder: int | None) -> list[int]:
     """The order to mount *targets* in: the :func:`scratch_holder`, then one that holds
     another first, so that the inner view stands on top (bound back into the outer view as a
     pass-through, see :func:`extra_passthrough`).  Views are closed in the order of
-    *targets*, inner first: areas come after the lowers and are never inside one."""
+    *targets*, inner first (areas come after the lowers and are never inside one), and the
+    holder last (:func:`in_place_targets`)."""
     return sorted(range(len(targets)), key=lambda i: (i != holder, len(targets[i].parts)))
 
 
-def settle(
-    session: OverlaySession, targets: Sequence[Path], holder: int | None, parked: int | None
-) -> None:
-    """Right after the :func:`scratch_holder`'s view is set up for a test: if it is not the
-    one that was parked there (device *parked*, from :meth:`OverlaySession.standing` before),
-    the parked views of the other targets lost their scratch with the old one: they are
-    closed, never handed out."""
-    if holder is not None and (parked is None or parked != os.stat(targets[holder]).st_dev):
-        _drop_others(session, targets, holder)
-
-
-def settle_released(session: OverlaySession, targets: Sequence[Path], holder: int | None) -> None:
-    """After a test's views are given back: if the holder's view was closed rather than
-    parked, so are the others (see :func:`settle`)."""
-    if holder is not None and targets[holder] not in session.standing():
-        _drop_others(session, targets, holder)
-
-
-def _drop_others(session: OverlaySession, targets: Sequence[Path], holder: int) -> None:
-    standing = session.standing()
-    for index, target in enumerate(targets):
-        if index != holder and target in standing:
-            session.drop_parked(target)
-
-
 @functools.lru_cache(maxsize=8)
-def nested(targets: tuple[Path, ...]) -> bool:
-    """Whether one sandboxed directory holds another (the project inside $HOME or /tmp).
+def nested(targets: tuple[Path, ...], scratch: Path) -> bool:
+    """Whether one sandboxed directory holds another (the project inside $HOME or /tmp), or
+    the backends' scratch (see :func:`scratch_holder`).
 
     Then no view of the test goes to the next one: a parked inner view stands on the outer
-    view, and replacing the outer one would take it along.
+    view (or its scratch hangs in it), and replacing the outer one would take it along.
     """
+    if any(target in scratch.parents for target in targets):
+        return True
     return any(a != b and a in b.parents for a in targets for b in targets)
 
 

@@ -24,15 +24,7 @@ from ._backends import Mount
 from ._backends.idmap import overflow_note
 from ._diff import TreeDiff
 from ._errors import ViewLostError, path_too_long
-from ._hermetic import (
-    extra_passthrough,
-    in_place_targets,
-    mount_order,
-    nested,
-    scratch_holder,
-    settle,
-    settle_released,
-)
+from ._hermetic import extra_passthrough, in_place_targets, mount_order, nested, scratch_holder
 from ._keep import Record, Store, keep_test
 from ._layers import LayerStack
 from ._overlay import Overlay
@@ -59,10 +51,9 @@ class TestState:
     targets: tuple[Path, ...] = ()
     phases: dict[str, str] = field(default_factory=dict)
     saved_cwd: str | None = None
-    # False when one sandboxed directory holds another: no view goes to the next test.
+    # False when one sandboxed directory holds another (_hermetic.nested): no view goes to
+    # the next test.
     reuse: bool = True
-    # The index of the area whose view holds pytest's basetemp, if any (_hermetic.py).
-    holder: int | None = None
 
 
 state_key = pytest.StashKey[TestState]()
@@ -103,7 +94,8 @@ def start_in_place(
     basetemp = session.basetemp
     assert basetemp is not None, "the in-place fixture sets the basetemp first"
     # The lowers, then the areas of --overlay-hermetic (see _hermetic.py).
-    targets = in_place_targets(session.settings)
+    scratch = session.scratch_dir
+    targets = in_place_targets(session.settings, scratch)
     if session.passthrough is None:
         # Once per session (the same for every test, and a view may stand there meanwhile).
         cache = cache_dir_of(config)
@@ -122,22 +114,19 @@ def start_in_place(
             for target in targets
         }
     backend = session.selection.backend
-    holder = scratch_holder(targets, len(session.settings.lowers), basetemp)
+    holder = scratch_holder(targets, len(session.settings.lowers), scratch)
     views: dict[int, Mount] = {}
     try:
-        # With --overlay-hermetic, the area holding the basetemp first, then a directory
-        # that holds another first (the inner view stands on the outer one): _hermetic.py.
+        # With --overlay-hermetic, the area holding the scratch first, then a directory that
+        # holds another first (the inner view stands on the outer one): _hermetic.py.
         for index in mount_order(targets, holder):
             target = targets[index]
             # Snapshot layers stack under the first sandboxed directory, the project.
             stack = [*layers, target] if index == 0 else [target]
             passthrough = session.passthrough[target]
-            parked = session.standing().get(target) if index == holder else None
             views[index] = session.view(
                 backend, stack, label=item.name, target=target, passthrough=passthrough
             )
-            if index == holder:
-                settle(session, targets, holder, parked)
     except BaseException:
         for mount in reversed(views.values()):
             session.release(mount, reuse=False)
@@ -151,8 +140,7 @@ def start_in_place(
         ignore,
         inplace=True,
         targets=targets,
-        reuse=not nested(targets),
-        holder=holder,
+        reuse=not nested(targets, scratch),
     )
     state.saved_cwd = _enter_views(state)
     return state
@@ -214,10 +202,6 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Fini
                 lost.append(str(exc))
             except Exception as exc:
                 done.broken.append(f"could not close the view {mount.path}: {_describe(exc)}")
-        try:
-            settle_released(session, state.targets, state.holder)
-        except Exception as exc:
-            done.broken.append(f"could not close the views left for the next test: {exc}")
         if state.saved_cwd is not None:
             os.chdir(state.saved_cwd)
         for aside in carried:
