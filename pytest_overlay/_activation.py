@@ -186,7 +186,8 @@ def xdist_worker_input(session: OverlaySession | None) -> dict[str, Any]:
 
 def in_place_setup(request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path) -> None:
     """Sandbox the project for one ``--overlay`` test (see ``plugin._overlay_in_place``)."""
-    session.set_basetemp(basetemp, functools.partial(scratch_outside, request.config))
+    scratch = functools.partial(scratch_outside, session.settings, request.config)
+    session.set_basetemp(basetemp, scratch)
     item = request.node
     choices = marker_choices(item)
     layers: tuple[Path, ...] = ()

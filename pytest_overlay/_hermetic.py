@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
@@ -40,6 +40,7 @@ __all__ = [
     "extra_passthrough",
     "hermetic_header",
     "in_place_targets",
+    "layout",
     "mount_order",
     "nested",
     "on_report",
@@ -171,8 +172,8 @@ def _report(raw: str, base: Path) -> tuple[bool, Path | None]:
     text = raw.strip()
     if not text or text == "none":
         return False, None
-    kind, _, where = text.partition(":")
-    if kind != "writes" or (_ and not where):
+    kind, colon, where = text.partition(":")
+    if kind != "writes" or (colon and not where):
         raise _usage(
             f"--overlay-report / overlay_report: {text!r} is not a report; give writes "
             "(a table at the end of the run) or writes:FILE.json (and the same as JSON)"
@@ -213,14 +214,36 @@ def _within(path: Path, holder: Path) -> bool:
     return path == holder or holder in path.parents
 
 
-def in_place_targets(settings: Any, scratch: Path | None = None) -> tuple[Path, ...]:
+class Layout(NamedTuple):
+    """How a test's views are set up, the same for every test of the session."""
+
+    targets: tuple[Path, ...]
     """Every directory sandboxed in place: the lowers (the project first), then the areas,
-    the one holding *scratch* (the backends' scratch directory) last."""
+    the one holding the backends' scratch last (views are closed in this order)."""
+    order: tuple[int, ...]
+    """The indices of :attr:`targets` in the order to mount them (:func:`mount_order`)."""
+    reuse: bool
+    """Whether views may go to the next test (not :func:`nested`)."""
+
+
+@functools.lru_cache(maxsize=8)
+def layout(settings: Any, scratch: Path | None = None) -> Layout:
+    """The :class:`Layout` for *settings* with the backends' *scratch* (computed once: it
+    sits on the per-test path, and ``Path.parents`` is slow)."""
     hermetic: Hermetic = settings.hermetic
     areas = [path for _, path in hermetic.areas]
     if scratch is not None:
         areas.sort(key=lambda path: path in scratch.parents)
-    return (*settings.lowers, *areas)
+    targets = (*settings.lowers, *areas)
+    if scratch is None:
+        return Layout(targets, tuple(range(len(targets))), True)
+    holder = scratch_holder(targets, len(settings.lowers), scratch)
+    return Layout(targets, tuple(mount_order(targets, holder)), not nested(targets, scratch))
+
+
+def in_place_targets(settings: Any) -> tuple[Path, ...]:
+    """Every directory sandboxed in place (see :attr:`Layout.targets`)."""
+    return layout(settings).targets
 
 
 # Where backends keep their scratch (upper layers, clones of the lowers) when pytest's
@@ -229,7 +252,7 @@ def in_place_targets(settings: Any, scratch: Path | None = None) -> tuple[Path, 
 _SCRATCH_CANDIDATES = ("/dev/shm", "/run/user/{uid}", "/var/tmp")  # noqa: S108
 
 
-def scratch_outside(config: pytest.Config, basetemp: Path) -> Path | None:
+def scratch_outside(settings: Any, config: pytest.Config, basetemp: Path) -> Path | None:
     """A scratch directory for the backends outside every sandboxed directory, when the
     basetemp is inside an area (TMPDIR, usually); None to keep it in the basetemp.
 
@@ -238,7 +261,6 @@ def scratch_outside(config: pytest.Config, basetemp: Path) -> Path | None:
     when it is replaced, and it could never be found idle and reused.  Made here, once per
     process, and removed when pytest ends.
     """
-    settings = config.stash[_settings_key()]
     targets = in_place_targets(settings)
     if scratch_holder(targets, len(settings.lowers), basetemp) is None:
         return None
@@ -253,12 +275,6 @@ def scratch_outside(config: pytest.Config, basetemp: Path) -> Path | None:
         config.add_cleanup(functools.partial(shutil.rmtree, path, ignore_errors=True))
         return path
     return None
-
-
-def _settings_key() -> Any:
-    from ._keys import settings_key
-
-    return settings_key
 
 
 def scratch_holder(targets: Sequence[Path], lowers: int, basetemp: Path) -> int | None:
@@ -282,7 +298,6 @@ def mount_order(targets: Sequence[Path], holder: int | None) -> list[int]:
     return sorted(range(len(targets)), key=lambda i: (i != holder, len(targets[i].parts)))
 
 
-@functools.lru_cache(maxsize=8)
 def nested(targets: tuple[Path, ...], scratch: Path) -> bool:
     """Whether one sandboxed directory holds another (the project inside $HOME or /tmp), or
     the backends' scratch (see :func:`scratch_holder`).

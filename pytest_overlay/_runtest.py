@@ -24,7 +24,7 @@ from ._backends import Mount
 from ._backends.idmap import overflow_note
 from ._diff import TreeDiff
 from ._errors import ViewLostError, path_too_long
-from ._hermetic import extra_passthrough, in_place_targets, mount_order, nested, scratch_holder
+from ._hermetic import extra_passthrough, layout
 from ._keep import Record, Store, keep_test
 from ._layers import LayerStack
 from ._overlay import Overlay
@@ -93,9 +93,8 @@ def start_in_place(
     config = item.config
     basetemp = session.basetemp
     assert basetemp is not None, "the in-place fixture sets the basetemp first"
-    # The lowers, then the areas of --overlay-hermetic (see _hermetic.py).
-    scratch = session.scratch_dir
-    targets = in_place_targets(session.settings, scratch)
+    # The lowers, then the areas of --overlay-hermetic, and how to mount them: _hermetic.py.
+    targets, order, reuse = layout(session.settings, session.scratch_dir)
     if session.passthrough is None:
         # Once per session (the same for every test, and a view may stand there meanwhile).
         cache = cache_dir_of(config)
@@ -114,12 +113,9 @@ def start_in_place(
             for target in targets
         }
     backend = session.selection.backend
-    holder = scratch_holder(targets, len(session.settings.lowers), scratch)
     views: dict[int, Mount] = {}
     try:
-        # With --overlay-hermetic, the area holding the scratch first, then a directory that
-        # holds another first (the inner view stands on the outer one): _hermetic.py.
-        for index in mount_order(targets, holder):
+        for index in order:
             target = targets[index]
             # Snapshot layers stack under the first sandboxed directory, the project.
             stack = [*layers, target] if index == 0 else [target]
@@ -140,7 +136,7 @@ def start_in_place(
         ignore,
         inplace=True,
         targets=targets,
-        reuse=not nested(targets, scratch),
+        reuse=reuse,
     )
     state.saved_cwd = _enter_views(state)
     return state
