@@ -398,7 +398,10 @@ def strict_failure(
         report.overlay_writes = writes  # type: ignore[attr-defined]
         if not hermetic.strict or not writes or item.stash.get(_flagged_key, False):
             return
-    elif report.when == "call" and hermetic.strict and report.passed and state is not None:
+    elif report.when == "call" and hermetic.strict and state is not None:
+        if not report.passed:
+            item.stash[_flagged_key] = True  # failed anyway: no second error in teardown
+            return
         writes = _writes(item, session, state)
         if not writes:
             return

@@ -203,6 +203,28 @@ def test_strict_mode_fails_the_tests_that_wrote(scratch: Scratch, order: str) ->
     assert scratch.digests() == before
 
 
+def test_strict_mode_errs_a_finalizer_that_writes(scratch: Scratch) -> None:
+    (scratch.project / "test_finalizer.py").write_text(
+        "from pathlib import Path\n"
+        "import pytest\n"
+        "@pytest.fixture\n"
+        "def stamp():\n"
+        "    yield\n"
+        "    (Path.home() / 'stamp').write_text('x')\n"
+        "def test_uses_stamp(stamp):\n"
+        "    pass\n"
+        "def test_fails_and_writes():\n"
+        "    (Path.home() / 'other').write_text('x')\n"
+        "    assert False\n"
+    )
+    result = scratch.run(*HERMETIC, "--overlay-strict", "test_finalizer.py")
+    # The finalizer's write errs the teardown; a test that fails anyway is not failed twice.
+    assert counts(result.stdout) == {"passed": 1, "failed": 1, "error": 1}, result.stdout
+    assert "ERROR test_finalizer.py::test_uses_stamp" in result.stdout
+    assert f"home: {scratch.home}/stamp (added)" in result.stdout
+    assert not (scratch.home / "stamp").exists()
+
+
 def test_under_xdist(scratch: Scratch) -> None:
     before = scratch.digests()
     report = scratch.project.parent / "writes.json"
