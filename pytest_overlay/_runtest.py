@@ -24,7 +24,7 @@ from ._backends import Mount
 from ._backends.idmap import overflow_note
 from ._diff import TreeDiff
 from ._errors import ViewLostError, path_too_long
-from ._hermetic import extra_passthrough, layout
+from ._hermetic import carries, extra_passthrough, layout
 from ._keep import Record, Store, keep_test
 from ._layers import LayerStack
 from ._overlay import Overlay
@@ -216,6 +216,8 @@ def _carry_aside(session: OverlaySession, state: TestState, done: Finished) -> l
     carried = []
     for index, (mount, target) in enumerate(zip(state.mounts, state.targets, strict=True)):
         globs = settings.carry_files if index == 0 else ()
+        if not globs and not carries(settings, target):
+            continue  # an area of --overlay-hermetic, usually: nothing can be carried
         scratch = session.basetemp / "overlay" / "carried" / str(index)
         try:
             aside = carry_aside(mount.new_root, target, settings.passthrough, globs, scratch)
