@@ -248,9 +248,10 @@ def in_place_targets(settings: Any) -> tuple[Path, ...]:
 
 
 # Where backends keep their scratch (upper layers, clones of the lowers) when pytest's
-# basetemp is inside an area: anywhere not sandboxed, tmpfs first.
-# (mkdtemp makes a private directory in them, so S108's worry does not apply.)
-_SCRATCH_CANDIDATES = ("/dev/shm", "/run/user/{uid}", "/var/tmp")  # noqa: S108
+# basetemp is inside an area: anywhere not sandboxed, a disk first (the fuse backend's upper
+# layers are files there, and an unprivileged overlay before Linux 6.6 cannot keep its upper
+# layer on a tmpfs).  mkdtemp makes a private directory in them, so S108 does not apply.
+_SCRATCH_CANDIDATES = ("/var/tmp", "/dev/shm", "/run/user/{uid}")  # noqa: S108
 
 
 def scratch_outside(settings: Any, config: pytest.Config, basetemp: Path) -> Path | None:
@@ -427,11 +428,18 @@ def strict_failure(
 
 
 def on_report(item: pytest.Item, session: OverlaySession, report: pytest.TestReport) -> None:
-    """From ``pytest_runtest_makereport``: see :func:`strict_failure`."""
+    """From ``pytest_runtest_makereport``: see :func:`strict_failure`.  Only a strict call
+    phase reads the views (past any fake filesystem, see :mod:`._realfs`)."""
+    if report.when == "setup" or (report.when == "call" and not session.settings.hermetic.strict):
+        return
+    from ._realfs import real_filesystem
     from ._runtest import state_key
 
     state = item.stash.get(state_key, None)
-    strict_failure(item, session, state if state is not None and state.inplace else None, report)
+    with real_filesystem():
+        strict_failure(
+            item, session, state if state is not None and state.inplace else None, report
+        )
 
 
 class WritesReporter:

@@ -324,8 +324,7 @@ def pytest_runtest_makereport(
     if section is not None:
         report.sections.append(section)
     if session.settings.hermetic.records:
-        with real_filesystem():
-            _hermetic.on_report(item, session, report)
+        _hermetic.on_report(item, session, report)
     return report
 
 
