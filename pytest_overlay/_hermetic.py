@@ -490,8 +490,8 @@ class WritesLog:
             if len(writes) > _PER_TEST_SHOWN:
                 rows.append(("", "", f"... and {len(writes) - _PER_TEST_SHOWN} more"))
         width = max(len("test"), *(len(r[0]) for r in rows))
-        tests = "test wrote" if count == 1 else "tests wrote"
-        lines = [f"{count} {tests} outside their tmp_path:", f"{'test':<{width}}  area     path"]
+        tests = "test wrote outside its" if count == 1 else "tests wrote outside their"
+        lines = [f"{count} {tests} tmp_path:", f"{'test':<{width}}  area     path"]
         lines += [f"{a:<{width}}  {b:<7}  {c}" for a, b, c in rows]
         return lines
 

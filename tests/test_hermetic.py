@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_overlay._hermetic import WritesLog
 from tests import _unpriv
 from tests._gates import gate, gate_backend, kernel_reason
 from tests._run import Result, assert_clean, counts, run_pytest
@@ -55,7 +56,9 @@ WRITES, READS, LEAVES, CLEAN = (
     f"{MODULE}::test_{name}"
     for name in ("writes_config", "reads_config", "leaves_temp_file", "keeps_to_tmp_path")
 )
-# The dependency first, and the dependent test first: it must fail either way.
+# The dependency first, and the dependent test first: it must fail either way.  In file order
+# test_reads_config runs right after test_writes_config, so it also shows that a view a test
+# wrote to (its home view, only) never goes to the next test.
 ORDERS = {"file-order": (), "reversed": (READS, CLEAN, LEAVES, WRITES)}
 HERMETIC = ("--overlay", "--overlay-hermetic=home,tmp")
 
@@ -303,3 +306,27 @@ def test_mistakes_are_usage_errors(
     )
     assert message in result.output, result.output
     assert_clean(result.output)
+
+
+@dataclass
+class _Report:
+    """What :class:`WritesLog` reads of a teardown report."""
+
+    nodeid: str
+    overlay_writes: list[dict[str, str]]
+    when: str = "teardown"
+
+
+def test_table_and_json_of_the_writes(tmp_path: Path) -> None:
+    log = WritesLog()
+    many = [{"area": "tmp", "path": f"/tmp/f{i}", "change": "added"} for i in range(7)]
+    log.add(_Report("t.py::test_many", many))  # type: ignore[arg-type]
+    log.add(_Report("t.py::test_none", []))  # type: ignore[arg-type]
+    table = log.table()
+    assert table[0] == "1 test wrote outside its tmp_path:"
+    assert table[2].split() == ["t.py::test_many", "tmp", "/tmp/f0"]
+    assert table[-1].strip() == "... and 2 more"
+    log.write_json(tmp_path / "out" / "w.json")
+    data = json.loads((tmp_path / "out" / "w.json").read_text())
+    assert data == {"version": 1, "tests": {"t.py::test_many": many}}
+    assert WritesLog().table() == ["no test wrote outside its tmp_path"]
