@@ -8,6 +8,7 @@ may probe the machine, fork, mount and import the backends.
 from __future__ import annotations
 
 import errno
+import functools
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from . import _contain, _namespaces
 from ._backends.inplace import fuse_in_place_needs_root, in_place_impossible
 from ._errors import BackendUnavailableError, OverlayError, ViewLostError, path_too_long
+from ._hermetic import hermetic_header, in_place_targets, record_writes, scratch_outside
 from ._keys import session_key
 from ._namespaces import EARLY, LAZY, XDIST_WORKER, threads_reason
 from ._overlay import Overlay
@@ -163,6 +165,7 @@ def header_lines(session: OverlaySession) -> list[str]:
     if session.settings.inplace:
         where = ", ".join(str(p) for p in session.settings.lowers)
         lines.append(f"overlay: in-place mode: {where} is sandboxed for every test")
+        lines.extend(hermetic_header(session.settings))
     return lines
 
 
@@ -196,13 +199,14 @@ def xdist_worker_input(session: OverlaySession | None) -> dict[str, Any]:
 
 def in_place_setup(request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path) -> None:
     """Sandbox the project for one ``--overlay`` test (see ``plugin._overlay_in_place``)."""
-    session.set_basetemp(basetemp)
+    scratch = functools.partial(scratch_outside, session.settings, request.config)
+    session.set_basetemp(basetemp, scratch)
     item = request.node
     choices = marker_choices(item)
     layers: tuple[Path, ...] = ()
     if choices.layers:
         layers = resolve_layers(request, list(choices.layers))
-    problem = _uncover_all(item, session, session.settings.lowers)
+    problem = _uncover_all(item, session, in_place_targets(session.settings))
     if problem:
         _contain.stop(item, f"pytest-overlay stopped the run: {problem}")
         pytest.fail(
@@ -214,7 +218,7 @@ def in_place_setup(request: pytest.FixtureRequest, session: OverlaySession, base
         problem = f"pytest-overlay could not sandbox the project in place: {exc}"
         _contain.SetupFailures.failed(item, str(exc))
         # A view mounted half-way is detached now rather than at the next setup.
-        _uncover_all(item, session, session.settings.lowers)
+        _uncover_all(item, session, in_place_targets(session.settings))
         pytest.fail(problem, pytrace=False)
     _contain.SetupFailures.passed(item)
     item.stash[state_key] = state
@@ -241,6 +245,8 @@ def in_place_teardown(item: pytest.Item, session: OverlaySession, *, failed: boo
         # Known before the report exists: lets a teardown-only failure keep its layer.
         state.phases["teardown"] = "failed"
     del item.stash[state_key]
+    if session.settings.hermetic.records:
+        record_writes(item, session, state)
     _finish_or_fail(item, session, state)
 
 

@@ -23,6 +23,7 @@ from ._backends import Mount
 from ._backends.idmap import overflow_note
 from ._diff import TreeDiff
 from ._errors import ViewLostError, path_too_long
+from ._hermetic import carries, extra_passthrough, layout
 from ._keep import Record, Store, keep_test
 from ._layers import LayerStack
 from ._overlay import Overlay
@@ -50,6 +51,9 @@ class TestState:
     targets: tuple[Path, ...] = ()
     phases: dict[str, str] = field(default_factory=dict)
     saved_cwd: str | None = None
+    # False when one sandboxed directory holds another (_hermetic.nested): no view goes to
+    # the next test.
+    reuse: bool = True
 
 
 state_key = pytest.StashKey[TestState]()
@@ -89,13 +93,19 @@ def start_in_place(
     config = item.config
     basetemp = session.basetemp
     assert basetemp is not None, "the in-place fixture sets the basetemp first"
-    targets = session.settings.lowers
+    # The lowers, then the areas of --overlay-hermetic, and how to mount them: _hermetic.py.
+    targets, order, reuse = layout(session.settings, session.scratch_dir)
     if session.passthrough is None:
         # Once per session (the same for every test, and a view may stand there meanwhile).
         cache = cache_dir_of(config)
         # Kept layers are written while the view is mounted: the store must be on the real disk.
         store_dir(cache).mkdir(parents=True, exist_ok=True)
-        keep_real = [cache, basetemp, *session.settings.passthrough]
+        keep_real = [
+            cache,
+            basetemp,
+            *session.settings.passthrough,
+            *extra_passthrough(session.settings, targets),
+        ]
         session.passthrough = {
             target: tuple(
                 p for p in keep_real if p.is_dir() and target in p.parents and p != target
@@ -103,21 +113,21 @@ def start_in_place(
             for target in targets
         }
     backend = session.selection.backend
-    mounts: list[Mount] = []
+    views: dict[int, Mount] = {}
     try:
-        for index, target in enumerate(targets):
+        for index in order:
+            target = targets[index]
             # Snapshot layers stack under the first sandboxed directory, the project.
             stack = [*layers, target] if index == 0 else [target]
             passthrough = session.passthrough[target]
-            mounts.append(
-                session.view(
-                    backend, stack, label=item.name, target=target, passthrough=passthrough
-                )
+            views[index] = session.view(
+                backend, stack, label=item.name, target=target, passthrough=passthrough
             )
     except BaseException:
-        for mount in mounts:
+        for mount in reversed(views.values()):
             session.release(mount, reuse=False)
         raise
+    mounts = [views[index] for index in range(len(targets))]
     ignore = ignore_for(config, session, targets[0])
     state = TestState(
         mounts,
@@ -126,6 +136,7 @@ def start_in_place(
         ignore,
         inplace=True,
         targets=targets,
+        reuse=reuse,
     )
     state.saved_cwd = _enter_views(state)
     return state
@@ -182,7 +193,7 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Fini
         for mount in state.mounts:
             try:
                 # An untouched, unheld view goes to the next test as it is (_session.py).
-                done.reports.extend(session.release(mount, reuse=not kept))
+                done.reports.extend(session.release(mount, reuse=state.reuse and not kept))
             except ViewLostError as exc:
                 lost.append(str(exc))
             except Exception as exc:
@@ -205,6 +216,8 @@ def _carry_aside(session: OverlaySession, state: TestState, done: Finished) -> l
     carried = []
     for index, (mount, target) in enumerate(zip(state.mounts, state.targets, strict=True)):
         globs = settings.carry_files if index == 0 else ()
+        if not globs and not carries(settings, target):
+            continue  # an area of --overlay-hermetic, usually: nothing can be carried
         scratch = session.basetemp / "overlay" / "carried" / str(index)
         try:
             aside = carry_aside(mount.new_root, target, settings.passthrough, globs, scratch)

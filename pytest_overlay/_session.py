@@ -63,12 +63,21 @@ class OverlaySession:
         self.passthrough: dict[Path, tuple[Path, ...]] | None = None
         self._in_use: dict[Mount, ViewKey] = {}
 
-    def set_basetemp(self, basetemp: Path) -> None:
+    def set_basetemp(
+        self, basetemp: Path, scratch: Callable[[Path], Path | None] | None = None
+    ) -> None:
         """pytest's basetemp, from the fixtures that ask for ``tmp_path_factory``: backends
-        keep their per-test directories in it, and diffs and in-place views leave it out."""
+        keep their per-test directories in it (or where *scratch*, given the basetemp, says:
+        see ``_hermetic.scratch_outside``), and diffs and in-place views leave it out."""
         if self.basetemp is None:
             self.basetemp = basetemp.resolve()
-            self._scratch = self.basetemp / "overlay"
+            elsewhere = scratch(self.basetemp) if scratch is not None else None
+            self._scratch = elsewhere or self.basetemp / "overlay"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where the backends keep their per-test directories (set with the basetemp)."""
+        return self._scratch_dir()
 
     def _scratch_dir(self) -> Path:
         if self._scratch is None:

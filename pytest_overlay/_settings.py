@@ -6,7 +6,7 @@ import fnmatch
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,9 @@ from ._choices import (
     Keep,
     Userns,
 )
+from ._hermetic import Hermetic
+from ._hermetic import add_options as add_hermetic_options
+from ._hermetic import parse as parse_hermetic
 
 _Word = TypeVar("_Word", bound=str)
 
@@ -189,6 +192,7 @@ def add_options(parser: pytest.Parser) -> None:
         "disk",
         metavar="WHERE",
     )
+    add_hermetic_options(option)
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,8 @@ class Settings:
     golden_ignore: tuple[str, ...] = ()
     golden_replace: tuple[tuple[str, str], ...] = ()
     golden_timestamps: bool = False
+    hermetic: Hermetic = field(default_factory=Hermetic)
+    """In place: more sandboxed directories, the writes report, strict mode (_hermetic.py)."""
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -260,6 +266,7 @@ class Settings:
             golden_ignore=tuple(str(p) for p in value("overlay_golden_ignore") or ()),
             golden_replace=_replacements(config.getini("overlay_golden_replace")),
             golden_timestamps=bool(config.getini("overlay_golden_timestamps")),
+            hermetic=parse_hermetic(config, inplace=inplace, lowers=lowers or (root,)),
         )
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import _hermetic
 from ._choices import GOLDEN_MARKER, RECORDS_DIR
 from ._keys import (
     golden_modules_key,
@@ -127,6 +128,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[run_id_key] = inherited.get("run_id") or new_run_id()
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(config), "overlay-xdist")
+    if settings.hermetic.report and not hasattr(config, "workerinput"):
+        reporter = _hermetic.WritesReporter(settings.hermetic.report_json)
+        config.pluginmanager.register(reporter, "overlay-writes")
     asked = (
         settings.inplace
         or settings.backend != "auto"
@@ -398,6 +402,8 @@ def pytest_runtest_makereport(
         section = _engine.failure_report(item, session, report.when, report.outcome, error)
     if section is not None:
         report.sections.append(section)
+    if session.settings.hermetic.records:
+        _hermetic.on_report(item, session, report)
     return report
 
 
