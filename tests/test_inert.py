@@ -63,6 +63,9 @@ def _report():
 THIN = {
     "pytest_overlay",
     "pytest_overlay._choices",
+    # --overlay-hermetic's options and their parsing live with the areas they name (standard
+    # library and pytest only); the per-test work runs only when the option is on.
+    "pytest_overlay._hermetic",
     "pytest_overlay._keys",
     "pytest_overlay._names",
     # Holds the real os functions, taken when pytest loads the plugin, before a test can
