@@ -21,6 +21,7 @@ import pytest
 from tests._gates import fuse_reason, gate, kernel_reason, server_libfuse
 
 INNER = r"""
+import contextlib
 import errno
 import hashlib
 import os
@@ -147,10 +148,32 @@ OPS = st.tuples(
 )
 
 KERNEL = KernelBackend(lambda: SCRATCH / "kernel")
-COPY = CopyBackend(lambda: SCRATCH / "copy")
-# Where inotify is missing (or overflowed), the copy backend finds changes by a stat walk.
-WALKING_COPY = CopyBackend(lambda: SCRATCH / "walking-copy", watch=False)
 FUSE = FuseBackend(lambda: SCRATCH / "fuse")
+
+
+def inotify_instances():
+    # The per-user limit is 128 (fs.inotify.max_user_instances): each copy holds one.
+    fds = Path("/proc/self/fd")
+    return sum(os.readlink(fd) == "anon_inode:inotify" for fd in fds.iterdir()
+               if os.path.lexists(fd))
+
+
+@contextlib.contextmanager
+def copy_backends():
+    # Each example's own copy backends, one watching and one walking (where inotify is missing
+    # or overflowed, the copy backend finds changes by a stat walk), shut down after it: every
+    # example has lowers of its own, and a backend keeps an idle copy (and its inotify
+    # instance) per lowers for the next test.
+    before = inotify_instances()
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    made = [CopyBackend(lambda: Path(tempfile.mkdtemp(dir=SCRATCH)), watch=watch)
+            for watch in (True, False)]
+    try:
+        yield made
+    finally:
+        for backend in made:
+            backend.shutdown()
+    assert inotify_instances() == before, "an example kept an inotify instance"
 
 
 def run_everywhere(lower, backends, ops):
@@ -202,8 +225,9 @@ def test_backends_agree(tmp_path_factory, ops):
     lower = tmp_path_factory.mktemp("lower")
     build_lower(lower)
     before = digest(lower)
-    results = run_everywhere(lower, (KERNEL, COPY, FUSE), ops)
-    results["walking-copy"] = run_everywhere(lower, (WALKING_COPY,), ops)["copy"]
+    with copy_backends() as (copy, walking_copy):
+        results = run_everywhere(lower, (KERNEL, copy, FUSE), ops)
+        results["walking-copy"] = run_everywhere(lower, (walking_copy,), ops)["copy"]
     # FUSE's known limit on libfuse 2: through libfuse's path API each hard link is its own
     # inode, so a change through one name can leave the other's cached attributes stale
     # (documented); libfuse 3 lets the server invalidate the other names.
@@ -230,7 +254,8 @@ def test_directory_renames_agree_between_fuse_and_copy(tmp_path_factory, ops):
     lower = tmp_path_factory.mktemp("lower")
     build_lower(lower)
     before = digest(lower)
-    assert_agree(run_everywhere(lower, (COPY, FUSE), ops), "copy", "fuse")
+    with copy_backends() as (copy, _):
+        assert_agree(run_everywhere(lower, (copy, FUSE), ops), "copy", "fuse")
     assert digest(lower) == before, "the lower layer changed"
 
 
@@ -240,8 +265,6 @@ def test_directory_renames_agree_between_fuse_and_copy(tmp_path_factory, ops):
 # links made and broken, renames over links and directories.  After each step the errno, what
 # each open descriptor reads and fstat()s, the merged view (with link counts) and diff() must
 # be the kernel's; at the end the copy backend's next view must be pristine (issue 18).
-
-import contextlib
 
 from hypothesis.stateful import (
     Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule,
