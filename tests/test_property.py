@@ -520,7 +520,16 @@ class Overlays(RuleBasedStateMachine):
         copy_differs = self.differs["copy"]
         copy_differed = index in copy_differs
         copy_differs.add(index)
+        oracle = self.mounts["kernel"].path
+        before = {rel for rel, _, _ in entries(oracle)}
         results = self.each_fd(index, lambda fd: os.fchmod(fd, mode))
+        for rel in {rel for rel, _, _ in entries(oracle)} - before:
+            # Documented kernel quirk: the copy-up of a lower FIFO unlinked while open
+            # renames it over its whiteout, and the removed name is back; fuse answers ESTALE
+            # (orphans()), a copy changes the FIFO and the name stays removed.  Removed on the
+            # kernel again, the views agree (tests/test_backend_differences.py).
+            assert stat.S_ISFIFO(os.lstat(oracle / rel).st_mode), (rel, results)
+            os.unlink(oracle / rel)
         if results["kernel"] in ("EEXIST", "ENOENT") and self.open[index]["copy"] is not None:
             # Documented (docs/backends.md): a lower file unlinked while open read-only
             # cannot be copied up, and the kernel answers EEXIST, or ENOENT once its
