@@ -652,7 +652,7 @@ def test_larger_budget_of_random_sequences(
     monkeypatch.setenv("PYTEST_OVERLAY_EXAMPLES", os.environ.get("PYTEST_OVERLAY_EXAMPLES", "500"))
     monkeypatch.setenv("SERVER_LIBFUSE", str(server_libfuse()))
     pytester.makepyfile(test_inner=INNER)
-    # About 14 minutes on two shared cores (the state machine's 250 sequences 6 to 8 of them).
+    # 7 to 14 minutes on two shared cores (the state machine's 250 sequences 6 to 8 of them).
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly", timeout=2400
     )
