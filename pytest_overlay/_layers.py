@@ -47,6 +47,7 @@ __all__ = [
     "overlay_xattrs",
     "read_layer_dir",
     "uses_whiteout_files",
+    "whiteout_file_markers",
 ]
 
 WHITEOUT_PREFIX = ".wh."
@@ -129,6 +130,26 @@ def uses_whiteout_files(root: Path | str) -> bool:
         return stat.S_ISREG(os.lstat(os.path.join(root, WHITEOUT_FILES_MARKER)).st_mode)
     except OSError:
         return False
+
+
+def whiteout_file_markers(root: Path | str) -> list[str]:
+    """The ``.wh.`` files marking whiteouts and opaque directories in the layer *root*, sorted
+    paths relative to it: none unless the layer :func:`uses them <uses_whiteout_files>` (the
+    root's :data:`WHITEOUT_FILES_MARKER` itself is not one), as elsewhere they are names."""
+    if not uses_whiteout_files(root):
+        return []
+    markers = []
+    for directory, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(directory, root)
+        markers += [
+            os.path.normpath(os.path.join(rel, name))
+            for name in (*dirnames, *filenames)
+            if name.startswith(WHITEOUT_PREFIX)
+        ]
+        # Below a marked layer a directory named .wh.* is a marker too (read_layer_dir
+        # never lists it); nothing under it is an entry.
+        dirnames[:] = [name for name in dirnames if not name.startswith(WHITEOUT_PREFIX)]
+    return sorted(m for m in markers if m != WHITEOUT_FILES_MARKER)
 
 
 def is_opaque(path: Path, *, whiteout_files: bool = False) -> bool:

@@ -28,6 +28,7 @@ from pytest_overlay._cli import mount as cli_mount
 from pytest_overlay._cli.common import human_size
 from pytest_overlay._diff import diff_upper
 from pytest_overlay._keep import RECORD_FILE, Record, Store, keep_test
+from pytest_overlay._layers import WHITEOUT_FILES_MARKER
 from pytest_overlay._safetext import safe_path
 from tests import _unpriv
 from tests._gates import fuse_reason, gate, kernel_reason
@@ -830,6 +831,9 @@ def test_user_mount_rw_writes_into_the_kept_layer(user_project: Project) -> None
 def test_scan_upper_finds_user_xattrs_and_wh_files(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / ".wh.gone").touch()
+    # Issue 18: a .wh. name is an ordinary name, but in a layer marked as using .wh. files.
+    assert cli_mount._scan_upper(tmp_path) == (False, [])
+    (tmp_path / WHITEOUT_FILES_MARKER).touch()
     assert cli_mount._scan_upper(tmp_path) == (False, ["d/.wh.gone"])
     try:
         os.setxattr(tmp_path / "d", "user.overlay.opaque", b"y")

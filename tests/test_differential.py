@@ -8,6 +8,7 @@ compares the files.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,15 @@ SCENARIOS = {
     "open(os.path.join(os.fsencode(root), b'bad\\xff'), 'w').close()",
     "sqlite": "import sqlite3; c = sqlite3.connect(root / 'db'); "
     "c.execute('create table t (x)'); c.commit(); c.close()",
+    # Issue 18: names overlayfs uses for itself in other formats, and the overlay's xattr
+    # namespace, are a project's own to the kernel (as root); truncating to the same size is
+    # a change on every backend alike.
+    "wh_names": "(root / '.wh.new').write_text('n'); (root / '.wh.x').write_text('changed'); "
+    "(root / 'd' / '.wh..wh..opq').unlink(); os.mkfifo(root / '.wh.fifo')",
+    "overlay_xattrs": "os.setxattr(root / 'a.txt', 'user.overlay.t', b'changed'); "
+    "os.setxattr(root / 'd' / 'keep.txt', 'user.overlay.opaque', b'y'); "
+    "os.chmod(root / 'd' / 'keep.txt', 0o600)",  # diff() leaves xattrs out: a change it shows
+    "truncate_same_size": "os.truncate(root / 'a.txt', 6)",
 }
 
 INNER = """
@@ -63,8 +73,11 @@ def listing(root):
             path = os.path.join(directory, name)
             st = os.lstat(path)
             rel = os.path.relpath(path, root)
+            xattrs = [] if os.path.islink(path) else sorted(
+                [name, os.getxattr(path, name).hex()] for name in os.listxattr(path)
+                if name.startswith("user."))
             seen[os.fsencode(rel).hex()] = [st.st_mode, st.st_size if os.path.isfile(path)
-                                            and not os.path.islink(path) else 0]
+                                            and not os.path.islink(path) else 0, xattrs]
     return seen
 
 
@@ -86,6 +99,9 @@ def _lower(root: Path) -> None:
     (root / "a.txt").write_text("alpha\n")
     (root / "empty").mkdir()
     (root / "link").symlink_to("a.txt")
+    (root / ".wh.x").write_text("not a whiteout\n")
+    (root / "d" / ".wh..wh..opq").write_text("not an opaque marker\n")
+    os.setxattr(root / "a.txt", "user.overlay.t", b"the project's own")
 
 
 def test_backends_agree_with_the_kernel(

@@ -426,6 +426,21 @@ def test_write_through_hard_link_seen_by_other_link(
     assert other.read_text() == "through the link\nappended\n"
 
 
+def test_write_through_a_descriptor_opened_before_the_link(
+    fuse: Layers, request: pytest.FixtureRequest
+) -> None:
+    # Issue 18 (the state machine at 250 sequences): a descriptor opened for writing while
+    # its file had one name wrote without invalidating a name linked to it later.
+    _hard_link_limit(request)
+    path = fuse.mnt / "new"
+    with open(path, "ab", buffering=0) as writer:
+        os.link(path, fuse.mnt / "hl")
+        assert (fuse.mnt / "hl").read_bytes() == b""
+        writer.write(b"later\n")
+        assert (fuse.mnt / "hl").read_bytes().endswith(b"later\n")
+        assert (fuse.mnt / "hl").stat().st_size == path.stat().st_size
+
+
 @contextlib.contextmanager
 def _served(layers: Layers) -> Iterator[Path]:
     handle = client.start(layers.lowers, layers.upper, layers.work, layers.mnt)

@@ -40,7 +40,7 @@ from pytest_overlay import _mountinfo, _namespaces, _overlayopts, _probe, _sysca
 from pytest_overlay._errors import MountError
 from pytest_overlay._files import remove_tree
 from pytest_overlay._keep import RECORD_FILE
-from pytest_overlay._layers import WHITEOUT_PREFIX
+from pytest_overlay._layers import whiteout_file_markers
 from pytest_overlay._safetext import safe_path
 
 from .common import (
@@ -156,21 +156,16 @@ def _check_target(target: Path, test_dir: Path) -> Path:
 
 
 def _scan_upper(upper: Path) -> tuple[bool, list[str]]:
-    """Whether opaque directories are marked only with ``user.*`` xattrs, and ``.wh.`` names."""
+    """Whether opaque directories are marked only with ``user.*`` xattrs, and the ``.wh.``
+    files that mark whiteouts in a layer written that way (kernel overlayfs shows them)."""
     found = {"trusted.overlay.opaque": False, "user.overlay.opaque": False}
-    foreign: list[str] = []
-    for directory, dirnames, filenames in os.walk(upper):
+    for directory, _, _ in os.walk(upper):
         for name in found:
             with contextlib.suppress(OSError):
                 if os.getxattr(directory, name, follow_symlinks=False) == b"y":
                     found[name] = True
-        rel = os.path.relpath(directory, upper)
-        foreign += [
-            os.path.normpath(os.path.join(rel, name))
-            for name in (*dirnames, *filenames)
-            if name.startswith(WHITEOUT_PREFIX)
-        ]
-    return found["user.overlay.opaque"] and not found["trusted.overlay.opaque"], sorted(foreign)
+    user_xattrs = found["user.overlay.opaque"] and not found["trusted.overlay.opaque"]
+    return user_xattrs, whiteout_file_markers(upper)
 
 
 def _mount_overlay(target: Path, lowers: list[Path], options: dict[str, str | None]) -> None:

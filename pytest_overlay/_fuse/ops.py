@@ -122,8 +122,9 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
         # Inode of a copied-up upper entry -> the inode it had in its lower layer, so that a
         # copy-up does not change st_ino (all layers share one filesystem, so no clashes).
         self._origin_ino: dict[int, int] = {}
-        # File handles (real fds) that are open on an upper file for writing.
-        self._writable: set[int] = set()
+        # File handles (real fds) that are open on an upper file for writing -> the name
+        # they were opened under.
+        self._writable: dict[int, str] = {}
         # Read handles on lower files, by the name they were opened under, with their flags:
         # a copy-up moves them onto the copy, as the kernel's ovl_real_fdget() does, so that
         # they see what is written next (and never put stale pages in the kernel's cache).
@@ -249,7 +250,7 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
             self._readers.setdefault(rel, {})[fd] = flags & ~_STRIP_FLAGS
             self._reader_rel[fd] = rel
         if write:
-            self._writable.add(fd)
+            self._writable[fd] = rel
             if self._links.tracking:
                 key = self._links.key(os.fstat(fd))
                 if key is not None:
@@ -269,7 +270,7 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
             self._restore_whiteout(rel, had_whiteout)
             raise
         self._created(target)
-        self._writable.add(fd)
+        self._writable[fd] = rel
         return fd
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
@@ -307,7 +308,7 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
 
     def release(self, path: str | None, fh: int) -> int:
         """Close the backing file."""
-        self._writable.discard(fh)
+        self._writable.pop(fh, None)
         self._fh_links.pop(fh, None)
         rel = self._reader_rel.pop(fh, None)
         if rel is not None:
@@ -447,8 +448,21 @@ class OverlayOperations(UpperWriter, mfusepy.Operations):  # type: ignore[misc] 
             st = os.lstat(link)
             self._links.seen(_rel(source), st)
             self._links.seen(rel, st)
-            self._links.changed(self._links.key(st), rel)  # the source's link count
+            key = self._links.key(st)
+            self._links.changed(key, rel)  # the source's link count
+            self._linked_handles(key)
         return 0
+
+    def _linked_handles(self, key: tuple[int, int] | None) -> None:
+        """A file got another name: a write through a handle opened on it before (when it had
+        one name, and so nothing to invalidate) must now invalidate the others too."""
+        if key is None:
+            return
+        for fh, opened in self._writable.items():
+            if fh not in self._fh_links:
+                st = os.fstat(fh)
+                if (st.st_dev, st.st_ino) == key:
+                    self._fh_links[fh] = (key, opened)
 
     def unlink(self, path: str) -> int:
         """Remove a non-directory; a whiteout hides it if a lower layer has it."""
