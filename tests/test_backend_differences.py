@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay._backends.copy import CopyBackend
+from pytest_overlay._backends.copying import CopyBackend
 from pytest_overlay._backends.fuse import FuseBackend
 from pytest_overlay._backends.kernel import KernelBackend
 
