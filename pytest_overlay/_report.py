@@ -3,7 +3,9 @@
 :func:`render_report` shows the change list of :func:`~pytest_overlay._render.render_changes`
 followed by details: unified diffs of text files, sizes and hashes of binary and large ones,
 symbolic link targets and permission changes.  :func:`render_stat` and :func:`render_name_only`
-are the short forms (``git diff --stat`` and ``--name-only``).
+are the short forms (``git diff --stat`` and ``--name-only``).  This module holds the reading
+of file content and the line diff; the words for a mode, type or target change are
+:mod:`._render`'s, so the list and the details say them alike.
 
 Everything shown comes from the tests under scrutiny, so every name, link target and line of
 content goes through :func:`~pytest_overlay._safetext.safe_path` or
