@@ -4,8 +4,9 @@ Pure: no mounts, no reading or writing of files.  :func:`render_record` turns a
 :class:`~._diff.TreeDiff` and the new content of its files into the text of a record;
 :func:`compare_records` says how two records differ ("a diff of diffs");
 :func:`record_path` and :func:`unused_records` say where records live and which no test
-claims.  The pytest wiring is :mod:`._goldenrun`.  The words for a mode change and for
-permission bits are :mod:`._render`'s, as in the failure report.
+claims.  The pytest wiring is :mod:`._goldenrun`.  Permission bits, mode changes and type
+names are worded by :mod:`._render`, and a directory's trailing ``/`` by
+:func:`._diff.display_path`, as in the change list and the failure report.
 
 The layout, one file per test beside the tests::
 
