@@ -1,9 +1,11 @@
 """Checkpoints: what a test changed between two snapshots of its upper layer.
 
 A snapshot is a copy of the upper layer (overlayfs format) taken at a checkpoint.  The state of
-the tree at a snapshot is the snapshot stacked on the lowers; the step diff compares two such
-states, visiting only paths that either snapshot mentions (and, below directories a snapshot
-made opaque, the lowers' paths that the opaque directory hides).
+the tree at a snapshot is the snapshot stacked on the lowers.  This module holds what is
+particular to snapshots: which paths two states can differ at (those either snapshot mentions
+and, below directories a snapshot made opaque, the lowers' paths that the opaque directory
+hides).  Comparing the two states at those paths is :func:`._diff.diff_stacks`, with the rules
+every other diff uses.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ._diff import ChangeKind, TreeDiff, _compare, _old_node
+from ._diff import TreeDiff, diff_stacks
 from ._layers import LayerStack, is_opaque, read_layer_dir, uses_whiteout_files
 
 
@@ -30,27 +32,7 @@ def diff_states(
     for snapshot in (before, after):
         if snapshot is not None:
             _mentioned(snapshot, "", base, paths, uses_whiteout_files(snapshot))
-    changes = []
-    cut: list[str] = []  # subtrees already reported as deleted or replaced
-    for rel in sorted(paths, key=lambda p: tuple(p.split("/"))):
-        if any(rel.startswith(prefix + "/") for prefix in cut):
-            continue
-        if ignore is not None and ignore(rel):
-            cut.append(rel)
-            continue
-        old, new = _old_node(old_stack, rel), _old_node(new_stack, rel)
-        change = _compare(rel, old, new, trust_stat=False)
-        if change is None:
-            continue
-        changes.append(change)
-        if change.kind is ChangeKind.DELETED or (
-            old is not None
-            and new is not None
-            and stat.S_ISDIR(old.st.st_mode)
-            and not stat.S_ISDIR(new.st.st_mode)
-        ):
-            cut.append(rel)
-    return TreeDiff(tuple(changes))
+    return diff_stacks(old_stack, new_stack, paths, ignore=ignore)
 
 
 def _mentioned(

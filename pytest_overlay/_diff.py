@@ -1,12 +1,19 @@
-"""What a test changed on disk: the data model, and the three ways of computing it.
+"""What a test changed on disk: the data model, its serialisation, and the ways of computing it.
 
-:func:`diff_upper` reads an overlay upper layer (kernel overlayfs or FUSE) and costs in
-proportion to what changed; :func:`diff_paths` compares the paths a tracker saw change in a
-copy (the copy backend) with the lower layers, at the same cost; :func:`diff_trees` compares a
-whole materialised copy with the lower layers.  All compare entries with the same rules, so the
-same operations give the same :class:`TreeDiff` on every backend.
+The model is :class:`TreeDiff`, a sorted tuple of :class:`Change` (one per path, with a
+:class:`ChangeKind` and the type, mode, size and link target before and after); its one
+serialisation is :meth:`TreeDiff.to_dict` / :meth:`TreeDiff.from_dict`.  The words people read
+for a change live in :mod:`._render`, not here.
 
-Neither follows a symbolic link, opens anything but a regular file (and that only with
+One comparison rule, four walks: :func:`diff_upper` reads an overlay upper layer (kernel
+overlayfs or FUSE) and costs in proportion to what changed; :func:`diff_paths` compares the
+paths a tracker saw change in a copy (the copy backend) with the lower layers, at the same
+cost; :func:`diff_trees` compares a whole materialised copy with the lower layers;
+:func:`diff_stacks` compares two merged stacks of layers at given paths (checkpoints, see
+:mod:`._checkpoint`).  All compare entries with the same rules, so the same operations give
+the same :class:`TreeDiff` on every backend.
+
+None follows a symbolic link, opens anything but a regular file (and that only with
 ``O_NOFOLLOW | O_NONBLOCK``), or compares xattrs; overlay-private xattrs are thus ignored.
 """
 
@@ -32,6 +39,7 @@ __all__ = [
     "ChangeKind",
     "TreeDiff",
     "diff_paths",
+    "diff_stacks",
     "diff_trees",
     "diff_upper",
     "display_path",
@@ -629,3 +637,37 @@ def _hidden(rel: str, covered: set[str], walker: _Walker) -> bool:
         if cut < 0:
             return False
         prefix = prefix[:cut]
+
+
+def diff_stacks(
+    old: LayerStack,
+    new: LayerStack,
+    paths: Collection[str],
+    *,
+    ignore: Callable[[str], bool] | None = None,
+) -> TreeDiff:
+    """Compare two merged views of layers, *old* and *new*, at *paths* only.
+
+    The caller vouches that every other path is the same in both.  A path below one reported
+    deleted, replaced by something that is not a directory, or ignored, is not compared.
+    Files are read wherever their stat results agree (nothing is trusted).
+
+    :param paths: relative paths that may differ, in any order.
+    :param ignore: called with each relative path; true skips that path and its subtree.
+    """
+    changes = []
+    cut: list[str] = []  # subtrees already reported as deleted or replaced, or ignored
+    for rel in sorted(paths, key=_sort_key):
+        if any(rel.startswith(prefix + "/") for prefix in cut):
+            continue
+        if ignore is not None and ignore(rel):
+            cut.append(rel)
+            continue
+        old_node, new_node = _old_node(old, rel), _old_node(new, rel)
+        change = _compare(rel, old_node, new_node, trust_stat=False)
+        if change is None:
+            continue
+        changes.append(change)
+        if change.kind is ChangeKind.DELETED or (_is_dir(old_node) and not _is_dir(new_node)):
+            cut.append(rel)
+    return TreeDiff(tuple(changes))

@@ -4,7 +4,9 @@ Pure: no mounts, no reading or writing of files.  :func:`render_record` turns a
 :class:`~._diff.TreeDiff` and the new content of its files into the text of a record;
 :func:`compare_records` says how two records differ ("a diff of diffs");
 :func:`record_path` and :func:`unused_records` say where records live and which no test
-claims.  The pytest wiring is :mod:`._goldenrun`.
+claims.  The pytest wiring is :mod:`._goldenrun`.  Permission bits, mode changes and type
+names are worded by :mod:`._render`, and a directory's trailing ``/`` by
+:func:`._diff.display_path`, as in the change list and the failure report.
 
 The layout, one file per test beside the tests::
 
@@ -30,7 +32,8 @@ from pathlib import Path
 from typing import TypeAlias, final
 
 from ._choices import GOLDEN_MARKER_ARGUMENTS, RECORDS_DIR
-from ._diff import Change, ChangeKind, TreeDiff
+from ._diff import Change, ChangeKind, TreeDiff, display_path
+from ._render import mode_change, octal, shown_name
 from ._safetext import safe_line, safe_path
 from ._settings import check_regex, make_ignore
 
@@ -163,10 +166,6 @@ def parse_marker(
 # --- writing a record -----------------------------------------------------------------------
 
 
-def _octal(mode: int | None) -> str:
-    return "?" if mode is None else f"{mode:04o}"
-
-
 def _content_lines(text: str) -> list[str]:
     """A text's lines as ``| line`` (as written) or ``~ line`` (escaped, reversibly)."""
     lines: list[str] = []
@@ -207,31 +206,26 @@ def _file_details(content: FileContent, normalisers: Normalisers) -> list[str]:
 
 def _new_side(change: Change, content: ContentSource, normalisers: Normalisers) -> list[str]:
     """What is at the path now."""
-    kind = change.new_type or "?"
+    kind = shown_name(change.new_type)
     if kind == "symlink":
         return [f"symlink -> {safe_path(normalisers.text(change.new_target or '?'))}"]
-    lines = [f"{kind} {_octal(change.new_mode)}"]
+    lines = [f"{kind} {octal(change.new_mode)}"]
     if kind == "file":
         lines.extend(_file_details(content(change.path), normalisers))
     return lines
 
 
 def _entry(change: Change, content: ContentSource, normalisers: Normalisers) -> list[str]:
-    path = safe_path(change.path)
-    if change.new_type == "dir" or (change.new_type is None and change.old_type == "dir"):
-        path += "/"
-    head = f"{change.kind.value} {path}"
+    head = f"{change.kind.value} {display_path(change)}"
     if change.kind is ChangeKind.DELETED:
-        return [head, f"was {change.old_type or '?'}"]
+        return [head, f"was {shown_name(change.old_type)}"]
     if change.kind is ChangeKind.MODE:
-        if change.old_mode == change.new_mode:
-            return [head, "owner changed"]
-        return [head, f"{_octal(change.old_mode)} -> {_octal(change.new_mode)}"]
+        return [head, mode_change(change)]
     if change.kind is ChangeKind.TIMES:
         return [head, "modification time only"]
     details = _new_side(change, content, normalisers)
     if change.kind is ChangeKind.MODIFIED and change.old_type != change.new_type:
-        details.insert(0, f"was {change.old_type or '?'}")
+        details.insert(0, f"was {shown_name(change.old_type)}")
     return [head, *details]
 
 

@@ -60,8 +60,9 @@ class Record:
         return TreeDiff.from_dict(self.diff)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Record:
-        """Read a record; unknown keys from newer versions are kept in ``extra``."""
+    def from_dict(cls, data: Mapping[str, Any]) -> Record:
+        """Read a record from its parsed JSON; unknown keys from newer versions are kept in
+        ``extra``."""
         known = {name for name in cls.__dataclass_fields__ if name != "extra"}
         values = {k: v for k, v in data.items() if k in known}
         extra = dict(data.get("extra") or {})
@@ -178,7 +179,7 @@ def read_record(test_dir: Path) -> Record | None:
     """The record of a kept test, or None when it is missing or was cut short by a crash."""
     try:
         data = json.loads((test_dir / RECORD_FILE).read_text())
-        return Record.from_json(data)
+        return Record.from_dict(data)
     except (OSError, ValueError, TypeError):
         return None
 

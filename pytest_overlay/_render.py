@@ -1,6 +1,14 @@
-"""Render a :class:`~pytest_overlay.TreeDiff` for people: safe, plain text, one line a change.
+"""The words for a :class:`~pytest_overlay.TreeDiff`: one line a change, and each detail's wording.
 
-Names are printed through :mod:`._safetext`, so a hostile file name stays one inert line.
+Every place that shows a change to people takes its words from here: the change list
+(:func:`render_changes`, :func:`change_line`), the one-line count (:func:`count_changes`), and
+the phrases for a detail, which the failure report (:mod:`._report`) and golden records
+(:mod:`._golden`) put in their own frames: :func:`octal` for permission bits,
+:func:`mode_change` (``0644 -> 0755`` or ``owner changed``), :func:`type_change`
+(``file -> dir``) and :func:`target_change` (``old => new`` for a symbolic link).
+
+Names, types and link targets are printed through :mod:`._safetext`, so a hostile file name
+stays one inert line; what is not known shows as ``?``.
 """
 
 from __future__ import annotations
@@ -8,25 +16,53 @@ from __future__ import annotations
 from ._diff import Change, ChangeKind, TreeDiff, display_path
 from ._safetext import safe_path
 
-__all__ = ["change_line", "count_changes", "render_changes"]
+__all__ = [
+    "change_line",
+    "count_changes",
+    "mode_change",
+    "octal",
+    "render_changes",
+    "shown_name",
+    "target_change",
+    "type_change",
+]
 
 
-def _octal(mode: int | None) -> str:
+def octal(mode: int | None) -> str:
+    """Permission bits as four octal digits (``0644``, ``4755``), or ``?`` if not known."""
     return "?" if mode is None else f"{mode:04o}"
+
+
+def shown_name(name: str | None) -> str:
+    """A file type or link target made safe to print, or ``?`` if not known."""
+    return "?" if name is None else safe_path(name)
+
+
+def mode_change(change: Change) -> str:
+    """``0644 -> 0755``, or ``owner changed`` when the permission bits are the same."""
+    if change.old_mode == change.new_mode:
+        return "owner changed"
+    return f"{octal(change.old_mode)} -> {octal(change.new_mode)}"
+
+
+def type_change(change: Change) -> str:
+    """``file -> dir``: the entry's type before and after."""
+    return f"{shown_name(change.old_type)} -> {shown_name(change.new_type)}"
+
+
+def target_change(change: Change) -> str:
+    """``old => new``: a symbolic link's target before and after."""
+    return f"{shown_name(change.old_target)} => {shown_name(change.new_target)}"
 
 
 def _detail(change: Change) -> str:
     if change.kind is ChangeKind.MODE:
-        if change.old_mode == change.new_mode:
-            return " (owner changed)"
-        return f" ({_octal(change.old_mode)} -> {_octal(change.new_mode)})"
+        return f" ({mode_change(change)})"
     if change.kind is ChangeKind.MODIFIED:
         if change.old_type != change.new_type:
-            return f" ({change.old_type} -> {change.new_type})"
+            return f" ({type_change(change)})"
         if change.new_type == "symlink":
-            old = safe_path(change.old_target or "")
-            new = safe_path(change.new_target or "")
-            return f" (-> {old} => {new})"
+            return f" (-> {target_change(change)})"
     return ""
 
 

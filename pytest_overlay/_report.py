@@ -3,7 +3,9 @@
 :func:`render_report` shows the change list of :func:`~pytest_overlay._render.render_changes`
 followed by details: unified diffs of text files, sizes and hashes of binary and large ones,
 symbolic link targets and permission changes.  :func:`render_stat` and :func:`render_name_only`
-are the short forms (``git diff --stat`` and ``--name-only``).
+are the short forms (``git diff --stat`` and ``--name-only``).  This module holds the reading
+of file content and the line diff; the words for a mode, type or target change are
+:mod:`._render`'s, so the list and the details say them alike.
 
 Everything shown comes from the tests under scrutiny, so every name, link target and line of
 content goes through :func:`~pytest_overlay._safetext.safe_path` or
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import TypeAlias, final
 
 from ._diff import Change, ChangeKind, TreeDiff, display_path
-from ._render import change_line, count_changes
+from ._render import change_line, count_changes, mode_change, shown_name, target_change, type_change
 from ._safetext import safe_line, safe_path
 
 __all__ = [
@@ -273,14 +275,6 @@ def _unified(
 # --- the report -------------------------------------------------------------------------------
 
 
-def _type(name: str | None) -> str:
-    return "?" if name is None else safe_path(name)
-
-
-def _target(target: str | None) -> str:
-    return "?" if target is None else safe_path(target)
-
-
 def _new_file(change: Change, new: ContentSource) -> Iterator[tuple[str, str]]:
     """Details of a regular file that did not exist before."""
     path = safe_path(change.path)
@@ -335,33 +329,25 @@ def _new_entry(change: Change, new: ContentSource) -> Iterator[tuple[str, str]]:
     if change.new_type == "file":
         yield from _new_file(change, new)
     elif change.new_type == "symlink":
-        yield "", f"Symlink {safe_path(change.path)} -> {_target(change.new_target)}"
+        yield "", f"Symlink {safe_path(change.path)} -> {shown_name(change.new_target)}"
 
 
 def _details(change: Change, old: ContentSource, new: ContentSource) -> Iterator[tuple[str, str]]:
     path = safe_path(change.path)
     if change.kind is ChangeKind.ADDED:
-        if change.new_type not in ("file", "symlink", "dir"):
-            yield "", f"{_type(change.new_type)} {path}"  # a FIFO, socket or device: not opened
+        if change.new_type not in ("file", "symlink", "dir"):  # a FIFO, socket or device
+            yield "", f"{shown_name(change.new_type)} {path}"  # ... which is never opened
         yield from _new_entry(change, new)
     elif change.kind is ChangeKind.MODIFIED:
         if change.old_type != change.new_type:
-            yield "", f"{path}: {_type(change.old_type)} -> {_type(change.new_type)}"
+            yield "", f"{path}: {type_change(change)}"
             yield from _new_entry(change, new)
         elif change.new_type == "file":
             yield from _changed_file(change, old, new)
         elif change.new_type == "symlink":
-            old_target, new_target = _target(change.old_target), _target(change.new_target)
-            yield "", f"Symlink {path}: {old_target} => {new_target}"
+            yield "", f"Symlink {path}: {target_change(change)}"
     elif change.kind is ChangeKind.MODE:
-        if change.old_mode == change.new_mode:
-            yield "", f"Mode {path}: owner changed"
-        else:
-            yield "", f"Mode {path}: {_octal(change.old_mode)} -> {_octal(change.new_mode)}"
-
-
-def _octal(mode: int | None) -> str:
-    return "?" if mode is None else f"{mode:04o}"
+        yield "", f"Mode {path}: {mode_change(change)}"
 
 
 def _paint(line: str, color: str | None, enabled: bool) -> str:

@@ -337,7 +337,7 @@ def test_show_stat_name_only_and_json(kept: Project, capsys: pytest.CaptureFixtu
     assert data["lowers"] == [str(kept.root)]
     assert [c["path"] for c in data["diff"]["changes"]] == ["added.txt", "gone.txt", "keep.txt"]
     assert "+new" in data["report"]
-    assert Record.from_json(data).tree_diff().added == {"added.txt"}
+    assert Record.from_dict(data).tree_diff().added == {"added.txt"}
     code, _, err = run_main(capsys, "show", "beta", "--stat", "--json")
     assert code == 2
     assert "not allowed with argument" in err

@@ -370,6 +370,26 @@ def test_symlinks_are_shown_not_followed(trees: Trees, monkeypatch: pytest.Monke
     assert opened == []
 
 
+def test_list_and_details_say_unknown_the_same_way(trees: Trees) -> None:
+    # A target readlink could not give, a type or mode a record lacks: "?" in both places.
+    diff = TreeDiff(
+        (
+            Change("gone", ChangeKind.MODIFIED, None, "fifo"),
+            Change("link", ChangeKind.MODIFIED, "symlink", "symlink", new_target="b"),
+            Change("mode", ChangeKind.MODE, "file", "file", None, 0o600),
+        )
+    )
+    assert render_report(diff, trees.old, trees.new).split("\n") == [
+        "M gone (? -> fifo)",
+        "M link (-> ? => b)",
+        "P mode (? -> 0600)",
+        "",
+        "gone: ? -> fifo",
+        "Symlink link: ? => b",
+        "Mode mode: ? -> 0600",
+    ]
+
+
 def test_file_replaced_by_symlink_is_not_read(trees: Trees) -> None:
     trees.old_file("f", "old\n")
     (trees.new_root / "f").symlink_to("/etc/passwd")
