@@ -318,7 +318,10 @@ def pytest_runtest_makereport(
     with guard:
         section = _machinery().failure_report(item, session, report.when, report.outcome, error)
     if section is not None:
+        from ._ci_reports import attach
+
         report.sections.append(section)
+        attach(item, report, section)
     return report
 
 
