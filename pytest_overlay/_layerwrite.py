@@ -40,6 +40,7 @@ from ._layers import (
     opaque_xattr,
     overlay_xattrs,
 )
+from ._oscompat import O_CLOEXEC
 
 __all__ = [
     "clear_whiteout",
@@ -73,7 +74,7 @@ def _is_root() -> bool:
 
 
 def _touch(path: str) -> None:
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | O_CLOEXEC, 0o600))
 
 
 # -- markers ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import _janitor, _mountinfo, _syscalls
+from . import _janitor, _mountinfo, _oscompat, _syscalls
 
 CAP_SYS_ADMIN = 21
 
@@ -57,7 +57,9 @@ def in_initial_user_namespace() -> bool:
 
 def is_real_root() -> bool:
     """Euid 0 with CAP_SYS_ADMIN in the host's user namespace."""
-    if os.geteuid() != 0 or not in_initial_user_namespace():
+    if _oscompat.effective_ids() is None or os.geteuid() != 0:
+        return False
+    if not in_initial_user_namespace():
         return False
     try:
         effective, _, _ = _syscalls.get_capabilities()
