@@ -28,6 +28,7 @@ from tests._sample_project import SUITE_TESTS, build_project, tree_digest
 from tests._wheelhouse import (
     PYTHONS,
     ROOT,
+    dependencies,
     find_python,
     offline_pip_env,
     wheelhouse,
@@ -181,3 +182,12 @@ def test_wheel_runs_the_sample_suite_in_a_fresh_venv(
         [str(venv / "bin" / "pytest-overlay"), "--help"], env=env, capture_output=True, text=True
     )
     assert cli.returncode == 0, cli.stderr
+
+
+def test_pytest_floor_is_the_one_the_matrix_proves() -> None:
+    """pyproject.toml's ``pytest>=`` is noxfile.py's ``PYTEST_FLOOR``, the floor it tests."""
+    noxfile = (ROOT / "noxfile.py").read_text()
+    match = re.search(r'^PYTEST_FLOOR = "([^"]+)"$', noxfile, re.M)
+    assert match is not None
+    floor = match.group(1).removesuffix(".0")
+    assert f"pytest>={floor}" in dependencies()
