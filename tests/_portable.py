@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import types
+from typing import Any
 
 __all__ = ["NATIVE", "PLATFORMS", "prepare", "simulate", "under_test"]
 
@@ -88,7 +89,23 @@ def simulate(platform: str) -> None:
     for module in modules:
         # None in sys.modules makes `import module` raise ImportError, as where it is missing.
         sys.modules[module] = None  # type: ignore[assignment]
+    if platform == "win32":
+        _no_link_times()
     sys.platform = platform
+
+
+def _no_link_times() -> None:
+    """Windows cannot set a symbolic link's own times: ``os.utime(follow_symlinks=False)``
+    raises NotImplementedError there, and ``os.supports_follow_symlinks`` lacks it."""
+    utime = os.utime
+
+    def windows_utime(path: Any, *args: Any, follow_symlinks: bool = True, **kwargs: Any) -> None:
+        if not follow_symlinks:
+            raise NotImplementedError("utime: follow_symlinks unavailable on this platform")
+        utime(path, *args, **kwargs)
+
+    os.supports_follow_symlinks.discard(utime)
+    os.utime = windows_utime
 
 
 def prepare(platform: str) -> None:

@@ -64,6 +64,15 @@ def test_next_test_sees_the_pristine_tree(overlay_root):
     assert not overlay_root.diff()
 
 
+def test_replace_a_link(overlay_root):
+    (overlay_root / "link").unlink()
+    (overlay_root / "link").write_text("a file now\\n")
+
+
+def test_the_link_is_back(overlay_root):
+    assert os.readlink(overlay_root / "link") == "data/a.txt"
+
+
 def test_checkpoint(overlay_root):
     (overlay_root / "a").write_text("1")
     overlay_root.checkpoint()
@@ -83,6 +92,7 @@ def _project(tmp_path: Path) -> Path:
     (root / "data" / "a.txt").write_text("alpha\n")
     (root / "data" / "sub" / "b.txt").write_text("beta\n")
     (root / "notes.txt").write_text("one\ntwo\n")
+    (root / "link").symlink_to("data/a.txt")  # put back after a test: utime of a link
     (root / "pytest.ini").write_text("[pytest]\n")
     (root / "test_portable_suite.py").write_text(PORTABLE_SUITE)
     return root
@@ -138,6 +148,8 @@ def test_copy_backend_runs_a_suite(platform: str, backend: str, tmp_path: Path) 
             "pytest_overlay.plugin",
             "-p",
             "no:cacheprovider",
+            "-p",
+            "no:randomly",  # the link's test comes after the one that replaces it
             "--capture=sys",  # pytest's fd capture on Windows wants io._WindowsConsoleIO
             f"--overlay-backend={backend}",
             f"--junitxml={report}",
@@ -160,6 +172,6 @@ def test_copy_backend_runs_a_suite(platform: str, backend: str, tmp_path: Path) 
     suite = ET.parse(report).getroot().find("testsuite")  # noqa: S314 - our own report
     assert suite is not None
     counts = {key: suite.get(key) for key in ("tests", "failures", "errors", "skipped")}
-    assert counts == {"tests": "4", "failures": "1", "errors": "0", "skipped": "0"}, output
+    assert counts == {"tests": "6", "failures": "1", "errors": "0", "skipped": "0"}, output
     assert "M data/a.txt" in output  # the failure's changes
     assert tree_digest(project, KEPT, dir_times=False) == before, "the real tree was modified"
