@@ -68,18 +68,26 @@ def _run_tests(
         "-k", "not user", *tests, *session.posargs,
         env={"PYTHONPATH": "", "PYTEST_OVERLAY_REQUIRE": os.environ.get(
             "PYTEST_OVERLAY_REQUIRE", "")},
+        success_codes=[0, 1],  # failed tests: recorded first, then the session fails
     )  # fmt: skip
     if record:  # the corners run fewer tests: the summary is the full matrix's
         _record(python, pytest_label, str(version).strip(), report)
+    suite = _counts(report)
+    if suite["failures"] or suite["errors"]:
+        session.error(f"{suite['failures']} failed, {suite['errors']} errors")
 
 
-def _record(python: str, pytest_label: str, pytest_version: str, report: Path) -> None:
-    """Add this session's counts to the summary (a session that fails records nothing)."""
+def _counts(report: Path) -> dict[str, int]:
     import xml.etree.ElementTree as ET
 
     suite = ET.parse(report).getroot().find("testsuite")  # noqa: S314 - our own report
     assert suite is not None
-    counts = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
+    return {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
+
+
+def _record(python: str, pytest_label: str, pytest_version: str, report: Path) -> None:
+    """Add this session's counts to the summary (a session that fails records nothing)."""
+    counts = _counts(report)
     summary = json.loads(SUMMARY.read_text()) if SUMMARY.exists() else {}
     summary[f"{python} / pytest {pytest_label}"] = {"pytest": pytest_version, **counts}
     SUMMARY.parent.mkdir(exist_ok=True)

@@ -54,6 +54,13 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def outside(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A ``--basetemp`` outside the project: pytester's own is inside it, and under xdist one
+    worker's copy (in the basetemp) would then be in the tree another worker copies."""
+    return f"--basetemp={tmp_path_factory.mktemp('basetemp')}"
+
+
+@pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makepyfile(data="VALUE = 1\n", test_suite=FAILING_SUITE)
     pytester.makeconftest(CONFTEST)
@@ -109,12 +116,13 @@ def _check_changes(text: str) -> None:
 
 @pytest.mark.parametrize("xdist", [False, True], ids=["plain", "xdist"])
 def test_html_report_shows_failed_tests_changes(
-    project: pytest.Pytester, backend: str, xdist: bool
+    project: pytest.Pytester, outside: str, backend: str, xdist: bool
 ) -> None:
     _needs_pytest_html()
     parallel = ("-n", "2") if xdist else ()
     result = project.runpytest_subprocess(
         *BASE_ARGS,
+        outside,
         *parallel,
         f"--overlay-backend={backend}",
         "--html=report.html",
@@ -165,11 +173,11 @@ class _DetailsBlock(HTMLParser):
 
 @pytest.mark.parametrize("xdist", [False, True], ids=["plain", "xdist"])
 def test_junit_xml_has_failed_tests_changes_as_a_property(
-    project: pytest.Pytester, backend: str, xdist: bool
+    project: pytest.Pytester, outside: str, backend: str, xdist: bool
 ) -> None:
     parallel = ("-n", "2") if xdist else ()
     result = project.runpytest_subprocess(
-        *BASE_ARGS, *parallel, f"--overlay-backend={backend}", "--junitxml=junit.xml"
+        *BASE_ARGS, outside, *parallel, f"--overlay-backend={backend}", "--junitxml=junit.xml"
     )
     result.assert_outcomes(passed=1, failed=1, errors=1)
     properties = _junit_properties(project.path / "junit.xml")
