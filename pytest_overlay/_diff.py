@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, final
 
 from ._layers import LayerStack, is_opaque, read_layer_dir, uses_whiteout_files
+from ._oscompat import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK
 from ._safetext import safe_path
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_FLAGS = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC
 
 
 class ChangeKind(enum.Enum):

@@ -16,6 +16,8 @@ import shutil
 import stat
 import sys
 
+from ._oscompat import O_CLOEXEC, O_NOFOLLOW
+
 __all__ = ["copy_extents", "copy_file_data", "remove_tree"]
 
 _CHUNK = 1 << 20
@@ -83,9 +85,9 @@ def copy_file_data(source: str | os.PathLike[str], target: str | os.PathLike[str
     if not sys.platform.startswith("linux"):
         shutil.copyfile(source, target, follow_symlinks=False)
         return
-    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    src = os.open(source, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
     try:
-        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o600)
         try:
             copy_extents(src, dst)
         finally:

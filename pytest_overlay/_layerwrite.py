@@ -40,6 +40,7 @@ from ._layers import (
     opaque_xattr,
     overlay_xattrs,
 )
+from ._oscompat import O_CLOEXEC
 
 __all__ = [
     "clear_whiteout",
@@ -75,7 +76,7 @@ def is_root() -> bool:
 
 
 def _touch(path: str) -> None:
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | O_CLOEXEC, 0o600))
 
 
 # -- markers ------------------------------------------------------------------------------
@@ -223,7 +224,11 @@ def copy_metadata(
                 raise
     if not stat.S_ISLNK(st.st_mode):
         os.chmod(target, stat.S_IMODE(st.st_mode))  # after chown, which clears setuid and setgid
-    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    times = (st.st_atime_ns, st.st_mtime_ns)
+    if os.utime in os.supports_follow_symlinks:
+        os.utime(target, ns=times, follow_symlinks=False)
+    elif not stat.S_ISLNK(st.st_mode):  # Windows: a link's own times cannot be set
+        os.utime(target, ns=times)
 
 
 def copy_node(

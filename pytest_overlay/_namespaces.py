@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-from . import _janitor, _syscalls
+from . import _janitor, _oscompat, _syscalls
 
 CAP_SYS_ADMIN = 21
 
@@ -56,7 +56,9 @@ def in_initial_user_namespace() -> bool:
 
 def is_real_root() -> bool:
     """Euid 0 with CAP_SYS_ADMIN in the host's user namespace."""
-    if os.geteuid() != 0 or not in_initial_user_namespace():
+    if _oscompat.effective_ids() is None or os.geteuid() != 0:
+        return False
+    if not in_initial_user_namespace():
         return False
     try:
         effective, _, _ = _syscalls.get_capabilities()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TypeAlias, final
 
 from ._diff import Change, ChangeKind, TreeDiff, display_path
+from ._oscompat import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK
 from ._render import change_line, count_changes, mode_change, shown_name, target_change, type_change
 from ._safetext import safe_line, safe_path
 
@@ -42,7 +43,7 @@ __all__ = [
 ContentSource: TypeAlias = Callable[[str], Path | None]
 """Given a change's relative POSIX path, the real filesystem path holding that version, or None."""
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_FLAGS = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC
 _CHUNK = 1 << 20
 _TEXT_LIMIT = 1 << 20
 """Files up to this many bytes are read whole and may be shown as text; larger ones are hashed."""

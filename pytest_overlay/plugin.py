@@ -401,7 +401,10 @@ def pytest_runtest_makereport(
     with guard:
         section = _engine.failure_report(item, session, report.when, report.outcome, error)
     if section is not None:
+        from ._ci_reports import attach
+
         report.sections.append(section)
+        attach(item, report, section)
     if session.settings.hermetic.records:
         _hermetic.on_report(item, session, report)
     return report

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pytest_overlay._holders import Holder
+from pytest_overlay._oscompat import O_CLOEXEC, O_NONBLOCK
 
 __all__ = ["ChangeTracker", "Signature", "processes_inside", "signature"]
 
@@ -55,8 +56,8 @@ _IN_ONLYDIR = 0x01000000
 _IN_DONT_FOLLOW = 0x02000000
 _IN_EXCL_UNLINK = 0x04000000
 _IN_ISDIR = 0x40000000
-_IN_NONBLOCK = os.O_NONBLOCK
-_IN_CLOEXEC = os.O_CLOEXEC
+_IN_NONBLOCK = O_NONBLOCK
+_IN_CLOEXEC = O_CLOEXEC
 _FILE_MASK = _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_DONT_FOLLOW
 _WATCH_MASK = (
     _IN_MODIFY
@@ -282,7 +283,7 @@ def _last_pid() -> int | None:
 
 
 def _read_proc(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
     try:
         return os.read(fd, 4096)
     finally:

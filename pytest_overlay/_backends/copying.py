@@ -53,6 +53,13 @@ class _Cloner:
         copy_file_data(source, target)
 
 
+def _inside(path: str, directory: str) -> bool:
+    try:
+        return os.path.commonpath([path, directory]) == directory
+    except ValueError:  # Windows: on different drives
+        return False
+
+
 class _Copy:
     """One copy of a stack of lowers, pristine whenever no test holds it.
 
@@ -81,7 +88,7 @@ class _Copy:
             os.path.relpath(scratch, lower)
             for scratch in skip
             for lower in map(os.path.realpath, lowers)
-            if os.path.commonpath([scratch, lower]) == lower
+            if _inside(scratch, lower)
         )
 
     def build(self) -> None:

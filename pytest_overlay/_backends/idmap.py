@@ -12,15 +12,13 @@ before the session picks the kernel; :func:`overflow_note` explains a write that
 from __future__ import annotations
 
 import errno
-import grp
 import os
-import pwd
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_overlay import _namespaces
+from pytest_overlay import _namespaces, _oscompat
 from pytest_overlay._safetext import safe_path
 
 __all__ = ["Unmapped", "find_unmapped", "overflow_note", "unmapped_owner"]
@@ -57,7 +55,11 @@ class Unmapped:
         )
 
 
+# grp and pwd are imported where used: Windows has neither, and this module is imported
+# wherever the backends are.
 def _user_name(uid: int) -> str:
+    import pwd
+
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -65,6 +67,8 @@ def _user_name(uid: int) -> str:
 
 
 def _group_name(gid: int) -> str:
+    import grp
+
     try:
         return grp.getgrgid(gid).gr_name
     except KeyError:
@@ -117,9 +121,10 @@ def unmapped_owner(lowers: Sequence[Path]) -> str | None:
     every other id reads as the overflow id), so the answer is the same before and after
     entering it.
     """
-    if _namespaces.is_real_root():
+    ids = _oscompat.effective_ids()
+    if ids is None or _namespaces.is_real_root():  # no uids (Windows), or all mapped
         return None
-    found = find_unmapped(lowers, os.geteuid(), os.getegid())
+    found = find_unmapped(lowers, *ids)
     return None if found is None else found.describe()
 
 

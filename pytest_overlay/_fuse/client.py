@@ -130,6 +130,9 @@ def availability() -> str | None:
     Checks ``/dev/fuse`` (present and openable), libfuse (2 or 3, as mfusepy finds it) and,
     for an unprivileged user, ``fusermount3``.  Opening ``/dev/fuse`` mounts nothing.
     """
+    if not sys.platform.startswith("linux"):
+        # Not macFUSE nor WinFsp: mount options, the device and fusermount are Linux's.
+        return f"the FUSE backend needs Linux, this is {sys.platform}"
     if not os.path.exists(_DEV_FUSE):
         return (
             f"{_DEV_FUSE} does not exist (no FUSE in this kernel or container): load the "

@@ -39,7 +39,7 @@ _UTIME_NOW = (1 << 30) - 1
 _UTIME_OMIT = (1 << 30) - 2
 # Open flags that the kernel has handled already, or that the backing file must not get
 # (O_DIRECT would need aligned buffers, which a Python bytes object is not).
-_STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
+_STRIP_FLAGS = os.O_CREAT | os.O_EXCL | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_DIRECT", 0)
 _STATVFS_FIELDS = (
     "f_bsize",
     "f_frsize",
