@@ -57,6 +57,8 @@ def _run_tests(
 ) -> None:
     session.install(".", PYTESTS[pytest_label], "pytest-xdist>=3.5", "pytest-html>=4")
     version = session.run("python", "-c", "import pytest; print(pytest.__version__)", silent=True)
+    if version is None:  # --install-only (.ci/run's install phase): nothing ran, nothing to count
+        return
     # Not session.create_tmp(): it points TMPDIR into the checkout, and the pytester runs
     # would then find the checkout as their project root.
     report = Path(str(session.virtualenv.location)) / "junit.xml"

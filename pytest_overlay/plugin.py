@@ -63,6 +63,11 @@ class _LazyModule:
         self._name = name
 
     def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("_"):
+            # pytest inspects a plugin module's globals for fixtures and markers
+            # (``_pytestfixturefunction``, ``__test__``, ...): such a look must not import the
+            # machinery, or an unused plugin would load it in every run.
+            raise AttributeError(attribute)
         return getattr(importlib.import_module(self._name), attribute)
 
 
