@@ -204,6 +204,8 @@ def _carry_aside(session: OverlaySession, state: TestState, done: Finished) -> l
     settings = session.settings
     carried = []
     for index, (mount, target) in enumerate(zip(state.mounts, state.targets, strict=True)):
+        if mount.untouched():
+            continue  # an empty upper layer: nothing to carry (the usual case, cheaply)
         globs = settings.carry_files if index == 0 else ()
         scratch = session.basetemp / "overlay" / "carried" / str(index)
         try:
