@@ -197,15 +197,19 @@ def xdist_worker_input(session: OverlaySession | None) -> dict[str, Any]:
     }
 
 
-def in_place_setup(request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path) -> None:
-    """Sandbox the project for one ``--overlay`` test (see ``plugin._overlay_in_place``)."""
-    scratch = functools.partial(scratch_outside, session.settings, request.config)
+def in_place_setup(
+    item: pytest.Item,
+    session: OverlaySession,
+    basetemp: Path,
+    request: pytest.FixtureRequest | None = None,
+) -> None:
+    """Sandbox the project for one ``--overlay`` test (see ``plugin._sandbox_in_place``);
+    *request*, that of ``plugin._overlay_in_place``, builds the test's snapshot layers."""
+    scratch = functools.partial(scratch_outside, session.settings, item.config)
     session.set_basetemp(basetemp, scratch)
-    item = request.node
-    choices = marker_choices(item)
     layers: tuple[Path, ...] = ()
-    if choices.layers:
-        layers = resolve_layers(request, list(choices.layers))
+    if request is not None:  # only a test whose marker asks for layers has the fixture
+        layers = resolve_layers(request, list(marker_choices(item).layers))
     problem = _uncover_all(item, session, in_place_targets(session.settings))
     if problem:
         _contain.stop(item, f"pytest-overlay stopped the run: {problem}")
@@ -245,9 +249,10 @@ def in_place_teardown(item: pytest.Item, session: OverlaySession, *, failed: boo
         # Known before the report exists: lets a teardown-only failure keep its layer.
         state.phases["teardown"] = "failed"
     del item.stash[state_key]
-    if session.settings.hermetic.records:
-        record_writes(item, session, state)
-    _finish_or_fail(item, session, state)
+    with real_filesystem():
+        if session.settings.hermetic.records:
+            record_writes(item, session, state)
+        _finish_or_fail(item, session, state)
 
 
 def _finish_or_fail(item: pytest.Item, session: OverlaySession, state: TestState) -> None:

@@ -215,6 +215,8 @@ def _carry_aside(session: OverlaySession, state: TestState, done: Finished) -> l
     settings = session.settings
     carried = []
     for index, (mount, target) in enumerate(zip(state.mounts, state.targets, strict=True)):
+        if mount.untouched():
+            continue  # an empty upper layer: nothing to carry (the usual case, cheaply)
         globs = settings.carry_files if index == 0 else ()
         if not globs and not carries(settings, target):
             continue  # an area of --overlay-hermetic, usually: nothing can be carried

@@ -57,7 +57,7 @@ class OverlaySession:
         self._parked: dict[ViewKey, Mount] = {}
         # In place: the device number a parked view shows at the path it stands at (what the
         # containment check must expect there, instead of the real directory's).
-        self._parked_devices: dict[ViewKey, int] = {}
+        self._parked_devices: dict[ViewKey, tuple[Mount, int]] = {}
         # In place: the real directories inside each sandboxed one that stay writable
         # (pytest's cache and basetemp, overlay_passthrough), found at the first test.
         self.passthrough: dict[Path, tuple[Path, ...]] | None = None
@@ -162,8 +162,9 @@ class OverlaySession:
         :meth:`Mount.reusable`), else close it; returns the warnings of closing it."""
         key = self._in_use.pop(mount, None)
         if reuse and key is not None and mount.reusable():
-            if key[2] is not None:
-                self._parked_devices[key] = os.stat(key[2]).st_dev
+            if key[2] is not None and self._parked_devices.get(key, (None, 0))[0] is not mount:
+                # Once per view: a view parked again still shows the same device.
+                self._parked_devices[key] = (mount, os.stat(key[2]).st_dev)
             self._parked[key] = mount
             if len(self._parked) > MAX_PARKED:
                 self._close([self._parked.pop(next(iter(self._parked)))])
@@ -173,7 +174,7 @@ class OverlaySession:
     def standing(self) -> dict[Path, int]:
         """In place: each path a parked view stands at, and the device number it shows there."""
         return {
-            key[2]: self._parked_devices[key]
+            key[2]: self._parked_devices[key][1]
             for key in self._parked
             if key[2] is not None and key in self._parked_devices
         }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import os
 import shutil
 import stat
@@ -60,19 +61,19 @@ def carry_aside(
     """Copy what the test created at *passthrough* paths (and at root files matching
     *file_globs*) from its *upper* layer, a view of *target*, to a new directory in
     *scratch*."""
-    wanted: list[str] = []
-    for path in passthrough:
-        with contextlib.suppress(ValueError):
-            wanted.append(path.relative_to(target).as_posix())
     moves: list[tuple[Path, Path]] = []
     with _namespaces.privileged():
-        if file_globs:
-            try:
-                names = os.listdir(upper)
-            except OSError:
-                names = []
-            wanted += [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in file_globs)]
-        for rel in wanted:
+        try:
+            names = set(os.listdir(upper))
+        except OSError:
+            names = set()
+        # Only what the upper layer has at its root can hold anything (the test wrote there).
+        wanted = [rel for rel in _relative(tuple(passthrough), target) if rel[0] in names]
+        wanted += [
+            (n, "") for n in sorted(names) if any(fnmatch.fnmatchcase(n, g) for g in file_globs)
+        ]
+        for first, rest in wanted:
+            rel = f"{first}/{rest}" if rest else first
             source = upper / rel
             try:
                 st = source.lstat()
@@ -85,6 +86,18 @@ def carry_aside(
             _merge(source, staged)
             moves.append((staged, target / rel))
     return Carried(moves)
+
+
+@functools.lru_cache(maxsize=16)
+def _relative(passthrough: tuple[Path, ...], target: Path) -> tuple[tuple[str, str], ...]:
+    """The *passthrough* paths inside *target*, as (first component, the rest) relative to it
+    (the same for every test: computed once)."""
+    found = []
+    for path in passthrough:
+        with contextlib.suppress(ValueError):
+            first, _, rest = path.relative_to(target).as_posix().partition("/")
+            found.append((first, rest))
+    return tuple(found)
 
 
 def _merge(source: Path, destination: Path) -> None:

@@ -44,6 +44,8 @@ FIXTURE_NAME = "overlay_root"
 LAYER_FIXTURE = "overlay_layer"
 IN_PLACE_FIXTURE = "_overlay_in_place"
 marker_problem_key = pytest.StashKey[str]()
+# In place: the tests that pytest_runtest_setup sandboxes (the others have IN_PLACE_FIXTURE).
+in_place_by_hook_key = pytest.StashKey[bool]()
 WORKER_NOTICES = "pytest_overlay_notices"
 WORKER_GOLDEN = "pytest_overlay_golden"
 MARKER_HELP = (
@@ -202,19 +204,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     in_place = config.stash[settings_key].inplace
     for item in items:
         names = getattr(item, "fixturenames", None)
-        if in_place and names is not None and IN_PLACE_FIXTURE not in names:
-            names.insert(0, IN_PLACE_FIXTURE)
-        if not in_place and names is not None and FIXTURE_NAME not in names and _is_golden(item):
-            # A golden test records what it does to its overlay: it gets one.
-            names.append(FIXTURE_NAME)
         markers = list(item.iter_markers("overlay"))
-        for marker in markers:
+        layers = False
+        for index, marker in enumerate(markers):
             try:
-                parse_marker(marker.args, dict(marker.kwargs))
+                choices = parse_marker(marker.args, dict(marker.kwargs))
             except MarkerError as exc:
                 problem = f"{item.nodeid}: @pytest.mark.overlay: {exc}"
                 problems.append(problem)
                 item.stash[marker_problem_key] = f"{problem}\nIt accepts {MARKER_SIGNATURE}."
+            else:
+                layers = layers or (index == 0 and bool(choices.layers))  # the closest decides
+        if in_place and names is not None and IN_PLACE_FIXTURE not in names:
+            if layers:
+                # Its snapshot layers are fixtures, built before the view covers the tree.
+                names.insert(0, IN_PLACE_FIXTURE)
+            else:
+                # Sandboxed by pytest_runtest_setup below, before any fixture: a fixture of
+                # our own would cost every test pytest's price of one, about 0.15 ms.
+                item.stash[in_place_by_hook_key] = True
+        if not in_place and names is not None and FIXTURE_NAME not in names and _is_golden(item):
+            # A golden test records what it does to its overlay: it gets one.
+            names.append(FIXTURE_NAME)
         fixtures = names or ()
         used = (
             used
@@ -248,6 +259,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if _is_golden(item):
         # Before any fixture: in place, the record is read before a view covers it.
         _golden_engine.setup(item)
+    if item.stash.get(in_place_by_hook_key, False):
+        _sandbox_in_place(item)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -257,6 +270,28 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     if session is not None and _is_golden(item):
         _golden_engine.check(item, session)
     return result
+
+
+def _sandbox_in_place(item: pytest.Item) -> None:
+    """Sandbox the project for one ``--overlay`` test, before its fixtures are set up (as
+    :func:`_overlay_in_place` does for a test with snapshot layers)."""
+    config = item.config
+    session = _use(config)
+    # A fake filesystem (pyfakefs, of a wider scope) may be active already: see _realfs.
+    with real_filesystem():
+        basetemp = session.basetemp
+        if basetemp is None:
+            # What the tmp_path_factory fixture returns, which a hook cannot ask for: the
+            # basetemp is made here, before the overlay covers the tree it may be inside of.
+            factory = getattr(config, "_tmp_path_factory", None)
+            if factory is None:
+                pytest.fail(
+                    "pytest-overlay: in-place mode (--overlay) needs pytest's tmpdir plugin "
+                    "(for its basetemp); do not disable it with -p no:tmpdir",
+                    pytrace=False,
+                )
+            basetemp = Path(factory.getbasetemp())
+        _engine.in_place_setup(item, session, basetemp)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -308,9 +343,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def _overlay_in_place(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Internal: sandboxes the project for one test in ``--overlay`` mode.
+    """Internal: sandboxes the project for one test with snapshot layers in ``--overlay``
+    mode (the others are sandboxed by ``pytest_runtest_setup``, before any fixture).
 
-    Placed first among every test's fixtures, so that all the others (of any scope) already
+    Placed first among the test's fixtures, so that all the others (of any scope) already
     see the overlay; only the snapshot layers the test asks for are set up before it, so that
     their builds stay out of the sandbox.  The teardown hook unmounts it after the last
     finalizer.
@@ -319,7 +355,7 @@ def _overlay_in_place(
     basetemp = Path(tmp_path_factory.getbasetemp())
     # A fake filesystem (pyfakefs, of a wider scope) may be active already: see _realfs.
     with real_filesystem():
-        _engine.in_place_setup(request, _use(request.config), basetemp)
+        _engine.in_place_setup(request.node, _use(request.config), basetemp, request)
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)
@@ -346,8 +382,8 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         session = _active(item.config)
         try:
             if session is not None:
-                with real_filesystem():
-                    _engine.in_place_teardown(item, session, failed=failed)
+                # It leaves a fake filesystem itself, only if it has a view to close.
+                _engine.in_place_teardown(item, session, failed=failed)
         finally:
             if _is_golden(item):
                 # The views are gone: a record is written to the real disk.
@@ -368,9 +404,14 @@ def overlay_root(
     with real_filesystem():
         session = _use(request.config)
         basetemp = Path(tmp_path_factory.getbasetemp())
-        fixture = _engine.overlay_root_fixture  # imported here, on the real filesystem
-    # The body leaves the fake (if any) around its setup and teardown, not around the test.
-    yield from fixture(request, session, basetemp)
+        body = _engine.overlay_root_fixture(request, session, basetemp)
+        # Its setup (under this guard: its own costs nothing nested).
+        overlay = next(body)
+    try:
+        yield overlay
+    finally:
+        # Its teardown, which leaves the fake (if any) by itself: not around the test.
+        next(body, None)
 
 
 @pytest.fixture(scope="session")

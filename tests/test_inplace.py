@@ -305,3 +305,68 @@ def test_several_sandboxed_directories_are_all_reported_and_kept(tmp_path: Path)
     as_json = cli(project, "show", "changes_both", "--json")
     assert as_json.returncode == 0, as_json.stderr
     assert str(shared) in as_json.stdout
+
+
+SETUP_WRITERS_CONFTEST = r"""
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("overlay"):
+        return  # a test with snapshot layers is sandboxed by a fixture, after this hook
+    mark = HERE / "hook_setup.txt"
+    assert not mark.exists(), "an earlier test's setup write reached this test"
+    mark.write_text(item.name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_writer():
+    (HERE / "session.txt").write_text("session")
+
+
+@pytest.fixture(scope="session")
+def seeded(overlay_layer):
+    return overlay_layer("seeded", lambda root: (root / "seed.txt").write_text("seed"))
+"""
+
+SETUP_WRITERS_SUITE = r"""
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_setup_wrote_in_my_view(i):
+    assert (HERE / "hook_setup.txt").read_text() == f"test_setup_wrote_in_my_view[{i}]"
+
+
+@pytest.mark.overlay(layers=["seeded"])
+def test_with_a_layer():
+    assert (HERE / "seed.txt").read_text() == "seed"
+    assert not (HERE / "hook_setup.txt").exists()
+"""
+
+
+@IN_PLACE_BACKENDS
+def test_setup_hooks_and_fixtures_of_any_scope_write_in_the_view(
+    tmp_path: Path, backend: str
+) -> None:
+    """The project is sandboxed before a conftest's ``pytest_runtest_setup`` and before any
+    fixture, and a test with snapshot layers still gets them built outside it."""
+    chosen = need(backend)
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "pytest.ini").write_text("[pytest]\n")
+    (root / "conftest.py").write_text(SETUP_WRITERS_CONFTEST)
+    (root / "test_setup_writers.py").write_text(SETUP_WRITERS_SUITE)
+    run_root(root, "--collect-only", "-q")
+    before = digest_without_cache(root)
+    output = run_root(root, "--overlay", *chosen, "-p", "no:randomly", expect_rc=0).output
+    assert "4 passed" in output, output
+    assert digest_without_cache(root) == before

@@ -42,7 +42,15 @@ from pytest_overlay._layerwrite import copy_layer
 from .base import IgnoreFn
 
 # What :meth:`UpperLayerView.untouched` compares: the upper layer as it was after mounting.
-Fresh = tuple[object, ...]
+# The root's (mode, uid, gid, link count, mtime, ctime), its xattrs, the upper's listing, the
+# work directory's and that of its work/ (None on fuse).
+Fresh = tuple[
+    tuple[int, int, int, int, int, int],
+    list[tuple[str, bytes]],
+    list[str],
+    list[str],
+    list[str] | None,
+]
 
 
 def detach(path: Path) -> None:
@@ -75,6 +83,8 @@ class RealDirs:
         """The clones attached so far: a view that keeps no tmpfs of its own detaches them."""
 
     def hold(self, lowers: Sequence[Path], readable: Sequence[Path]) -> None:
+        if not self._passthrough and list(lowers) == list(readable):
+            return  # fixture mode: nothing to take hold of
         with _namespaces.privileged():
             for lower, path in zip(lowers, readable, strict=True):
                 if lower != path:
@@ -107,14 +117,16 @@ class RealDirs:
 
 def set_aside(binds: Sequence[Path], park: Path) -> list[tuple[str, str]]:
     """Where :func:`idle` moves each of our own mounts on top of a view: ``(bind, aside)``
-    for those not inside another (which go with it), the directories made."""
+    for those not inside another (which go with it), all to *park*, made here.
+
+    One directory for all: each mount moved there lands on the one moved before it, and
+    :func:`idle` moves them back in the reverse order, the topmost first (one ``mkdir`` per
+    view, where a directory per mount cost a test that wrote a few more).
+    """
     top = [b for b in binds if not any(o in b.parents for o in binds)]
-    moves = []
-    for index, bind in enumerate(top):
-        aside = park / str(index)
-        aside.mkdir(parents=True, exist_ok=True)
-        moves.append((os.fspath(bind), os.fspath(aside)))
-    return moves
+    if top:
+        park.mkdir(exist_ok=True)
+    return [(os.fspath(bind), os.fspath(park)) for bind in top]
 
 
 def idle(merged: str, moves: Sequence[tuple[str, str]]) -> bool:
@@ -162,11 +174,12 @@ class UpperLayerView:
         self._upper_s = os.fspath(self.upper)  # strings: these run twice per test
         self._work_s = os.fspath(self._root / ".work")
         with _namespaces.privileged():
-            self._fresh = self._state()
-        st = os.lstat(self._upper_s)
-        self._fresh_stat = (st.st_ctime_ns, st.st_mtime_ns, st.st_mode)
+            self._fresh = fresh = self._state()
+        mode, _, _, _, mtime, ctime = fresh[0]
+        self._fresh_stat = (ctime, mtime, mode)
 
     def _state(self) -> Fresh:
+        # The root's stat first: remember_fresh takes what untouched() compares from it.
         upper, work = self._upper_s, self._work_s
         st = os.lstat(upper)
         names = os.listxattr(upper, follow_symlinks=False)
@@ -191,11 +204,14 @@ class UpperLayerView:
         if self._fresh is None:
             return False
         try:
-            st = os.lstat(self._upper_s)
-            if (st.st_ctime_ns, st.st_mtime_ns, st.st_mode) != self._fresh_stat:
+            if not self._root_unchanged():
                 return False
-            with _namespaces.privileged():
+            try:
                 return not os.listdir(self._upper_s)
+            except PermissionError:
+                # A project root without read permission for us (its mode is the upper's).
+                with _namespaces.privileged():
+                    return not os.listdir(self._upper_s)
         except OSError:
             return False
 
@@ -205,13 +221,20 @@ class UpperLayerView:
             self._moves = set_aside(binds, self._root / ".park")
         return idle(self._merged_s, self._moves)
 
+    def _root_unchanged(self) -> bool:
+        """The quick look: the upper's root has the times and mode it had after mounting."""
+        st = os.lstat(self._upper_s)
+        return (st.st_ctime_ns, st.st_mtime_ns, st.st_mode) == self._fresh_stat
+
     def _reusable(self, binds: Sequence[Path]) -> bool:
-        """Checks 1 and 2, in that order, with a quick look at the upper layer first."""
-        if not self.untouched():
+        """Checks 1 and 2, in that order, after a quick look at the upper's root (a test that
+        wrote anything at all changed its times, but for one in the same clock tick as
+        mounting, which check 2 sees)."""
+        if self._fresh is None:
             return False
         try:
-            with _namespaces.privileged():
-                return self._idle(binds) and self._state() == self._fresh
+            with _namespaces.privileged():  # once: as the user, two system calls each time
+                return self._root_unchanged() and self._idle(binds) and self._state() == self._fresh
         except OSError:
             return False  # a pass-through mount that could not be put back: never reuse
 
