@@ -370,12 +370,16 @@ class LayerStack:
 
         :raises OSError: if a layer's directory cannot be listed.
         """
-        merged = merge_listings(self._listings(rel))
-        return dict(sorted(merged.items()))
+        dirs = dict(self._layer_dirs(rel))
+        merged = merge_listings(self._listings(dirs))
+        # An Entry for each name shown only: building one costs more than merging a name.
+        return {n: Entry(dirs[i] / n, st, i) for n, (i, st) in sorted(merged.items())}
 
-    def _listings(self, rel: str) -> Iterator[tuple[dict[str, Entry], set[str]]]:
-        for index, directory in self._layer_dirs(rel):
+    def _listings(
+        self, dirs: Mapping[int, Path]
+    ) -> Iterator[tuple[dict[str, tuple[int, os.stat_result]], set[str]]]:
+        for index, directory in dirs.items():
             entries, whiteouts = read_layer_dir(
                 directory, whiteout_files=self._whiteout_files[index]
             )
-            yield {n: Entry(directory / n, st, index) for n, st in entries.items()}, whiteouts
+            yield {n: (index, st) for n, st in entries.items()}, whiteouts

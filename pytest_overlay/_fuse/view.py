@@ -273,15 +273,20 @@ class MergedView:
         chain = self.chain(rel)
         if len(chain) == 1:  # most directories: nothing to merge
             return self._scan(*chain[0])[0]
-        return merge_listings(self._scan(layer, directory) for layer, directory in chain)
+        return merge_listings([self._scan(layer, directory) for layer, directory in chain])
 
     def listdir(self, rel: str) -> dict[str, Node]:
         """The merged children of the directory *rel*, by name."""
-        return merge_listings(self._listings(rel))
+        dirs = dict(self.chain(rel))
+        merged = merge_listings(self._listings(dirs))
+        # A Node for each name shown only: building one costs more than merging a name.
+        return {n: _new_tuple(Node, (f"{dirs[i]}/{n}", st, i)) for n, (i, st) in merged.items()}
 
-    def _listings(self, rel: str) -> Iterator[tuple[dict[str, Node], set[str]]]:
-        for layer, directory in self.chain(rel):
+    def _listings(
+        self, dirs: Mapping[int, str]
+    ) -> Iterator[tuple[dict[str, tuple[int, os.stat_result]], set[str]]]:
+        for layer, directory in dirs.items():
             entries, whiteouts = read_layer_dir(
                 Path(directory), whiteout_files=self.whiteout_files[layer]
             )
-            yield {n: Node(f"{directory}/{n}", st, layer) for n, st in entries.items()}, whiteouts
+            yield {n: (layer, st) for n, st in entries.items()}, whiteouts
