@@ -16,7 +16,10 @@ name starts with ``.wh.``.  :mod:`._layerwrite` writes that format only where a 
 hold neither device nodes nor xattrs, and marks the layer then.
 
 This module owns the format's names (:data:`WHITEOUT_PREFIX`, :data:`OPAQUE_SENTINEL`, the
-overlay's xattrs) and reads it; :mod:`._layerwrite` beside it is the one writer.  Nothing here
+overlay's xattrs) and reads it; :mod:`._layerwrite` beside it is the one writer.  It also owns
+the rules that merge layers (:func:`topmost`, :func:`merged_dirs`, :func:`merge_listings`),
+which :class:`LayerStack` and the FUSE server's ``MergedView`` both apply, each reading and
+caching the layers its own way.  Nothing here
 follows a symbolic link, opens a file or reads one: only ``lstat``, ``readdir`` and
 ``getxattr`` are used, so FIFOs and device nodes are harmless.  The layers are assumed not to
 change while a :class:`LayerStack` is in use (results are cached).
@@ -28,10 +31,11 @@ import errno
 import os
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
-from typing import final
+from typing import TypeVar, final
 
 __all__ = [
     "OPAQUE_SENTINEL",
@@ -39,13 +43,17 @@ __all__ = [
     "OVERLAY_XATTR_PREFIXES",
     "WHITEOUT_FILES_MARKER",
     "WHITEOUT_PREFIX",
+    "Answer",
     "Entry",
     "LayerStack",
     "is_opaque",
     "is_whiteout",
+    "merge_listings",
+    "merged_dirs",
     "opaque_xattr",
     "overlay_xattrs",
     "read_layer_dir",
+    "topmost",
     "uses_whiteout_files",
     "whiteout_file_markers",
 ]
@@ -196,6 +204,71 @@ def read_layer_dir(
     return entries, whiteouts
 
 
+# The merge rules of kernel overlayfs, for both readers of a layer stack (LayerStack here, the
+# FUSE server's MergedView).  Each reader probes a layer its own way (and caches as it may):
+# *answer(layer, directory, name)* gives the entry that layer's *directory* holds for *name*
+# (None: absent, or a whiteout) and whether the layer hides *name* in the layers below (a
+# whiteout, or a ``.wh.`` marker beside the entry).  The rules ask the layers topmost first and
+# stop where the layers below no longer matter, so those cost no I/O.  A callback, not a
+# generator of answers: a LOOKUP costs a generator's setup more than a call per layer.
+_T = TypeVar("_T")
+_D = TypeVar("_D")
+Answer = Callable[[int, _D, str], tuple[_T | None, bool]]
+
+
+def topmost(layers: Iterable[tuple[int, _D]], answer: Answer[_D, _T], name: str) -> _T | None:
+    """The entry a lookup of *name* finds in the directories *layers* ((layer, directory),
+    topmost first): the topmost entry wins; a layer that hides the name ends the search."""
+    for layer, directory in layers:
+        entry, hides_below = answer(layer, directory, name)
+        if entry is not None or hides_below:
+            return entry
+    return None
+
+
+def merged_dirs(
+    layers: Iterable[tuple[int, _D]],
+    answer: Answer[_D, _T],
+    name: str,
+    is_dir: Callable[[_T], bool],
+    is_opaque: Callable[[_T], bool],
+) -> list[_T]:
+    """The directories merged at *name* in the directories *layers*, topmost first, as for
+    :func:`topmost`: every directory down to the first non-directory (which hides the layers
+    below it, as does an opaque directory or a layer hiding the name).  *is_opaque* is asked
+    only of the directories merged."""
+    found: list[_T] = []
+    for layer, directory in layers:
+        entry, hides_below = answer(layer, directory, name)
+        if entry is not None:
+            if not is_dir(entry):
+                break
+            found.append(entry)
+            if is_opaque(entry):
+                break
+        if hides_below:
+            break
+    return found
+
+
+def merge_listings(layers: Iterable[tuple[Mapping[str, _T], AbstractSet[str]]]) -> dict[str, _T]:
+    """The merged listing of a directory from its layers' listings, topmost first, each with
+    the names it whites out: a name comes from the topmost layer listing it, unless a layer
+    above whites it out."""
+    merged: dict[str, _T] = {}
+    hidden: set[str] = set()
+    for entries, whiteouts in layers:
+        for name, entry in entries.items():
+            if name not in merged and name not in hidden:
+                merged[name] = entry
+        hidden |= whiteouts
+    return merged
+
+
+def _is_dir(entry: Entry) -> bool:
+    return stat.S_ISDIR(entry.stat.st_mode)
+
+
 def _split(rel: str) -> tuple[str, str]:
     parent, _, name = rel.rpartition("/")
     return parent, name
@@ -240,6 +313,14 @@ class LayerStack:
         marker = _lstat(directory / (WHITEOUT_PREFIX + name))
         return st, marker is not None and stat.S_ISREG(marker.st_mode)
 
+    def _answer(self, index: int, directory: Path, name: str) -> tuple[Entry | None, bool]:
+        """The layer *index*'s :data:`Answer` for *name* in its *directory*."""
+        st, hides_below = self._probe(index, directory, name)
+        return (None if st is None else Entry(directory / name, st, index)), hides_below
+
+    def _opaque(self, entry: Entry) -> bool:
+        return is_opaque(entry.real_path, whiteout_files=self._whiteout_files[entry.layer])
+
     def _layer_dirs(self, rel: str) -> tuple[tuple[int, Path], ...]:
         """The (layer, real path) of every directory merged at *rel*, topmost first.
 
@@ -257,17 +338,10 @@ class LayerStack:
         else:
             parent, name = _split(rel)
             if name:
-                for index, directory in self._layer_dirs(parent):
-                    st, hides_below = self._probe(index, directory, name)
-                    if st is not None:
-                        if not stat.S_ISDIR(st.st_mode):
-                            break  # a non-directory hides every layer below it
-                        path = directory / name
-                        result.append((index, path))
-                        if is_opaque(path, whiteout_files=self._whiteout_files[index]):
-                            break
-                    if hides_below:
-                        break
+                dirs = merged_dirs(
+                    self._layer_dirs(parent), self._answer, name, _is_dir, self._opaque
+                )
+                result.extend((entry.layer, entry.real_path) for entry in dirs)
         found = tuple(result)
         self._dirs[rel] = found
         return found
@@ -286,13 +360,7 @@ class LayerStack:
         parent, name = _split(rel)
         if not name:
             return None
-        for index, directory in self._layer_dirs(parent):
-            st, hides_below = self._probe(index, directory, name)
-            if st is not None:
-                return Entry(directory / name, st, index)
-            if hides_below:
-                return None
-        return None
+        return topmost(self._layer_dirs(parent), self._answer, name)
 
     def listdir(self, rel: str) -> dict[str, Entry]:
         """List the merged children of the directory *rel*, sorted by name.
@@ -302,14 +370,16 @@ class LayerStack:
 
         :raises OSError: if a layer's directory cannot be listed.
         """
-        merged: dict[str, Entry] = {}
-        hidden: set[str] = set()
-        for index, directory in self._layer_dirs(rel):
+        dirs = dict(self._layer_dirs(rel))
+        merged = merge_listings(self._listings(dirs))
+        # An Entry for each name shown only: building one costs more than merging a name.
+        return {n: Entry(dirs[i] / n, st, i) for n, (i, st) in sorted(merged.items())}
+
+    def _listings(
+        self, dirs: Mapping[int, Path]
+    ) -> Iterator[tuple[dict[str, tuple[int, os.stat_result]], set[str]]]:
+        for index, directory in dirs.items():
             entries, whiteouts = read_layer_dir(
                 directory, whiteout_files=self._whiteout_files[index]
             )
-            for name, st in entries.items():
-                if name not in merged and name not in hidden:
-                    merged[name] = Entry(directory / name, st, index)
-            hidden |= whiteouts
-        return dict(sorted(merged.items()))
+            yield {n: (index, st) for n, st in entries.items()}, whiteouts

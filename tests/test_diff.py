@@ -20,6 +20,7 @@ import pytest
 
 from pytest_overlay._checkpoint import diff_states
 from pytest_overlay._diff import Change, ChangeKind, TreeDiff, diff_trees, diff_upper
+from pytest_overlay._fuse.view import MergedView
 from pytest_overlay._layers import WHITEOUT_FILES_MARKER, LayerStack
 from tests._gates import gate
 
@@ -266,6 +267,48 @@ def test_layer_stack_merges_and_honours_whiteouts(tmp_path: Path) -> None:
     root = stack.lookup("")
     assert root is not None
     assert root.real_path == top
+
+
+@needs_root
+@pytest.mark.parametrize("files", [False, True], ids=["kernel-format", "whiteout-files"])
+def test_both_readers_of_a_stack_agree(tmp_path: Path, files: bool) -> None:
+    """LayerStack and the FUSE server's MergedView share the merge rules (issue 21): every
+    name, present, whited out, under an opaque or a file, resolves the same in both."""
+    top, mid, bottom = layers = [tmp_path / n for n in ("top", "mid", "bottom")]
+    for name in ("a", "b", "c", "gone", "d/x", "d/y", "d/z", "o/old", "f/child", "s/z", "m/k"):
+        write(bottom / name, b"bottom")
+    write(bottom / ".wh.hidden-in-bottom")
+    whiteout(mid / "gone")
+    write(mid / ".wh.c")  # a whiteout only with files
+    write(mid / "d/x", b"mid")
+    whiteout(mid / "d/y")
+    make_opaque(mid / "o")
+    write(mid / "o/new", b"mid")
+    write(mid / "m/.wh..wh..opq")  # opaque only with files
+    write(mid / "m/j", b"mid")
+    write(top / "f", b"a file over the directory f")
+    write(top / "d/t", b"top")
+    whiteout(top / "d/z")
+    write(top / "b", b"top")
+    write(top / ".wh.d")  # with files: top's d stays, the ones below are hidden
+    (top / "s").symlink_to(bottom / "s")
+    if files:
+        whiteout_files(*layers)
+    stack = LayerStack(layers)
+    view = MergedView([str(layer) for layer in layers])
+    rels = {"nowhere", "d/nowhere", "nowhere/x", "s/z"}
+    for layer in layers:
+        rels |= {str(p.relative_to(layer)) for p in layer.rglob("*")}
+    for rel in sorted(rels):
+        entry, node = stack.lookup(rel), view.lookup(rel)
+        expected = None if entry is None else (entry.layer, str(entry.real_path))
+        assert (None if node is None else (node.layer, node.path)) == expected, rel
+    for rel in ["", *sorted(rels)]:
+        listed = {n: (e.layer, str(e.real_path)) for n, e in stack.listdir(rel).items()}
+        assert {n: (e.layer, e.path) for n, e in view.listdir(rel).items()} == listed, rel
+        assert {n: e.layer for n, e in view.entries(rel).items()} == {
+            n: layer for n, (layer, _) in listed.items()
+        }, rel
 
 
 def test_layer_stack_without_layers() -> None:

@@ -1,7 +1,9 @@
 """The merged, read-write view of an upper layer over read-only lower layers.
 
 Lookups follow kernel overlayfs: the topmost layer holding a name provides it; a whiteout, an
-opaque directory or a non-directory hides the layers below.  A layer uses the kernel's format,
+opaque directory or a non-directory hides the layers below.  Those rules are
+:mod:`pytest_overlay._layers`' (shared with :class:`~pytest_overlay._layers.LayerStack`); this
+module answers them for one layer at a time, with its own caches.  A layer uses the kernel's format,
 or, where its root says so, ``.wh.`` files (:mod:`pytest_overlay._layers` reads both); in the
 kernel's format, names starting with ``.wh.`` are ordinary names.
 Unlike :class:`pytest_overlay._layers.LayerStack`, the topmost layer (the upper) changes, so
@@ -14,7 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, final
 
@@ -23,7 +25,10 @@ from pytest_overlay._layers import (
     WHITEOUT_PREFIX,
     is_opaque,
     is_whiteout,
+    merge_listings,
+    merged_dirs,
     read_layer_dir,
+    topmost,
     uses_whiteout_files,
 )
 
@@ -100,6 +105,10 @@ def _scan_layer_dir(
 _new_tuple = tuple.__new__
 
 
+def _is_dir(node: Node) -> bool:
+    return stat.S_ISDIR(node.st.st_mode)
+
+
 def split(rel: str) -> tuple[str, str]:
     """``"a/b/c"`` -> ``("a/b", "c")``; ``"a"`` -> ``("", "a")``."""
     parent, _, name = rel.rpartition("/")
@@ -161,33 +170,6 @@ class MergedView:
             self._lower_names[directory] = names
         return names
 
-    def _probe(
-        self, layer: int, directory: str, name: str, path: str
-    ) -> tuple[os.stat_result | None, bool]:
-        """``lstat`` *name* (at *path*) in one layer's *directory*; and whether it hides the
-        layers below."""
-        if not self.whiteout_files[layer]:
-            st = _lstat(path) if layer == 0 or name in self._names(directory) else None
-            if st is not None and stat.S_ISCHR(st.st_mode) and is_whiteout(st):
-                return None, True
-            return st, False
-        if name.startswith(WHITEOUT_PREFIX):
-            return None, False  # a marker in this format, never an entry
-        marker_name = WHITEOUT_PREFIX + name
-        if layer > 0:
-            names = self._names(directory)
-            st = _lstat(path) if name in names else None
-            has_marker = marker_name in names
-        else:
-            st = _lstat(path)
-            has_marker = True  # the upper layer changes: look
-        if st is not None and stat.S_ISCHR(st.st_mode) and is_whiteout(st):
-            return None, True
-        if not has_marker:
-            return st, False
-        marker = _lstat(f"{directory}/{marker_name}", _NO_MARKER)
-        return st, marker is not None and stat.S_ISREG(marker.st_mode)
-
     def chain(self, rel: str) -> tuple[tuple[int, str], ...]:
         """The real directories merged at *rel*, topmost first (empty: not a directory)."""
         cached = self._dirs.get(rel)
@@ -198,17 +180,8 @@ class MergedView:
             result.extend(enumerate(self._layers))  # the kernel ignores opaque roots too
         else:
             parent, name = split(rel)
-            for layer, directory in self.chain(parent):
-                path = f"{directory}/{name}"
-                st, hides_below = self._probe(layer, directory, name, path)
-                if st is not None:
-                    if not stat.S_ISDIR(st.st_mode):
-                        break
-                    result.append((layer, path))
-                    if is_opaque(Path(path), whiteout_files=self.whiteout_files[layer]):
-                        break
-                if hides_below:
-                    break
+            dirs = merged_dirs(self.chain(parent), self._answer, name, _is_dir, self._opaque)
+            result.extend((node.layer, node.path) for node in dirs)
         found = tuple(result)
         self._dirs[rel] = found
         return found
@@ -222,26 +195,54 @@ class MergedView:
             return _new_tuple(Node, (root, os.lstat(root), 0))
         parent, _, name = rel.rpartition("/")
         chain = self._dirs.get(parent)
-        for layer, directory in self.chain(parent) if chain is None else chain:
-            path = f"{directory}/{name}"
-            names = self._lower_names.get(directory) if layer else None
-            if (
-                names is not None
-                and name in names
-                and not (self.whiteout_files[layer] and name.startswith(WHITEOUT_PREFIX))
-                and WHITEOUT_PREFIX + name not in names
-            ):
-                # The common case, a listed lower name with no marker: one lstat, inlined
-                # because every LOOKUP the kernel sends comes here.
-                st = _lstat(path)
-                if st is not None and not (stat.S_ISCHR(st.st_mode) and is_whiteout(st)):
-                    return _new_tuple(Node, (path, st, layer))
-            st, hides_below = self._probe(layer, directory, name, path)
-            if st is not None:
-                return _new_tuple(Node, (path, st, layer))
-            if hides_below:
-                return None
-        return None
+        return topmost(self.chain(parent) if chain is None else chain, self._answer, name)
+
+    def _answer(self, layer: int, directory: str, name: str) -> tuple[Node | None, bool]:
+        """The *layer*'s :data:`~pytest_overlay._layers.Answer` for *name* in its *directory*.
+
+        Every LOOKUP the kernel sends comes here once per layer asked, so this is one
+        function, with the common case first: a listed lower name with no marker, one
+        ``lstat``.
+        """
+        path = f"{directory}/{name}"
+        files = self.whiteout_files[layer]
+        names = self._lower_names.get(directory) if layer else None
+        if (
+            names is not None
+            and name in names
+            and not (files and name.startswith(WHITEOUT_PREFIX))
+            and WHITEOUT_PREFIX + name not in names
+        ):
+            st = _lstat(path)
+            if st is not None and not (stat.S_ISCHR(st.st_mode) and is_whiteout(st)):
+                return _new_tuple(Node, (path, st, layer)), False
+        if not files:
+            st = _lstat(path) if layer == 0 or name in self._names(directory) else None
+            if st is None:
+                return None, False
+            if stat.S_ISCHR(st.st_mode) and is_whiteout(st):
+                return None, True
+            return _new_tuple(Node, (path, st, layer)), False
+        if name.startswith(WHITEOUT_PREFIX):
+            return None, False  # a marker in this format, never an entry
+        marker_name = WHITEOUT_PREFIX + name
+        if layer > 0:
+            names = self._names(directory)
+            st = _lstat(path) if name in names else None
+            has_marker = marker_name in names
+        else:
+            st = _lstat(path)
+            has_marker = True  # the upper layer changes: look
+        if st is not None and stat.S_ISCHR(st.st_mode) and is_whiteout(st):
+            return None, True
+        node = None if st is None else _new_tuple(Node, (path, st, layer))
+        if not has_marker:
+            return node, False
+        marker = _lstat(f"{directory}/{marker_name}", _NO_MARKER)
+        return node, marker is not None and stat.S_ISREG(marker.st_mode)
+
+    def _opaque(self, node: Node) -> bool:
+        return is_opaque(Path(node.path), whiteout_files=self.whiteout_files[node.layer])
 
     def get(self, rel: str) -> Node:
         node = self.lookup(rel)
@@ -252,15 +253,8 @@ class MergedView:
     def below(self, rel: str) -> bool:
         """Whether a lower layer shows something at *rel*, whatever the upper holds there."""
         parent, name = split(rel)
-        for layer, directory in self.chain(parent):
-            if layer == 0:
-                continue
-            st, hides_below = self._probe(layer, directory, name, f"{directory}/{name}")
-            if st is not None:
-                return True
-            if hides_below:
-                return False
-        return False
+        lowers = [(layer, directory) for layer, directory in self.chain(parent) if layer]
+        return topmost(lowers, self._answer, name) is not None
 
     def _scan(self, layer: int, directory: str) -> tuple[dict[str, Entry], frozenset[str]]:
         files = self.whiteout_files[layer]
@@ -279,26 +273,20 @@ class MergedView:
         chain = self.chain(rel)
         if len(chain) == 1:  # most directories: nothing to merge
             return self._scan(*chain[0])[0]
-        merged: dict[str, Entry] = {}
-        hidden: set[str] = set()
-        for layer, directory in chain:
-            entries, whiteouts = self._scan(layer, directory)
-            for name, entry in entries.items():
-                if name not in merged and name not in hidden:
-                    merged[name] = entry
-            hidden |= whiteouts
-        return merged
+        return merge_listings([self._scan(layer, directory) for layer, directory in chain])
 
     def listdir(self, rel: str) -> dict[str, Node]:
         """The merged children of the directory *rel*, by name."""
-        merged: dict[str, Node] = {}
-        hidden: set[str] = set()
-        for layer, directory in self.chain(rel):
+        dirs = dict(self.chain(rel))
+        merged = merge_listings(self._listings(dirs))
+        # A Node for each name shown only: building one costs more than merging a name.
+        return {n: _new_tuple(Node, (f"{dirs[i]}/{n}", st, i)) for n, (i, st) in merged.items()}
+
+    def _listings(
+        self, dirs: Mapping[int, str]
+    ) -> Iterator[tuple[dict[str, tuple[int, os.stat_result]], set[str]]]:
+        for layer, directory in dirs.items():
             entries, whiteouts = read_layer_dir(
                 Path(directory), whiteout_files=self.whiteout_files[layer]
             )
-            for name, st in entries.items():
-                if name not in merged and name not in hidden:
-                    merged[name] = Node(f"{directory}/{name}", st, layer)
-            hidden |= whiteouts
-        return merged
+            yield {n: (layer, st) for n, st in entries.items()}, whiteouts
