@@ -41,13 +41,14 @@ from ._golden import (
 )
 from ._keys import golden_modules_key, golden_outcome_key, golden_tests_key, settings_key
 from ._names import name_in_module
+from ._oscompat import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK
 from ._realfs import real_filesystem
 from ._safetext import safe_path
 
 if TYPE_CHECKING:
     from ._session import OverlaySession
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_FLAGS = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC
 _CHUNK = 1 << 20
 
 
