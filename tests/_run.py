@@ -23,6 +23,7 @@ import os
 import shlex
 import shutil
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "counts",
     "docker_like",
     "drop_sys_admin",
+    "junit_outcomes",
     "mount_denied",
     "pytest_argv",
     "run",
@@ -107,16 +109,21 @@ def _updated(base: Mapping[str, str], env: Mapping[str, str | None] | None) -> d
 
 
 def child_env(
-    env: Mapping[str, str | None] | None = None, *, write_bytecode: bool = False
+    env: Mapping[str, str | None] | None = None,
+    *,
+    write_bytecode: bool = False,
+    inherit: bool = True,
 ) -> dict[str, str]:
     """The environment of a root child (see the module docstring), updated with *env*.
 
-    A variable given as None is removed.
+    A variable given as None is removed.  Without *inherit* the child gets *env* alone
+    (with ``PYTHONDONTWRITEBYTECODE`` unless *write_bytecode*): nothing of the caller's, not
+    even ``PYTHONPATH``, as a fresh login shell would.
     """
     inherited = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith("PYTEST_") or key == REQUIRE_ENV
+        if inherit and (not key.startswith("PYTEST_") or key == REQUIRE_ENV)
     }
     return _updated({**inherited, **({} if write_bytecode else _NO_BYTECODE)}, env)
 
@@ -128,6 +135,7 @@ class Options(TypedDict, total=False):
     wrapper: Sequence[str]
     namespace: _unpriv.Namespace | None
     env: Mapping[str, str | None] | None
+    inherit_env: bool
     write_bytecode: bool
     timeout: float
     expect_rc: int | None
@@ -141,6 +149,7 @@ def run(
     wrapper: Sequence[str] = (),
     namespace: _unpriv.Namespace | None = None,
     env: Mapping[str, str | None] | None = None,
+    inherit_env: bool = True,
     write_bytecode: bool = False,
     timeout: float = 300,
     expect_rc: int | None = None,
@@ -150,14 +159,15 @@ def run(
     *namespace* runs it in a private mount namespace built so (always so for *user*); *cwd*
     is entered after that namespace is built, so it may lie in one of its overlay mounts.
     *env* updates the child's environment (see the module docstring; None removes a
-    variable).  With *expect_rc* another exit status fails the test, showing the output.  On
-    timeout the child's process group is killed and :class:`subprocess.TimeoutExpired` raised.
+    variable); a root child without *inherit_env* gets nothing else (:func:`child_env`).
+    With *expect_rc* another exit status fails the test, showing the output.  On timeout
+    the child's process group is killed and :class:`subprocess.TimeoutExpired` raised.
     """
     command = [*wrapper, *argv]
     if user:
         environment = _updated(_unpriv.user_env(cwd, _NO_BYTECODE), env)
     else:
-        environment = child_env(env, write_bytecode=write_bytecode)
+        environment = child_env(env, write_bytecode=write_bytecode, inherit=inherit_env)
     if user or namespace is not None:
         with _unpriv.prelude_command(
             command, cwd=cwd, user=user, namespace=namespace or _unpriv.Namespace()
@@ -208,3 +218,20 @@ def assert_clean(text: str) -> None:
     """No Python traceback and no internal error reached the user."""
     assert "Traceback (most recent call last)" not in text, text
     assert "INTERNALERROR" not in text, text
+
+
+def junit_outcomes(junit: Path) -> dict[str, str]:
+    """Each test's outcome from a child pytest's JUnit XML report (``--junitxml``): passed,
+    failed, error or skipped, by ``classname::name``.
+
+    pytest records a teardown error as a second entry of a test that passed; the error wins.
+    """
+    found: dict[str, str] = {}
+    # Our own child pytest wrote it: not untrusted input.
+    for case in ET.parse(junit).getroot().iter("testcase"):  # noqa: S314
+        name = f"{case.get('classname')}::{case.get('name')}"
+        kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+        outcome = {"failure": "failed"}.get(kinds[0], kinds[0]) if kinds else "passed"
+        if found.get(name, "passed") == "passed":
+            found[name] = outcome
+    return found

@@ -224,6 +224,13 @@ def tree_digest(root: Path, skip: Sequence[str] = (), *, dir_times: bool = True)
     return digest.hexdigest()
 
 
+def inplace_digest(root: Path) -> str:
+    """:func:`tree_digest` of a project a run used in place: byte-identical but for the
+    plugin's layer store and pytest's cache (``.pytest_cache``) and bytecode, and directory
+    times (pytest itself may create ``.pytest_cache`` in the root)."""
+    return tree_digest(root, skip=(".pytest_cache", "__pycache__"), dir_times=False)
+
+
 def overlay_mounts() -> list[str]:
     """Overlay, tmpfs-in-basetemp and FUSE mounts visible on the host right now."""
     with open("/proc/1/mountinfo") as f:

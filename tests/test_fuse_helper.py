@@ -1,8 +1,9 @@
 """The FUSE mount helper ``pytest-overlay-fs`` (``pytest_overlay._fuse.helper``).
 
-Option parsing is tested directly.  The real mounts run the helper in a subprocess inside
-``unshare --mount --propagation private``, so the host never sees them, and check that the
-detached server outlives the helper, serves the overlay, and exits by itself once unmounted.
+Option parsing is tested directly.  The real mounts run the helper in a child in a private
+mount namespace (``tests._run.run`` with a namespace), so the host never sees them, and check
+that the detached server outlives the helper, serves the overlay, and exits by itself once
+unmounted.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,14 +23,18 @@ import pytest
 from pytest_overlay._fuse.client import PACKAGE_ROOT
 from pytest_overlay._fuse.helper import MountOptions, OptionError, parse_options
 from tests._gates import fuse_reason, gate
+from tests._run import Result, run
+from tests._unpriv import Namespace
 
 HELPER = [sys.executable, "-m", "pytest_overlay._fuse.helper"]
 SERVER_MODULE = b"pytest_overlay._fuse.server"
 
 
 def _env() -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path}
+    """The helper's package first on its path, whatever an editable install points at."""
+    return {
+        "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
+    }
 
 
 # --- options ----------------------------------------------------------------------------------
@@ -103,10 +107,8 @@ def layers(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _run_helper(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*HELPER, *args], capture_output=True, text=True, env=_env(), timeout=60, check=False
-    )
+def _run_helper(cwd: Path, *args: str) -> Result:
+    return run([*HELPER, *args], cwd=cwd, env=_env(), timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -119,22 +121,22 @@ def _run_helper(*args: str) -> subprocess.CompletedProcess[str]:
     ids=["missing-upperdir", "nonexistent-lower", "nonexistent-upper-read-only"],
 )
 def test_errors_are_one_clear_line(layers: Path, options: str, message: str) -> None:
-    result = _run_helper("src", str(layers / "m"), "-o", options.format(t=layers))
+    result = _run_helper(layers, "src", str(layers / "m"), "-o", options.format(t=layers))
     assert result.returncode == 1
     assert result.stderr == f"pytest-overlay-fs: {message.format(t=layers)}\n"
     assert not _servers(layers / "m")
 
 
 def test_usage_error_exits_2(layers: Path) -> None:
-    result = _run_helper("src")
+    result = _run_helper(layers, "src")
     assert result.returncode == 2
     assert "MOUNTPOINT" in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert "Traceback" not in result.stderr
 
 
-def test_help_documents_the_options() -> None:
-    result = _run_helper("--help")
+def test_help_documents_the_options(tmp_path: Path) -> None:
+    result = _run_helper(tmp_path, "--help")
     assert result.returncode == 0
     for word in ("lowerdir=", "upperdir=", "workdir=", r"\:", "read-only", "umount", "detached"):
         assert word in result.stdout
@@ -148,8 +150,6 @@ def fuse_unavailable() -> str | None:
     """Why FUSE mounts cannot be tested here (one real test mount per module decides)."""
     if os.geteuid() != 0:
         return "the suite is not running as root (mount namespaces and umount need it)"
-    if shutil.which("unshare") is None:
-        return "unshare(1) from util-linux is missing"
     return fuse_reason()
 
 
@@ -200,21 +200,14 @@ def mnt(layers: Path, fuse_unavailable: str | None) -> Iterator[Path]:
     assert not leftovers, f"servers left running: {leftovers}"
 
 
-def _in_namespace(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _in_namespace(script: str, cwd: Path) -> Result:
     """Run a sh *script* (``set -e``) in a private mount namespace; ``$HELPER`` runs the helper."""
     env = {**_env(), "HELPER": shlex.join(HELPER)}
-    return subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", "set -e\n" + script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    argv = ["sh", "-c", "set -e\n" + script]
+    return run(argv, cwd=cwd, namespace=Namespace(), env=env, timeout=120)
 
 
-def _check_unmounted(result: subprocess.CompletedProcess[str], mountpoint: Path) -> None:
+def _check_unmounted(result: Result, mountpoint: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "STILL MOUNTED" not in result.stdout

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests._gates import gate, kernel_reason
-from tests._run import counts
+from tests._run import Result, counts, run_pytest
 from tests._sample_project import tree_digest
 
 CONFTEST = r"""
@@ -94,30 +92,10 @@ def test_stacked_and_checkpoints(overlay_root):
 """
 
 
-def run(project: Path, counter: Path, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update(LAYER_COUNTER=str(counter), PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:benchmark",
-            "-p",
-            "no:randomly",
-            f"--overlay-layer-dir={cache}",
-            *args,
-        ],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+def run(project: Path, counter: Path, cache: Path, *args: str) -> Result:
+    """A child pytest in *project* with the layer cache *cache*, each build noted in *counter*."""
+    env = {"LAYER_COUNTER": str(counter)}
+    return run_pytest(project, f"--overlay-layer-dir={cache}", *args, env=env, timeout=300)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ whose view cannot be torn down errs alone, and a run that cannot go on stops wit
 from __future__ import annotations
 
 import shutil
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import pytest
 
 from tests import _unpriv
 from tests._gates import gate, kernel_reason
-from tests._run import PLUGINS_OFF, assert_clean, run_pytest
-from tests._sample_project import tree_digest as full_digest
+from tests._run import PLUGINS_OFF, assert_clean, junit_outcomes, run_pytest
+from tests._sample_project import inplace_digest, tree_digest
 
 pytest.importorskip("pyfakefs", reason="pyfakefs is in the dev extra: pip install -e .[dev]")
 
@@ -155,28 +154,6 @@ def build_mixed(root: Path) -> None:
         (root / name).write_text(text.lstrip("\n"))
 
 
-def digest(root: Path) -> str:
-    # In place the plugin keeps its layer store in .pytest_cache; everything else must be
-    # byte-identical.
-    return full_digest(root, skip=(".pytest_cache", "__pycache__"), dir_times=False)
-
-
-def outcomes(junit: Path) -> dict[str, str]:
-    """Each test's outcome from a JUnit XML report: passed, failed, error or skipped.
-
-    pytest records a teardown error as a second entry of a test that passed; the error wins.
-    """
-    found: dict[str, str] = {}
-    # Our own child pytest wrote it: not untrusted input.
-    for case in ET.parse(junit).getroot().iter("testcase"):  # noqa: S314
-        name = f"{case.get('classname')}::{case.get('name')}"
-        kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
-        outcome = {"failure": "failed"}.get(kinds[0], kinds[0]) if kinds else "passed"
-        if found.get(name, "passed") == "passed":
-            found[name] = outcome
-    return found
-
-
 @pytest.fixture(params=["root", "user"])
 def who(request: pytest.FixtureRequest) -> str:
     gate("kernel", kernel_reason())
@@ -211,18 +188,18 @@ def test_a_mixed_suite_has_the_same_outcomes_in_place(who: str, workdir: Path) -
     user = who == "user"
     # The checkout under test first, whatever an editable install points at.
     env = {"PYTHONPATH": str(_unpriv.REPO_ROOT)}
-    before = digest(project)
+    before = inplace_digest(project)
     expected = run_pytest(plain, f"--junitxml={workdir / 'plain.xml'}", user=user, env=env)
     got = run_pytest(
         project, "--overlay", f"--junitxml={workdir / 'overlay.xml'}", user=user, env=env
     )
     assert_clean(got.output)
-    baseline = outcomes(workdir / "plain.xml")
+    baseline = junit_outcomes(workdir / "plain.xml")
     assert len(baseline) == MIXED_TESTS
     assert set(baseline.values()) == {"passed"}, baseline
-    assert outcomes(workdir / "overlay.xml") == baseline
+    assert junit_outcomes(workdir / "overlay.xml") == baseline
     assert got.returncode == expected.returncode == 0
-    assert digest(project) == before
+    assert inplace_digest(project) == before
     # The plain run did write into its copy: the writes were real, and stayed off the project.
     assert (plain / "data" / "out.txt").exists()
 
@@ -265,7 +242,7 @@ def _run_in_place(pytester: pytest.Pytester, basetemp: Path) -> pytest.RunResult
 
 def pytester_digest(pytester: pytest.Pytester) -> str:
     """The project's digest, without what pytester itself writes beside it."""
-    return full_digest(
+    return tree_digest(
         pytester.path,
         skip=(
             ".pytest_cache",

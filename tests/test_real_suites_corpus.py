@@ -9,7 +9,6 @@ and the small one also on fuse.  Outcomes are compared test by test from JUnit X
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import pytest
 
 from tests import _corpus, _unpriv
 from tests._gates import fuse_reason, gate, kernel_reason
-from tests._run import PLUGINS_OFF, run
-from tests.test_real_suites import digest, outcomes
+from tests._run import junit_outcomes, run_pytest
+from tests._sample_project import inplace_digest
 
 MODES = {
     "root-kernel": ("root", ()),
@@ -68,13 +67,12 @@ def _run_suite(
 ) -> dict[str, str]:
     pythonpath = [str(root / p) for p in project.pythonpath]
     env = {"PYTHONPATH": os.pathsep.join([*pythonpath, str(_unpriv.REPO_ROOT)])}
-    argv = [sys.executable, "-m", "pytest", *PLUGINS_OFF, "-p", "no:cacheprovider"]
-    argv += [*project.args, "-q", f"--junitxml={junit}", *args, *project.tests]
-    result = run(argv, cwd=root, user=user, env=env, timeout=600)
+    argv = [*project.args, "-q", f"--junitxml={junit}", *args, *project.tests]
+    result = run_pytest(root, *argv, user=user, env=env, timeout=600)
     # The project's own failures may print tracebacks; pytest's internal errors may not.
     assert "INTERNALERROR" not in result.output, result.output
     assert result.returncode in (0, 1), result.output
-    return outcomes(junit)
+    return junit_outcomes(junit)
 
 
 @pytest.mark.parametrize(("project", "mode"), CASES)
@@ -96,9 +94,9 @@ def test_a_real_suite_has_the_same_outcomes_in_place(
     expected = _plain[key]
     assert expected, f"{project.label} ran no test"
     root = _unpack(project, directory, workdir / "overlay", user)
-    before = digest(root)
+    before = inplace_digest(root)
     got = _run_suite(project, root, workdir / "overlay.xml", user, "--overlay", *backend_args)
-    assert digest(root) == before
+    assert inplace_digest(root) == before
     differ = {name: (expected.get(name), got.get(name)) for name in {*expected, *got}}
     differ = {name: pair for name, pair in differ.items() if pair[0] != pair[1]}
     isolated = {name: ("passed", "failed") for name in project.isolated}

@@ -16,6 +16,7 @@ import pytest
 
 from tests import _unpriv
 from tests._gates import gate
+from tests._run import Result, run
 from tests._unpriv import (
     REPO_ROOT,
     TEST_USER,
@@ -85,7 +86,7 @@ def test_child_is_an_unprivileged_user_with_pytest(workdir: Path) -> None:
     assert cwd == home == os.fspath(workdir)
 
 
-def _import_outcome(result: subprocess.CompletedProcess[str]) -> str:
+def _import_outcome(result: subprocess.CompletedProcess[str] | Result) -> str:
     lines = result.stderr.strip().splitlines()
     return "ok" if result.returncode == 0 else (lines[-1] if lines else str(result.returncode))
 
@@ -98,12 +99,10 @@ def test_child_sees_the_project_as_root_does(workdir: Path) -> None:
     """
     clean = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     argv = [sys.executable, "-c", "import pytest_overlay"]
-    as_root = subprocess.run(argv, cwd="/", env=clean, capture_output=True, text=True, check=False)
+    as_root = run(argv, cwd=Path("/"), env=clean, inherit_env=False)
     env = {} if as_root.returncode == 0 else {"PYTHONPATH": os.fspath(REPO_ROOT)}
     if env:
-        as_root = subprocess.run(
-            argv, cwd="/", env=clean | env, capture_output=True, text=True, check=False
-        )
+        as_root = run(argv, cwd=Path("/"), env=clean | env, inherit_env=False)
     package = REPO_ROOT / "pytest_overlay"
     listing = "import os, sys; print(sorted(os.listdir(sys.argv[1])))"
 

@@ -10,12 +10,11 @@ checkout is reported, not run: its result would be about code that no longer exi
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 from tests._gates import gate
+from tests._run import run
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = {"compat-3-10-floor": "3.10", "compat-3-13-latest": "3.13"}
@@ -45,17 +44,8 @@ def _stale_reason() -> str | None:
 
 def test_compat_corners_pass() -> None:
     gate("matrix", _stale_reason())
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "nox", "-t", "compat", "-R"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    output = done.stdout + done.stderr
+    done = run([sys.executable, "-m", "nox", "-t", "compat", "-R"], cwd=ROOT, timeout=1800)
+    output = done.output
     assert done.returncode == 0, output[-6000:]
     for session in ("compat-3.10(floor)", "compat-3.13(latest)"):
         assert f"Session {session} was successful" in output, output[-6000:]
