@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,21 +42,9 @@ from _common import (
 )
 
 from tests._corpus import CORPUS, CORPUS_ENV, Project, corpus_dir, extract, missing
+from tests._run import junit_outcomes
 
 _ARGS = ("-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark")
-
-
-def outcomes(junit: Path) -> dict[str, str]:
-    """Each test's outcome (passed, failed, error, skipped) from a JUnit XML report."""
-    found: dict[str, str] = {}
-    # Our own child pytest wrote it: not untrusted input.
-    for case in ET.parse(junit).getroot().iter("testcase"):  # noqa: S314
-        name = f"{case.get('classname')}::{case.get('name')}"
-        kinds = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
-        outcome = {"failure": "failed"}.get(kinds[0], kinds[0]) if kinds else "passed"
-        if found.get(name, "passed") == "passed":
-            found[name] = outcome
-    return found
 
 
 def run_once(project: Project, root: Path, junit: Path, args: Sequence[str]) -> float:
@@ -119,7 +106,7 @@ def measure(
                 extra = ("--overlay", *args) if kind == "overlay" else ()
                 junit = work / f"{kind}.xml"
                 times[kind].append(run_once(project, trees[kind], junit, extra))
-        plain, overlay = outcomes(work / "plain.xml"), outcomes(work / "overlay.xml")
+        plain, overlay = junit_outcomes(work / "plain.xml"), junit_outcomes(work / "overlay.xml")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     differ = {n for n in {*plain, *overlay} if plain.get(n) != overlay.get(n)}
