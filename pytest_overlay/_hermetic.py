@@ -261,19 +261,24 @@ def scratch_outside(settings: Any, config: pytest.Config, basetemp: Path) -> Pat
     Each view's scratch mounts (its tmpfs, the clones of its lowers) made inside an area's
     view would hang in that view's pass-through bind of the basetemp: they would go with it
     when it is replaced, and it could never be found idle and reused.  Made here, once per
-    process, and removed when pytest ends.
+    process, and removed when pytest ends; what killed runs left there goes first
+    (:func:`._stale.remove_dead_scratch`).
     """
     targets = in_place_targets(settings)
     if scratch_holder(targets, len(settings.lowers), basetemp) is None:
         return None
+    from . import _stale
+
     for raw in _SCRATCH_CANDIDATES:
         candidate = Path(raw.format(uid=os.getuid()))
         if not candidate.is_dir() or any(_within(candidate, t) for t in targets):
             continue
+        _stale.remove_dead_scratch(candidate)  # what runs killed before their end left
         try:
-            path = Path(tempfile.mkdtemp(prefix="pytest-overlay-", dir=candidate))
+            path, lock = _stale.new_scratch(candidate)
         except OSError:
             continue
+        config.add_cleanup(functools.partial(os.close, lock))  # runs last: LIFO
         config.add_cleanup(functools.partial(shutil.rmtree, path, ignore_errors=True))
         return path
     return None

@@ -1,4 +1,5 @@
-"""Remove the FUSE mounts that a killed run left behind under pytest's temporary directories.
+"""Remove what a killed run left behind: FUSE mounts under pytest's temporary directories, and
+the private scratch directories of ``--overlay-hermetic``.
 
 A FUSE server unmounts when the pytest process it serves dies (:mod:`._fuse.server`), and an
 ordinary user's mount has ``auto_unmount`` besides; a mount outlives both only if the server
@@ -9,6 +10,14 @@ that holds it.  The mount's source names the process it served (``pytest-overlay
 run that starts using the plugin unmounts every such mount under pytest's temporary root
 whose process is gone, lazily, and says so in one line.  A mount whose process is alive
 belongs to another run and is left alone.
+
+``--overlay-hermetic`` may keep the backends' scratch in a directory of its own outside the
+sandboxed areas (``/var/tmp/pytest-overlay-PID-XXXXXXXX``, :func:`new_scratch`), removed when
+pytest ends; a run killed with SIGKILL leaves it.  The next run that makes one in the same
+place removes the leftovers (:func:`remove_dead_scratch`): only directories named so, owned
+by this user, not symlinks, with no mount below them, whose process is gone and whose lock
+(held by the live run on the directory itself, released by the kernel when it dies, whatever
+pid namespace it ran in) nobody holds.
 """
 
 from __future__ import annotations
@@ -16,17 +25,23 @@ from __future__ import annotations
 import errno
 import getpass
 import os
+import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
 
 from . import _mountinfo, _syscalls
+from ._oscompat import O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW
 
-__all__ = ["remove_stale_mounts", "temp_root"]
+__all__ = ["new_scratch", "remove_dead_scratch", "remove_stale_mounts", "temp_root"]
 
 _FSTYPE = "fuse.pytest-overlay"
 _SOURCE = "pytest-overlay:"
+_SCRATCH_PREFIX = "pytest-overlay-"
+# pytest-overlay-PID-XXXXXXXX: mkdtemp's suffix is 8 of [a-z0-9_].
+_SCRATCH_NAME = re.compile(r"pytest-overlay-([0-9]+)-[a-z0-9_]{8}")
 
 
 def temp_root(basetemp: str | None) -> Path:
@@ -107,3 +122,78 @@ def remove_stale_mounts(root: Path) -> str | None:
     if failed:
         line += f"; could not remove {', '.join(failed)}: unmount it with fusermount3 -u -z"
     return line
+
+
+def _lock(path: Path, *, wait: bool) -> int | None:
+    """An open descriptor of the directory *path* holding an exclusive ``flock`` on it, or
+    None when another process holds one (without *wait*) or it cannot be opened."""
+    import fcntl
+
+    flags = os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def new_scratch(parent: Path) -> tuple[Path, int]:
+    """Make a private scratch directory in *parent*, named after this process, and lock it.
+
+    Returns it with the descriptor that holds its lock: keep that open until the directory
+    is removed (closing it, or the process's death, releases the lock).  Raises
+    :class:`OSError` when the directory cannot be made.
+    """
+    path = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
+    fd = _lock(path, wait=True)
+    if fd is None:
+        shutil.rmtree(path, ignore_errors=True)
+        raise OSError(errno.ENOLCK, "cannot lock the new scratch directory", str(path))
+    return path, fd
+
+
+def _mounted_under(path: Path) -> bool:
+    try:
+        mounts = _mountinfo.read()
+    except OSError:
+        return True  # cannot tell: leave it
+    return any(m.point == path or path in m.point.parents for m in mounts)
+
+
+def remove_dead_scratch(parent: Path) -> list[Path]:
+    """Remove the scratch directories (:func:`new_scratch`) that killed runs left in *parent*;
+    return those removed.  See the module docstring for what is provably a killed run's."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _SCRATCH_NAME.fullmatch(entry.name)
+        if match is None or int(match[1]) == os.getpid():
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            continue  # a symlink, a file, or another user's
+        path = Path(entry.path)
+        if not _gone(int(match[1])) or _mounted_under(path):
+            continue
+        fd = _lock(path, wait=False)
+        if fd is None:
+            continue  # a live run holds it (pid reused, or another pid namespace)
+        try:
+            # rmtree never follows a symlink inside (it works on descriptors, O_NOFOLLOW).
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
+        if not os.path.lexists(path):
+            removed.append(path)
+    return removed

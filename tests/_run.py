@@ -19,12 +19,15 @@ failed.  A child that the namespace prelude could not set up is a missing capabi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
@@ -52,6 +55,7 @@ __all__ = [
     "run",
     "run_module",
     "run_pytest",
+    "started",
 ]
 
 PLUGINS_OFF = ("-p", "no:randomly", "-p", "no:benchmark")
@@ -164,10 +168,7 @@ def run(
     the child's process group is killed and :class:`subprocess.TimeoutExpired` raised.
     """
     command = [*wrapper, *argv]
-    if user:
-        environment = _updated(_unpriv.user_env(cwd, _NO_BYTECODE), env)
-    else:
-        environment = child_env(env, write_bytecode=write_bytecode, inherit=inherit_env)
+    environment = _environment(cwd, user, env, write_bytecode, inherit_env)
     if user or namespace is not None:
         with _unpriv.prelude_command(
             command, cwd=cwd, user=user, namespace=namespace or _unpriv.Namespace()
@@ -187,6 +188,54 @@ def run(
             f"{shlex.join(command)} exited {result.returncode}, not {expect_rc}:\n{result.output}"
         )
     return result
+
+
+def _environment(
+    cwd: Path,
+    user: bool,
+    env: Mapping[str, str | None] | None,
+    write_bytecode: bool = False,
+    inherit_env: bool = True,
+) -> dict[str, str]:
+    if user:
+        return _updated(_unpriv.user_env(cwd, _NO_BYTECODE), env)
+    return child_env(env, write_bytecode=write_bytecode, inherit=inherit_env)
+
+
+@contextlib.contextmanager
+def started(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    user: bool = False,
+    namespace: _unpriv.Namespace | None = None,
+    env: Mapping[str, str | None] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start *argv* as :func:`run` would, and yield it running, for a test that kills it.
+
+    The child runs in a session of its own, its output going where the test's goes; when
+    the context ends its whole process group is killed with SIGKILL and it is reaped.
+    """
+    environment = _environment(cwd, user, env)
+    with contextlib.ExitStack() as stack:
+        if user or namespace is not None:
+            namespace = namespace or _unpriv.Namespace()
+            command = stack.enter_context(
+                _unpriv.prelude_command(argv, cwd=cwd, user=user, namespace=namespace)
+            )
+            where = None  # the prelude enters cwd once the namespace is built
+        else:
+            command, where = list(argv), cwd
+        print(f"$ {shlex.join(argv)}\n  (in {cwd}, {'as a user' if user else 'as root'})")
+        process = subprocess.Popen(
+            command, cwd=where, env=environment, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def run_module(cwd: Path, env: Mapping[str, str | None] | None, *argv: str) -> Result:

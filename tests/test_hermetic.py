@@ -10,20 +10,27 @@ lives in that TMPDIR, so it is left out of the hash and checked to have reached 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from pytest_overlay import _stale
 from pytest_overlay._hermetic import WritesLog
 from tests import _unpriv
 from tests._gates import gate, gate_backend, kernel_reason
-from tests._run import Result, assert_clean, counts, run_pytest
+from tests._run import Result, assert_clean, counts, pytest_argv, run, run_pytest, started
 from tests._sample_project import tree_digest
+from tests._unpriv import Namespace
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -330,3 +337,117 @@ def test_table_and_json_of_the_writes(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "out" / "w.json").read_text())
     assert data == {"version": 1, "tests": {"t.py::test_many": many}}
     assert WritesLog().table() == ["no test wrote outside its tmp_path"]
+
+
+# --- what a killed run leaves ---------------------------------------------------------------
+
+KILLED = """
+import os
+from pathlib import Path
+
+
+def test_killed_in_the_middle():
+    Path({pid_file!r}).write_text(str(os.getpid()))
+    import time
+    time.sleep(60)
+"""
+SCRATCH_PARENT = Path("/var/tmp")  # where the plugin makes the scratch, outside the areas
+
+
+def _wait_for(path: Path, process: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + 60
+    while not path.exists() or not path.read_text():
+        assert process.poll() is None, "pytest ended before its test started"
+        assert time.monotonic() < deadline, "the test did not start within 60 s"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def test_the_next_run_removes_the_scratch_directory_of_a_killed_run(
+    scratch: Scratch, tmp_path: Path
+) -> None:
+    # TMPDIR holds pytest's basetemp, so the backends' scratch goes to /var/tmp.
+    pid_file = tmp_path / "pid"  # outside both areas: reaches the disk
+    (scratch.project / "test_killed.py").write_text(KILLED.format(pid_file=str(pid_file)))
+    argv = pytest_argv(*HERMETIC, "test_killed.py")
+    with started(argv, cwd=scratch.project, env=scratch.env()) as process:
+        pid = int(_wait_for(pid_file, process))
+        made = list(SCRATCH_PARENT.glob(f"pytest-overlay-{pid}-*"))
+        assert len(made) == 1, made
+        os.kill(pid, signal.SIGKILL)
+        process.wait()
+    (left,) = made
+    assert left.is_dir(), "the killed run left nothing: nothing to show"
+
+    result = scratch.run(*HERMETIC, MODULE)
+
+    assert counts(result.stdout) == {"passed": 3, "failed": 1}, result.stdout
+    assert not left.exists(), "the killed run's scratch directory was left behind"
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_only_a_dead_runs_own_scratch_directory_is_removed(tmp_path: Path) -> None:
+    """What :func:`_stale.remove_dead_scratch` removes, and what it must leave."""
+    parent, elsewhere = tmp_path / "parent", tmp_path / "elsewhere"
+    parent.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("keep\n")
+    dead = _dead_pid()
+    with subprocess.Popen(["sleep", "60"]) as alive:
+        try:
+            kinds = {
+                "dead": f"pytest-overlay-{dead}-aaaaaaaa",
+                "alive": f"pytest-overlay-{alive.pid}-bbbbbbbb",
+                "theirs": f"pytest-overlay-{dead}-cccccccc",
+                "locked": f"pytest-overlay-{dead}-dddddddd",
+                "unnamed": "pytest-overlay-eeeeeeee",
+            }
+            for name in kinds.values():
+                (parent / name).mkdir()
+                (parent / name / "upper").write_text("a layer's file\n")
+            os.chown(parent / kinds["theirs"], 65534, 65534)  # nobody's
+            (parent / f"pytest-overlay-{dead}-symlink1").symlink_to(elsewhere)
+            # A live run in another pid namespace: its pid means nothing here, its lock does.
+            lock = os.open(parent / kinds["locked"], os.O_RDONLY)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                removed = _stale.remove_dead_scratch(parent)
+            finally:
+                os.close(lock)
+        finally:
+            alive.kill()
+    assert removed == [parent / kinds["dead"]]
+    left = sorted(p.name for p in parent.iterdir())
+    expected = {name for kind, name in kinds.items() if kind != "dead"}
+    assert left == sorted({*expected, f"pytest-overlay-{dead}-symlink1"})
+    assert (elsewhere / "precious").read_text() == "keep\n"
+    # Once the lock is released and the sleeper is gone, those go too.
+    again = {p.name for p in _stale.remove_dead_scratch(parent)}
+    assert again == {kinds["locked"], kinds["alive"]}
+
+
+MOUNTED_BELOW = """
+import subprocess, sys
+from pathlib import Path
+from pytest_overlay import _stale
+
+parent = Path(sys.argv[1])
+subprocess.run(["mount", "-t", "tmpfs", "cover", str(parent / sys.argv[2] / "view")], check=True)
+print([p.name for p in _stale.remove_dead_scratch(parent)])
+"""
+
+
+def test_a_scratch_directory_with_a_mount_below_is_left(tmp_path: Path) -> None:
+    gate("mount-namespace", None if os.geteuid() == 0 else "mounts need root")
+    name = f"pytest-overlay-{_dead_pid()}-ffffffff"
+    (tmp_path / name / "view").mkdir(parents=True)
+    argv = [sys.executable, "-c", MOUNTED_BELOW, str(tmp_path), name]
+    # In a private mount namespace: the tmpfs goes with it.
+    result = run(argv, cwd=tmp_path, namespace=Namespace(), env={"PYTHONPATH": str(REPO)})
+    assert result.stdout == "[]\n", result.output
+    assert (tmp_path / name / "view").is_dir()

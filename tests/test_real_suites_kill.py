@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
+import shlex
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import pytest
 
 from tests import _unpriv
 from tests._gates import fuse_reason, gate, kernel_reason
-from tests._run import PLUGINS_OFF, child_env, run
+from tests._run import pytest_argv, run, started
 
 # The test saves its pid, and that of a process it starts and never stops (in a session of
 # its own, with its working directory outside the view), then waits to be killed.
@@ -73,16 +72,6 @@ def workdir() -> Iterator[Path]:
         yield path
 
 
-@contextlib.contextmanager
-def started(who: str, argv: list[str], cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {"PYTHONPATH": str(_unpriv.REPO_ROOT)}
-    if who == "user":
-        with _unpriv.prelude_command(argv, cwd=cwd, namespace=_unpriv.OPEN_DEV_FUSE) as command:
-            yield subprocess.Popen(command, env=_unpriv.user_env(cwd, env), start_new_session=True)
-    else:
-        yield subprocess.Popen(argv, cwd=cwd, env=child_env(env), start_new_session=True)
-
-
 @pytest.mark.parametrize(("who", "backend"), list(MODES), ids=["-".join(m) for m in MODES])
 def test_kill_9_leaves_no_mount(who: str, backend: str, workdir: Path) -> None:
     _gate(who, backend)
@@ -93,9 +82,11 @@ def test_kill_9_leaves_no_mount(who: str, backend: str, workdir: Path) -> None:
     uid, gid = _unpriv.ensure_test_user()
     for path in (project, project / "test_killed.py"):
         os.chown(path, uid, gid)
-    argv = [sys.executable, "-m", "pytest", *PLUGINS_OFF, "-p", "no:cacheprovider", *args]
-    argv.append(f"--basetemp={workdir / 'basetemp'}")
-    with started(who, argv, project) as process:
+    argv = pytest_argv(*args, f"--basetemp={workdir / 'basetemp'}")
+    user = who == "user"
+    namespace = _unpriv.OPEN_DEV_FUSE if user else None
+    env = {"PYTHONPATH": str(_unpriv.REPO_ROOT)}
+    with started(argv, cwd=project, user=user, namespace=namespace, env=env) as process:
         try:
             deadline = time.monotonic() + 60
             while not pids.exists() or len(pids.read_text().split()) < 2:
@@ -110,9 +101,6 @@ def test_kill_9_leaves_no_mount(who: str, backend: str, workdir: Path) -> None:
         finally:
             with contextlib.suppress(ProcessLookupError, UnboundLocalError):
                 os.kill(lingering, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 # Mounts a view whose server is then killed with SIGKILL, without auto_unmount: nothing
@@ -140,24 +128,23 @@ os.waitpid(pid, 0)
 
 def test_the_next_run_removes_a_mount_a_killed_run_left(tmp_path: Path) -> None:
     gate("fuse", fuse_reason())
-    gate("unshare", None if shutil.which("unshare") else "unshare (util-linux) is not installed")
     temp = tmp_path / "tmp"
     stale = temp / "pytest-of-root" / "pytest-7" / "view"
     project = tmp_path / "project"
     project.mkdir()
     (project / "test_x.py").write_text("def test_x(overlay_root):\n    pass\n")
     (tmp_path / "leave.py").write_text(LEAVE_A_STALE_MOUNT)
-    pytest_argv = [sys.executable, "-m", "pytest", *PLUGINS_OFF, "-p", "no:cacheprovider"]
     script = (
         f"{sys.executable} {tmp_path / 'leave.py'} {stale}"
         f" && grep -q ' {stale}/merged ' /proc/self/mountinfo"
-        f" && {' '.join(pytest_argv)} --overlay-backend=fuse"
+        f" && {shlex.join(pytest_argv('--overlay-backend=fuse'))}"
         f" && ! grep -q ' {stale}/merged ' /proc/self/mountinfo"
     )
     # In a private mount namespace of its own: whatever happens, nothing is left on the host.
     result = run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        ["sh", "-c", script],
         cwd=project,
+        namespace=_unpriv.Namespace(),
         env={"PYTEST_DEBUG_TEMPROOT": str(temp), "PYTHONPATH": str(_unpriv.REPO_ROOT)},
         timeout=120,
     )
