@@ -14,9 +14,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Holder", "describe_holders", "holders_of", "name_holders", "view_device"]
+from ._safetext import safe_line, safe_path
+
+__all__ = [
+    "Holder",
+    "command_of",
+    "describe_holders",
+    "holders_of",
+    "name_holders",
+    "view_device",
+]
 
 _LIMIT = 3  # holders named in one report line; the rest are counted
+_COMMAND_WIDTH = 60  # characters of a holder's command line shown
 
 
 @dataclass(frozen=True)
@@ -31,18 +41,25 @@ class Holder:
         if self.pid == os.getpid():
             # A test left a file open in pytest itself (an sqlite connection in a module,
             # say): naming pytest's own command line would only puzzle.
-            return f"this pytest process (pid {self.pid}) through {self.path}"
-        return f"pid {self.pid} ({self.command}) through {self.path}"
+            return f"this pytest process (pid {self.pid}) through {safe_path(self.path)}"
+        return f"pid {self.pid} ({self.command}) through {safe_path(self.path)}"
 
 
-def _command(pid: str) -> str:
+def command_of(pid: int | str) -> str:
+    """The command line of the process *pid*, for a report line: its arguments joined by
+    spaces, shown safely (a test chose them: escapes and newlines are made visible, see
+    :func:`._safetext.safe_line`) and cut to 60 characters.  A process without one (a
+    zombie, a kernel thread) is named by its ``comm`` in brackets, as ps(1) shows it; one
+    that cannot be read, ``?``."""
     try:
-        raw = Path("/proc", pid, "cmdline").read_bytes()
+        raw = Path("/proc", str(pid), "cmdline").read_bytes()
+        text = " ".join(os.fsdecode(word) for word in raw.split(b"\0") if word)
+        if not text:
+            text = "[" + os.fsdecode(Path("/proc", str(pid), "comm").read_bytes().strip()) + "]"
     except OSError:
         return "?"
-    words = [w.decode(errors="replace") for w in raw.split(b"\0") if w]
-    text = " ".join(words) or "?"
-    return text if len(text) <= 60 else text[:57] + "..."
+    shown = safe_line(text).replace("\t", " ")
+    return shown if len(shown) <= _COMMAND_WIDTH else shown[: _COMMAND_WIDTH - 3] + "..."
 
 
 def view_device(view: Path) -> int | None:
@@ -85,7 +102,7 @@ def holders_of(device: int | None, *, inside: Path | None = None, limit: int = 2
                     continue
             except OSError:
                 continue
-            found.append(Holder(int(pid), _command(pid), where))
+            found.append(Holder(int(pid), command_of(pid), where))
             break
         if len(found) >= limit:
             break

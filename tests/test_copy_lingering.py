@@ -7,6 +7,8 @@ is set aside with a warning naming the process, and the next test gets a fresh c
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -88,3 +90,48 @@ def test_a_copy_nothing_holds_is_reused(backend: CopyBackend, lower: Path) -> No
     second = backend.mount([lower], label="t")
     assert second.path == first.path
     assert second.close() == []
+
+
+def test_the_process_is_named_by_its_command_line_shown_safely(
+    backend: CopyBackend, lower: Path
+) -> None:
+    """The line names the process by its command line, escapes made visible and cut to 60
+    characters (not by its 15-character comm), and the path through which it holds the copy."""
+    first = backend.mount([lower], label="t")
+    hostile = "sleep\x1b[2J\nforged line\u202e"  # its argv[0]: the test chose it
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    argv = [hostile, "60", *["0"] * 40]  # sleep adds them up
+    process = subprocess.Popen(argv, executable=sleep, cwd=first.path)
+    try:
+        (message,) = first.close()
+    finally:
+        process.kill()
+        process.wait()
+    shown = (r"sleep\x1b[2J\nforged line\u202e 60" + " 0" * 40)[:57] + "..."
+    assert message == (
+        f"{first.path} was still in use by pid {process.pid} ({shown}) through {first.path} "
+        "when the test ended, so that copy was set aside: the process may go on using it until "
+        "the end of the run, when it is removed, and the next test gets a fresh copy"
+    )
+    backend.shutdown()
+
+
+def test_a_held_file_with_a_hostile_name_is_shown_safely(
+    backend: CopyBackend, lower: Path, tmp_path: Path
+) -> None:
+    first = backend.mount([lower], label="t")
+    held = first.path / "log\x1b[31m\n.txt"
+    held.write_text("")
+    fd = os.open(held, os.O_RDONLY)
+    try:
+        process = subprocess.Popen(["sleep", "60"], cwd=tmp_path, pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    try:
+        (message,) = first.close()
+    finally:
+        process.kill()
+        process.wait()
+    expected = rf"by pid {process.pid} (sleep 60) through {first.path}/log\x1b[31m\n.txt when"
+    assert expected in message, message

@@ -25,7 +25,6 @@ them holds is never reset and reused.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import stat
@@ -34,7 +33,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from pytest_overlay._holders import Holder
+from pytest_overlay._holders import Holder, command_of
 from pytest_overlay._oscompat import O_CLOEXEC, O_NONBLOCK
 
 __all__ = ["ChangeTracker", "Signature", "processes_inside", "signature"]
@@ -268,7 +267,7 @@ def processes_inside(root: str) -> list[Holder]:
         try:
             path = _holds(f"/proc/{pid}/", root, prefix)
             if path is not None:
-                found.append(Holder(pid, _command(pid), path))
+                found.append(Holder(pid, command_of(pid), path))
         except OSError:  # gone meanwhile, or not ours to inspect
             continue
     return found
@@ -307,15 +306,3 @@ def _holds(base: str, root: str, prefix: str) -> str | None:
         if target.startswith(prefix) or target == root:
             return target
     return None
-
-
-def _command(pid: int) -> str:
-    try:
-        words = _read_proc(f"/proc/{pid}/cmdline").rstrip(b"\0").split(b"\0")
-        command = " ".join(os.fsdecode(b" ".join(words)).split())  # one line, for a warning
-    except OSError:
-        command = ""
-    if not command:  # a zombie, or a kernel thread
-        with contextlib.suppress(OSError):
-            command = os.fsdecode(_read_proc(f"/proc/{pid}/comm")).strip()
-    return command if len(command) <= 80 else command[:77] + "..."
