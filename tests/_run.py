@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack is 3.11+; only mypy reads it here
 
 __all__ = [
+    "CHILD_OPTIONS",
     "PLUGINS_OFF",
     "Options",
     "Result",
@@ -61,6 +62,9 @@ __all__ = [
 PLUGINS_OFF = ("-p", "no:randomly", "-p", "no:benchmark")
 """Plugins a child pytest runs without: random order and benchmarks would only add noise."""
 _NO_CACHE = ("-p", "no:cacheprovider")  # pytest's cache would write into the tree under test
+CHILD_OPTIONS = (*PLUGINS_OFF, *_NO_CACHE)
+"""The options of a child pytest started by pytester (``runpytest_subprocess``), which
+:func:`pytest_argv` gives the others: :data:`PLUGINS_OFF` and no cache."""
 _NO_BYTECODE = {"PYTHONDONTWRITEBYTECODE": "1"}
 
 
@@ -210,11 +214,13 @@ def started(
     user: bool = False,
     namespace: _unpriv.Namespace | None = None,
     env: Mapping[str, str | None] | None = None,
+    stdout: int | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start *argv* as :func:`run` would, and yield it running, for a test that kills it.
 
-    The child runs in a session of its own, its output going where the test's goes; when
-    the context ends its whole process group is killed with SIGKILL and it is reaped.
+    The child runs in a session of its own, its output going where the test's goes (or its
+    standard output to *stdout*, such as :data:`subprocess.PIPE`); when the context ends its
+    whole process group is killed with SIGKILL and it is reaped.
     """
     environment = _environment(cwd, user, env)
     with contextlib.ExitStack() as stack:
@@ -227,15 +233,19 @@ def started(
         else:
             command, where = list(argv), cwd
         print(f"$ {shlex.join(argv)}\n  (in {cwd}, {'as a user' if user else 'as root'})")
-        process = subprocess.Popen(
-            command, cwd=where, env=environment, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-        try:
-            yield process
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        with subprocess.Popen(
+            command,
+            cwd=where,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            start_new_session=True,
+        ) as process:  # its exit closes the pipes and reaps the child
+            try:
+                yield process
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
 
 
 def run_module(cwd: Path, env: Mapping[str, str | None] | None, *argv: str) -> Result:

@@ -174,6 +174,21 @@ def test_pristine(overlay_root):
 SMALL_PROJECT = {"pytest.ini": "[pytest]\n", "data.txt": "precious\n", "test_small.py": SMALL_SUITE}
 """A two-test project, name to text: a write, then a check that the next test starts pristine."""
 
+LAYER_FIXTURES = r"""
+
+@pytest.fixture(scope="session")
+def tools_layer(overlay_layer):
+    return overlay_layer("tools", build_tools, inputs=["requirements.txt"])
+
+
+@pytest.fixture(scope="session")
+def extra_layer(overlay_layer, tools_layer):
+    return overlay_layer("extra", build_extra, below=[tools_layer])
+"""
+"""The end of the snapshot-layer tests' child conftests (after ``import pytest`` and their
+``build_tools`` and ``build_extra``): layer ``tools``, rebuilt when requirements.txt changes,
+and layer ``extra`` on top of it."""
+
 
 def make_project(parent: Path, files: Mapping[str, str]) -> Path:
     """Write *files* (name to text) into a new directory ``project`` in *parent*; return it."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests._gates import fuse_reason, gate, kernel_reason, server_libfuse
+from tests._run import CHILD_OPTIONS
 
 INNER = r"""
 import errno
@@ -129,15 +129,8 @@ def test_fstat_of_a_directory_removed_while_open(views):
 """
 
 
-def test_documented_differences_and_the_last_divergences(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    gate("kernel", kernel_reason())
-    gate("fuse", fuse_reason())
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    monkeypatch.setenv("SERVER_LIBFUSE", str(server_libfuse()))
+@pytest.mark.usefixtures("kernel_and_fuse")
+def test_documented_differences_and_the_last_divergences(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_inner=INNER)
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly", timeout=300
-    )
+    result = pytester.runpytest_subprocess(*CHILD_OPTIONS, timeout=300)
     result.assert_outcomes(passed=4)

@@ -22,6 +22,7 @@ from pytest_overlay._cli.layers import age
 from pytest_overlay._keep import Store
 from pytest_overlay._snapshot.cache import LAYER_DIR, META_FILE, LayerCache, default_layer_root
 from tests._run import counts, run_module
+from tests._sample_project import LAYER_FIXTURES
 
 UTC = dt.timezone.utc
 GONE_KEY = "0123456789ab" + "c" * 52
@@ -375,7 +376,8 @@ def test_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
 
 # --- end to end -------------------------------------------------------------------------------
 
-CONFTEST = r"""
+CONFTEST = (
+    r"""
 import pytest
 
 
@@ -387,16 +389,9 @@ def build_tools(root):
 def build_extra(root):
     (root / "extra.txt").write_text("extra\n")
 
-
-@pytest.fixture(scope="session")
-def tools_layer(overlay_layer):
-    return overlay_layer("tools", build_tools, inputs=["requirements.txt"])
-
-
-@pytest.fixture(scope="session")
-def extra_layer(overlay_layer, tools_layer):
-    return overlay_layer("extra", build_extra, below=[tools_layer])
 """
+    + LAYER_FIXTURES
+)
 
 TESTS = r"""
 import pytest

@@ -24,14 +24,6 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def lower(tmp_path: Path) -> Path:
-    root = tmp_path / "lower"
-    root.mkdir()
-    (root / "f").write_text("from the lower layer\n")
-    return root
-
-
-@pytest.fixture
 def backend(tmp_path: Path) -> Iterator[CopyBackend]:
     result = CopyBackend(lambda: tmp_path / "scratch")
     yield result

@@ -9,12 +9,10 @@ import errno
 import json
 import os
 import shutil
-import signal
 import socket
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 
 import pytest
 
@@ -134,20 +132,6 @@ def upper(tmp_path: Path) -> Path:
     path = tmp_path / "upper"
     path.mkdir()
     return path
-
-
-@pytest.fixture
-def hang_guard() -> Iterator[None]:
-    """Fail instead of hanging if the code under test blocks (on a FIFO, say)."""
-
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise TimeoutError("the diff blocked: was a FIFO opened?")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(10)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 # --- the data model -------------------------------------------------------------------------

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests._gates import fuse_reason, gate, gate_backend, gate_mode, kernel_reason
-from tests._run import PLUGINS_OFF, child_env, counts, pytest_argv, run, run_pytest
+from tests._run import CHILD_OPTIONS, counts, pytest_argv, run, run_pytest, started
 from tests._sample_project import make_project, overlay_mounts, processes_with, tree_digest
-
-ARGS = ("-p", "no:cacheprovider", *PLUGINS_OFF)
+from tests._waits import wait_for_file, wait_until
 
 
 def _project(tmp_path: Path, test_file: str, source: str) -> tuple[Path, tuple[str, list[str]]]:
@@ -49,13 +48,13 @@ def test_full_upper_layer_gives_enospc_and_the_next_test_runs(pytester: pytest.P
             assert overlay_root.diff().added == {"small"}
         """
     )
-    result = pytester.runpytest_subprocess(*ARGS, "--overlay-upper-size=2M")
+    result = pytester.runpytest_subprocess(*CHILD_OPTIONS, "--overlay-upper-size=2M")
     result.assert_outcomes(passed=2)
 
 
 def test_bad_upper_size_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_x(overlay_root): pass")
-    result = pytester.runpytest_subprocess(*ARGS, "--overlay-upper-size=lots")
+    result = pytester.runpytest_subprocess(*CHILD_OPTIONS, "--overlay-upper-size=lots")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*'lots' is not a size*"])
 
@@ -89,24 +88,13 @@ def test_sigkill_mid_test_leaves_nothing_behind(tmp_path: Path, mode: tuple[str,
         "    time.sleep(60)\n",
     )
     run_marker = f"FAULT_RUN={tmp_path}"
-    process = subprocess.Popen(
-        pytest_argv(*mode),
-        cwd=project,
-        env=child_env({"FAULT_RUN": str(tmp_path)}),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert time.monotonic() < deadline, "the test never started"
-        assert process.poll() is None, "pytest ended early"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    deadline = time.monotonic() + 10
-    while processes_with(run_marker) and time.monotonic() < deadline:
-        time.sleep(0.05)  # servers in a session of their own die by their parent-death signal
+    env = {"FAULT_RUN": str(tmp_path)}
+    with started(pytest_argv(*mode), cwd=project, env=env, stdout=subprocess.DEVNULL) as process:
+        wait_for_file(marker, process)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    # Servers in a session of their own die by their parent-death signal.
+    wait_until(lambda: not processes_with(run_marker))
     assert processes_with(run_marker) == [], "a process of the killed run is still alive"
     assert _state(project) == before
     assert (project / "data.txt").read_text() == "precious\n"
@@ -177,7 +165,7 @@ def test_fuse_server_killed_mid_test(pytester: pytest.Pytester, victim: str) -> 
         """
     )
     mounts = overlay_mounts()
-    result = pytester.runpytest_subprocess(*ARGS, "--overlay-backend=fuse", timeout=120)
+    result = pytester.runpytest_subprocess(*CHILD_OPTIONS, "--overlay-backend=fuse", timeout=120)
     # The test itself passed, but its view died under it: an error in its teardown.
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(

@@ -32,6 +32,8 @@ from pytest_overlay._errors import MountError
 from pytest_overlay._fuse import client
 from pytest_overlay._layerwrite import make_whiteout, set_opaque
 from tests._gates import gate, kernel_reason, server_libfuse
+from tests._run import started
+from tests._waits import alive, mounted, wait_until
 
 Snapshot = dict[str, tuple[Any, ...]]
 
@@ -44,12 +46,6 @@ def needs_fuse() -> None:
         from pytest_overlay import _namespaces
 
         _namespaces.ensure_private_mount_namespace()
-
-
-def _mounted(mountpoint: Path) -> bool:
-    target = os.fsencode(mountpoint).replace(b" ", b"\\040")
-    with open("/proc/self/mountinfo", "rb") as f:
-        return any(line.split()[4] == target for line in f)
 
 
 class Layers:
@@ -115,7 +111,7 @@ def fuse(layers: Layers) -> Iterator[Layers]:
     finally:
         handle.close()
         assert handle.process.returncode is not None
-        assert not _mounted(layers.mnt)
+        assert not mounted(layers.mnt)
 
 
 def snapshot(root: Path) -> Snapshot:
@@ -620,7 +616,7 @@ def test_git_status(tmp_path: Path) -> None:
             check=True,
         ).stdout.split()
         assert len(found) == 20
-    assert not _mounted(layers.mnt)
+    assert not mounted(layers.mnt)
 
 
 # -- the server process -------------------------------------------------------------------
@@ -636,20 +632,9 @@ def test_sigterm_unmounts(layers: Layers) -> None:
     try:
         handle.process.send_signal(signal.SIGTERM)
         assert handle.process.wait(10) == 0
-        assert not _mounted(layers.mnt)
+        assert not mounted(layers.mnt)
     finally:
         handle.close()
-
-
-def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_server_dies_with_parent(layers: Layers) -> None:
@@ -664,32 +649,20 @@ def test_server_dies_with_parent(layers: Layers) -> None:
         time.sleep(60)
         """
     )
-    parent = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parent.parent,
-    )
-    try:
-        assert parent.stdout is not None
-        server = int(parent.stdout.readline())
-        assert _mounted(layers.mnt)
-        assert (layers.mnt / "t").read_text() == "t\n"
-        parent.kill()
-        parent.wait()
-        assert _wait_gone(server)
-        deadline = time.monotonic() + 10
-        while _mounted(layers.mnt) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not _mounted(layers.mnt)
-    finally:
-        if parent.poll() is None:
+    argv = [sys.executable, "-c", script]
+    with started(argv, cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE) as parent:
+        try:
+            assert parent.stdout is not None
+            server = int(parent.stdout.readline())
+            assert mounted(layers.mnt)
+            assert (layers.mnt / "t").read_text() == "t\n"
             parent.kill()
             parent.wait()
-        if parent.stdout is not None:
-            parent.stdout.close()
-        if _mounted(layers.mnt):
-            subprocess.run(["umount", "-l", str(layers.mnt)], check=False)
+            assert wait_until(lambda: not alive(server))
+            assert wait_until(lambda: not mounted(layers.mnt))
+        finally:
+            if mounted(layers.mnt):
+                subprocess.run(["umount", "-l", str(layers.mnt)], check=False)
 
 
 # -- differential: kernel overlayfs as the oracle -----------------------------------------
@@ -748,7 +721,7 @@ def _fuse_run(layers: Layers, script: str) -> Snapshot:
     with client.start(layers.lowers, layers.upper, layers.work, layers.mnt) as handle:
         subprocess.run(["sh", "-c", script], cwd=handle.mountpoint, check=True)
         view = snapshot(handle.mountpoint)
-    assert not _mounted(layers.mnt)
+    assert not mounted(layers.mnt)
     return {k: tuple(v) for k, v in json.loads(json.dumps(view)).items()}
 
 

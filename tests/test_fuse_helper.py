@@ -14,7 +14,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from pytest_overlay._fuse.helper import MountOptions, OptionError, parse_options
 from tests._gates import fuse_reason, gate
 from tests._run import Result, run
 from tests._unpriv import Namespace
+from tests._waits import mounted, wait_until
 
 HELPER = [sys.executable, "-m", "pytest_overlay._fuse.helper"]
 SERVER_MODULE = b"pytest_overlay._fuse.server"
@@ -171,18 +171,7 @@ def _servers(mountpoint: Path) -> list[int]:
 
 
 def _gone(mountpoint: Path, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while _servers(mountpoint):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _host_mounted(mountpoint: Path) -> bool:
-    target = os.fsencode(mountpoint)
-    with open("/proc/self/mountinfo", "rb") as f:
-        return any(line.split()[4] == target for line in f)
+    return wait_until(lambda: not _servers(mountpoint), timeout)
 
 
 @pytest.fixture
@@ -212,7 +201,7 @@ def _check_unmounted(result: Result, mountpoint: Path) -> None:
     assert "Traceback" not in result.stderr
     assert "STILL MOUNTED" not in result.stdout
     assert _gone(mountpoint), "the server did not exit after the unmount"
-    assert not _host_mounted(mountpoint)
+    assert not mounted(mountpoint)  # on the host
 
 
 def test_mount_write_umount(layers: Path, mnt: Path) -> None:

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from pytest_overlay._fuse import client
 from pytest_overlay._fuse.client import FuseMount
 from pytest_overlay._fuse.session import SessionServer
 from tests._gates import gate
+from tests._run import started
+from tests._waits import alive, mounted, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,43 +46,12 @@ def server() -> Iterator[SessionServer]:
         session.close()
 
 
-def _mounted(mountpoint: Path) -> bool:
-    target = os.fsencode(mountpoint).replace(b" ", b"\\040")
-    with open("/proc/self/mountinfo", "rb") as f:
-        return any(line.split()[4] == target for line in f)
-
-
 def _slot(root: Path, name: str) -> tuple[Path, Path, Path]:
     """An upper, a work directory and a mount point under *root*/*name*."""
     paths = (root / name / "upper", root / name / "work", root / name / "mnt")
     for path in paths:
         path.mkdir(parents=True)
     return paths
-
-
-@pytest.fixture
-def lower(tmp_path: Path) -> Path:
-    path = tmp_path / "lower"
-    path.mkdir()
-    (path / "f").write_text("lower\n")
-    return path
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-
-
-def _wait(condition: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_one_session_server_serves_many_mounts_each_in_its_own_process(
@@ -100,7 +70,7 @@ def test_one_session_server_serves_many_mounts_each_in_its_own_process(
             assert (handle.mountpoint / "f").read_text() == f"mount {n}\n"
             handle.close()
             assert handle.process.returncode == 0
-            assert not _mounted(handle.mountpoint)
+            assert not mounted(handle.mountpoint)
     finally:
         for handle in handles:
             handle.close()
@@ -118,7 +88,7 @@ def test_a_killed_mount_server_fails_its_mount_only(
         (first.mountpoint / "f").read_text()
     assert (second.mountpoint / "f").read_text() == "lower\n"
     first.close()
-    assert not _mounted(first.mountpoint)
+    assert not mounted(first.mountpoint)
     second.close()
     assert second.process.returncode == 0
 
@@ -130,7 +100,7 @@ def test_a_dead_session_server_is_replaced(
     before.close()
     assert server.pid is not None
     os.kill(server.pid, signal.SIGKILL)
-    assert _wait(lambda: not _alive(server.pid or 0))
+    assert wait_until(lambda: not alive(server.pid or 0))
     after = server.start([lower], *_slot(tmp_path, "b"), auto_unmount=False)
     assert (after.mountpoint / "f").read_text() == "lower\n"
     after.close()
@@ -145,9 +115,9 @@ def test_mount_servers_die_with_the_session_server(
     assert server.pid is not None
     os.kill(server.pid, signal.SIGKILL)
     assert handle.process.wait(10) == -signal.SIGKILL
-    assert _wait(lambda: not _alive(child))
+    assert wait_until(lambda: not alive(child))
     handle.close()
-    assert not _mounted(handle.mountpoint)
+    assert not mounted(handle.mountpoint)
 
 
 def test_a_failed_mount_reports_the_server_output(
@@ -175,21 +145,17 @@ def test_everything_goes_when_the_starting_process_is_killed(lower: Path, tmp_pa
         time.sleep(60)
         """
     )
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=REPO)
-    try:
-        assert parent.stdout is not None
-        session_pid, mount_pid = map(int, parent.stdout.readline().split())
-        assert _mounted(mnt)
-        parent.kill()
-        parent.wait()
-        assert _wait(lambda: not _alive(session_pid))
-        assert _wait(lambda: not _alive(mount_pid))
-        assert _wait(lambda: not _mounted(mnt))  # auto_unmount's fusermount3 unmounts it
-    finally:
-        if parent.poll() is None:
+    argv = [sys.executable, "-c", script]
+    with started(argv, cwd=REPO, stdout=subprocess.PIPE) as parent:
+        try:
+            assert parent.stdout is not None
+            session_pid, mount_pid = map(int, parent.stdout.readline().split())
+            assert mounted(mnt)
             parent.kill()
             parent.wait()
-        if parent.stdout is not None:
-            parent.stdout.close()
-        if _mounted(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
+            assert wait_until(lambda: not alive(session_pid))
+            assert wait_until(lambda: not alive(mount_pid))
+            assert wait_until(lambda: not mounted(mnt))  # auto_unmount's fusermount3 unmounts it
+        finally:
+            if mounted(mnt):
+                subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests._gates import gate, gate_backend, kernel_reason
 from tests._run import Result, assert_clean, counts, pytest_argv, run, run_pytest, started
 from tests._sample_project import tree_digest
 from tests._unpriv import Namespace
+from tests._waits import wait_for_file
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -354,15 +354,6 @@ def test_killed_in_the_middle():
 SCRATCH_PARENT = Path("/var/tmp")  # where the plugin makes the scratch, outside the areas
 
 
-def _wait_for(path: Path, process: subprocess.Popen[bytes]) -> str:
-    deadline = time.monotonic() + 60
-    while not path.exists() or not path.read_text():
-        assert process.poll() is None, "pytest ended before its test started"
-        assert time.monotonic() < deadline, "the test did not start within 60 s"
-        time.sleep(0.05)
-    return path.read_text()
-
-
 def test_the_next_run_removes_the_scratch_directory_of_a_killed_run(
     scratch: Scratch, tmp_path: Path
 ) -> None:
@@ -371,7 +362,7 @@ def test_the_next_run_removes_the_scratch_directory_of_a_killed_run(
     (scratch.project / "test_killed.py").write_text(KILLED.format(pid_file=str(pid_file)))
     argv = pytest_argv(*HERMETIC, "test_killed.py")
     with started(argv, cwd=scratch.project, env=scratch.env()) as process:
-        pid = int(_wait_for(pid_file, process))
+        pid = int(wait_for_file(pid_file, process))
         made = list(SCRATCH_PARENT.glob(f"pytest-overlay-{pid}-*"))
         assert len(made) == 1, made
         os.kill(pid, signal.SIGKILL)

@@ -12,16 +12,16 @@ import re
 
 import pytest
 
-from tests._gates import gate, kernel_reason
+from tests._gates import gate, gate_backend, kernel_reason
+from tests._run import CHILD_OPTIONS
 
-BASE_ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark")
 MAX_SECTION_LINES = 25
 
 
 def run(pytester: pytest.Pytester, *args: str, backend: str = "copy") -> pytest.RunResult:
     layers = pytester.path.parent / f"{pytester.path.name}-layers"
     return pytester.runpytest_subprocess(
-        *BASE_ARGS,
+        *CHILD_OPTIONS,
         f"--overlay-layer-dir={layers}",
         f"--overlay-backend={backend}",
         *args,
@@ -197,8 +197,7 @@ def venv(overlay_layer):
 def test_failed_command_shows_its_status_and_output(
     pytester: pytest.Pytester, backend: str
 ) -> None:
-    if backend == "kernel":
-        gate("kernel", kernel_reason())
+    gate_backend(backend)
     pytester.makeconftest(FAILING_COMMAND)
     pytester.makepyfile(
         test_app="""

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests._gates import gate, kernel_reason
+from tests._gates import gate, gate_backend, kernel_reason
 from tests._run import Result, counts, run_pytest
-from tests._sample_project import tree_digest
+from tests._sample_project import LAYER_FIXTURES, tree_digest
 
-CONFTEST = r"""
+CONFTEST = (
+    r"""
 import os
 from pathlib import Path
 
@@ -35,16 +36,9 @@ def build_extra(root):
     assert (root / "tools" / "tool.sh").exists(), "built on top of the tools layer"
     (root / "extra.txt").write_text("extra\n")
 
-
-@pytest.fixture(scope="session")
-def tools_layer(overlay_layer):
-    return overlay_layer("tools", build_tools, inputs=["requirements.txt"])
-
-
-@pytest.fixture(scope="session")
-def extra_layer(overlay_layer, tools_layer):
-    return overlay_layer("extra", build_extra, below=[tools_layer])
 """
+    + LAYER_FIXTURES
+)
 
 TESTS = r"""
 import pytest
@@ -115,8 +109,7 @@ def layered(tmp_path: Path) -> tuple[Path, Path, Path]:
 def test_built_once_cached_and_rebuilt_on_change(
     layered: tuple[Path, Path, Path], backend: str
 ) -> None:
-    if backend == "kernel":
-        gate("kernel", kernel_reason())
+    gate_backend(backend)
     project, counter, cache = layered
     before = tree_digest(project)
     first = run(project, counter, cache, "-n", "2", f"--overlay-backend={backend}")
@@ -152,8 +145,7 @@ def test_built_once_cached_and_rebuilt_on_change(
 
 @pytest.mark.parametrize("backend", ["kernel", "copy"])
 def test_stacked_layers_and_checkpoints(layered: tuple[Path, Path, Path], backend: str) -> None:
-    if backend == "kernel":
-        gate("kernel", kernel_reason())
+    gate_backend(backend)
     project, counter, cache = layered
     (project / "test_stacked.py").write_text(STACKED)
     result = run(project, counter, cache, "test_stacked.py", f"--overlay-backend={backend}")

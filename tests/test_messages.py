@@ -9,12 +9,11 @@ from __future__ import annotations
 import pytest
 
 from tests._gates import fuse_reason, gate, kernel_reason
-
-ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark")
+from tests._run import CHILD_OPTIONS
 
 
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(*ARGS, *args, timeout=120)
+    return pytester.runpytest_subprocess(*CHILD_OPTIONS, *args, timeout=120)
 
 
 def _assert_no_plugin_frames(result: pytest.RunResult) -> None:

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests._gates import fuse_reason, gate, kernel_reason
+from tests._gates import gate, gate_backend, kernel_reason
+from tests._run import CHILD_OPTIONS
 from tests._sample_project import overlay_mounts
-
-BASE_ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark")
 
 
 @pytest.fixture
@@ -22,7 +21,7 @@ def kernel() -> None:
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(*BASE_ARGS, *args, timeout=120)
+    return pytester.runpytest_subprocess(*CHILD_OPTIONS, *args, timeout=120)
 
 
 @pytest.mark.usefixtures("kernel")
@@ -60,30 +59,9 @@ def test_configuration_mistakes_are_usage_errors(
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
-def test_unknown_backend_in_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        """
-        import pytest
-
-        @pytest.mark.overlay(backend="btrfs")
-        def test_marked(overlay_root):
-            pass
-        """
-    )
-    result = run(pytester)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        [
-            "*test_marked: @pytest.mark.overlay: backend='btrfs' is not a backend; choose one of*",
-            "It accepts lowers=*backend=*layers=*",
-        ]
-    )
-
-
 @pytest.mark.parametrize("backend", ["kernel", "copy"])
 def test_failed_test_reports_its_changes(pytester: pytest.Pytester, backend: str) -> None:
-    if backend == "kernel":
-        gate("kernel", kernel_reason())
+    gate_backend(backend)
     pytester.makepyfile(data="VALUE = 1\n")
     pytester.makepyfile(
         """
@@ -107,8 +85,7 @@ def test_failed_test_reports_its_changes(pytester: pytest.Pytester, backend: str
 
 @pytest.mark.parametrize("backend", ["kernel", "copy"])
 def test_marker_and_ini_choose_lowers(pytester: pytest.Pytester, backend: str) -> None:
-    if backend == "kernel":
-        gate("kernel", kernel_reason())
+    gate_backend(backend)
     for layer, files in {"top": {"shared": "top", "t": "t"}, "base": {"shared": "base"}}.items():
         (pytester.path / layer).mkdir()
         for name, text in files.items():
@@ -193,8 +170,7 @@ BUSY_REPORTS = {
 def test_busy_mount_is_detached_and_reported(pytester: pytest.Pytester, backend: str) -> None:
     """Not a warning: the plugin dealt with it, and ``filterwarnings = error`` (set here) must
     not turn it into an error of the test; the summary names the process."""
-    if backend != "copy":
-        gate(backend, kernel_reason() if backend == "kernel" else fuse_reason())
+    gate_backend(backend)
     pytester.makepyfile(
         """
         import subprocess
@@ -286,8 +262,7 @@ def test_public_api() -> None:
 def test_hostile_names_and_fifos_in_a_failure_report(
     pytester: pytest.Pytester, backend: str
 ) -> None:
-    if backend == "kernel":
-        gate("kernel", kernel_reason())
+    gate_backend(backend)
     pytester.makepyfile(
         r"""
         import os

@@ -20,7 +20,7 @@ import os
 
 import pytest
 
-from tests._gates import fuse_reason, gate, kernel_reason, server_libfuse
+from tests._run import CHILD_OPTIONS
 
 INNER = r"""
 import contextlib
@@ -220,14 +220,24 @@ def assert_agree(results, oracle, other):
     assert results[other][2] == results[oracle][2], f"diffs differ on {other}"
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
-@given(st.lists(OPS, min_size=1, max_size=12))
-def test_backends_agree(tmp_path_factory, ops):
+# Reproducible, and no time limit: a mount per example is slow on shared cores.
+REPRODUCIBLE = dict(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+
+
+@contextlib.contextmanager
+def unchanged_lower(tmp_path_factory):
+    # A fresh lower layer (build_lower) that nothing may change.
     lower = tmp_path_factory.mktemp("lower")
     build_lower(lower)
     before = digest(lower)
-    with copy_backends() as (copy, walking_copy):
+    yield lower
+    assert digest(lower) == before, "the lower layer changed"
+
+
+@settings(max_examples=EXAMPLES, **REPRODUCIBLE)
+@given(st.lists(OPS, min_size=1, max_size=12))
+def test_backends_agree(tmp_path_factory, ops):
+    with unchanged_lower(tmp_path_factory) as lower, copy_backends() as (copy, walking_copy):
         results = run_everywhere(lower, (KERNEL, copy, FUSE), ops)
         results["walking-copy"] = run_everywhere(lower, (walking_copy,), ops)["copy"]
     # FUSE's known limit on libfuse 2: through libfuse's path API each hard link is its own
@@ -236,7 +246,6 @@ def test_backends_agree(tmp_path_factory, ops):
     stale_links = os.environ["SERVER_LIBFUSE"] == "2" and any(op[0] == "link" for op in ops)
     for other in ("copy", "walking-copy") if stale_links else ("copy", "walking-copy", "fuse"):
         assert_agree(results, "kernel", other)
-    assert digest(lower) == before, "the lower layer changed"
 
 
 DIR_OPS = st.tuples(
@@ -247,18 +256,13 @@ DIR_OPS = st.tuples(
 )
 
 
-@settings(max_examples=max(EXAMPLES // 2, 10), deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=max(EXAMPLES // 2, 10), **REPRODUCIBLE)
 @given(st.lists(DIR_OPS, min_size=1, max_size=8))
 def test_directory_renames_agree_between_fuse_and_copy(tmp_path_factory, ops):
     # The deliberate difference from the kernel: fuse and copy rename lower directories
     # (the kernel answers EXDEV), so here copy is the oracle for fuse.
-    lower = tmp_path_factory.mktemp("lower")
-    build_lower(lower)
-    before = digest(lower)
-    with copy_backends() as (copy, _):
+    with unchanged_lower(tmp_path_factory) as lower, copy_backends() as (copy, _):
         assert_agree(run_everywhere(lower, (copy, FUSE), ops), "copy", "fuse")
-    assert digest(lower) == before, "the lower layer changed"
 
 
 # --- The stateful property: every backend beside the kernel after every step -------------
@@ -620,40 +624,30 @@ class Overlays(RuleBasedStateMachine):
 TestOverlaysAgreeStep = Overlays.TestCase
 TestOverlaysAgreeStep.settings = settings(
     max_examples=int(os.environ.get("PYTEST_OVERLAY_STATE_EXAMPLES", max(EXAMPLES // 2, 10))),
-    stateful_step_count=25, deadline=None,
-    derandomize=True, suppress_health_check=list(HealthCheck),
+    stateful_step_count=25, **REPRODUCIBLE,
 )
 """
 
 
+def _run_inner(pytester: pytest.Pytester, timeout: float) -> pytest.RunResult:
+    pytester.makepyfile(test_inner=INNER)
+    return pytester.runpytest_subprocess(*CHILD_OPTIONS, timeout=timeout)
+
+
+@pytest.mark.usefixtures("kernel_and_fuse")
 def test_random_operation_sequences_agree_with_the_kernel(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate("kernel", kernel_reason())
-    gate("fuse", fuse_reason())
     monkeypatch.setenv("PROPERTY_SCRATCH", str(pytester.path / "scratch"))
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    monkeypatch.setenv("SERVER_LIBFUSE", str(server_libfuse()))
-    pytester.makepyfile(test_inner=INNER)
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly", timeout=600
-    )
-    result.assert_outcomes(passed=3)
+    _run_inner(pytester, timeout=600).assert_outcomes(passed=3)
 
 
 @pytest.mark.stress
+@pytest.mark.usefixtures("kernel_and_fuse")
 def test_larger_budget_of_random_sequences(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate("kernel", kernel_reason())
-    gate("fuse", fuse_reason())
     monkeypatch.setenv("PROPERTY_SCRATCH", str(pytester.path / "scratch"))
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     monkeypatch.setenv("PYTEST_OVERLAY_EXAMPLES", os.environ.get("PYTEST_OVERLAY_EXAMPLES", "500"))
-    monkeypatch.setenv("SERVER_LIBFUSE", str(server_libfuse()))
-    pytester.makepyfile(test_inner=INNER)
     # 7 to 14 minutes on two shared cores (the state machine's 250 sequences 6 to 8 of them).
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly", timeout=2400
-    )
-    result.assert_outcomes(passed=3)
+    _run_inner(pytester, timeout=2400).assert_outcomes(passed=3)

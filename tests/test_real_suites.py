@@ -18,7 +18,7 @@ import pytest
 
 from tests import _unpriv
 from tests._gates import gate, kernel_reason
-from tests._run import PLUGINS_OFF, assert_clean, junit_outcomes, run_pytest
+from tests._run import CHILD_OPTIONS, assert_clean, junit_outcomes, run_pytest
 from tests._sample_project import inplace_digest, tree_digest
 
 pytest.importorskip("pyfakefs", reason="pyfakefs is in the dev extra: pip install -e .[dev]")
@@ -236,7 +236,7 @@ def _run_in_place(pytester: pytest.Pytester, basetemp: Path) -> pytest.RunResult
     # The basetemp outside the project, as usual outside pytester (inside, it would be
     # passed through, and a mount over it leave the view alone).
     return pytester.runpytest_subprocess(
-        *PLUGINS_OFF, "-p", "no:cacheprovider", "--overlay", f"--basetemp={basetemp}", timeout=300
+        *CHILD_OPTIONS, "--overlay", f"--basetemp={basetemp}", timeout=300
     )
 
 
@@ -346,9 +346,7 @@ def test_tool_state_and_created_pass_through_reach_the_disk(
     pytester.makepyfile(test_state=f"REMEMBERS = {remembers}\n{TOOL_STATE}")
     # --overlay-passthrough of a directory that does not exist yet: a test creates it.
     result = pytester.runpytest_subprocess(
-        *PLUGINS_OFF,
-        "-p",
-        "no:cacheprovider",
+        *CHILD_OPTIONS,
         "-p",
         "no:hypothesispytest",
         "--overlay",

@@ -9,7 +9,6 @@ and the small one also on fuse.  Outcomes are compared test by test from JUnit X
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,12 +45,6 @@ def _corpus_dir() -> Path:
     return directory
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Iterator[Path]:
-    with _unpriv.user_workdir_ctx() as path:
-        yield path
-
-
 def _unpack(project: _corpus.Project, directory: Path, into: Path, user: bool) -> Path:
     into.mkdir()
     root = _corpus.extract(project, directory, into)
@@ -77,7 +70,7 @@ def _run_suite(
 
 @pytest.mark.parametrize(("project", "mode"), CASES)
 def test_a_real_suite_has_the_same_outcomes_in_place(
-    project: _corpus.Project, mode: str, workdir: Path
+    project: _corpus.Project, mode: str, user_workdir: Path
 ) -> None:
     directory = _corpus_dir()
     who, backend_args = MODES[mode]
@@ -89,13 +82,13 @@ def test_a_real_suite_has_the_same_outcomes_in_place(
         gate("unprivileged-user", _unpriv.can_run_as_user())
     key = (project.name, who)
     if key not in _plain:
-        plain = _unpack(project, directory, workdir / "plain", user)
-        _plain[key] = _run_suite(project, plain, workdir / "plain.xml", user)
+        plain = _unpack(project, directory, user_workdir / "plain", user)
+        _plain[key] = _run_suite(project, plain, user_workdir / "plain.xml", user)
     expected = _plain[key]
     assert expected, f"{project.label} ran no test"
-    root = _unpack(project, directory, workdir / "overlay", user)
+    root = _unpack(project, directory, user_workdir / "overlay", user)
     before = inplace_digest(root)
-    got = _run_suite(project, root, workdir / "overlay.xml", user, "--overlay", *backend_args)
+    got = _run_suite(project, root, user_workdir / "overlay.xml", user, "--overlay", *backend_args)
     assert inplace_digest(root) == before
     differ = {name: (expected.get(name), got.get(name)) for name in {*expected, *got}}
     differ = {name: pair for name, pair in differ.items() if pair[0] != pair[1]}

@@ -14,7 +14,6 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ import pytest
 from tests import _unpriv
 from tests._gates import fuse_reason, gate, kernel_reason
 from tests._run import pytest_argv, run, started
+from tests._waits import wait_for_file
 
 # The test saves its pid, and that of a process it starts and never stops (in a session of
 # its own, with its working directory outside the view), then waits to be killed.
@@ -66,38 +66,27 @@ def _gate(who: str, backend: str) -> None:
         gate("unprivileged-user", _unpriv.can_run_as_user())
 
 
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    with _unpriv.user_workdir_ctx() as path:
-        yield path
-
-
 @pytest.mark.parametrize(("who", "backend"), list(MODES), ids=["-".join(m) for m in MODES])
-def test_kill_9_leaves_no_mount(who: str, backend: str, workdir: Path) -> None:
+def test_kill_9_leaves_no_mount(who: str, backend: str, user_workdir: Path) -> None:
     _gate(who, backend)
     args, fixture = MODES[(who, backend)]
-    project, pids = workdir / "project", workdir / "pids"
+    project, pids = user_workdir / "project", user_workdir / "pids"
     project.mkdir()
     (project / "test_killed.py").write_text(KILLED.format(fixture=fixture, pids=pids))
     uid, gid = _unpriv.ensure_test_user()
     for path in (project, project / "test_killed.py"):
         os.chown(path, uid, gid)
-    argv = pytest_argv(*args, f"--basetemp={workdir / 'basetemp'}")
+    argv = pytest_argv(*args, f"--basetemp={user_workdir / 'basetemp'}")
     user = who == "user"
     namespace = _unpriv.OPEN_DEV_FUSE if user else None
     env = {"PYTHONPATH": str(_unpriv.REPO_ROOT)}
     with started(argv, cwd=project, user=user, namespace=namespace, env=env) as process:
         try:
-            deadline = time.monotonic() + 60
-            while not pids.exists() or len(pids.read_text().split()) < 2:
-                assert process.poll() is None, "pytest ended before its test started"
-                assert time.monotonic() < deadline, "the test did not start within 60 s"
-                time.sleep(0.05)
-            pytest_pid, lingering = map(int, pids.read_text().split())
-            assert our_mounts(workdir), "the test's view is not mounted"
+            pytest_pid, lingering = map(int, wait_for_file(pids, process).split())
+            assert our_mounts(user_workdir), "the test's view is not mounted"
             os.kill(pytest_pid, signal.SIGKILL)
             time.sleep(3)
-            assert our_mounts(workdir) == []
+            assert our_mounts(user_workdir) == []
         finally:
             with contextlib.suppress(ProcessLookupError, UnboundLocalError):
                 os.kill(lingering, signal.SIGKILL)

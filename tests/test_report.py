@@ -6,12 +6,10 @@ import difflib
 import errno
 import hashlib
 import os
-import signal
 import stat
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
@@ -91,22 +89,6 @@ class Trees:
 @pytest.fixture
 def trees(tmp_path: Path) -> Trees:
     return Trees(tmp_path)
-
-
-@pytest.fixture
-def alarm() -> Iterator[None]:
-    """Fail, rather than hang, if something blocks (opening a FIFO would)."""
-
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise TimeoutError("blocked: something opened a FIFO?")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(10)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def spy_open(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
@@ -433,7 +415,9 @@ def test_type_changes(trees: Trees) -> None:
     ]
 
 
-def test_fifo_is_never_opened(trees: Trees, monkeypatch: pytest.MonkeyPatch, alarm: None) -> None:
+def test_fifo_is_never_opened(
+    trees: Trees, monkeypatch: pytest.MonkeyPatch, hang_guard: None
+) -> None:
     os.mkfifo(trees.new_root / "pipe")
     trees.old_file("data", "old\n")
     os.mkfifo(trees.new_root / "data")

@@ -26,7 +26,6 @@ from tests._unpriv import (
     exposure_plan,
     make_user_dir,
     run_as_user,
-    user_workdir_ctx,
 )
 
 _CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapAmb")
@@ -35,12 +34,6 @@ _CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapAmb")
 @pytest.fixture(autouse=True)
 def _needs_unpriv() -> None:
     gate("unprivileged-user", can_run_as_user())
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    with user_workdir_ctx() as path:
-        yield path
 
 
 @pytest.fixture
@@ -65,14 +58,14 @@ def _status(text: str) -> dict[str, str]:
     return {key: value.strip() for key, _, value in fields}
 
 
-def test_child_is_an_unprivileged_user_with_pytest(workdir: Path) -> None:
+def test_child_is_an_unprivileged_user_with_pytest(user_workdir: Path) -> None:
     code = (
         "import os, pytest, json; "
         "print(json.dumps([os.getuid(), os.geteuid(), open('/proc/self/status').read(), "
         "pytest.__file__, os.getcwd(), os.environ['HOME']]))"
     )
     uid, gid = ensure_test_user()
-    out = json.loads(_python(code, workdir).stdout)
+    out = json.loads(_python(code, user_workdir).stdout)
     real, effective, status_text, pytest_file, cwd, home = out
     assert real == effective == uid != 0
     status = _status(status_text)
@@ -83,7 +76,7 @@ def test_child_is_an_unprivileged_user_with_pytest(workdir: Path) -> None:
         assert int(status[field], 16) == 0, field
     assert status["NoNewPrivs"] == "0"
     assert Path(pytest_file).is_relative_to(Path(pytest.__file__).parents[1])
-    assert cwd == home == os.fspath(workdir)
+    assert cwd == home == os.fspath(user_workdir)
 
 
 def _import_outcome(result: subprocess.CompletedProcess[str] | Result) -> str:
@@ -91,7 +84,7 @@ def _import_outcome(result: subprocess.CompletedProcess[str] | Result) -> str:
     return "ok" if result.returncode == 0 else (lines[-1] if lines else str(result.returncode))
 
 
-def test_child_sees_the_project_as_root_does(workdir: Path) -> None:
+def test_child_sees_the_project_as_root_does(user_workdir: Path) -> None:
     """The child imports ``pytest_overlay`` exactly as well as root does with the same env.
 
     The package may be unfinished (or not installed), so root's outcome is the oracle; when it
@@ -106,8 +99,8 @@ def test_child_sees_the_project_as_root_does(workdir: Path) -> None:
     package = REPO_ROOT / "pytest_overlay"
     listing = "import os, sys; print(sorted(os.listdir(sys.argv[1])))"
 
-    as_user = run_as_user(argv, cwd=workdir, env=env)
-    seen = run_as_user([sys.executable, "-c", listing, os.fspath(package)], cwd=workdir)
+    as_user = run_as_user(argv, cwd=user_workdir, env=env)
+    seen = run_as_user([sys.executable, "-c", listing, os.fspath(package)], cwd=user_workdir)
 
     assert _import_outcome(as_user) == _import_outcome(as_root)
     assert seen.stdout.strip() == str(sorted(entry.name for entry in package.iterdir())), (
@@ -115,16 +108,16 @@ def test_child_sees_the_project_as_root_does(workdir: Path) -> None:
     )
 
 
-def test_child_can_create_a_user_namespace(workdir: Path) -> None:
+def test_child_can_create_a_user_namespace(user_workdir: Path) -> None:
     code = (
         "import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
         "result = libc.unshare(0x10000000 | 0x00020000); "
         "print(result, ctypes.get_errno())"
     )
-    assert _python(code, workdir).stdout.split() == ["0", "0"]
+    assert _python(code, user_workdir).stdout.split() == ["0", "0"]
 
 
-def test_child_writes_only_where_it_may(workdir: Path, root_dir: Path) -> None:
+def test_child_writes_only_where_it_may(user_workdir: Path, root_dir: Path) -> None:
     code = (
         "import sys\n"
         "open('mine.txt', 'w').write('ok')\n"
@@ -134,17 +127,17 @@ def test_child_writes_only_where_it_may(workdir: Path, root_dir: Path) -> None:
         "    print('denied')\n"
     )
     result = run_as_user(
-        [sys.executable, "-c", code, os.fspath(root_dir / "theirs.txt")], cwd=workdir
+        [sys.executable, "-c", code, os.fspath(root_dir / "theirs.txt")], cwd=user_workdir
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "denied"
     uid, _ = ensure_test_user()
-    assert (workdir / "mine.txt").stat().st_uid == uid
+    assert (user_workdir / "mine.txt").stat().st_uid == uid
     assert not (root_dir / "theirs.txt").exists()
 
 
 def test_host_is_left_as_it_was(
-    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    user_workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     scratch_parent = tmp_path / "standins"
     scratch_parent.mkdir()
@@ -152,7 +145,7 @@ def test_host_is_left_as_it_was(
     root_mode = Path("/root").stat().st_mode
     before = Path("/proc/self/mountinfo").read_text()
 
-    child = run_as_user(["cat", "/proc/self/mountinfo"], cwd=workdir)
+    child = run_as_user(["cat", "/proc/self/mountinfo"], cwd=user_workdir)
 
     assert child.returncode == 0, child.stderr
     assert Path("/proc/self/mountinfo").read_text() == before
@@ -164,7 +157,7 @@ def test_host_is_left_as_it_was(
     assert {os.fspath(standin.directory) for standin in plan} <= mountpoints
 
 
-def test_nested_blocked_directories_and_symlinks(workdir: Path, tmp_path: Path) -> None:
+def test_nested_blocked_directories_and_symlinks(user_workdir: Path, tmp_path: Path) -> None:
     # tmp_path is under /tmp/pytest-of-root (0700), so that is a third blocked level.
     outer = tmp_path / "outer"
     shown = outer / "inner" / "shown"
@@ -188,7 +181,7 @@ def test_nested_blocked_directories_and_symlinks(workdir: Path, tmp_path: Path) 
         "print(json.dumps([open(d + '/link/data.txt').read(), sorted(os.listdir(d))]))"
     )
     result = run_as_user(
-        [sys.executable, "-c", code, os.fspath(outer)], cwd=workdir, extra_paths=[wanted]
+        [sys.executable, "-c", code, os.fspath(outer)], cwd=user_workdir, extra_paths=[wanted]
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == ["payload", ["inner", "link"]]
@@ -205,30 +198,30 @@ def test_workdir_under_tmp_path(tmp_path: Path) -> None:
     assert (cwd / "made.txt").read_text() == "hi\n"
 
 
-def test_environment_is_clean(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_is_clean(user_workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", "/leaked")
     monkeypatch.setenv("PYTEST_OVERLAY_LEAK", "1")
     code = "import os, json; print(json.dumps(dict(os.environ)))"
 
-    env = json.loads(_python(code, workdir, env={"EXTRA": "given"}).stdout)
+    env = json.loads(_python(code, user_workdir, env={"EXTRA": "given"}).stdout)
 
     assert "PYTHONPATH" not in env
     assert "PYTEST_OVERLAY_LEAK" not in env
     assert env["EXTRA"] == "given"
-    assert env["HOME"] == os.fspath(workdir)
+    assert env["HOME"] == os.fspath(user_workdir)
     assert env["LANG"] == "C.UTF-8"
     assert env["USER"] == TEST_USER
 
 
-def test_exit_codes_pass_through(workdir: Path) -> None:
-    assert run_as_user(["sh", "-c", "exit 3"], cwd=workdir).returncode == 3
-    missing = run_as_user(["no-such-command-here"], cwd=workdir)
+def test_exit_codes_pass_through(user_workdir: Path) -> None:
+    assert run_as_user(["sh", "-c", "exit 3"], cwd=user_workdir).returncode == 3
+    missing = run_as_user(["no-such-command-here"], cwd=user_workdir)
     assert missing.returncode == 127
     assert missing.stderr.startswith("unpriv-prelude:")
 
 
-def test_timeout_kills_the_child(workdir: Path) -> None:
+def test_timeout_kills_the_child(user_workdir: Path) -> None:
     started = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired):
-        run_as_user(["sh", "-c", "sleep 60 & sleep 60"], cwd=workdir, timeout=1)
+        run_as_user(["sh", "-c", "sleep 60 & sleep 60"], cwd=user_workdir, timeout=1)
     assert time.monotonic() - started < 30
