@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import stat
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -798,12 +797,10 @@ def user_project(tmp_path: Path) -> Iterator[Project]:
         yield project
 
 
-def _as_user(project: Project, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return _unpriv.run_as_user(
-        [sys.executable, "-m", "pytest_overlay", *argv],
-        cwd=project.root,
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
-    )
+def _as_user(project: Project, argv: Sequence[str]) -> Result:
+    argv = [sys.executable, "-m", "pytest_overlay", *argv]
+    env = {"PYTHONPATH": str(_unpriv.REPO_ROOT)}  # this checkout, not the editable install's
+    return run(argv, cwd=project.root, user=True, env=env)
 
 
 def test_user_mount_runs_the_command_in_a_private_view(user_project: Project) -> None:

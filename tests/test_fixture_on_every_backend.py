@@ -14,7 +14,7 @@ import pytest
 
 from tests import _unpriv
 from tests._gates import fuse_reason, gate, gate_backend
-from tests._run import Result, run_pytest
+from tests._run import Result, counts, run_pytest
 from tests._sample_project import SUITE_TESTS, build_project, overlay_mounts, tree_digest
 
 
@@ -35,7 +35,7 @@ def user_project() -> Iterator[Path]:
 
 def _check_run(result: Result, project: Path, before: str, header: str) -> None:
     assert result.returncode == 0, result.output
-    assert f"{SUITE_TESTS} passed" in result.output, result.output
+    assert counts(result.output).get("passed") == SUITE_TESTS, result.output
     assert header in result.output, result.output
     assert tree_digest(project) == before, "the real tree was modified"
 

@@ -32,7 +32,8 @@ from pytest_overlay._errors import MountError
 from pytest_overlay._fuse import client
 from pytest_overlay._layerwrite import make_whiteout, set_opaque
 from tests._gates import gate, kernel_reason, server_libfuse
-from tests._run import started
+from tests._run import run, started
+from tests._unpriv import Namespace
 from tests._waits import alive, mounted, wait_until
 
 Snapshot = dict[str, tuple[Any, ...]]
@@ -681,7 +682,8 @@ SCENARIOS = {
 
 
 def _kernel_run(layers: Layers, script: str) -> Snapshot:
-    """Run *script* in a kernel overlay mount in a private namespace; snapshot the view."""
+    """Run *script* in a kernel overlay mount in a private mount namespace of its own (the
+    suite's prelude, ``tests._run.run``); snapshot the view."""
     lowerdir = ":".join(str(p) for p in layers.lowers)
     options = f"lowerdir={lowerdir},upperdir={layers.upper},workdir={layers.work}"
     dump = (
@@ -693,27 +695,10 @@ def _kernel_run(layers: Layers, script: str) -> Snapshot:
         f'mount -t overlay overlay -o "$1" "$2" && cd "$2" && ({script}) && cd / && '
         f'"$3" -c "$4" "$2" "$5"; rc=$?; umount "$2"; exit $rc'
     )
-    result = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            shell,
-            "sh",
-            options,
-            str(layers.mnt),
-            sys.executable,
-            dump,
-            str(Path(__file__).parent.parent),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    repo = Path(__file__).parent.parent
+    argv = ["sh", "-c", shell, "sh", options, str(layers.mnt), sys.executable, dump, str(repo)]
+    result = run(argv, cwd=repo, namespace=Namespace(), timeout=120)
+    assert result.returncode == 0, result.output
     return {k: tuple(v) for k, v in json.loads(result.stdout).items()}
 
 

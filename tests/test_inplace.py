@@ -17,7 +17,7 @@ import pytest
 from tests import _unpriv
 from tests._gates import gate, gate_backend, kernel_reason
 from tests._run import Result, counts, run, run_pytest
-from tests._sample_project import overlay_mounts, tree_digest
+from tests._sample_project import inplace_digest, overlay_mounts, tree_digest
 from tests._unpriv import Namespace
 
 SUITE = r"""
@@ -145,21 +145,16 @@ def need(backend: str) -> tuple[str, ...]:
     return (f"--overlay-backend={backend}",)
 
 
-def digest_without_cache(root: Path) -> str:
-    # Directory times are left out: pytest itself may create .pytest_cache in the root.
-    return tree_digest(root, skip=(".pytest_cache", "__pycache__"), dir_times=False)
-
-
 @IN_PLACE_BACKENDS
 @pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["plain", "xdist"])
 def test_whole_suite_in_place_as_root(project: Path, xdist: Sequence[str], backend: str) -> None:
     chosen = need(backend)
-    before, mounts = digest_without_cache(project), overlay_mounts()
+    before, mounts = inplace_digest(project), overlay_mounts()
     output = run_root(project, "--overlay", *chosen, *xdist, expect_rc=0).output
     assert counts(output).get("passed") == 7, output
     assert "overlay: in-place mode:" in output
     assert f"overlay: backend={backend} (root)" in output
-    assert digest_without_cache(project) == before
+    assert inplace_digest(project) == before
     assert overlay_mounts() == mounts
 
 
@@ -167,7 +162,7 @@ def test_whole_suite_in_place_as_root(project: Path, xdist: Sequence[str], backe
 def test_failure_keeps_layer_and_pytest_files_reach_disk(project: Path, backend: str) -> None:
     chosen = need(backend)
     (project / "test_failing.py").write_text(FAILING)
-    before = digest_without_cache(project)
+    before = inplace_digest(project)
     output = run_root(project, "--overlay", *chosen, "--junitxml=report.xml", expect_rc=1).output
     assert counts(output).get("failed") == 1
     assert "-one" in output, output
@@ -177,11 +172,12 @@ def test_failure_keeps_layer_and_pytest_files_reach_disk(project: Path, backend:
     assert "pytest-overlay list" in output
     assert (project / "report.xml").is_file()
     os.unlink(project / "report.xml")
-    assert digest_without_cache(project) == before
+    assert inplace_digest(project) == before
 
     rerun = run_root(project, "--overlay", *chosen, "--lf")
-    assert counts(rerun.stdout).get("failed") == 1, rerun.stdout
-    assert "passed" not in rerun.stdout.splitlines()[-1], rerun.stdout
+    outcome = counts(rerun.stdout)
+    assert outcome.get("failed") == 1, rerun.stdout
+    assert "passed" not in outcome, rerun.stdout
 
     listing = cli(project, "list")
     assert listing.returncode == 0, listing.stderr
@@ -201,16 +197,16 @@ def user_project() -> Iterator[Path]:
 
 @pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["plain", "xdist"])
 def test_whole_suite_in_place_as_user(user_project: Path, xdist: Sequence[str]) -> None:
-    before = digest_without_cache(user_project)
+    before = inplace_digest(user_project)
     output = run_user(user_project, *xdist, expect_rc=0)
     assert counts(output).get("passed") == 7, output
     assert "overlay: backend=kernel (user namespace)" in output
-    assert digest_without_cache(user_project) == before
+    assert inplace_digest(user_project) == before
 
 
 def test_fuse_in_place_as_user_is_a_clear_usage_error(user_project: Path) -> None:
     # Through fusermount3 the view would cover the project for every process on the host.
-    before = digest_without_cache(user_project)
+    before = inplace_digest(user_project)
     output = run_user(
         user_project,
         "--overlay-backend=fuse",
@@ -228,7 +224,7 @@ def test_fuse_in_place_as_user_is_a_clear_usage_error(user_project: Path) -> Non
     ), output
     assert "report header" not in output
     assert "Traceback" not in output
-    assert digest_without_cache(user_project) == before
+    assert inplace_digest(user_project) == before
 
 
 def test_xdist_workers_keep_layers_into_one_run(project: Path) -> None:
@@ -291,7 +287,7 @@ def test_several_sandboxed_directories_are_all_reported_and_kept(tmp_path: Path)
         f"    Path({str(shared / 'fixture.txt')!r}).unlink()\n"
         "    assert False\n"
     )
-    before = (digest_without_cache(project), tree_digest(shared))
+    before = (inplace_digest(project), tree_digest(shared))
     result = run_root(project, "--overlay")
     output = result.stdout + result.stderr
     assert counts(output).get("failed") == 1, output
@@ -299,7 +295,7 @@ def test_several_sandboxed_directories_are_all_reported_and_kept(tmp_path: Path)
     assert f"changes under {shared}:" in output
     assert "+OWN" in output
     assert "D fixture.txt" in output
-    assert (digest_without_cache(project), tree_digest(shared)) == before
+    assert (inplace_digest(project), tree_digest(shared)) == before
     shown = cli(project, "show", "changes_both")
     assert f"changes under {shared}:" in shown.stdout, shown.stdout + shown.stderr
     as_json = cli(project, "show", "changes_both", "--json")
@@ -366,7 +362,7 @@ def test_setup_hooks_and_fixtures_of_any_scope_write_in_the_view(
     (root / "conftest.py").write_text(SETUP_WRITERS_CONFTEST)
     (root / "test_setup_writers.py").write_text(SETUP_WRITERS_SUITE)
     run_root(root, "--collect-only", "-q")
-    before = digest_without_cache(root)
+    before = inplace_digest(root)
     output = run_root(root, "--overlay", *chosen, "-p", "no:randomly", expect_rc=0).output
-    assert "4 passed" in output, output
-    assert digest_without_cache(root) == before
+    assert counts(output) == {"passed": 4}, output
+    assert inplace_digest(root) == before
