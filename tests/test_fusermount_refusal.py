@@ -17,6 +17,7 @@ import pytest
 from pytest_overlay._fuse.client import fusermount_refusal
 from tests import _unpriv
 from tests._gates import fuse_reason, gate
+from tests._run import run
 
 
 @pytest.mark.parametrize(
@@ -87,13 +88,10 @@ def test_a_refused_mount_as_an_ordinary_user(tmp_path: Path) -> None:
         target = workdir / "roots"  # root's, mode 0755: the user may not write to it
         target.mkdir()
         paths = [str(workdir / name) for name in ("lower", "upper", "work", "roots")]
-        done = _unpriv.run_as_user(
-            [sys.executable, "-c", CHILD, *paths],
-            cwd=workdir,
-            env={"PYTHONDONTWRITEBYTECODE": "1"},
-            open_dev_fuse=True,
-            timeout=120,
-        )
+        argv = [sys.executable, "-c", CHILD, *paths]
+        env = {"PYTHONPATH": str(_unpriv.REPO_ROOT)}  # this checkout, not the editable install's
+        namespace = _unpriv.OPEN_DEV_FUSE
+        done = run(argv, cwd=workdir, user=True, namespace=namespace, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     refused = f"fusermount3 refused it: user has no write access to mountpoint {target}; "

@@ -10,8 +10,6 @@ runs the same tests on real macOS and Windows machines (``native``: nothing simu
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests._portable import NATIVE, under_test
+from tests._run import run
 from tests._sample_project import tree_digest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,26 +97,13 @@ def _project(tmp_path: Path) -> Path:
     return root
 
 
-def _env() -> dict[str, str]:
-    # Only our plugin: other installed plugins are not what is under test.
-    return {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
+# Only our plugin: other installed plugins are not what is under test.
+ENV = {"PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
 @pytest.mark.parametrize("platform", under_test())
 def test_every_module_imports(platform: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", IMPORT_ALL, platform],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run([sys.executable, "-c", IMPORT_ALL, platform], cwd=ROOT, env=ENV)
     assert done.returncode == 0, done.stderr
     failed = done.stdout.strip().splitlines()[-1]
     # The FUSE server's modules load libfuse through mfusepy, which is missing there: the
@@ -138,7 +124,7 @@ def test_copy_backend_runs_a_suite(platform: str, backend: str, tmp_path: Path) 
     project = _project(tmp_path)
     before = tree_digest(project, KEPT, dir_times=False)
     report = tmp_path / "junit.xml"
-    done = subprocess.run(
+    done = run(
         [
             sys.executable,
             "-m",
@@ -155,13 +141,10 @@ def test_copy_backend_runs_a_suite(platform: str, backend: str, tmp_path: Path) 
             f"--junitxml={report}",
         ],
         cwd=project,
-        env=_env(),
-        capture_output=True,
-        text=True,
+        env=ENV,
         timeout=120,
-        check=False,
     )
-    output = done.stdout + done.stderr
+    output = done.output
     assert done.returncode == 1, output
     assert "overlay: backend=copy" in output
     if backend == "auto":
