@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests._gates import REQUIRE_ENV
+from tests._run import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,10 +17,7 @@ pytestmark = pytest.mark.quality
 
 
 def _run(*argv: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    run([sys.executable, "-m", *argv], cwd=ROOT, expect_rc=0)
 
 
 def test_ruff_check() -> None:
@@ -38,23 +36,14 @@ def test_mypy_checks_the_calls_into_the_machinery(tmp_path: Path) -> None:
     # Issue 21: the plugin reached the machinery through a ModuleType, so every call was Any.
     wrong = tmp_path / "wrong_call.py"
     wrong.write_text("from pytest_overlay.plugin import _engine\n\n_engine.header_lines()\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", str(wrong)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 1, result.stdout + result.stderr
+    result = run([sys.executable, "-m", "mypy", "--strict", str(wrong)], cwd=ROOT, expect_rc=1)
     assert 'Missing positional argument "session" in call to "header_lines"' in result.stdout
 
 
 def _collected(*args: str, require: str) -> tuple[int, int]:
     """How many tests of ``pytest --collect-only *args`` are selected, and how many there are."""
-    env = {**os.environ, "PYTEST_OVERLAY_REQUIRE": require}
     argv = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", *args]
-    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run(argv, cwd=ROOT, env={REQUIRE_ENV: require}, expect_rc=0)
     last = result.stdout.splitlines()[-1]
     found = re.match(r"(\d+)/(\d+) tests collected|(\d+) tests collected", last)
     assert found is not None, last
