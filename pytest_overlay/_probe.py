@@ -29,6 +29,8 @@ class ProbeResult:
     ok: bool
     mode: str
     reason: str = ""
+    tmpfs_user_xattrs: bool = True
+    """Whether the probe's tmpfs stored ``user.*`` xattrs (Linux 6.6 and newer)."""
 
 
 def _read(path: str) -> str | None:
@@ -222,7 +224,8 @@ def _probe_in_child(unprivileged: bool, lower: str | None = None) -> ProbeResult
             if unprivileged and exc.errno in _MOUNT_DENIED:
                 return ProbeResult(False, mode, explain_mount_denied("a tmpfs mount", exc.errno))
             raise
-        if unprivileged and not _overlayopts.user_xattrs(scratch):
+        tmpfs_xattrs = _overlayopts.user_xattrs(scratch)
+        if unprivileged and not tmpfs_xattrs:
             # As the kernel backend does: the upper layer goes on the disk instead.
             with _namespaces.privileged():
                 _syscalls.umount(scratch, _syscalls.MNT_DETACH)
@@ -253,13 +256,13 @@ def _probe_in_child(unprivileged: bool, lower: str | None = None) -> ProbeResult
             )
         if lower is not None:
             os.listdir(scratch / "merged")
-            return ProbeResult(True, mode)
+            return ProbeResult(True, mode, tmpfs_user_xattrs=tmpfs_xattrs)
         # Recreating a lower directory needs an opaque xattr: without userxattr support this
         # is where an unprivileged overlay fails with EIO.
         shutil.rmtree(scratch / "merged/d")
         (scratch / "merged/d").mkdir()
         (scratch / "merged/d/g").write_text("y")
-        return ProbeResult(True, mode)
+        return ProbeResult(True, mode, tmpfs_user_xattrs=tmpfs_xattrs)
     except OSError as exc:
         return ProbeResult(False, mode, f"overlay self-test failed: {exc}")
     finally:

@@ -63,6 +63,23 @@ def test_on_a_snapshot_layer(overlay_root):
     assert [(c.kind.letter, c.path) for c in overlay_root.diff()] == [("M", "tools/tool.sh")]
 """
 
+XATTR_TEST = r"""
+import os
+
+
+def test_user_xattrs(overlay_root):
+    tagged = overlay_root / "tagged.txt"
+    assert os.getxattr(tagged, "user.project.tag") == b"lower"
+    tagged.write_text("changed\n")  # copy-up keeps the file's own xattrs
+    assert os.getxattr(tagged, "user.project.tag") == b"lower"
+    os.setxattr(tagged, "user.project.tag", b"upper")
+    os.setxattr(overlay_root / "notes.txt", "user.overlay.t", b"the project's own")
+    assert os.getxattr(overlay_root / "notes.txt", "user.overlay.t") == b"the project's own"
+    assert os.getxattr(tagged, "user.project.tag") == b"upper"
+"""
+XATTRS = "root-xattrs"
+"""A mode of its own: the kernel backend as root, a project whose files carry user.* xattrs."""
+
 # name: (as the ordinary user, command-line options).  Fixture mode runs under auto unless the
 # options name a backend; "--overlay" is in-place mode.
 MODES: dict[str, tuple[bool, tuple[str, ...]]] = {
@@ -78,7 +95,7 @@ SLOW_MACHINE = {"PYTEST_OVERLAY_FUSE_READY_TIMEOUT": "120", "TMPDIR": os.fspath(
 SKIP = (".pytest_cache",)  # pytest's own cache (the layer store lives there too)
 
 
-def _project(parent: Path, *, user: bool) -> Path:
+def _project(parent: Path, *, user: bool, xattrs: bool = False) -> Path:
     from tests import _unpriv
     from tests._sample_project import SMALL_PROJECT
 
@@ -90,6 +107,10 @@ def _project(parent: Path, *, user: bool) -> Path:
     (root / "conftest.py").write_text(LAYER_CONFTEST)
     (root / "test_layer.py").write_text(LAYER_TEST)
     (root / "notes.txt").write_text("one\n")
+    if xattrs:
+        (root / "test_xattrs.py").write_text(XATTR_TEST)
+        (root / "tagged.txt").write_text("tagged\n")
+        os.setxattr(root / "tagged.txt", "user.project.tag", b"lower")
     if user:
         uid, gid = _unpriv.ensure_test_user()
         for path in [parent, root, *root.rglob("*")]:
@@ -224,6 +245,11 @@ def main(argv: Sequence[str]) -> int:
         if not only or name in only:
             project = _project(SCRATCH / name, user=user)
             jobs[name] = functools.partial(_run_mode, project, user=user, args=args)
+    if not only or XATTRS in only:
+        project = _project(SCRATCH / XATTRS, user=False, xattrs=True)
+        jobs[XATTRS] = functools.partial(
+            _run_mode, project, user=False, args=("--overlay-backend=kernel",)
+        )
     if not only or "differential" in only:
         jobs["differential"] = _differential
     # Two vCPUs: python's start-up under emulation is the cost, so two children at a time.

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests import _kernels, _unpriv
-from tests._gates import REQUIRE_ENV, gate, required
-from tests._kernel_guest import MODES
+from tests._gates import REQUIRE_ENV, gate, kernel_reason, required
+from tests._kernel_guest import MODES, XATTRS
 
 pytestmark = pytest.mark.kernels
 
@@ -93,7 +93,7 @@ def test_kernel(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> 
     assert str(guest["release"]).startswith(kernel.series + "."), guest
     runs = result["runs"]
     assert isinstance(runs, dict)
-    assert set(runs) == {*MODES, "differential"}
+    assert set(runs) == {*MODES, XATTRS, "differential"}
     for name, run in runs.items():
         assert run["identical"], f"{name} changed the real tree"
 
@@ -108,8 +108,18 @@ def test_kernel(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> 
             assert run["header"][:1] == [header], (name, run["header"])
         return list(run["header"])
 
-    check("root-kernel", ROOT_KERNEL)
+    root_header = check("root-kernel", ROOT_KERNEL)
     check("root-inplace", ROOT_KERNEL)
+    # The project's files carry user.* xattrs: copy-up keeps them and a test sets more.
+    assert check(XATTRS, ROOT_KERNEL, passed={"passed": 4}) == root_header
+    # Where tmpfs stores no user.* xattrs the upper layers go on the disk, and the header says
+    # so (on the guest's ext4, as on a Debian install's /tmp).
+    disk = [
+        f"  upper layers on the disk, in pytest's temporary directory where it stores user.* "
+        f"xattrs: tmpfs on Linux {kernel.series} stores none (6.6 does), and a project's files "
+        "may carry them"
+    ]
+    assert root_header[1:] == (disk if version(kernel) < (6, 6) else []), root_header
     check("root-fuse", "overlay: backend=fuse (root)")
     check("user-fuse", USER_FUSE)
     check("differential", None, passed={"passed": 1})  # one test, three backends
@@ -133,6 +143,11 @@ def test_kernel(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> 
     )
 
 
+def version(kernel: _kernels.Kernel) -> tuple[int, ...]:
+    """The kernel's series as numbers, ``(6, 1)``."""
+    return tuple(int(part) for part in kernel.series.split("."))
+
+
 def test_docs_table_has_a_row_per_kernel() -> None:
     """The table lists exactly the kernels the matrix boots, oldest first (no VM needed)."""
     rows = _kernels.table_rows(DOCS.read_text())
@@ -150,9 +165,6 @@ def test_readme_names_the_kernels_tested() -> None:
     oldest = _kernels.KERNELS[0]
     assert not oldest.unprivileged, "the matrix boots a kernel below the unprivileged floor"
     assert f"as root {oldest.series}+, as an ordinary user 5.11+" in readme
-
-    def version(kernel: _kernels.Kernel) -> tuple[int, ...]:
-        return tuple(int(part) for part in kernel.series.split("."))
 
     for kernel in _kernels.KERNELS:
         assert kernel.unprivileged == (version(kernel) >= (5, 11)), kernel
@@ -205,3 +217,46 @@ def _filesystem_of(path: Path) -> str | None:
     from pytest_overlay._backends.kernel import _filesystem_type
 
     return _filesystem_type(path)
+
+
+# Inside the project: its own upper layer is a directory on the disk, no tmpfs mounted there.
+UPPER_ON_DISK_TEST = """
+def test_upper_layer_not_on_tmpfs(overlay_root):
+    with open("/proc/self/mountinfo") as f:
+        points = {line.split()[4] for line in f}
+    assert str(overlay_root.path.parent) not in points
+"""
+
+
+@pytest.mark.parametrize("mode", [(), ("--overlay",)], ids=["fixture", "in-place"])
+def test_root_upper_on_disk_where_tmpfs_has_no_user_xattrs(
+    mode: tuple[str, ...], tmp_path: Path
+) -> None:
+    """As root too, where tmpfs stores no user.* xattrs (5.10 and 6.1 in the matrix): the upper
+    layers go on the disk, so copy-up keeps a project file's own (the matrix's root-xattrs)."""
+    from tests import _run
+    from tests._sample_project import SMALL_PROJECT, tree_digest
+
+    gate("kernel", kernel_reason())
+    if os.geteuid() != 0:
+        pytest.skip("the root case; the ordinary user's is the test above")
+    if _filesystem_of(tmp_path) == "tmpfs":
+        gate("user-xattrs", f"{tmp_path} is on tmpfs, not on a disk filesystem")
+    root = tmp_path / "project"
+    root.mkdir()
+    tests = {**SMALL_PROJECT, "conftest.py": NO_TMPFS_XATTRS}
+    if not mode:  # in place, overlay_root.path is the project's own path
+        tests["test_upper.py"] = UPPER_ON_DISK_TEST
+    for name, text in tests.items():
+        (root / name).write_text(text)
+    before = tree_digest(root, (".pytest_cache",), dir_times=False)
+    basetemp = tmp_path / "basetemp"
+    env = {"PYTHONPATH": str(_unpriv.REPO_ROOT), "PYTEST_OVERLAY_REQUIRE": None}
+    args = ("-W", "error", "--overlay-backend=kernel", f"--basetemp={basetemp}", *mode)
+    result = _run.run_pytest(root, *args, env=env, expect_rc=0)
+    lines = result.output.splitlines()
+    backend = lines.index("overlay: backend=kernel (root)")
+    assert lines[backend + 1].startswith("  upper layers on the disk, in pytest's temporary"), lines
+    assert _run.counts(result.output) == {"passed": 3 if not mode else 2}
+    assert tree_digest(root, (".pytest_cache",), dir_times=False) == before
+    assert not list(basetemp.glob("overlay/kernel/*"))
