@@ -173,8 +173,13 @@ def _differential() -> dict[str, object]:
 
     started = time.monotonic()
     result = _run.run(
+        # Short tracebacks and the summary: the tail shows which scenario and assertion.
         _run.pytest_argv(
-            "-q", f"--basetemp={SCRATCH / 'differential'}", "tests/test_differential.py"
+            "-q",
+            "--tb=short",
+            "-rfE",
+            f"--basetemp={SCRATCH / 'differential'}",
+            "tests/test_differential.py",
         ),
         cwd=_unpriv.REPO_ROOT,
         timeout=900,

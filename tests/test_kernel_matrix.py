@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -72,14 +71,8 @@ def boot(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> dict[st
     image = kernel.image()
     assert image is not None
     tar, mounts = guest_env
-    argv = _kernels.boot_argv(image, _kernels.guest_script(tar, mounts, []))
-    done = subprocess.run(
-        argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1800, check=False
-    )
-    # virtme-ng --verbose copies the guest's console to its standard error.
-    result = _kernels.parse_result(done.stdout + done.stderr)
-    console = (done.stdout + done.stderr)[-6000:]
-    assert result is not None, f"the guest printed no result (exit {done.returncode}):\n{console}"
+    result, console = _kernels.run_guest(image, tar, mounts)
+    assert result is not None, f"the guest printed no result {console}"
     print(json.dumps(result, indent=1, sort_keys=True))
     return result
 
