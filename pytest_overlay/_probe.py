@@ -322,13 +322,22 @@ def probe_kernel(lower: Path | None = None) -> ProbeResult:
     """
     if not sys.platform.startswith("linux"):
         return ProbeResult(False, "", f"kernel overlayfs needs Linux, this is {sys.platform}")
+    global _tmpfs_user_xattrs
     if _namespaces.entered_user_namespace():
         # Probed before entering it; a lower layer stacked too deep shows at the first mount.
-        return ProbeResult(True, "user namespace")
+        return ProbeResult(True, "user namespace", tmpfs_user_xattrs=_tmpfs_user_xattrs)
     unprivileged = not _namespaces.is_real_root()
     if _namespaces.thread_count() == 1:
-        return _run_forked(unprivileged, lower)
-    return _run_interpreter(unprivileged, lower)
+        result = _run_forked(unprivileged, lower)
+    else:
+        result = _run_interpreter(unprivileged, lower)
+    if result.ok and lower is None:
+        _tmpfs_user_xattrs = result.tmpfs_user_xattrs
+    return result
+
+
+_tmpfs_user_xattrs = True
+"""What the last probe before entering the user namespace found (it cannot be asked after)."""
 
 
 def _run_forked(unprivileged: bool, lower: Path | None = None) -> ProbeResult:
