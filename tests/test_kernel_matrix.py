@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests import _kernels, _unpriv
 from tests._gates import REQUIRE_ENV, gate, kernel_reason, required
-from tests._kernel_guest import MODES, XATTRS
+from tests._kernel_guest import MODES, XATTR_RUNS, XATTRS, XATTRS_TMP
 
 pytestmark = pytest.mark.kernels
 
@@ -86,7 +87,7 @@ def test_kernel(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> 
     assert str(guest["release"]).startswith(kernel.series + "."), guest
     runs = result["runs"]
     assert isinstance(runs, dict)
-    assert set(runs) == {*MODES, XATTRS, "differential"}
+    assert set(runs) == {*MODES, *XATTR_RUNS, "differential"}
     for name, run in runs.items():
         assert run["identical"], f"{name} changed the real tree"
 
@@ -103,21 +104,28 @@ def test_kernel(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> 
 
     # Where tmpfs stores no user.* xattrs the upper layers go on the disk, and the header says
     # so in its one indented line (on the guest's ext4, as on a Debian install's /tmp).
-    disk = [
-        f"  upper layers on the disk, in pytest's temporary directory where it stores user.* "
-        f"xattrs: tmpfs on Linux {kernel.series} stores none (6.6 does), and a project's files "
-        "may carry them"
-    ]
-    notes = disk if version(kernel) < (6, 6) else []
+    old = version(kernel) < (6, 6)
+    tmpfs = f"tmpfs on Linux {kernel.series} stores no user.* xattrs (6.6 does)"
+    root_note = (
+        "  upper layers on the disk, in pytest's temporary directory, unless that is on tmpfs, "
+        f"overlayfs or FUSE: {tmpfs}, and a project's files may carry them"
+    )
+    user_note = (
+        f"  upper layers on the disk, in pytest's temporary directory: {tmpfs}, and the overlay "
+        "marks directories with them"
+    )
 
     def check_kernel(name: str, header: str, passed: dict[str, int] = PASSED) -> None:
         lines = check(name, header, passed=passed)
-        assert [line for line in lines if line.startswith("  ")] == notes, (name, lines)
+        note = root_note if header == ROOT_KERNEL else user_note
+        assert [line for line in lines if line.startswith("  ")] == ([note] if old else [])
 
     check_kernel("root-kernel", ROOT_KERNEL)
     check_kernel("root-inplace", ROOT_KERNEL)
-    # The project's files carry user.* xattrs: copy-up keeps them and a test sets more.
+    # The project's files carry user.* xattrs: copy-up keeps them and a test sets more; where
+    # the temporary directory is on overlayfs, they are lost before 6.6 as documented.
     check_kernel(XATTRS, ROOT_KERNEL, passed={"passed": 4})
+    check_kernel(XATTRS_TMP, ROOT_KERNEL, passed={"passed": 4})
     check("root-fuse", "overlay: backend=fuse (root)")
     check("user-fuse", USER_FUSE)
     check("differential", None, passed={"passed": 1})  # one test, three backends
@@ -217,21 +225,26 @@ def _filesystem_of(path: Path) -> str | None:
     return _filesystem_type(path)
 
 
-# Inside the project: its own upper layer is a directory on the disk, no tmpfs mounted there.
-UPPER_ON_DISK_TEST = """
-def test_upper_layer_not_on_tmpfs(overlay_root):
+# Inside the project: whether its own upper layer is on a tmpfs mounted there.
+UPPER_ON_TMPFS_TEST = """
+def test_upper_layer_where_expected(overlay_root):
     with open("/proc/self/mountinfo") as f:
-        points = {line.split()[4] for line in f}
-    assert str(overlay_root.path.parent) not in points
+        points = {{line.split()[4] for line in f}}
+    assert (str(overlay_root.path.parent) in points) is {on_tmpfs}
 """
 
 
-@pytest.mark.parametrize("mode", [(), ("--overlay",)], ids=["fixture", "in-place"])
+@pytest.mark.parametrize(
+    ("mode", "basetemp_fs"),
+    [((), "disk"), (("--overlay",), "disk"), ((), "tmpfs")],
+    ids=["fixture", "in-place", "basetemp-on-tmpfs"],
+)
 def test_root_upper_on_disk_where_tmpfs_has_no_user_xattrs(
-    mode: tuple[str, ...], tmp_path: Path
+    mode: tuple[str, ...], basetemp_fs: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """As root too, where tmpfs stores no user.* xattrs (5.10 and 6.1 in the matrix): the upper
-    layers go on the disk, so copy-up keeps a project file's own (the matrix's root-xattrs)."""
+    layers go on the disk, so copy-up keeps a project file's own (the matrix's root-xattrs);
+    with pytest's temporary directory on tmpfs as well they stay on tmpfs."""
     from tests import _run
     from tests._sample_project import SMALL_PROJECT, tree_digest
 
@@ -244,11 +257,19 @@ def test_root_upper_on_disk_where_tmpfs_has_no_user_xattrs(
     root.mkdir()
     tests = {**SMALL_PROJECT, "conftest.py": NO_TMPFS_XATTRS}
     if not mode:  # in place, overlay_root.path is the project's own path
-        tests["test_upper.py"] = UPPER_ON_DISK_TEST
+        on_tmpfs = basetemp_fs == "tmpfs"
+        tests["test_upper.py"] = UPPER_ON_TMPFS_TEST.format(on_tmpfs=on_tmpfs)
     for name, text in tests.items():
         (root / name).write_text(text)
     before = tree_digest(root, (".pytest_cache",), dir_times=False)
     basetemp = tmp_path / "basetemp"
+    if basetemp_fs == "tmpfs":
+        shm = Path("/dev/shm")
+        if _filesystem_of(shm) != "tmpfs":
+            gate("user-xattrs", "/dev/shm is not a tmpfs here")
+        shm_dir = tempfile.TemporaryDirectory(dir=shm)
+        request.addfinalizer(shm_dir.cleanup)
+        basetemp = Path(shm_dir.name) / "basetemp"
     env = {"PYTHONPATH": str(_unpriv.REPO_ROOT), "PYTEST_OVERLAY_REQUIRE": None}
     args = ("-W", "error", "--overlay-backend=kernel", f"--basetemp={basetemp}", *mode)
     result = _run.run_pytest(root, *args, env=env, expect_rc=0)

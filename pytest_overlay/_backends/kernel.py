@@ -224,10 +224,16 @@ class KernelBackend:
         if self._probe_result().tmpfs_user_xattrs:
             return []
         major, minor = _probe._kernel_version()
+        tmpfs = f"tmpfs on Linux {major}.{minor} stores no user.* xattrs (6.6 does)"
+        if self.unprivileged:  # the probe checked the disk, and passed the kernel over if not
+            return [
+                f"upper layers on the disk, in pytest's temporary directory: {tmpfs}, and the "
+                "overlay marks directories with them"
+            ]
+        # What the disk is, is known only at the first test (see _prepare_thread).
         return [
-            "upper layers on the disk, in pytest's temporary directory where it stores user.* "
-            f"xattrs: tmpfs on Linux {major}.{minor} stores none (6.6 does), and a project's "
-            "files may carry them"
+            "upper layers on the disk, in pytest's temporary directory, unless that is on "
+            f"tmpfs, overlayfs or FUSE: {tmpfs}, and a project's files may carry them"
         ]
 
     @property
