@@ -402,7 +402,10 @@ def upper_on_disk_works(directory: Path) -> bool:
     fstype = _filesystem_type(directory) or ""
     if fstype == "overlay" or fstype.startswith("fuse"):
         return False
-    return _overlayopts.user_xattrs(directory)
+    try:
+        return _overlayopts.user_xattrs(directory)
+    except OSError:  # any other refusal: a tmpfs upper still works, without user.* xattrs
+        return False
 
 
 def refused_lower(lowers: Sequence[Path]) -> str | None:
