@@ -29,6 +29,8 @@ class ProbeResult:
     ok: bool
     mode: str
     reason: str = ""
+    tmpfs_user_xattrs: bool = True
+    """Whether the probe's tmpfs stored ``user.*`` xattrs (Linux 6.6 and newer)."""
 
 
 def _read(path: str) -> str | None:
@@ -222,7 +224,8 @@ def _probe_in_child(unprivileged: bool, lower: str | None = None) -> ProbeResult
             if unprivileged and exc.errno in _MOUNT_DENIED:
                 return ProbeResult(False, mode, explain_mount_denied("a tmpfs mount", exc.errno))
             raise
-        if unprivileged and not _overlayopts.user_xattrs(scratch):
+        tmpfs_xattrs = _overlayopts.user_xattrs(scratch)
+        if unprivileged and not tmpfs_xattrs:
             # As the kernel backend does: the upper layer goes on the disk instead.
             with _namespaces.privileged():
                 _syscalls.umount(scratch, _syscalls.MNT_DETACH)
@@ -253,13 +256,13 @@ def _probe_in_child(unprivileged: bool, lower: str | None = None) -> ProbeResult
             )
         if lower is not None:
             os.listdir(scratch / "merged")
-            return ProbeResult(True, mode)
+            return ProbeResult(True, mode, tmpfs_user_xattrs=tmpfs_xattrs)
         # Recreating a lower directory needs an opaque xattr: without userxattr support this
         # is where an unprivileged overlay fails with EIO.
         shutil.rmtree(scratch / "merged/d")
         (scratch / "merged/d").mkdir()
         (scratch / "merged/d/g").write_text("y")
-        return ProbeResult(True, mode)
+        return ProbeResult(True, mode, tmpfs_user_xattrs=tmpfs_xattrs)
     except OSError as exc:
         return ProbeResult(False, mode, f"overlay self-test failed: {exc}")
     finally:
@@ -319,13 +322,22 @@ def probe_kernel(lower: Path | None = None) -> ProbeResult:
     """
     if not sys.platform.startswith("linux"):
         return ProbeResult(False, "", f"kernel overlayfs needs Linux, this is {sys.platform}")
+    global _tmpfs_user_xattrs
     if _namespaces.entered_user_namespace():
         # Probed before entering it; a lower layer stacked too deep shows at the first mount.
-        return ProbeResult(True, "user namespace")
+        return ProbeResult(True, "user namespace", tmpfs_user_xattrs=_tmpfs_user_xattrs)
     unprivileged = not _namespaces.is_real_root()
     if _namespaces.thread_count() == 1:
-        return _run_forked(unprivileged, lower)
-    return _run_interpreter(unprivileged, lower)
+        result = _run_forked(unprivileged, lower)
+    else:
+        result = _run_interpreter(unprivileged, lower)
+    if result.ok and lower is None:
+        _tmpfs_user_xattrs = result.tmpfs_user_xattrs
+    return result
+
+
+_tmpfs_user_xattrs = True
+"""What the last probe before entering the user namespace found (it cannot be asked after)."""
 
 
 def _run_forked(unprivileged: bool, lower: Path | None = None) -> ProbeResult:

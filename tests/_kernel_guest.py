@@ -63,6 +63,53 @@ def test_on_a_snapshot_layer(overlay_root):
     assert [(c.kind.letter, c.path) for c in overlay_root.diff()] == [("M", "tools/tool.sh")]
 """
 
+XATTR_TEST = r"""
+import os
+
+
+def test_user_xattrs(overlay_root):
+    tagged = overlay_root / "tagged.txt"
+    assert os.getxattr(tagged, "user.project.tag") == b"lower"
+    tagged.write_text("changed\n")  # copy-up keeps the file's own xattrs
+    assert os.getxattr(tagged, "user.project.tag") == b"lower"
+    os.setxattr(tagged, "user.project.tag", b"upper")
+    os.setxattr(overlay_root / "notes.txt", "user.overlay.t", b"the project's own")
+    assert os.getxattr(overlay_root / "notes.txt", "user.overlay.t") == b"the project's own"
+    assert os.getxattr(tagged, "user.project.tag") == b"upper"
+"""
+# Where the upper layers cannot go on the disk (pytest's temporary directory on virtme-ng's
+# overlayfs /tmp) they stay on tmpfs, which before Linux 6.6 stores no user.* xattrs: the
+# difference docs/backends.md documents.
+XATTR_LOSS_TEST = r"""
+import errno
+import os
+import platform
+
+import pytest
+
+
+def test_user_xattrs_where_the_upper_stays_on_tmpfs(overlay_root):
+    tagged = overlay_root / "tagged.txt"
+    tagged.write_text("changed\n")
+    release = tuple(int(part) for part in platform.release().split("-")[0].split(".")[:2])
+    if release >= (6, 6):
+        assert os.getxattr(tagged, "user.project.tag") == b"lower"
+        os.setxattr(tagged, "user.project.tag", b"upper")
+        return
+    assert "user.project.tag" not in os.listxattr(tagged)  # copy-up left it out
+    with pytest.raises(OSError) as refused:
+        os.setxattr(tagged, "user.project.tag", b"upper")
+    assert refused.value.errno == errno.EOPNOTSUPP
+"""
+XATTRS = "root-xattrs"
+"""A mode of its own: the kernel backend as root, a project whose files carry user.* xattrs."""
+XATTRS_TMP = "root-xattrs-overlay-tmp"
+"""The same where pytest's temporary directory is on overlayfs (``XATTR_LOSS_TEST``)."""
+XATTR_RUNS = {
+    XATTRS: (XATTR_TEST, ()),
+    XATTRS_TMP: (XATTR_LOSS_TEST, ("--basetemp=/tmp/kernel-matrix-xattrs",)),
+}
+
 # name: (as the ordinary user, command-line options).  Fixture mode runs under auto unless the
 # options name a backend; "--overlay" is in-place mode.
 MODES: dict[str, tuple[bool, tuple[str, ...]]] = {
@@ -78,7 +125,7 @@ SLOW_MACHINE = {"PYTEST_OVERLAY_FUSE_READY_TIMEOUT": "120", "TMPDIR": os.fspath(
 SKIP = (".pytest_cache",)  # pytest's own cache (the layer store lives there too)
 
 
-def _project(parent: Path, *, user: bool) -> Path:
+def _project(parent: Path, *, user: bool, xattr_test: str | None = None) -> Path:
     from tests import _unpriv
     from tests._sample_project import SMALL_PROJECT
 
@@ -90,6 +137,10 @@ def _project(parent: Path, *, user: bool) -> Path:
     (root / "conftest.py").write_text(LAYER_CONFTEST)
     (root / "test_layer.py").write_text(LAYER_TEST)
     (root / "notes.txt").write_text("one\n")
+    if xattr_test is not None:
+        (root / "test_xattrs.py").write_text(xattr_test)
+        (root / "tagged.txt").write_text("tagged\n")
+        os.setxattr(root / "tagged.txt", "user.project.tag", b"lower")
     if user:
         uid, gid = _unpriv.ensure_test_user()
         for path in [parent, root, *root.rglob("*")]:
@@ -152,8 +203,13 @@ def _differential() -> dict[str, object]:
 
     started = time.monotonic()
     result = _run.run(
+        # Short tracebacks and the summary: the tail shows which scenario and assertion.
         _run.pytest_argv(
-            "-q", f"--basetemp={SCRATCH / 'differential'}", "tests/test_differential.py"
+            "-q",
+            "--tb=short",
+            "-rfE",
+            f"--basetemp={SCRATCH / 'differential'}",
+            "tests/test_differential.py",
         ),
         cwd=_unpriv.REPO_ROOT,
         timeout=900,
@@ -224,6 +280,12 @@ def main(argv: Sequence[str]) -> int:
         if not only or name in only:
             project = _project(SCRATCH / name, user=user)
             jobs[name] = functools.partial(_run_mode, project, user=user, args=args)
+    for name, (test, more) in XATTR_RUNS.items():
+        if not only or name in only:
+            project = _project(SCRATCH / name, user=False, xattr_test=test)
+            jobs[name] = functools.partial(
+                _run_mode, project, user=False, args=("--overlay-backend=kernel", *more)
+            )
     if not only or "differential" in only:
         jobs["differential"] = _differential
     # Two vCPUs: python's start-up under emulation is the cost, so two children at a time.

@@ -27,7 +27,8 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,6 +253,19 @@ def boot_argv(image: Path, script: str, *, cpus: int = 2) -> list[str]:
     ]
 
 
+def run_guest(
+    image: Path, tar: Path, mounts: list[Path], modes: Sequence[str] = ()
+) -> tuple[dict[str, object] | None, str]:
+    """Boot *image*, run the driver's *modes* (default: all) in it; its result and console."""
+    argv = boot_argv(image, guest_script(tar, mounts, list(modes)))
+    done = subprocess.run(
+        argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1800, check=False
+    )
+    # virtme-ng --verbose copies the guest's console to its standard error.
+    console = done.stdout + done.stderr
+    return parse_result(console), f"(exit {done.returncode})\n{console[-6000:]}"
+
+
 def parse_result(output: str) -> dict[str, object] | None:
     """The driver's JSON result from the guest's console output, or None if it printed none."""
     # The console also carries the kernel's messages, which may land inside a line: the driver
@@ -313,8 +327,24 @@ def table_rows(text: str) -> list[str]:
     return rows
 
 
+def _boot_one(series: str, modes: Sequence[str]) -> None:
+    """Boot one kernel of the matrix and print its guest's result (a quicker look than the
+    test: ``python -m tests._kernels boot 6.1 differential`` runs just the differential)."""
+    kernel = next((k for k in KERNELS if k.series == series), None)
+    image = None if kernel is None else kernel.image()
+    if image is None:
+        known = ", ".join(k.series for k in KERNELS)
+        raise SystemExit(f"no kernel {series} fetched (the matrix boots {known})")
+    with tempfile.TemporaryDirectory() as tmp:
+        tar = Path(tmp, "guest-env.tar")
+        result, console = run_guest(image, tar, pack_guest_env(tar), modes)
+    print(console if result is None else json.dumps(result, indent=1, sort_keys=True))
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["fetch"]:
         fetch()
+    elif sys.argv[1:2] == ["boot"] and len(sys.argv) > 2:
+        _boot_one(sys.argv[2], sys.argv[3:])
     else:
-        raise SystemExit("usage: python -m tests._kernels fetch")
+        raise SystemExit("usage: python -m tests._kernels fetch | boot SERIES [MODE ...]")

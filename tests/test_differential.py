@@ -54,20 +54,6 @@ SCENARIOS = {
     "os.chmod(root / 'd' / 'keep.txt', 0o600)",  # diff() leaves xattrs out: a change it shows
     "truncate_same_size": "os.truncate(root / 'a.txt', 6)",
 }
-ISSUE_18 = ("wh_names", "overlay_xattrs", "truncate_same_size")
-"""Scenarios (and lower-layer entries) characterized on Linux 6.6 and newer only.  The kernel
-matrix's 5.10 and 6.1 guests answer one of them differently from our backends (not pinned down
-yet; tmpfs there stores no user.* xattrs): until it is, they run there without them."""
-
-
-def _characterized() -> bool:
-    release = tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
-    return release >= (6, 6)
-
-
-if not _characterized():
-    SCENARIOS = {name: code for name, code in SCENARIOS.items() if name not in ISSUE_18}
-
 INNER = """
 import json
 import os
@@ -112,10 +98,9 @@ def _lower(root: Path) -> None:
     (root / "a.txt").write_text("alpha\n")
     (root / "empty").mkdir()
     (root / "link").symlink_to("a.txt")
-    if _characterized():  # see ISSUE_18
-        (root / ".wh.x").write_text("not a whiteout\n")
-        (root / "d" / ".wh..wh..opq").write_text("not an opaque marker\n")
-        os.setxattr(root / "a.txt", "user.overlay.t", b"the project's own")
+    (root / ".wh.x").write_text("not a whiteout\n")
+    (root / "d" / ".wh..wh..opq").write_text("not an opaque marker\n")
+    os.setxattr(root / "a.txt", "user.overlay.t", b"the project's own")
 
 
 def test_backends_agree_with_the_kernel(

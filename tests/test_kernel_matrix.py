@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests import _kernels, _unpriv
-from tests._gates import REQUIRE_ENV, gate, required
-from tests._kernel_guest import MODES
+from tests._gates import REQUIRE_ENV, gate, kernel_reason, required
+from tests._kernel_guest import MODES, XATTR_RUNS, XATTRS, XATTRS_TMP
 
 pytestmark = pytest.mark.kernels
 
@@ -72,14 +72,8 @@ def boot(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> dict[st
     image = kernel.image()
     assert image is not None
     tar, mounts = guest_env
-    argv = _kernels.boot_argv(image, _kernels.guest_script(tar, mounts, []))
-    done = subprocess.run(
-        argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1800, check=False
-    )
-    # virtme-ng --verbose copies the guest's console to its standard error.
-    result = _kernels.parse_result(done.stdout + done.stderr)
-    console = (done.stdout + done.stderr)[-6000:]
-    assert result is not None, f"the guest printed no result (exit {done.returncode}):\n{console}"
+    result, console = _kernels.run_guest(image, tar, mounts)
+    assert result is not None, f"the guest printed no result {console}"
     print(json.dumps(result, indent=1, sort_keys=True))
     return result
 
@@ -93,7 +87,7 @@ def test_kernel(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> 
     assert str(guest["release"]).startswith(kernel.series + "."), guest
     runs = result["runs"]
     assert isinstance(runs, dict)
-    assert set(runs) == {*MODES, "differential"}
+    assert set(runs) == {*MODES, *XATTR_RUNS, "differential"}
     for name, run in runs.items():
         assert run["identical"], f"{name} changed the real tree"
 
@@ -108,14 +102,36 @@ def test_kernel(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> 
             assert run["header"][:1] == [header], (name, run["header"])
         return list(run["header"])
 
-    check("root-kernel", ROOT_KERNEL)
-    check("root-inplace", ROOT_KERNEL)
+    # Where tmpfs stores no user.* xattrs the upper layers go on the disk, and the header says
+    # so in its one indented line (on the guest's ext4, as on a Debian install's /tmp).
+    old = version(kernel) < (6, 6)
+    tmpfs = f"tmpfs on Linux {kernel.series} stores no user.* xattrs (6.6 does)"
+    root_note = (
+        "  upper layers on the disk, in pytest's temporary directory, unless that is on tmpfs, "
+        f"overlayfs or FUSE: {tmpfs}, and a project's files may carry them"
+    )
+    user_note = (
+        f"  upper layers on the disk, in pytest's temporary directory: {tmpfs}, and the overlay "
+        "marks directories with them"
+    )
+
+    def check_kernel(name: str, header: str, passed: dict[str, int] = PASSED) -> None:
+        lines = check(name, header, passed=passed)
+        note = root_note if header == ROOT_KERNEL else user_note
+        assert [line for line in lines if line.startswith("  ")] == ([note] if old else [])
+
+    check_kernel("root-kernel", ROOT_KERNEL)
+    check_kernel("root-inplace", ROOT_KERNEL)
+    # The project's files carry user.* xattrs: copy-up keeps them and a test sets more; where
+    # the temporary directory is on overlayfs, they are lost before 6.6 as documented.
+    check_kernel(XATTRS, ROOT_KERNEL, passed={"passed": 4})
+    check_kernel(XATTRS_TMP, ROOT_KERNEL, passed={"passed": 4})
     check("root-fuse", "overlay: backend=fuse (root)")
     check("user-fuse", USER_FUSE)
     check("differential", None, passed={"passed": 1})  # one test, three backends
     if kernel.unprivileged:
-        check("user-auto", USER_KERNEL)
-        check("user-inplace", USER_KERNEL)
+        check_kernel("user-auto", USER_KERNEL)
+        check_kernel("user-inplace", USER_KERNEL)
     else:
         # Below the floor: one line says why, and auto falls back to FUSE.
         header = check("user-auto", USER_FUSE)
@@ -131,6 +147,11 @@ def test_kernel(kernel: _kernels.Kernel, guest_env: tuple[Path, list[Path]]) -> 
         f"docs/kernels.md's table does not have the row the matrix measured for "
         f"{kernel.series}; put this row there:\n{row}"
     )
+
+
+def version(kernel: _kernels.Kernel) -> tuple[int, ...]:
+    """The kernel's series as numbers, ``(6, 1)``."""
+    return tuple(int(part) for part in kernel.series.split("."))
 
 
 def test_docs_table_has_a_row_per_kernel() -> None:
@@ -150,9 +171,6 @@ def test_readme_names_the_kernels_tested() -> None:
     oldest = _kernels.KERNELS[0]
     assert not oldest.unprivileged, "the matrix boots a kernel below the unprivileged floor"
     assert f"as root {oldest.series}+, as an ordinary user 5.11+" in readme
-
-    def version(kernel: _kernels.Kernel) -> tuple[int, ...]:
-        return tuple(int(part) for part in kernel.series.split("."))
 
     for kernel in _kernels.KERNELS:
         assert kernel.unprivileged == (version(kernel) >= (5, 11)), kernel
@@ -205,3 +223,59 @@ def _filesystem_of(path: Path) -> str | None:
     from pytest_overlay._backends.kernel import _filesystem_type
 
     return _filesystem_type(path)
+
+
+# Inside the project: whether its own upper layer is on a tmpfs mounted there.
+UPPER_ON_TMPFS_TEST = """
+def test_upper_layer_where_expected(overlay_root):
+    with open("/proc/self/mountinfo") as f:
+        points = {{line.split()[4] for line in f}}
+    assert (str(overlay_root.path.parent) in points) is {on_tmpfs}
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "basetemp_fs"),
+    [((), "disk"), (("--overlay",), "disk"), ((), "tmpfs")],
+    ids=["fixture", "in-place", "basetemp-on-tmpfs"],
+)
+def test_root_upper_on_disk_where_tmpfs_has_no_user_xattrs(
+    mode: tuple[str, ...], basetemp_fs: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """As root too, where tmpfs stores no user.* xattrs (5.10 and 6.1 in the matrix): the upper
+    layers go on the disk, so copy-up keeps a project file's own (the matrix's root-xattrs);
+    with pytest's temporary directory on tmpfs as well they stay on tmpfs."""
+    from tests import _run
+    from tests._sample_project import SMALL_PROJECT, tree_digest
+
+    gate("kernel", kernel_reason())
+    if os.geteuid() != 0:
+        pytest.skip("the root case; the ordinary user's is the test above")
+    if _filesystem_of(tmp_path) == "tmpfs":
+        gate("user-xattrs", f"{tmp_path} is on tmpfs, not on a disk filesystem")
+    root = tmp_path / "project"
+    root.mkdir()
+    tests = {**SMALL_PROJECT, "conftest.py": NO_TMPFS_XATTRS}
+    if not mode:  # in place, overlay_root.path is the project's own path
+        on_tmpfs = basetemp_fs == "tmpfs"
+        tests["test_upper.py"] = UPPER_ON_TMPFS_TEST.format(on_tmpfs=on_tmpfs)
+    for name, text in tests.items():
+        (root / name).write_text(text)
+    before = tree_digest(root, (".pytest_cache",), dir_times=False)
+    basetemp = tmp_path / "basetemp"
+    if basetemp_fs == "tmpfs":
+        shm = Path("/dev/shm")
+        if _filesystem_of(shm) != "tmpfs":
+            gate("user-xattrs", "/dev/shm is not a tmpfs here")
+        shm_dir = tempfile.TemporaryDirectory(dir=shm)
+        request.addfinalizer(shm_dir.cleanup)
+        basetemp = Path(shm_dir.name) / "basetemp"
+    env = {"PYTHONPATH": str(_unpriv.REPO_ROOT), "PYTEST_OVERLAY_REQUIRE": None}
+    args = ("-W", "error", "--overlay-backend=kernel", f"--basetemp={basetemp}", *mode)
+    result = _run.run_pytest(root, *args, env=env, expect_rc=0)
+    lines = result.output.splitlines()
+    backend = lines.index("overlay: backend=kernel (root)")
+    assert lines[backend + 1].startswith("  upper layers on the disk, in pytest's temporary"), lines
+    assert _run.counts(result.output) == {"passed": 3 if not mode else 2}
+    assert tree_digest(root, (".pytest_cache",), dir_times=False) == before
+    assert not list(basetemp.glob("overlay/kernel/*"))

@@ -68,6 +68,8 @@ class Selection:
     def header(self) -> str:
         """The report header line."""
         line = f"overlay: backend={self.backend.name} ({self.backend.describe()})"
+        for note in self.backend.notes():
+            line += f"\n  {note}"
         for name, reason in self.passed_over:
             line += f"\n  {name} not used: {reason}"
         return line

@@ -70,6 +70,9 @@ class Backend(Protocol):
     def describe(self) -> str:
         """How this backend runs here, for the report header (``root``, ``user namespace``)."""
 
+    def notes(self) -> list[str]:
+        """What else the report header says about how it runs here, a line each (often none)."""
+
     def mount(
         self,
         lowers: Sequence[Path],

@@ -373,6 +373,9 @@ class CopyBackend:
     def describe(self) -> str:
         return "a copy of the tree per session, reset after each test"
 
+    def notes(self) -> list[str]:
+        return []
+
     def mount(
         self,
         lowers: Sequence[Path],

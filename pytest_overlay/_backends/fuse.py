@@ -141,6 +141,9 @@ class FuseBackend:
     def describe(self) -> str:
         return "root" if os.geteuid() == 0 else "fusermount3"
 
+    def notes(self) -> list[str]:
+        return []
+
     def mount(
         self,
         lowers: Sequence[Path],

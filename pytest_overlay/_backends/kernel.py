@@ -9,6 +9,9 @@ Layout inside the calling thread's private mount namespace::
           <project name>/    the merged view, named like the topmost lower
           .view/             in place, where the view is moved off the real path when closed
 
+Where tmpfs stores no ``user.*`` xattrs (Linux before 6.6), the same tree is plain directories
+on the disk beneath, pytest's temporary directory, as root too: see :meth:`KernelBackend.notes`.
+
 Every unmount waits for an RCU grace period, 0.1 ms on an idle machine and several on a busy
 one: more than the rest of a test's mount cycle.  So a closed view nobody holds is not
 unmounted on its own: it is left in its batch (in place, moved off the real path first, which
@@ -217,6 +220,22 @@ class KernelBackend:
     def describe(self) -> str:
         return self._probe_result().mode
 
+    def notes(self) -> list[str]:
+        if self._probe_result().tmpfs_user_xattrs:
+            return []
+        major, minor = _probe._kernel_version()
+        tmpfs = f"tmpfs on Linux {major}.{minor} stores no user.* xattrs (6.6 does)"
+        if self.unprivileged:  # the probe checked the disk, and passed the kernel over if not
+            return [
+                f"upper layers on the disk, in pytest's temporary directory: {tmpfs}, and the "
+                "overlay marks directories with them"
+            ]
+        # What the disk is, is known only at the first test (see _prepare_thread).
+        return [
+            "upper layers on the disk, in pytest's temporary directory, unless that is on "
+            f"tmpfs, overlayfs or FUSE: {tmpfs}, and a project's files may carry them"
+        ]
+
     @property
     def unprivileged(self) -> bool:
         # Asked on every mount: computed once (it reads /proc and calls capget).
@@ -238,11 +257,20 @@ class KernelBackend:
         self._scratch.mkdir(parents=True, exist_ok=True)
         with _namespaces.privileged():
             _syscalls.mount("tmpfs", self._scratch, "tmpfs", _syscalls.MS_NOSUID, "mode=0755")
-            if self.unprivileged and not _overlayopts.user_xattrs(self._scratch):
-                # tmpfs before Linux 6.6 cannot mark an opaque directory of an unprivileged
-                # overlay: its upper layers go on the disk beneath (the probe checked it can).
+            if not _overlayopts.user_xattrs(self._scratch):
+                # tmpfs before Linux 6.6 stores no user.* xattrs.  An unprivileged overlay
+                # could not mark its opaque directories there; as root, copy-up would drop a
+                # project file's own user.* xattrs (overlayfs ignores EOPNOTSUPP for xattrs
+                # it does not need) and a test's setxattr would fail.  So the upper layers go
+                # on the disk beneath, where it stores them (as an ordinary user the probe
+                # checked it does; as root a tmpfs is still better than no kernel backend).
                 _syscalls.umount(self._scratch, _syscalls.MNT_DETACH)
-                self._upper_on_disk = True
+                if self.unprivileged or upper_on_disk_works(self._scratch):
+                    self._upper_on_disk = True
+                else:
+                    _syscalls.mount(
+                        "tmpfs", self._scratch, "tmpfs", _syscalls.MS_NOSUID, "mode=0755"
+                    )
         self._ready_threads.add(native_id)
 
     @property
@@ -363,6 +391,21 @@ def _filesystem_type(path: Path) -> str | None:
         return None
     mount = _mountinfo.containing_mount(Path(os.path.realpath(path)), mounts)
     return None if mount is None else mount.fstype
+
+
+def upper_on_disk_works(directory: Path) -> bool:
+    """Whether *directory*'s filesystem can hold upper layers with their ``user.*`` xattrs.
+
+    Overlayfs cannot be an upper layer itself, and a FUSE filesystem may pass the xattr test
+    and still lack what an upper layer needs (``O_TMPFILE``, ``RENAME_WHITEOUT``).
+    """
+    fstype = _filesystem_type(directory) or ""
+    if fstype == "overlay" or fstype.startswith("fuse"):
+        return False
+    try:
+        return _overlayopts.user_xattrs(directory)
+    except OSError:  # any other refusal: a tmpfs upper still works, without user.* xattrs
+        return False
 
 
 def refused_lower(lowers: Sequence[Path]) -> str | None:
