@@ -18,6 +18,7 @@ import pytest
 
 from . import _contain, _namespaces
 from ._backends.inplace import fuse_in_place_needs_root, in_place_impossible
+from ._backends.kernel import upper_full_note
 from ._errors import BackendUnavailableError, OverlayError, ViewLostError, path_too_long
 from ._hermetic import hermetic_header, in_place_targets, record_writes, scratch_outside
 from ._keys import session_key
@@ -413,18 +414,6 @@ def failure_report(
     title, text = section
     full = upper_full_note(error, state.backend, session.settings.upper_size)
     return title, f"{full}\n\n{text}" if full else text
-
-
-def upper_full_note(error: BaseException | None, backend: str, upper_size: str) -> str:
-    """Why a write failed with ENOSPC on the kernel backend: the test's upper layer is full."""
-    if backend != "kernel" or not isinstance(error, OSError) or error.errno != errno.ENOSPC:
-        return ""
-    limit = f"limited to {upper_size}" if upper_size else "at the tmpfs default, half the memory"
-    return (
-        f"The test's upper layer is full: it is a tmpfs {limit} "
-        "(--overlay-upper-size / overlay_upper_size). Raise the limit, for example "
-        "--overlay-upper-size=4G, or write large outputs outside the overlay (tmp_path)."
-    )
 
 
 def _color(item: pytest.Item) -> bool:

@@ -400,3 +400,15 @@ def _copy_root_metadata(lower_root: Path, upper: Path) -> None:
     if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
         with contextlib.suppress(OSError):
             os.chown(upper, st.st_uid, st.st_gid)
+
+
+def upper_full_note(error: BaseException | None, backend: str, upper_size: str) -> str:
+    """Why a write failed with ENOSPC on the kernel backend: the test's upper layer is full."""
+    if backend != "kernel" or not isinstance(error, OSError) or error.errno != errno.ENOSPC:
+        return ""
+    limit = f"limited to {upper_size}" if upper_size else "at the tmpfs default, half the memory"
+    return (
+        f"The test's upper layer is full: it is a tmpfs {limit} "
+        "(--overlay-upper-size / overlay_upper_size). Raise the limit, for example "
+        "--overlay-upper-size=4G, or write large outputs outside the overlay (tmp_path)."
+    )
