@@ -17,15 +17,16 @@ from typing import Any
 import pytest
 
 from . import _contain, _namespaces
-from ._backends.inplace import fuse_in_place_needs_root, in_place_impossible
-from ._backends.kernel import upper_full_note
+from ._backends import Backend
+from ._backends.inplace import in_place_impossible
 from ._errors import BackendUnavailableError, OverlayError, ViewLostError, path_too_long
 from ._hermetic import hermetic_header, in_place_targets, record_writes, scratch_outside
-from ._keys import session_key
+from ._keys import registry_key, session_key
 from ._namespaces import EARLY, LAZY, XDIST_WORKER, threads_reason
 from ._overlay import Overlay
-from ._probe import explain_userns_failure, probe_kernel
+from ._probe import explain_userns_failure
 from ._realfs import real_filesystem
+from ._registry import AUTO, BackendRegistry
 from ._runtest import (
     TestState,
     failure_section,
@@ -50,7 +51,7 @@ def activate(config: pytest.Config, settings: Settings, run_id: str) -> OverlayS
     inherited = getattr(config, "workerinput", {}).get("pytest_overlay") or {}
     # A worker takes the controller's backend only if the controller chose one.
     decided = inherited if "backend" in inherited else None
-    session = OverlaySession(settings, decided)
+    session = OverlaySession(settings, config.stash[registry_key], decided)
     session.run_id = run_id
     config.stash[session_key] = session
     if not hasattr(config, "workerinput"):  # the controller's run removes them for all
@@ -83,8 +84,11 @@ def configure_asked(config: pytest.Config, session: OverlaySession) -> None:
         _enter_user_namespace(session, for_children=controller, where=LAZY)
 
 
-def enter_before_conftests(early_config: pytest.Config, *, inplace: bool) -> None:
-    """In place (or ``overlay_userns = early``), enter the user namespace before conftests.
+def enter_before_conftests(
+    early_config: pytest.Config, registry: BackendRegistry, requested: str, *, inplace: bool
+) -> None:
+    """In place (or ``overlay_userns = early``), enter the user namespace before conftests,
+    if the backend *requested* (or the first ``auto`` tries) needs one.
 
     A conftest may import a library that starts threads, after which the process can never
     enter a user namespace; in place that would leave no backend that keeps tests' writes off
@@ -92,16 +96,19 @@ def enter_before_conftests(early_config: pytest.Config, *, inplace: bool) -> Non
     """
     if _namespaces.is_real_root() or _namespaces.entered_user_namespace():
         return
-    probe = probe_kernel()
-    if not probe.ok:
+    backend = _first_choice(registry, requested, inplace=inplace)
+    if backend is None or not backend.user_namespace:
+        return
+    unavailable = backend.unavailable_reason()
+    if unavailable is not None:
         if inplace:
-            raise pytest.UsageError(in_place_impossible(_not_in_place(probe.reason)))
+            raise pytest.UsageError(in_place_impossible(_not_in_place(registry, unavailable)))
         return  # the selection falls back and says why
     threads = _namespaces.thread_count()
     if threads > 1:
         if inplace:
             reason = threads_reason(threads, EARLY)
-            raise pytest.UsageError(in_place_impossible(_not_in_place(reason)))
+            raise pytest.UsageError(in_place_impossible(_not_in_place(registry, reason)))
         return
     options = early_config.known_args_namespace
     controller = bool(getattr(options, "numprocesses", None)) or (
@@ -112,14 +119,37 @@ def enter_before_conftests(early_config: pytest.Config, *, inplace: bool) -> Non
     except OSError as exc:
         if inplace:
             reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
-            raise pytest.UsageError(in_place_impossible(_not_in_place(reason))) from None
+            raise pytest.UsageError(in_place_impossible(_not_in_place(registry, reason))) from None
 
 
-def _not_in_place(kernel_reason: str) -> tuple[tuple[str, str], ...]:
-    return (
-        ("kernel", kernel_reason),
-        ("fuse", fuse_in_place_needs_root()),
-    )
+def _no_scratch() -> Path:
+    raise RuntimeError("pytest-overlay: a backend asked for its scratch directory before tests")
+
+
+def _first_choice(registry: BackendRegistry, requested: str, *, inplace: bool) -> Backend | None:
+    """The backend asked for by name, or the first that ``auto`` tries; None if unknown."""
+    if requested != AUTO:
+        return registry.create(requested, _no_scratch) if requested in registry else None
+    return next(_candidates(registry, inplace=inplace), None)
+
+
+def _candidates(registry: BackendRegistry, *, inplace: bool) -> Iterator[Backend]:
+    for name in registry:
+        backend = registry.create(name, _no_scratch)
+        if backend.auto and (backend.in_place or not inplace):
+            yield backend
+
+
+def _not_in_place(registry: BackendRegistry, userns_reason: str) -> list[tuple[str, str]]:
+    """What the in-place error lists when the user namespace cannot be entered: the backend
+    that needs it, with *userns_reason*, and why each other one cannot run in place here."""
+    passed_over = []
+    for backend in _candidates(registry, inplace=True):
+        reason = userns_reason if backend.user_namespace else None
+        reason = reason or backend.in_place_refusal(explicit=False)
+        if reason is not None:
+            passed_over.append((backend.name, reason))
+    return passed_over
 
 
 def _enter_user_namespace(session: OverlaySession, *, for_children: bool, where: str) -> None:
@@ -135,10 +165,10 @@ def _enter_user_namespace(session: OverlaySession, *, for_children: bool, where:
         except OSError as exc:
             reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
     if session.settings.inplace:
-        raise pytest.UsageError(in_place_impossible(_not_in_place(reason)))
+        raise pytest.UsageError(in_place_impossible(_not_in_place(session.registry, reason)))
     # Not a warning: under ``filterwarnings = error`` a warning raised from a hook aborts the
     # whole run, and falling back is exactly what keeps the run going.
-    session.notices.append(session.give_up_kernel(reason))
+    session.notices.append(session.give_up_user_namespace(reason))
 
 
 def is_xdist_controller(config: pytest.Config) -> bool:
@@ -177,8 +207,8 @@ def header_to_summary(session: OverlaySession) -> None:
     which says the same, goes (issue 21: the reason was printed twice).
     """
     header = header_lines(session)
-    reason = session.kernel_unusable
-    if reason and any(f"kernel not used: {reason}" in line for line in header):
+    name, reason = session.unusable or ("", "")
+    if reason and any(f"{name} not used: {reason}" in line for line in header):
         session.notices[:] = [n for n in session.notices if not n.endswith(f": {reason}")]
     session.notices.extend(line for line in header if line not in session.notices)
 
@@ -382,7 +412,7 @@ def marker_choices(item: pytest.Item) -> MarkerChoices:
     marker = item.get_closest_marker("overlay")
     if marker is None:
         return MarkerChoices()
-    return parse_marker(marker.args, dict(marker.kwargs))
+    return parse_marker(marker.args, dict(marker.kwargs), item.config.stash[registry_key].choices)
 
 
 def _setup_problem(exc: OSError) -> str:
@@ -406,14 +436,13 @@ def failure_report(
     state.phases[when] = outcome
     if outcome != "failed" or when not in ("setup", "call"):
         return None
-    section = failure_section(
-        item, state, session, color=_color(item), encoding=_encoding(item), error=error
-    )
+    section = failure_section(item, state, session, color=_color(item), encoding=_encoding(item))
     if section is None:
         return None
     title, text = section
-    full = upper_full_note(error, state.backend, session.settings.upper_size)
-    return title, f"{full}\n\n{text}" if full else text
+    backend = session.created(state.backend)
+    note = backend.failure_note(error) if backend is not None else ""
+    return title, f"{note}\n\n{text}" if note else text
 
 
 def _color(item: pytest.Item) -> bool:

@@ -9,11 +9,14 @@ import pytest
 
 if TYPE_CHECKING:
     from ._goldenrun import Outcome
+    from ._registry import BackendRegistry
     from ._session import OverlaySession
     from ._settings import Settings
 
 settings_key: pytest.StashKey[Settings] = pytest.StashKey()
 run_id_key = pytest.StashKey[str]()
+# The backends this run can use, by name (pytest_overlay_register_backends).
+registry_key: pytest.StashKey[BackendRegistry] = pytest.StashKey()
 # Set once the plugin is in use in this process; absent, the plugin has done nothing.
 session_key: pytest.StashKey[OverlaySession] = pytest.StashKey()
 # The report header already showed the backend (an option asked for the plugin).

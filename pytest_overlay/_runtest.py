@@ -20,7 +20,6 @@ import pytest
 
 from . import _namespaces
 from ._backends import Mount
-from ._backends.idmap import overflow_note
 from ._diff import TreeDiff
 from ._errors import ViewLostError, path_too_long
 from ._hermetic import carries, extra_passthrough, layout
@@ -319,7 +318,6 @@ def failure_section(
     *,
     color: bool,
     encoding: str = "utf-8",
-    error: BaseException | None = None,
 ) -> tuple[str, str] | None:
     """The report section that shows a failed test's changes, as pytest's ``--tb`` asks.
 
@@ -327,9 +325,8 @@ def failure_section(
     change list alone; each is cut at ``overlay_diff_lines`` (times 5 with ``-v``, whole with
     ``-vv``) and ends with a line counting what was left out.  The text is made encodable in
     *encoding*, the terminal's: pytest writes a section it cannot encode as one line of
-    escapes.  *error*, the exception the phase failed with, adds a note when it is the
-    ``EOVERFLOW`` of a copy-up in the user-namespace kernel backend (a file with an unmapped
-    owner).
+    escapes.  What the failure itself means on the test's backend (its ``failure_note``) is
+    put before it by the caller.
     """
     style = item.config.getoption("tbstyle", "auto")
     if style == "no":
@@ -353,9 +350,6 @@ def failure_section(
                 text = _all_targets_report(state, diffs, options)
     except Exception as exc:
         text = f"(could not compute the changes: {_describe(exc)})"
-    if state.backend == "kernel" and not _namespaces.is_real_root():
-        note = overflow_note(error)
-        text = f"{note}\n\n{text}" if note else text
     return f"{SECTION} ({state.backend})", _encodable(text, encoding)
 
 

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import _hermetic
+from . import _hermetic, _registry
 from ._choices import GOLDEN_MARKER, RECORDS_DIR
 from ._keys import (
     golden_modules_key,
     golden_outcome_key,
     golden_tests_key,
     header_shown_key,
+    registry_key,
     run_id_key,
     session_key,
     settings_key,
@@ -33,9 +34,11 @@ from ._keys import (
 )
 from ._names import name_in_module, new_run_id
 from ._realfs import real_filesystem
-from ._settings import MARKER_SIGNATURE, MarkerError, Settings, add_options, parse_marker
+from ._settings import MarkerError, Settings, add_options, marker_signature, parse_marker
 
 if TYPE_CHECKING:
+    import pluggy
+
     from ._overlay import Overlay
     from ._session import OverlaySession
     from ._snapshot.factory import LayerFactory
@@ -103,8 +106,30 @@ def _use(config: pytest.Config) -> OverlaySession:
     return session
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    add_options(parser)
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_overlay_register_backends(registry: _registry.BackendRegistry) -> None:
+    """The built-in backends, first: ``auto`` tries them in this order before any other."""
+    _registry.add_builtins(registry)
+
+
+class _BackendNames:
+    """The names ``--help`` lists for ``--overlay-backend``, asked of the registry when shown."""
+
+    def __init__(self, hook: pluggy.HookRelay) -> None:
+        self._hook = hook
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_registry.collect(self._hook).choices)
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    add_options(parser, _BackendNames(pluginmanager.hook))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -121,15 +146,17 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     inplace = bool(value("overlay"))
     early = str(value("overlay_userns") or "").strip() == "early"
     backend = str(value("overlay_backend") or "auto").strip()
-    if (inplace or early) and backend in ("auto", "kernel"):
-        _engine.enter_before_conftests(early_config, inplace=inplace)
+    if inplace or early:
+        registry = _registry.collect(early_config.hook)
+        _engine.enter_before_conftests(early_config, registry, backend, inplace=inplace)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     config.addinivalue_line("markers", GOLDEN_HELP)
-    settings = Settings.from_config(config)
+    registry = config.stash[registry_key] = _registry.collect(config.hook)
+    settings = Settings.from_config(config, registry.choices)
     inherited = getattr(config, "workerinput", {}).get("pytest_overlay") or {}
     config.stash[settings_key] = settings
     config.stash[run_id_key] = inherited.get("run_id") or new_run_id()
@@ -202,17 +229,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     problems: list[str] = []
     used = False
     in_place = config.stash[settings_key].inplace
+    backends = config.stash[registry_key].choices
+    signature = marker_signature(backends)
     for item in items:
         names = getattr(item, "fixturenames", None)
         markers = list(item.iter_markers("overlay"))
         layers = False
         for index, marker in enumerate(markers):
             try:
-                choices = parse_marker(marker.args, dict(marker.kwargs))
+                choices = parse_marker(marker.args, dict(marker.kwargs), backends)
             except MarkerError as exc:
                 problem = f"{item.nodeid}: @pytest.mark.overlay: {exc}"
                 problems.append(problem)
-                item.stash[marker_problem_key] = f"{problem}\nIt accepts {MARKER_SIGNATURE}."
+                item.stash[marker_problem_key] = f"{problem}\nIt accepts {signature}."
             else:
                 layers = layers or (index == 0 and bool(choices.layers))  # the closest decides
         if in_place and names is not None and IN_PLACE_FIXTURE not in names:
@@ -245,7 +274,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "the overlay marker is written wrong:\n  "
             + "\n  ".join(shown[:10])
             + more
-            + f"\nIt accepts {MARKER_SIGNATURE}."
+            + f"\nIt accepts {signature}."
         )
     if used:
         _use(config)

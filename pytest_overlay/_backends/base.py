@@ -20,6 +20,8 @@ IgnoreFn = Callable[[str], bool]
 class Mount(Protocol):
     """One test's merged view, alive until :meth:`close`."""
 
+    __module__: str = "pytest_overlay"
+
     @property
     def path(self) -> Path:
         """The merged root that the test works in."""
@@ -60,12 +62,37 @@ class Mount(Protocol):
 
 
 class Backend(Protocol):
-    """A way of giving a test a writable view over read-only lower layers."""
+    """A way of giving a test a writable view over read-only lower layers (a third party's
+    is registered through ``pytest_overlay_register_backends``: docs/backends.md)."""
+
+    __module__: str = "pytest_overlay"
 
     name: str
+    """How users ask for it (``--overlay-backend=NAME``), as registered; its scratch
+    directory is named after it (see :class:`pytest_overlay.BackendSetup`)."""
+    auto: bool
+    """Whether ``--overlay-backend=auto`` tries it, in the registry's order."""
+    in_place: bool
+    """Whether its view can ever stand at the project's real paths (``--overlay``); a backend
+    that cannot is never picked by ``auto`` in place and refused when asked for."""
+    user_namespace: bool
+    """Whether an ordinary user's process must enter a user namespace before its first mount:
+    the plugin enters it before anything can start a thread (see ``_userns``)."""
 
     def unavailable_reason(self) -> str | None:
         """``None`` when usable here, else why not and what would make it usable."""
+
+    def in_place_refusal(self, *, explicit: bool) -> str | None:
+        """``None`` if it can run in place here, else why not: the usage error when the user
+        asked for it (*explicit*), else the line the in-place error lists it with."""
+
+    def lowers_refusal(self, lowers: Sequence[Path], *, explicit: bool) -> str | None:
+        """Why it cannot give a writable view over *lowers* here, or ``None``; ``auto``
+        (*explicit* False) passes over it then."""
+
+    def failure_note(self, error: BaseException | None) -> str:
+        """What a test's failure with *error* means on this backend, for the failure report
+        (a paragraph put before the test's changes), or ``""``."""
 
     def describe(self) -> str:
         """How this backend runs here, for the report header (``root``, ``user namespace``)."""

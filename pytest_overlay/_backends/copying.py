@@ -27,6 +27,7 @@ from pytest_overlay._layerwrite import copy_metadata, copy_node, is_root, synthe
 
 from .base import IgnoreFn, safe_label
 from .copy_tracking import ChangeTracker, processes_inside, signature
+from .inplace import COPY_IN_PLACE
 
 # ioctl(FICLONE): share the source's extents instead of copying bytes (btrfs, xfs, bcachefs).
 _FICLONE = 0x40049409
@@ -347,6 +348,9 @@ class CopyBackend:
     """Copy-up emulated with a copy of the tree, made once and reset after each test."""
 
     name = "copy"
+    auto = True
+    in_place = False
+    user_namespace = False
 
     def __init__(self, scratch: Callable[[], Path], *, watch: bool = True) -> None:
         """*watch* False finds changes by a stat walk alone, as where inotify is missing."""
@@ -372,6 +376,15 @@ class CopyBackend:
 
     def describe(self) -> str:
         return "a copy of the tree per session, reset after each test"
+
+    def in_place_refusal(self, *, explicit: bool) -> str | None:
+        return COPY_IN_PLACE
+
+    def lowers_refusal(self, lowers: Sequence[Path], *, explicit: bool) -> str | None:
+        return None
+
+    def failure_note(self, error: BaseException | None) -> str:
+        return ""
 
     def mount(
         self,

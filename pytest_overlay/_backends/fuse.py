@@ -28,9 +28,14 @@ from pytest_overlay._files import remove_tree
 from pytest_overlay._fuse.client import FuseMount, availability, start
 from pytest_overlay._fuse.session import SessionServer
 from pytest_overlay._holders import describe_holders, holders_of, view_device
+from pytest_overlay._probe import probe_kernel
 
 from .base import safe_label
-from .inplace import IN_PLACE_NEEDS_PRIVATE_NAMESPACE
+from .inplace import (
+    IN_PLACE_NEEDS_PRIVATE_NAMESPACE,
+    fuse_in_place_needs_root,
+    fuse_in_place_refused,
+)
 from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
 
 
@@ -117,6 +122,9 @@ class FuseBackend:
     """The overlay filesystem of :mod:`pytest_overlay._fuse`, served out of process."""
 
     name = "fuse"
+    auto = True
+    in_place = True
+    user_namespace = False
 
     def __init__(self, scratch: Callable[[], Path]) -> None:
         self._scratch_provider = scratch
@@ -140,6 +148,21 @@ class FuseBackend:
 
     def describe(self) -> str:
         return "root" if os.geteuid() == 0 else "fusermount3"
+
+    def in_place_refusal(self, *, explicit: bool) -> str | None:
+        if private_mounts_possible():
+            return None
+        if not explicit:
+            return fuse_in_place_needs_root()
+        # The whole story, no report header having been printed: with the kernel's verdict.
+        kernel = probe_kernel()
+        return fuse_in_place_refused(None if kernel.ok else kernel.reason)
+
+    def lowers_refusal(self, lowers: Sequence[Path], *, explicit: bool) -> str | None:
+        return None
+
+    def failure_note(self, error: BaseException | None) -> str:
+        return ""
 
     def mount(
         self,

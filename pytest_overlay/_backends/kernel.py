@@ -34,6 +34,7 @@ from pytest_overlay._errors import MountError
 from pytest_overlay._holders import describe_holders, holders_of, view_device
 
 from .base import safe_label
+from .idmap import overflow_note, unmapped_owner
 from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
 
 # Closed views left mounted in a batch before it is detached (see the module docstring).
@@ -184,8 +185,12 @@ class KernelBackend:
     """Kernel overlayfs in a private mount namespace."""
 
     name = "kernel"
+    auto = True
+    in_place = True
+    user_namespace = True
 
     def __init__(self, scratch: Callable[[], Path], upper_size: str = "") -> None:
+        self._upper_size = upper_size
         # The scratch directory lives in pytest's basetemp, known only once a test runs.
         self._scratch_provider = scratch
         self._scratch_path: Path | None = None
@@ -216,6 +221,20 @@ class KernelBackend:
 
     def describe(self) -> str:
         return self._probe_result().mode
+
+    def in_place_refusal(self, *, explicit: bool) -> str | None:
+        return None
+
+    def lowers_refusal(self, lowers: Sequence[Path], *, explicit: bool) -> str | None:
+        # An explicit choice is not checked for a lower stacked too deep: its mount says so.
+        if explicit:
+            return unmapped_owner(lowers)
+        return refused_lower(lowers) or unmapped_owner(lowers)
+
+    def failure_note(self, error: BaseException | None) -> str:
+        # In a user namespace, EOVERFLOW on a write is a copy-up of a file with an unmapped owner.
+        overflow = overflow_note(error) if self.unprivileged else ""
+        return upper_full_note(error, self.name, self._upper_size) or overflow
 
     @property
     def unprivileged(self) -> bool:
