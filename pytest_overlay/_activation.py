@@ -21,7 +21,7 @@ from ._backends import Backend
 from ._backends.inplace import in_place_impossible
 from ._errors import BackendUnavailableError, OverlayError, ViewLostError, path_too_long
 from ._hermetic import hermetic_header, in_place_targets, record_writes, scratch_outside
-from ._keys import registry_key, session_key
+from ._keys import registry_key, reports_key, session_key, state_key
 from ._namespaces import EARLY, LAZY, XDIST_WORKER, threads_reason
 from ._overlay import Overlay
 from ._probe import explain_userns_failure
@@ -34,7 +34,6 @@ from ._runtest import (
     kept_summary,
     start_fixture,
     start_in_place,
-    state_key,
 )
 from ._session import OverlaySession
 from ._settings import MarkerChoices, Settings, parse_marker
@@ -344,7 +343,6 @@ def _contain_teardown(
 
 
 _REPORTS_SHOWN = 10
-_reports_key = pytest.StashKey[list[int]]()
 
 
 def _report(item: pytest.Item, session: OverlaySession, message: str) -> None:
@@ -353,7 +351,7 @@ def _report(item: pytest.Item, session: OverlaySession, message: str) -> None:
     Not a warning: ``filterwarnings = error`` would turn it into an error of the test, though
     there is nothing to act on.  The first few are shown in full, the rest counted.
     """
-    count = item.config.stash.setdefault(_reports_key, [0])
+    count = item.config.stash.setdefault(reports_key, [0])
     count[0] += 1
     if count[0] <= _REPORTS_SHOWN:
         session.notices.append(f"{item.nodeid}: {message}")

@@ -55,9 +55,6 @@ class TestState:
     reuse: bool = True
 
 
-state_key = pytest.StashKey[TestState]()
-
-
 def ignore_for(config: pytest.Config, session: OverlaySession, root: Path) -> Callable[[str], bool]:
     """The ignore predicate for a view of *root*: the settings' globs plus our own dirs."""
     cached = session.ignore_cache.get(root)

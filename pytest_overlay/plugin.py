@@ -26,6 +26,8 @@ from ._keys import (
     golden_outcome_key,
     golden_tests_key,
     header_shown_key,
+    in_place_by_hook_key,
+    marker_problem_key,
     registry_key,
     run_id_key,
     session_key,
@@ -46,9 +48,6 @@ if TYPE_CHECKING:
 FIXTURE_NAME = "overlay_root"
 LAYER_FIXTURE = "overlay_layer"
 IN_PLACE_FIXTURE = "_overlay_in_place"
-marker_problem_key = pytest.StashKey[str]()
-# In place: the tests that pytest_runtest_setup sandboxes (the others have IN_PLACE_FIXTURE).
-in_place_by_hook_key = pytest.StashKey[bool]()
 WORKER_NOTICES = "pytest_overlay_notices"
 WORKER_GOLDEN = "pytest_overlay_golden"
 MARKER_HELP = (
