@@ -1,12 +1,15 @@
 """The pytest plugin: hooks and fixtures, thin, and inert until a test or an option asks.
 
 pytest imports this module in every run of every project where pytest-overlay is installed,
-so it imports only pytest, the standard library and the option definitions.  The machinery
-(:mod:`pytest_overlay._activation` and the backends behind it) is imported, and the machine
-probed, only once the plugin is in use: when a collected test uses ``overlay_root``, the
-``overlay`` marker or ``overlay_layer``, or when ``--overlay``, an explicit
-``--overlay-backend`` or ``overlay_userns = early`` asks for it: ``_engine`` imports
-:mod:`pytest_overlay._activation` at its first use, and mypy reads it as that module.
+so it imports only pytest, the standard library, pluggy and the option definitions.  The
+machinery is imported, and the machine probed, only once the plugin is in use: when a collected
+test uses ``overlay_root``, the ``overlay`` marker or ``overlay_layer``, or when ``--overlay``,
+an explicit ``--overlay-backend`` or ``overlay_userns = early`` asks for it.  It is reached
+through lazy modules, one per concern, each imported at its first use and read by mypy as the
+module itself: ``_engine`` (:mod:`._activation`: the session, header, summary, xdist hand-off),
+``_test_engine`` (:mod:`._runtest`: one test's views, from the fixture or the in-place hook to
+:meth:`OverlaySession.view`), ``_report_engine`` (:mod:`._testreport`: a failed test's section),
+``_userns_engine`` (:mod:`._userns`) and ``_golden_engine`` (:mod:`._goldenrun`).
 """
 
 from __future__ import annotations
@@ -78,8 +81,18 @@ class _LazyModule:
 if TYPE_CHECKING:
     # mypy reads the machinery itself, so that every call into it is checked.
     from . import _activation as _engine
+    from . import _runtest as _test_engine
+    from . import _testreport as _report_engine
+    from . import _userns as _userns_engine
 else:
+    # The session (activation, header, summary, xdist hand-off).
     _engine = _LazyModule("pytest_overlay._activation")
+    # One test's views: the fixtures' bodies, in-place setup and teardown.
+    _test_engine = _LazyModule("pytest_overlay._runtest")
+    # A failed test's report section.
+    _report_engine = _LazyModule("pytest_overlay._testreport")
+    # When the process enters its user namespace.
+    _userns_engine = _LazyModule("pytest_overlay._userns")
 
 
 if TYPE_CHECKING:
@@ -101,7 +114,7 @@ def _use(config: pytest.Config) -> OverlaySession:
     session = _active(config)
     if session is None:
         session = _engine.activate(config, config.stash[settings_key], config.stash[run_id_key])
-        _engine.enter_for_tests(config, session)
+        _userns_engine.enter_for_tests(config, session)
     return session
 
 
@@ -147,7 +160,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     backend = str(value("overlay_backend") or "auto").strip()
     if inplace or early:
         registry = _registry.collect(early_config.hook)
-        _engine.enter_before_conftests(early_config, registry, backend, inplace=inplace)
+        _userns_engine.enter_before_conftests(early_config, registry, backend, inplace=inplace)
 
 
 @pytest.hookimpl(trylast=True)
@@ -186,7 +199,7 @@ class _XdistHooks:
         decided: dict[str, Any] = {}
         if session is not None:
             decided = {
-                "encoding": _engine.terminal_encoding(node.config),
+                "encoding": _report_engine.terminal_encoding(node.config),
                 **_engine.xdist_worker_input(session),
             }
         node.workerinput["pytest_overlay"] = {
@@ -319,7 +332,7 @@ def _sandbox_in_place(item: pytest.Item) -> None:
                     pytrace=False,
                 )
             basetemp = Path(factory.getbasetemp())
-        _engine.in_place_setup(item, session, basetemp)
+        _test_engine.in_place_setup(item, session, basetemp)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -328,7 +341,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if overlay_session is None:
         return
     # The last moment before tests (or the plugins around them) start threads.
-    _engine.enter_for_tests(session.config, overlay_session)
+    _userns_engine.enter_for_tests(session.config, overlay_session)
     if hasattr(session.config, "workerinput") and not session.config.stash.get(
         header_shown_key, False
     ):
@@ -383,7 +396,7 @@ def _overlay_in_place(
     basetemp = Path(tmp_path_factory.getbasetemp())
     # A fake filesystem (pyfakefs, of a wider scope) may be active already: see _realfs.
     with real_filesystem():
-        _engine.in_place_setup(request.node, _use(request.config), basetemp, request)
+        _test_engine.in_place_setup(request.node, _use(request.config), basetemp, request)
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)
@@ -411,7 +424,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         try:
             if session is not None:
                 # It leaves a fake filesystem itself, only if it has a view to close.
-                _engine.in_place_teardown(item, session, failed=failed)
+                _test_engine.in_place_teardown(item, session, failed=failed)
         finally:
             if _is_golden(item):
                 # The views are gone: a record is written to the real disk.
@@ -432,7 +445,7 @@ def overlay_root(
     with real_filesystem():
         session = _use(request.config)
         basetemp = Path(tmp_path_factory.getbasetemp())
-        body = _engine.overlay_root_fixture(request, session, basetemp)
+        body = _test_engine.overlay_root_fixture(request, session, basetemp)
         # Its setup (under this guard: its own costs nothing nested).
         overlay = next(body)
     try:
@@ -457,7 +470,7 @@ def overlay_layer(
     with real_filesystem():
         session = _use(request.config)
         basetemp = Path(tmp_path_factory.getbasetemp())
-        factory: LayerFactory = _engine.layer_factory(request.config, session, basetemp)
+        factory: LayerFactory = _test_engine.layer_factory(request.config, session, basetemp)
     return factory
 
 
@@ -473,7 +486,7 @@ def pytest_runtest_makereport(
     # Only a failure's report reads the view; the rest records the outcome.
     guard = real_filesystem() if report.failed else contextlib.nullcontext()
     with guard:
-        section = _engine.failure_report(item, session, report.when, report.outcome, error)
+        section = _report_engine.failure_report(item, session, report.when, report.outcome, error)
     if section is not None:
         from ._ci_reports import attach
 
