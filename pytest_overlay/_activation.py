@@ -21,7 +21,7 @@ from ._session import OverlaySession
 from ._settings import Settings
 from ._stale import remove_stale_mounts, temp_root
 from ._testreport import kept_summary
-from ._userns import _enter_user_namespace, is_xdist_controller
+from ._userns import enter_or_fall_back, is_xdist_controller
 
 
 def activate(config: pytest.Config, settings: Settings, run_id: str) -> OverlaySession:
@@ -62,7 +62,7 @@ def configure_asked(config: pytest.Config, session: OverlaySession) -> None:
         # xdist workers are multi-threaded from birth and can never enter a user namespace,
         # so the controller enters it and passes its capabilities on as ambient ones.  A
         # lazy run enters it only once a collected test needs an overlay.
-        _enter_user_namespace(session, for_children=controller, where=LAZY)
+        enter_or_fall_back(session, for_children=controller, where=LAZY)
 
 
 def header_lines(session: OverlaySession) -> list[str]:

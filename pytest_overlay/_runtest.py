@@ -47,7 +47,7 @@ from ._session import OverlaySession
 from ._settings import MarkerChoices, make_ignore, parse_marker
 from ._snapshot.factory import LayerFactory, resolve_layers
 from ._storepath import cache_dir_of, store_dir
-from ._testreport import _all_targets_report, _describe
+from ._testreport import all_targets_report, describe_error
 from ._toolstate import Carried, carry_aside
 from ._warnings import OverlayWarning
 
@@ -82,19 +82,6 @@ def ignore_for(config: pytest.Config, session: OverlaySession, root: Path) -> Ca
                 prefixes.append(path.relative_to(root).as_posix())
     ignore = session.ignore_cache[root] = make_ignore(session.settings.ignore, prefixes)
     return ignore
-
-
-def start_fixture(
-    request: pytest.FixtureRequest,
-    session: OverlaySession,
-    lowers: tuple[Path, ...],
-    backend: str | None,
-) -> TestState:
-    """Mount a view for the ``overlay_root`` fixture (not in-place)."""
-    mount = session.mount(lowers, backend, request.node.name)
-    name = backend or session.selection.backend.name
-    ignore = ignore_for(request.config, session, lowers[0])
-    return TestState([mount], name, Overlay(mount, name, ignore), ignore)
 
 
 def start_in_place(
@@ -194,7 +181,7 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Fini
             kept = True
             _keep(item, session, state)
     except Exception as exc:
-        done.warnings.append(f"could not keep the test's layer: {_describe(exc)}")
+        done.warnings.append(f"could not keep the test's layer: {describe_error(exc)}")
     finally:
         carried = _carry_aside(session, state, done)
         if state.saved_cwd is not None:
@@ -208,7 +195,7 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Fini
             except ViewLostError as exc:
                 lost.append(str(exc))
             except Exception as exc:
-                done.broken.append(f"could not close the view {mount.path}: {_describe(exc)}")
+                done.broken.append(f"could not close the view {mount.path}: {describe_error(exc)}")
         if state.saved_cwd is not None:
             os.chdir(state.saved_cwd)
         for aside in carried:
@@ -235,7 +222,9 @@ def _carry_aside(session: OverlaySession, state: TestState, done: Finished) -> l
         try:
             aside = carry_aside(mount.new_root, target, settings.passthrough, globs, scratch)
         except OSError as exc:
-            done.warnings.append(f"could not set aside the tool state it wrote: {_describe(exc)}")
+            done.warnings.append(
+                f"could not set aside the tool state it wrote: {describe_error(exc)}"
+            )
         else:
             carried.append(aside)
     return carried
@@ -269,7 +258,7 @@ def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path 
     with _namespaces.privileged():
         diffs = [view.diff(state.ignore) for view in state.mounts]
         diff = diffs[0]
-        report = _all_targets_report(state, diffs, ReportOptions(max_lines=None))
+        report = all_targets_report(state, diffs, ReportOptions(max_lines=None))
         # In place with several sandboxed directories: the others' changes, for --json.
         others = [
             {"target": str(target), "diff": other.to_dict()}
@@ -446,13 +435,19 @@ def overlay_root_fixture(
 def _start_fixture_or_fail(
     request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path
 ) -> TestState:
+    """Mount the ``overlay_root`` fixture's view (not in place): over the marker's lowers and
+    layers, or the settings', with the marker's backend or the session's; a view the last test
+    left untouched is reused (:meth:`OverlaySession.view`).  What fails fails the test."""
     session.set_basetemp(basetemp)
     choices = marker_choices(request.node)
     lowers = choices.lowers_for(session.settings, request.config.rootpath)
     if choices.layers:
         lowers = resolve_layers(request, list(choices.layers)) + lowers
     try:
-        return start_fixture(request, session, lowers, choices.backend)
+        backend = session.backend(choices.backend)
+        mount = session.view(backend, lowers, label=request.node.name)
+        ignore = ignore_for(request.config, session, lowers[0])
+        return TestState([mount], backend.name, Overlay(mount, backend.name, ignore), ignore)
     except BackendUnavailableError as exc:
         problem = f"pytest-overlay: {exc}"
     except OSError as exc:

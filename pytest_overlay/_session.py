@@ -158,10 +158,6 @@ class OverlaySession:
         self._in_use[mount] = key
         return mount
 
-    def mount(self, lowers: Sequence[Path], backend: str | None, label: str) -> Mount:
-        """A view for one test in fixture mode (see :meth:`view`)."""
-        return self.view(self.backend(backend), lowers, label=label)
-
     def release(self, mount: Mount, *, reuse: bool = True) -> list[str]:
         """A test is done with *mount*: park it for the next test if it may be reused (see
         :meth:`Mount.reusable`), else close it; returns the warnings of closing it."""

@@ -46,7 +46,7 @@ def render_changes_report(mount: Mount, diff: TreeDiff, options: ReportOptions) 
     return render_report(diff, old, new, options)
 
 
-def _all_targets_report(state: TestState, diffs: list[TreeDiff], options: ReportOptions) -> str:
+def all_targets_report(state: TestState, diffs: list[TreeDiff], options: ReportOptions) -> str:
     """The report of every view of the test, given their *diffs*.
 
     One view (the fixture, or in place with one sandboxed directory): its report as it is.
@@ -100,9 +100,9 @@ def failure_section(
             if style == "line":
                 text = f"{count_changes(diffs)}; {hint} shows them"
             else:
-                text = _all_targets_report(state, diffs, options)
+                text = all_targets_report(state, diffs, options)
     except Exception as exc:
-        text = f"(could not compute the changes: {_describe(exc)})"
+        text = f"(could not compute the changes: {describe_error(exc)})"
     return f"{SECTION} ({state.backend})", _encodable(text, encoding)
 
 
@@ -114,7 +114,7 @@ def _encodable(text: str, encoding: str) -> str:
         return text
 
 
-def _describe(exc: Exception) -> str:
+def describe_error(exc: Exception) -> str:
     """An exception for a report line: a path beyond PATH_MAX explained, not printed whole."""
     if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
         return (

@@ -91,7 +91,7 @@ def _not_in_place(registry: BackendRegistry, userns_reason: str) -> list[tuple[s
     return passed_over
 
 
-def _enter_user_namespace(session: OverlaySession, *, for_children: bool, where: str) -> None:
+def enter_or_fall_back(session: OverlaySession, *, for_children: bool, where: str) -> None:
     if where == LAZY and (session.settings.inplace or session.settings.userns == "early"):
         where = EARLY
     threads = _namespaces.thread_count()
@@ -123,4 +123,4 @@ def enter_for_tests(config: pytest.Config, session: OverlaySession) -> None:
     if not session.wants_user_namespace():
         return
     worker = hasattr(config, "workerinput")
-    _enter_user_namespace(session, for_children=False, where=XDIST_WORKER if worker else LAZY)
+    enter_or_fall_back(session, for_children=False, where=XDIST_WORKER if worker else LAZY)
