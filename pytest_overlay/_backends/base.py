@@ -7,9 +7,10 @@ at its storage.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from pytest_overlay._diff import TreeDiff
 from pytest_overlay._names import safe_label
@@ -119,4 +120,52 @@ class Backend(Protocol):
         """Release whatever the backend holds for the session."""
 
 
-__all__ = ["Backend", "IgnoreFn", "Mount", "safe_label"]
+MountT = TypeVar("MountT", bound=Mount)
+
+
+class ScratchBackend(ABC, Generic[MountT]):
+    """What the built-in backends share: a scratch directory known only once a test runs,
+    the arguments of :meth:`Backend.mount` (each implements :meth:`_mount`), and the answers
+    of a backend with nothing to say (no lowers refused, no note on a failure)."""
+
+    name: str
+    auto = True
+    in_place = True
+    user_namespace = False
+
+    def __init__(self, scratch: Callable[[], Path]) -> None:
+        # The scratch directory lives in pytest's basetemp, known only once a test runs.
+        self._scratch_provider = scratch
+        self._scratch_path: Path | None = None
+
+    @property
+    def _scratch(self) -> Path:
+        if self._scratch_path is None:
+            self._scratch_path = self._scratch_provider()
+        return self._scratch_path
+
+    def mount(
+        self,
+        lowers: Sequence[Path],
+        *,
+        label: str,
+        target: Path | None = None,
+        passthrough: Sequence[Path] = (),
+    ) -> MountT:
+        """See :meth:`Backend.mount`."""
+        return self._mount(lowers, label, target, passthrough)
+
+    @abstractmethod
+    def _mount(
+        self, lowers: Sequence[Path], label: str, target: Path | None, passthrough: Sequence[Path]
+    ) -> MountT:
+        """:meth:`mount`, its arguments as they are."""
+
+    def lowers_refusal(self, lowers: Sequence[Path], *, explicit: bool) -> str | None:
+        return None
+
+    def failure_note(self, error: BaseException | None) -> str:
+        return ""
+
+
+__all__ = ["Backend", "IgnoreFn", "Mount", "ScratchBackend", "safe_label"]

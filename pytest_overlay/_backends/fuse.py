@@ -30,7 +30,7 @@ from pytest_overlay._fuse.session import SessionServer
 from pytest_overlay._holders import describe_holders, holders_of, view_device
 from pytest_overlay._probe import probe_kernel
 
-from .base import safe_label
+from .base import ScratchBackend, safe_label
 from .inplace import (
     IN_PLACE_NEEDS_PRIVATE_NAMESPACE,
     fuse_in_place_needs_root,
@@ -118,27 +118,17 @@ def _how(status: int) -> str:
     return f"exit status {status}"
 
 
-class FuseBackend:
+class FuseBackend(ScratchBackend[FuseView]):
     """The overlay filesystem of :mod:`pytest_overlay._fuse`, served out of process."""
 
     name = "fuse"
-    auto = True
-    in_place = True
-    user_namespace = False
 
     def __init__(self, scratch: Callable[[], Path]) -> None:
-        self._scratch_provider = scratch
-        self._scratch_path: Path | None = None
+        super().__init__(scratch)
         self._counter = itertools.count()
         self._reason: str | None = None
         self._probed = False
         self._server: SessionServer | None = None
-
-    @property
-    def _scratch(self) -> Path:
-        if self._scratch_path is None:
-            self._scratch_path = self._scratch_provider()
-        return self._scratch_path
 
     def unavailable_reason(self) -> str | None:
         if not self._probed:
@@ -158,19 +148,8 @@ class FuseBackend:
         kernel = probe_kernel()
         return fuse_in_place_refused(None if kernel.ok else kernel.reason)
 
-    def lowers_refusal(self, lowers: Sequence[Path], *, explicit: bool) -> str | None:
-        return None
-
-    def failure_note(self, error: BaseException | None) -> str:
-        return ""
-
-    def mount(
-        self,
-        lowers: Sequence[Path],
-        *,
-        label: str,
-        target: Path | None = None,
-        passthrough: Sequence[Path] = (),
+    def _mount(
+        self, lowers: Sequence[Path], label: str, target: Path | None, passthrough: Sequence[Path]
     ) -> FuseView:
         private = private_mounts_possible()
         if target is not None and not private:

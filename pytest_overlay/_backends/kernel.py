@@ -33,7 +33,7 @@ from pytest_overlay import _mountinfo, _namespaces, _overlayopts, _probe, _sysca
 from pytest_overlay._errors import MountError
 from pytest_overlay._holders import describe_holders, holders_of, view_device
 
-from .base import safe_label
+from .base import ScratchBackend, safe_label
 from .idmap import overflow_note, unmapped_owner
 from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
 
@@ -181,19 +181,15 @@ def _is_busy(target: Path) -> bool:
     return False
 
 
-class KernelBackend:
+class KernelBackend(ScratchBackend[KernelMount]):
     """Kernel overlayfs in a private mount namespace."""
 
     name = "kernel"
-    auto = True
-    in_place = True
     user_namespace = True
 
     def __init__(self, scratch: Callable[[], Path], upper_size: str = "") -> None:
+        super().__init__(scratch)
         self._upper_size = upper_size
-        # The scratch directory lives in pytest's basetemp, known only once a test runs.
-        self._scratch_provider = scratch
-        self._scratch_path: Path | None = None
         self._counter = itertools.count()
         self._probe: _probe.ProbeResult | None = None
         self._ready_threads: set[int] = set()
@@ -203,12 +199,6 @@ class KernelBackend:
         self._batches = itertools.count()
         # The batch new views go into, per thread (each has a mount namespace of its own).
         self._current: dict[int, _Batch] = {}
-
-    @property
-    def _scratch(self) -> Path:
-        if self._scratch_path is None:
-            self._scratch_path = self._scratch_provider()
-        return self._scratch_path
 
     def _probe_result(self) -> _probe.ProbeResult:
         if self._probe is None:
@@ -302,13 +292,8 @@ class KernelBackend:
         with contextlib.suppress(OSError):
             batch.path.rmdir()
 
-    def mount(
-        self,
-        lowers: Sequence[Path],
-        *,
-        label: str,
-        target: Path | None = None,
-        passthrough: Sequence[Path] = (),
+    def _mount(
+        self, lowers: Sequence[Path], label: str, target: Path | None, passthrough: Sequence[Path]
     ) -> KernelMount:
         self._prepare_thread()
         batch = self.batch()
