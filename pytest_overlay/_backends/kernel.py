@@ -224,7 +224,7 @@ class KernelBackend(ScratchBackend[KernelMount]):
     def failure_note(self, error: BaseException | None) -> str:
         # In a user namespace, EOVERFLOW on a write is a copy-up of a file with an unmapped owner.
         overflow = overflow_note(error) if self.unprivileged else ""
-        return upper_full_note(error, self.name, self._upper_size) or overflow
+        return upper_full_note(error, self._upper_size) or overflow
 
     @property
     def unprivileged(self) -> bool:
@@ -406,9 +406,9 @@ def _copy_root_metadata(lower_root: Path, upper: Path) -> None:
             os.chown(upper, st.st_uid, st.st_gid)
 
 
-def upper_full_note(error: BaseException | None, backend: str, upper_size: str) -> str:
+def upper_full_note(error: BaseException | None, upper_size: str) -> str:
     """Why a write failed with ENOSPC on the kernel backend: the test's upper layer is full."""
-    if backend != "kernel" or not isinstance(error, OSError) or error.errno != errno.ENOSPC:
+    if not isinstance(error, OSError) or error.errno != errno.ENOSPC:
         return ""
     limit = f"limited to {upper_size}" if upper_size else "at the tmpfs default, half the memory"
     return (
