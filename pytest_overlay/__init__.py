@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._backends.base import Backend, Mount
     from ._diff import Change, ChangeKind, TreeDiff
     from ._errors import (
         BackendUnavailableError,
@@ -22,17 +23,22 @@ if TYPE_CHECKING:
         ViewLostError,
     )
     from ._overlay import Overlay
+    from ._registry import BackendRegistry, BackendSetup
     from ._snapshot.cache import Layer, LayerBuildError
     from ._snapshot.factory import LayerFactory
     from ._warnings import OverlayWarning
 
 __all__ = [
+    "Backend",
+    "BackendRegistry",
+    "BackendSetup",
     "BackendUnavailableError",
     "Change",
     "ChangeKind",
     "Layer",
     "LayerBuildError",
     "LayerFactory",
+    "Mount",
     "MountError",
     "Overlay",
     "OverlayError",
@@ -44,6 +50,10 @@ __all__ = [
 ]
 
 _HOMES = {
+    "Backend": "_backends.base",
+    "Mount": "_backends.base",
+    "BackendRegistry": "_registry",
+    "BackendSetup": "_registry",
     "Change": "_diff",
     "ChangeKind": "_diff",
     "TreeDiff": "_diff",

@@ -1,4 +1,5 @@
-"""The plugin once it is in use: the session, the user namespace, the header and the fixtures.
+"""The plugin once it is in use: the session it brings about, what the report header and the
+terminal summary say, and what an xdist controller hands its workers.
 
 :mod:`pytest_overlay.plugin` imports this module only when a test or an option asks for an
 overlay, so that merely installing pytest-overlay costs a project nothing.  Everything here
@@ -7,38 +8,20 @@ may probe the machine, fork, mount and import the backends.
 
 from __future__ import annotations
 
-import errno
-import functools
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from . import _contain, _namespaces
-from ._backends.inplace import fuse_in_place_needs_root, in_place_impossible
-from ._errors import BackendUnavailableError, OverlayError, ViewLostError, path_too_long
-from ._hermetic import hermetic_header, in_place_targets, record_writes, scratch_outside
-from ._keys import session_key
-from ._namespaces import EARLY, LAZY, XDIST_WORKER, threads_reason
-from ._overlay import Overlay
-from ._probe import explain_userns_failure, probe_kernel
-from ._realfs import real_filesystem
-from ._runtest import (
-    TestState,
-    failure_section,
-    finish,
-    kept_summary,
-    start_fixture,
-    start_in_place,
-    state_key,
-)
+from . import _namespaces
+from ._errors import BackendUnavailableError
+from ._hermetic import hermetic_header
+from ._keys import registry_key, session_key
+from ._namespaces import LAZY
 from ._session import OverlaySession
-from ._settings import MarkerChoices, Settings, parse_marker
-from ._snapshot.factory import LayerFactory, resolve_layers
+from ._settings import Settings
 from ._stale import remove_stale_mounts, temp_root
-from ._warnings import OverlayWarning
+from ._testreport import kept_summary
+from ._userns import enter_or_fall_back, is_xdist_controller
 
 
 def activate(config: pytest.Config, settings: Settings, run_id: str) -> OverlaySession:
@@ -49,7 +32,7 @@ def activate(config: pytest.Config, settings: Settings, run_id: str) -> OverlayS
     inherited = getattr(config, "workerinput", {}).get("pytest_overlay") or {}
     # A worker takes the controller's backend only if the controller chose one.
     decided = inherited if "backend" in inherited else None
-    session = OverlaySession(settings, decided)
+    session = OverlaySession(settings, config.stash[registry_key], decided)
     session.run_id = run_id
     config.stash[session_key] = session
     if not hasattr(config, "workerinput"):  # the controller's run removes them for all
@@ -79,81 +62,7 @@ def configure_asked(config: pytest.Config, session: OverlaySession) -> None:
         # xdist workers are multi-threaded from birth and can never enter a user namespace,
         # so the controller enters it and passes its capabilities on as ambient ones.  A
         # lazy run enters it only once a collected test needs an overlay.
-        _enter_user_namespace(session, for_children=controller, where=LAZY)
-
-
-def enter_before_conftests(early_config: pytest.Config, *, inplace: bool) -> None:
-    """In place (or ``overlay_userns = early``), enter the user namespace before conftests.
-
-    A conftest may import a library that starts threads, after which the process can never
-    enter a user namespace; in place that would leave no backend that keeps tests' writes off
-    the real tree, so the namespace is entered before any conftest is imported.
-    """
-    if _namespaces.is_real_root() or _namespaces.entered_user_namespace():
-        return
-    probe = probe_kernel()
-    if not probe.ok:
-        if inplace:
-            raise pytest.UsageError(in_place_impossible(_not_in_place(probe.reason)))
-        return  # the selection falls back and says why
-    threads = _namespaces.thread_count()
-    if threads > 1:
-        if inplace:
-            reason = threads_reason(threads, EARLY)
-            raise pytest.UsageError(in_place_impossible(_not_in_place(reason)))
-        return
-    options = early_config.known_args_namespace
-    controller = bool(getattr(options, "numprocesses", None)) or (
-        getattr(options, "dist", "no") not in ("no", None)
-    )
-    try:
-        _namespaces.enter_user_namespace(for_children=controller)
-    except OSError as exc:
-        if inplace:
-            reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
-            raise pytest.UsageError(in_place_impossible(_not_in_place(reason))) from None
-
-
-def _not_in_place(kernel_reason: str) -> tuple[tuple[str, str], ...]:
-    return (
-        ("kernel", kernel_reason),
-        ("fuse", fuse_in_place_needs_root()),
-    )
-
-
-def _enter_user_namespace(session: OverlaySession, *, for_children: bool, where: str) -> None:
-    if where == LAZY and (session.settings.inplace or session.settings.userns == "early"):
-        where = EARLY
-    threads = _namespaces.thread_count()
-    if where == XDIST_WORKER or threads > 1:
-        reason = threads_reason(threads, where)
-    else:
-        try:
-            _namespaces.enter_user_namespace(for_children=for_children)
-            return
-        except OSError as exc:
-            reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
-    if session.settings.inplace:
-        raise pytest.UsageError(in_place_impossible(_not_in_place(reason)))
-    # Not a warning: under ``filterwarnings = error`` a warning raised from a hook aborts the
-    # whole run, and falling back is exactly what keeps the run going.
-    session.notices.append(session.give_up_kernel(reason))
-
-
-def is_xdist_controller(config: pytest.Config) -> bool:
-    """Whether this process hands tests out to pytest-xdist workers."""
-    return getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput")
-
-
-def enter_for_tests(config: pytest.Config, session: OverlaySession) -> None:
-    """A collected test uses an overlay: enter the user namespace now, if the kernel needs it.
-
-    The last moment before tests (or the plugins around them) start threads.
-    """
-    if not session.wants_user_namespace():
-        return
-    worker = hasattr(config, "workerinput")
-    _enter_user_namespace(session, for_children=False, where=XDIST_WORKER if worker else LAZY)
+        enter_or_fall_back(session, for_children=controller, where=LAZY)
 
 
 def header_lines(session: OverlaySession) -> list[str]:
@@ -176,8 +85,8 @@ def header_to_summary(session: OverlaySession) -> None:
     which says the same, goes (issue 21: the reason was printed twice).
     """
     header = header_lines(session)
-    reason = session.kernel_unusable
-    if reason and any(f"kernel not used: {reason}" in line for line in header):
+    name, reason = session.unusable or ("", "")
+    if reason and any(f"{name} not used: {reason}" in line for line in header):
         session.notices[:] = [n for n in session.notices if not n.endswith(f": {reason}")]
     session.notices.extend(line for line in header if line not in session.notices)
 
@@ -195,257 +104,6 @@ def xdist_worker_input(session: OverlaySession | None) -> dict[str, Any]:
         "passed_over": [list(item) for item in selection.passed_over],
         "userns": _namespaces.entered_user_namespace(),
     }
-
-
-def in_place_setup(
-    item: pytest.Item,
-    session: OverlaySession,
-    basetemp: Path,
-    request: pytest.FixtureRequest | None = None,
-) -> None:
-    """Sandbox the project for one ``--overlay`` test (see ``plugin._sandbox_in_place``);
-    *request*, that of ``plugin._overlay_in_place``, builds the test's snapshot layers."""
-    scratch = functools.partial(scratch_outside, session.settings, item.config)
-    session.set_basetemp(basetemp, scratch)
-    layers: tuple[Path, ...] = ()
-    if request is not None:  # only a test whose marker asks for layers has the fixture
-        layers = resolve_layers(request, list(marker_choices(item).layers))
-    problem = _uncover_all(item, session, in_place_targets(session.settings))
-    if problem:
-        _contain.stop(item, f"pytest-overlay stopped the run: {problem}")
-        pytest.fail(
-            f"pytest-overlay could not sandbox the project in place: {problem}", pytrace=False
-        )
-    try:
-        state = start_in_place(item, session, layers)
-    except (OverlayError, OSError) as exc:
-        problem = f"pytest-overlay could not sandbox the project in place: {exc}"
-        _contain.SetupFailures.failed(item, str(exc))
-        # A view mounted half-way is detached now rather than at the next setup.
-        _uncover_all(item, session, in_place_targets(session.settings))
-        pytest.fail(problem, pytrace=False)
-    _contain.SetupFailures.passed(item)
-    item.stash[state_key] = state
-
-
-def _uncover_all(
-    item: pytest.Item, session: OverlaySession, targets: tuple[Path, ...]
-) -> str | None:
-    """Detach what still covers a sandboxed directory; None, or why it cannot be done."""
-    for target in _contain.covered(item.config, targets, session.standing()):
-        session.drop_parked(target)
-        problem = _contain.uncover(item.config, target)
-        if problem is not None:
-            return problem
-    return None
-
-
-def in_place_teardown(item: pytest.Item, session: OverlaySession, *, failed: bool) -> None:
-    """After the last finalizer of an in-place test: unmount, keep, warn."""
-    state = item.stash.get(state_key, None)
-    if state is None or not state.inplace:
-        return
-    if failed:
-        # Known before the report exists: lets a teardown-only failure keep its layer.
-        state.phases["teardown"] = "failed"
-    del item.stash[state_key]
-    with real_filesystem():
-        if session.settings.hermetic.records:
-            record_writes(item, session, state)
-        _finish_or_fail(item, session, state)
-
-
-def _finish_or_fail(item: pytest.Item, session: OverlaySession, state: TestState) -> None:
-    """Tear the test's views down; report what the plugin dealt with, warn about what the
-    user must act on, and fail the test if a view was lost or could not be closed."""
-    try:
-        done = finish(item, session, state)
-    except ViewLostError as exc:
-        _contain_teardown(item, session, state, [])
-        pytest.fail(f"pytest-overlay: {exc}", pytrace=False)
-    for message in done.reports:
-        _report(item, session, message)
-    _contain_teardown(item, session, state, done.broken)
-    if not done.warnings:
-        return  # the usual case: reportinfo below costs a tenth of a millisecond
-    path, lineno, _ = item.reportinfo()
-    as_error = ""
-    for message in done.warnings:
-        # Attributed to the test, so that ``filterwarnings`` and the warnings summary point
-        # at the test that left something behind rather than at this module.
-        try:
-            warnings.warn_explicit(
-                OverlayWarning(f"{item.nodeid}: {message}"),
-                OverlayWarning,
-                filename=str(path),
-                lineno=(lineno or 0) + 1,
-                module=getattr(getattr(item, "module", None), "__name__", None),
-            )
-        except OverlayWarning as exc:
-            as_error = as_error or str(exc)
-    if as_error:
-        # ``filterwarnings = error``: the test errs, in one line rather than our frames.
-        pytest.fail(f"OverlayWarning (an error under filterwarnings): {as_error}", pytrace=False)
-
-
-def _contain_teardown(
-    item: pytest.Item, session: OverlaySession, state: TestState, broken: list[str]
-) -> None:
-    """Fail this test (alone) if its views did not come down cleanly, after making sure that
-    none is left over a sandboxed directory (but the untouched view parked there for the next
-    test); stop the run if one cannot be removed."""
-    problems = list(broken)
-    if state.inplace:
-        for target in _contain.covered(item.config, state.targets, session.standing()):
-            session.drop_parked(target)
-            left = _contain.uncover(item.config, target)
-            if left is not None:
-                _contain.stop(item, f"pytest-overlay stopped the run: {left}")
-                problems.append(left)
-            else:
-                problems.append(
-                    f"{target} was still covered by a mount after the test's view "
-                    "was closed (one the test made?); it was detached"
-                )
-    if problems:
-        fresh = "" if item.session.shouldfail else "; the next test gets a fresh view"
-        pytest.fail(f"pytest-overlay: {'; '.join(problems)}{fresh}", pytrace=False)
-
-
-_REPORTS_SHOWN = 10
-_reports_key = pytest.StashKey[list[int]]()
-
-
-def _report(item: pytest.Item, session: OverlaySession, message: str) -> None:
-    """A line for the terminal summary: what a test left behind that the plugin dealt with.
-
-    Not a warning: ``filterwarnings = error`` would turn it into an error of the test, though
-    there is nothing to act on.  The first few are shown in full, the rest counted.
-    """
-    count = item.config.stash.setdefault(_reports_key, [0])
-    count[0] += 1
-    if count[0] <= _REPORTS_SHOWN:
-        session.notices.append(f"{item.nodeid}: {message}")
-        return
-    tail = " more tests left their view in use, or their scratch directory behind"
-    session.notices[:] = [n for n in session.notices if not n.endswith(tail)]
-    session.notices.append(f"... and {count[0] - _REPORTS_SHOWN}{tail}")
-
-
-def overlay_root_fixture(
-    request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path
-) -> Iterator[Overlay]:
-    """The body of the ``overlay_root`` fixture (see its docstring in the plugin)."""
-    existing = request.node.stash.get(state_key, None)
-    if existing is not None:
-        yield existing.overlay
-        return
-    with real_filesystem():
-        state = _start_fixture_or_fail(request, session, basetemp)
-    request.node.stash[state_key] = state
-    try:
-        yield state.overlay
-    finally:
-        del request.node.stash[state_key]
-        with real_filesystem():
-            _finish_or_fail(request.node, session, state)
-
-
-def _start_fixture_or_fail(
-    request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path
-) -> TestState:
-    session.set_basetemp(basetemp)
-    choices = marker_choices(request.node)
-    lowers = choices.lowers_for(session.settings, request.config.rootpath)
-    if choices.layers:
-        lowers = resolve_layers(request, list(choices.layers)) + lowers
-    try:
-        return start_fixture(request, session, lowers, choices.backend)
-    except BackendUnavailableError as exc:
-        problem = f"pytest-overlay: {exc}"
-    except OSError as exc:
-        problem = f"pytest-overlay could not set up the overlay: {_setup_problem(exc)}"
-    except OverlayError as exc:
-        problem = f"pytest-overlay could not set up the overlay: {exc}"
-    pytest.fail(problem, pytrace=False)
-
-
-def layer_factory(config: pytest.Config, session: OverlaySession, basetemp: Path) -> LayerFactory:
-    """The body of the ``overlay_layer`` fixture."""
-    session.set_basetemp(basetemp)
-    return LayerFactory(config, session)
-
-
-def marker_choices(item: pytest.Item) -> MarkerChoices:
-    """The closest ``overlay`` marker's choices, validated at collection already."""
-    marker = item.get_closest_marker("overlay")
-    if marker is None:
-        return MarkerChoices()
-    return parse_marker(marker.args, dict(marker.kwargs))
-
-
-def _setup_problem(exc: OSError) -> str:
-    if exc.errno == errno.ENAMETOOLONG:
-        # Only the copy backend walks the tree at setup; the mounts do not.
-        return (
-            f"{path_too_long('tree')}, and the copy backend copies the tree by path. Use "
-            "--overlay-backend=kernel, which mounts the tree without copying it, or leave that "
-            "directory out of the lower layers (--overlay-lower)"
-        )
-    return str(exc)
-
-
-def failure_report(
-    item: pytest.Item, session: OverlaySession, when: str, outcome: str, error: BaseException | None
-) -> tuple[str, str] | None:
-    """Record a phase's outcome; for a failed setup or call, the section of its changes."""
-    state = item.stash.get(state_key, None)
-    if state is None:
-        return None
-    state.phases[when] = outcome
-    if outcome != "failed" or when not in ("setup", "call"):
-        return None
-    section = failure_section(
-        item, state, session, color=_color(item), encoding=_encoding(item), error=error
-    )
-    if section is None:
-        return None
-    title, text = section
-    full = upper_full_note(error, state.backend, session.settings.upper_size)
-    return title, f"{full}\n\n{text}" if full else text
-
-
-def upper_full_note(error: BaseException | None, backend: str, upper_size: str) -> str:
-    """Why a write failed with ENOSPC on the kernel backend: the test's upper layer is full."""
-    if backend != "kernel" or not isinstance(error, OSError) or error.errno != errno.ENOSPC:
-        return ""
-    limit = f"limited to {upper_size}" if upper_size else "at the tmpfs default, half the memory"
-    return (
-        f"The test's upper layer is full: it is a tmpfs {limit} "
-        "(--overlay-upper-size / overlay_upper_size). Raise the limit, for example "
-        "--overlay-upper-size=4G, or write large outputs outside the overlay (tmp_path)."
-    )
-
-
-def _color(item: pytest.Item) -> bool:
-    inherited = getattr(item.config, "workerinput", {}).get("pytest_overlay")
-    if inherited is not None and "color" in inherited:
-        return bool(inherited["color"])
-    return item.config.get_terminal_writer().hasmarkup
-
-
-def terminal_encoding(config: pytest.Config) -> str:
-    """The encoding pytest writes its report in (its terminal writer's file's)."""
-    # TerminalWriter has no public attribute for it; its file is sys.stdout as pytest found it.
-    file = getattr(config.get_terminal_writer(), "_file", None)
-    return getattr(file, "encoding", None) or "utf-8"
-
-
-def _encoding(item: pytest.Item) -> str:
-    inherited = getattr(item.config, "workerinput", {}).get("pytest_overlay")
-    if inherited is not None and "encoding" in inherited:
-        return str(inherited["encoding"])
-    return terminal_encoding(item.config)
 
 
 def summary_lines(config: pytest.Config, session: OverlaySession) -> list[str]:

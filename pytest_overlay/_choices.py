@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-# Backend names stay strings: a backend registry (issue 21) is to add names at run time.
-BACKEND_CHOICES = ("auto", "kernel", "fuse", "copy")
 Keep = Literal["failed", "all", "none"]
 """Which tests' upper layers are kept (``overlay_keep``); the first is the default."""
 KEEP_CHOICES: tuple[Keep, ...] = get_args(Keep)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from . import _namespaces, _syscalls
+from ._keys import real_devices_key, setup_failures_key
 
 __all__ = ["STOP_AFTER", "SetupFailures", "covered", "uncover"]
 
@@ -27,8 +28,6 @@ STOP_AFTER = 3
 """In-place setups failing in a row after which the run stops."""
 
 _MAX_LAYERS = 16  # mounts stacked over one directory that uncover() detaches before giving up
-
-_real_devices = pytest.StashKey[dict[Path, int]]()
 
 
 def _device(path: Path) -> int | None:
@@ -48,7 +47,7 @@ def covered(
     test (:meth:`OverlaySession.standing`): that view is expected there, not the real
     directory.
     """
-    real = config.stash.setdefault(_real_devices, {})
+    real = config.stash.setdefault(real_devices_key, {})
     standing = standing or {}
     found = []
     for target in targets:
@@ -66,7 +65,7 @@ def uncover(config: pytest.Config, target: Path) -> str | None:
 
     :returns: None once it does, else why not.
     """
-    real = config.stash.setdefault(_real_devices, {}).get(target)
+    real = config.stash.setdefault(real_devices_key, {}).get(target)
     try:
         cwd: str | None = os.getcwd()
     except OSError:
@@ -101,12 +100,10 @@ def _detach_down_to(target: Path, real: int | None) -> str | None:
 class SetupFailures:
     """Counts in-place setups that failed in a row, to stop the run after :data:`STOP_AFTER`."""
 
-    _key = pytest.StashKey[list[str]]()
-
     @classmethod
     def failed(cls, item: pytest.Item, problem: str) -> None:
         """One more in a row; the run stops once there are :data:`STOP_AFTER`."""
-        row = item.config.stash.setdefault(cls._key, [])
+        row = item.config.stash.setdefault(setup_failures_key, [])
         row.append(problem)
         if len(row) >= STOP_AFTER:
             stop(
@@ -118,7 +115,7 @@ class SetupFailures:
     @classmethod
     def passed(cls, item: pytest.Item) -> None:
         """A setup worked: the row is broken."""
-        item.config.stash[cls._key] = []
+        item.config.stash[setup_failures_key] = []
 
 
 def stop(item: pytest.Item, message: str) -> None:

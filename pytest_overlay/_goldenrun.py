@@ -39,7 +39,14 @@ from ._golden import (
     render_record,
     unused_records,
 )
-from ._keys import golden_modules_key, golden_outcome_key, golden_tests_key, settings_key
+from ._keys import (
+    golden_modules_key,
+    golden_outcome_key,
+    golden_test_key,
+    golden_tests_key,
+    settings_key,
+    state_key,
+)
 from ._names import name_in_module
 from ._oscompat import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK
 from ._realfs import real_filesystem
@@ -69,9 +76,6 @@ class _TestRecord:
     expected: str | None
     normalisers: Normalisers
     new_text: str | None = None
-
-
-_test_key = pytest.StashKey[_TestRecord]()
 
 
 def _outcome(config: pytest.Config) -> Outcome:
@@ -120,7 +124,7 @@ def setup(item: pytest.Item) -> None:
             pytest.fail(
                 f"cannot read the golden record {_shown(path, item.config)}: {exc}", pytrace=False
             )
-    item.stash[_test_key] = _TestRecord(path, expected, normalisers)
+    item.stash[golden_test_key] = _TestRecord(path, expected, normalisers)
 
 
 def _reader(root: Path) -> Callable[[str], FileContent]:
@@ -158,9 +162,8 @@ def _limit(item: pytest.Item, session: OverlaySession) -> int | None:
 
 def check(item: pytest.Item, session: OverlaySession) -> None:
     """After a passing call: compare what the test did with its record, or stage a rewrite."""
-    from ._runtest import state_key  # the machinery: in use whenever a golden test runs
 
-    record = item.stash.get(_test_key, None)
+    record = item.stash.get(golden_test_key, None)
     if record is None:
         return
     state = item.stash.get(state_key, None)
@@ -209,10 +212,10 @@ def check(item: pytest.Item, session: OverlaySession) -> None:
 
 def write(item: pytest.Item, session: OverlaySession | None) -> None:
     """After teardown, with ``--overlay-update``: write the record the call staged."""
-    record = item.stash.get(_test_key, None)
+    record = item.stash.get(golden_test_key, None)
     if record is None or record.new_text is None:
         return
-    del item.stash[_test_key]
+    del item.stash[golden_test_key]
     if session is not None and session.settings.inplace:
         # An untouched view parked for the next test may stand over the record's directory.
         for target in session.settings.lowers:

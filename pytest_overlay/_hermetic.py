@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
+from ._keys import state_key, strict_flagged_key, writes_key
+
 if TYPE_CHECKING:
     from ._runtest import TestState
     from ._session import OverlaySession
@@ -342,10 +344,6 @@ def area_labels(settings: Any, targets: Sequence[Path]) -> list[str]:
     return [names.get(t, "project" if t == lowers[0] else "other") for t in targets]
 
 
-_writes_key = pytest.StashKey[list[dict[str, str]]]()
-_flagged_key = pytest.StashKey[bool]()
-
-
 def _writes(item: pytest.Item, session: OverlaySession, state: TestState) -> list[dict[str, str]]:
     """What the test changed so far in its sandboxed directories, one entry per path."""
     from . import _namespaces
@@ -379,10 +377,10 @@ def _is_parent_of_another(path: str, changes: Iterable[Any]) -> bool:
 def record_writes(item: pytest.Item, session: OverlaySession, state: TestState) -> None:
     """After the test's last finalizer, before its views close: note where it wrote."""
     try:
-        item.stash[_writes_key] = _writes(item, session, state)
+        item.stash[writes_key] = _writes(item, session, state)
     except Exception as exc:  # the views must still be closed after this
         problem = f"(could not compute the changes: {type(exc).__name__}: {exc})"
-        item.stash[_writes_key] = [{"area": "?", "path": problem, "change": "?"}]
+        item.stash[writes_key] = [{"area": "?", "path": problem, "change": "?"}]
 
 
 def hermetic_header(settings: Any) -> list[str]:
@@ -408,18 +406,18 @@ def strict_failure(
     wrote outside ``tmp_path`` into a failure that names the paths."""
     hermetic: Hermetic = session.settings.hermetic
     if report.when == "teardown":
-        writes = item.stash.get(_writes_key, [])
+        writes = item.stash.get(writes_key, [])
         report.overlay_writes = writes  # type: ignore[attr-defined]
-        if not hermetic.strict or not writes or item.stash.get(_flagged_key, False):
+        if not hermetic.strict or not writes or item.stash.get(strict_flagged_key, False):
             return
     elif report.when == "call" and hermetic.strict and state is not None:
         if not report.passed:
-            item.stash[_flagged_key] = True  # failed anyway: no second error in teardown
+            item.stash[strict_flagged_key] = True  # failed anyway: no second error in teardown
             return
         writes = _writes(item, session, state)
         if not writes:
             return
-        item.stash[_flagged_key] = True
+        item.stash[strict_flagged_key] = True
     else:
         return
     lines = [f"  {w['area']}: {w['path']} ({w['change']})" for w in writes]
@@ -438,7 +436,6 @@ def on_report(item: pytest.Item, session: OverlaySession, report: pytest.TestRep
     if report.when == "setup" or (report.when == "call" and not session.settings.hermetic.strict):
         return
     from ._realfs import real_filesystem
-    from ._runtest import state_key
 
     state = item.stash.get(state_key, None)
     with real_filesystem():

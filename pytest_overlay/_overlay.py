@@ -48,7 +48,8 @@ class Overlay(os.PathLike[str]):
 
     @property
     def backend(self) -> str:
-        """Which backend provides the view: ``"kernel"``, ``"fuse"`` or ``"copy"``."""
+        """Which backend provides the view, by its registered name: ``"kernel"``, ``"fuse"``,
+        ``"copy"`` or a plugin's."""
         return self._backend
 
     @property

@@ -1,4 +1,6 @@
-"""One test's sandbox from mount to unmount: fixture mode and in-place mode, keeping, reports.
+"""One test's sandbox from mount to unmount: the ``overlay_root`` fixture's body and in-place
+mode's setup and teardown, keeping its layer, and what the user is told when a view does not
+come down cleanly.
 
 Fixture mode mounts when ``overlay_root`` is set up and unmounts in its finalizer.  In-place
 mode (``--overlay``) mounts each sandboxed directory over itself before any fixture of the test
@@ -11,31 +13,43 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import functools
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from . import _namespaces
+from . import _contain, _namespaces
 from ._backends import Mount
-from ._backends.idmap import overflow_note
-from ._diff import TreeDiff
-from ._errors import ViewLostError, path_too_long
-from ._hermetic import carries, extra_passthrough, layout
+from ._errors import (
+    BackendUnavailableError,
+    OverlayError,
+    ViewLostError,
+    path_too_long,
+)
+from ._hermetic import (
+    carries,
+    extra_passthrough,
+    in_place_targets,
+    layout,
+    record_writes,
+    scratch_outside,
+)
 from ._keep import Record, Store, keep_test
-from ._layers import LayerStack
+from ._keys import registry_key, reports_key, state_key
 from ._overlay import Overlay
-from ._render import count_changes
-from ._report import ReportOptions, render_report
-from ._safetext import safe_path
+from ._realfs import real_filesystem
+from ._report import ReportOptions
 from ._session import OverlaySession
-from ._settings import make_ignore
+from ._settings import MarkerChoices, make_ignore, parse_marker
+from ._snapshot.factory import LayerFactory, resolve_layers
 from ._storepath import cache_dir_of, store_dir
+from ._testreport import all_targets_report, describe_error
 from ._toolstate import Carried, carry_aside
-
-SECTION = "overlay changes"
+from ._warnings import OverlayWarning
 
 
 @dataclass
@@ -56,9 +70,6 @@ class TestState:
     reuse: bool = True
 
 
-state_key = pytest.StashKey[TestState]()
-
-
 def ignore_for(config: pytest.Config, session: OverlaySession, root: Path) -> Callable[[str], bool]:
     """The ignore predicate for a view of *root*: the settings' globs plus our own dirs."""
     cached = session.ignore_cache.get(root)
@@ -71,19 +82,6 @@ def ignore_for(config: pytest.Config, session: OverlaySession, root: Path) -> Ca
                 prefixes.append(path.relative_to(root).as_posix())
     ignore = session.ignore_cache[root] = make_ignore(session.settings.ignore, prefixes)
     return ignore
-
-
-def start_fixture(
-    request: pytest.FixtureRequest,
-    session: OverlaySession,
-    lowers: tuple[Path, ...],
-    backend: str | None,
-) -> TestState:
-    """Mount a view for the ``overlay_root`` fixture (not in-place)."""
-    mount = session.mount(lowers, backend, request.node.name)
-    name = backend or session.selection.backend.name
-    ignore = ignore_for(request.config, session, lowers[0])
-    return TestState([mount], name, Overlay(mount, name, ignore), ignore)
 
 
 def start_in_place(
@@ -183,7 +181,7 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Fini
             kept = True
             _keep(item, session, state)
     except Exception as exc:
-        done.warnings.append(f"could not keep the test's layer: {_describe(exc)}")
+        done.warnings.append(f"could not keep the test's layer: {describe_error(exc)}")
     finally:
         carried = _carry_aside(session, state, done)
         if state.saved_cwd is not None:
@@ -197,7 +195,7 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Fini
             except ViewLostError as exc:
                 lost.append(str(exc))
             except Exception as exc:
-                done.broken.append(f"could not close the view {mount.path}: {_describe(exc)}")
+                done.broken.append(f"could not close the view {mount.path}: {describe_error(exc)}")
         if state.saved_cwd is not None:
             os.chdir(state.saved_cwd)
         for aside in carried:
@@ -224,7 +222,9 @@ def _carry_aside(session: OverlaySession, state: TestState, done: Finished) -> l
         try:
             aside = carry_aside(mount.new_root, target, settings.passthrough, globs, scratch)
         except OSError as exc:
-            done.warnings.append(f"could not set aside the tool state it wrote: {_describe(exc)}")
+            done.warnings.append(
+                f"could not set aside the tool state it wrote: {describe_error(exc)}"
+            )
         else:
             carried.append(aside)
     return carried
@@ -258,7 +258,7 @@ def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path 
     with _namespaces.privileged():
         diffs = [view.diff(state.ignore) for view in state.mounts]
         diff = diffs[0]
-        report = _all_targets_report(state, diffs, ReportOptions(max_lines=None))
+        report = all_targets_report(state, diffs, ReportOptions(max_lines=None))
         # In place with several sandboxed directories: the others' changes, for --json.
         others = [
             {"target": str(target), "diff": other.to_dict()}
@@ -279,119 +279,204 @@ def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path 
         return keep_test(run_dir, record, state.mounts[0].export)
 
 
-def render_changes_report(mount: Mount, diff: TreeDiff, options: ReportOptions) -> str:
-    """The failure report of a view: change list, then unified diffs."""
-    stack = LayerStack(mount.lowers)
-
-    def old(rel: str) -> Path | None:
-        entry = stack.lookup(rel)
-        return None if entry is None else entry.real_path
-
-    def new(rel: str) -> Path | None:
-        path = mount.new_root / rel
-        return path if os.path.lexists(path) else None
-
-    return render_report(diff, old, new, options)
-
-
-def _all_targets_report(state: TestState, diffs: list[TreeDiff], options: ReportOptions) -> str:
-    """The report of every view of the test, given their *diffs*.
-
-    One view (the fixture, or in place with one sandboxed directory): its report as it is.
-    In place with several: one block per directory, headed by its path.
-    """
-    texts = [
-        render_changes_report(mount, diff, options) if diff else "(no changes)"
-        for mount, diff in zip(state.mounts, diffs, strict=True)
-    ]
-    if len(texts) == 1:
-        return texts[0]
-    return "\n\n".join(
-        f"changes under {safe_path(str(target))}:\n{text}"
-        for target, text in zip(state.targets, texts, strict=True)
-    )
-
-
-def failure_section(
+def in_place_setup(
     item: pytest.Item,
-    state: TestState,
     session: OverlaySession,
-    *,
-    color: bool,
-    encoding: str = "utf-8",
-    error: BaseException | None = None,
-) -> tuple[str, str] | None:
-    """The report section that shows a failed test's changes, as pytest's ``--tb`` asks.
-
-    ``--tb=no`` shows none, ``--tb=line`` one line counting the changes, ``--tb=short`` the
-    change list alone; each is cut at ``overlay_diff_lines`` (times 5 with ``-v``, whole with
-    ``-vv``) and ends with a line counting what was left out.  The text is made encodable in
-    *encoding*, the terminal's: pytest writes a section it cannot encode as one line of
-    escapes.  *error*, the exception the phase failed with, adds a note when it is the
-    ``EOVERFLOW`` of a copy-up in the user-namespace kernel backend (a file with an unmapped
-    owner).
-    """
-    style = item.config.getoption("tbstyle", "auto")
-    if style == "no":
-        return None
-    verbosity = item.config.get_verbosity()
-    limit: int | None = session.settings.diff_lines
-    if limit == 0 or verbosity >= 2:
-        limit = None
-    elif verbosity == 1 and limit is not None:
-        limit *= 5
-    hint = f"`pytest-overlay show '{item.nodeid}'`"
-    try:
-        options = ReportOptions(
-            max_lines=limit, color=color, more_hint=hint, details=style != "short"
+    basetemp: Path,
+    request: pytest.FixtureRequest | None = None,
+) -> None:
+    """Sandbox the project for one ``--overlay`` test (see ``plugin._sandbox_in_place``);
+    *request*, that of ``plugin._overlay_in_place``, builds the test's snapshot layers."""
+    scratch = functools.partial(scratch_outside, session.settings, item.config)
+    session.set_basetemp(basetemp, scratch)
+    layers: tuple[Path, ...] = ()
+    if request is not None:  # only a test whose marker asks for layers has the fixture
+        layers = resolve_layers(request, list(marker_choices(item).layers))
+    problem = _uncover_all(item, session, in_place_targets(session.settings))
+    if problem:
+        _contain.stop(item, f"pytest-overlay stopped the run: {problem}")
+        pytest.fail(
+            f"pytest-overlay could not sandbox the project in place: {problem}", pytrace=False
         )
-        with _namespaces.privileged():
-            diffs = [mount.diff(state.ignore) for mount in state.mounts]
-            if style == "line":
-                text = f"{count_changes(diffs)}; {hint} shows them"
+    try:
+        state = start_in_place(item, session, layers)
+    except (OverlayError, OSError) as exc:
+        problem = f"pytest-overlay could not sandbox the project in place: {exc}"
+        _contain.SetupFailures.failed(item, str(exc))
+        # A view mounted half-way is detached now rather than at the next setup.
+        _uncover_all(item, session, in_place_targets(session.settings))
+        pytest.fail(problem, pytrace=False)
+    _contain.SetupFailures.passed(item)
+    item.stash[state_key] = state
+
+
+def _uncover_all(
+    item: pytest.Item, session: OverlaySession, targets: tuple[Path, ...]
+) -> str | None:
+    """Detach what still covers a sandboxed directory; None, or why it cannot be done."""
+    for target in _contain.covered(item.config, targets, session.standing()):
+        session.drop_parked(target)
+        problem = _contain.uncover(item.config, target)
+        if problem is not None:
+            return problem
+    return None
+
+
+def in_place_teardown(item: pytest.Item, session: OverlaySession, *, failed: bool) -> None:
+    """After the last finalizer of an in-place test: unmount, keep, warn."""
+    state = item.stash.get(state_key, None)
+    if state is None or not state.inplace:
+        return
+    if failed:
+        # Known before the report exists: lets a teardown-only failure keep its layer.
+        state.phases["teardown"] = "failed"
+    del item.stash[state_key]
+    with real_filesystem():
+        if session.settings.hermetic.records:
+            record_writes(item, session, state)
+        _finish_or_fail(item, session, state)
+
+
+def _finish_or_fail(item: pytest.Item, session: OverlaySession, state: TestState) -> None:
+    """Tear the test's views down; report what the plugin dealt with, warn about what the
+    user must act on, and fail the test if a view was lost or could not be closed."""
+    try:
+        done = finish(item, session, state)
+    except ViewLostError as exc:
+        _contain_teardown(item, session, state, [])
+        pytest.fail(f"pytest-overlay: {exc}", pytrace=False)
+    for message in done.reports:
+        _report(item, session, message)
+    _contain_teardown(item, session, state, done.broken)
+    if not done.warnings:
+        return  # the usual case: reportinfo below costs a tenth of a millisecond
+    path, lineno, _ = item.reportinfo()
+    as_error = ""
+    for message in done.warnings:
+        # Attributed to the test, so that ``filterwarnings`` and the warnings summary point
+        # at the test that left something behind rather than at this module.
+        try:
+            warnings.warn_explicit(
+                OverlayWarning(f"{item.nodeid}: {message}"),
+                OverlayWarning,
+                filename=str(path),
+                lineno=(lineno or 0) + 1,
+                module=getattr(getattr(item, "module", None), "__name__", None),
+            )
+        except OverlayWarning as exc:
+            as_error = as_error or str(exc)
+    if as_error:
+        # ``filterwarnings = error``: the test errs, in one line rather than our frames.
+        pytest.fail(f"OverlayWarning (an error under filterwarnings): {as_error}", pytrace=False)
+
+
+def _contain_teardown(
+    item: pytest.Item, session: OverlaySession, state: TestState, broken: list[str]
+) -> None:
+    """Fail this test (alone) if its views did not come down cleanly, after making sure that
+    none is left over a sandboxed directory (but the untouched view parked there for the next
+    test); stop the run if one cannot be removed."""
+    problems = list(broken)
+    if state.inplace:
+        for target in _contain.covered(item.config, state.targets, session.standing()):
+            session.drop_parked(target)
+            left = _contain.uncover(item.config, target)
+            if left is not None:
+                _contain.stop(item, f"pytest-overlay stopped the run: {left}")
+                problems.append(left)
             else:
-                text = _all_targets_report(state, diffs, options)
-    except Exception as exc:
-        text = f"(could not compute the changes: {_describe(exc)})"
-    if state.backend == "kernel" and not _namespaces.is_real_root():
-        note = overflow_note(error)
-        text = f"{note}\n\n{text}" if note else text
-    return f"{SECTION} ({state.backend})", _encodable(text, encoding)
+                problems.append(
+                    f"{target} was still covered by a mount after the test's view "
+                    "was closed (one the test made?); it was detached"
+                )
+    if problems:
+        fresh = "" if item.session.shouldfail else "; the next test gets a fresh view"
+        pytest.fail(f"pytest-overlay: {'; '.join(problems)}{fresh}", pytrace=False)
 
 
-def _encodable(text: str, encoding: str) -> str:
-    """*text* with what *encoding* cannot hold as backslash escapes, its lines kept."""
+_REPORTS_SHOWN = 10
+
+
+def _report(item: pytest.Item, session: OverlaySession, message: str) -> None:
+    """A line for the terminal summary: what a test left behind that the plugin dealt with.
+
+    Not a warning: ``filterwarnings = error`` would turn it into an error of the test, though
+    there is nothing to act on.  The first few are shown in full, the rest counted.
+    """
+    count = item.config.stash.setdefault(reports_key, [0])
+    count[0] += 1
+    if count[0] <= _REPORTS_SHOWN:
+        session.notices.append(f"{item.nodeid}: {message}")
+        return
+    tail = " more tests left their view in use, or their scratch directory behind"
+    session.notices[:] = [n for n in session.notices if not n.endswith(tail)]
+    session.notices.append(f"... and {count[0] - _REPORTS_SHOWN}{tail}")
+
+
+def overlay_root_fixture(
+    request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path
+) -> Iterator[Overlay]:
+    """The body of the ``overlay_root`` fixture (see its docstring in the plugin)."""
+    existing = request.node.stash.get(state_key, None)
+    if existing is not None:
+        yield existing.overlay
+        return
+    with real_filesystem():
+        state = _start_fixture_or_fail(request, session, basetemp)
+    request.node.stash[state_key] = state
     try:
-        return text.encode(encoding, "backslashreplace").decode(encoding)
-    except LookupError:  # an encoding Python does not know: leave it to pytest
-        return text
+        yield state.overlay
+    finally:
+        del request.node.stash[state_key]
+        with real_filesystem():
+            _finish_or_fail(request.node, session, state)
 
 
-def _describe(exc: Exception) -> str:
-    """An exception for a report line: a path beyond PATH_MAX explained, not printed whole."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+def _start_fixture_or_fail(
+    request: pytest.FixtureRequest, session: OverlaySession, basetemp: Path
+) -> TestState:
+    """Mount the ``overlay_root`` fixture's view (not in place): over the marker's lowers and
+    layers, or the settings', with the marker's backend or the session's; a view the last test
+    left untouched is reused (:meth:`OverlaySession.view`).  What fails fails the test."""
+    session.set_basetemp(basetemp)
+    choices = marker_choices(request.node)
+    lowers = choices.lowers_for(session.settings, request.config.rootpath)
+    if choices.layers:
+        lowers = resolve_layers(request, list(choices.layers)) + lowers
+    try:
+        backend = session.backend(choices.backend)
+        mount = session.view(backend, lowers, label=request.node.name)
+        ignore = ignore_for(request.config, session, lowers[0])
+        return TestState([mount], backend.name, Overlay(mount, backend.name, ignore), ignore)
+    except BackendUnavailableError as exc:
+        problem = f"pytest-overlay: {exc}"
+    except OSError as exc:
+        problem = f"pytest-overlay could not set up the overlay: {_setup_problem(exc)}"
+    except OverlayError as exc:
+        problem = f"pytest-overlay could not set up the overlay: {exc}"
+    pytest.fail(problem, pytrace=False)
+
+
+def layer_factory(config: pytest.Config, session: OverlaySession, basetemp: Path) -> LayerFactory:
+    """The body of the ``overlay_layer`` fixture."""
+    session.set_basetemp(basetemp)
+    return LayerFactory(config, session)
+
+
+def marker_choices(item: pytest.Item) -> MarkerChoices:
+    """The closest ``overlay`` marker's choices, validated at collection already."""
+    marker = item.get_closest_marker("overlay")
+    if marker is None:
+        return MarkerChoices()
+    return parse_marker(marker.args, dict(marker.kwargs), item.config.stash[registry_key].choices)
+
+
+def _setup_problem(exc: OSError) -> str:
+    if exc.errno == errno.ENAMETOOLONG:
+        # Only the copy backend walks the tree at setup; the mounts do not.
         return (
-            f"{path_too_long('view')}, and the diff reaches files by path; inspect the view "
-            "while the test runs instead"
+            f"{path_too_long('tree')}, and the copy backend copies the tree by path. Use "
+            "--overlay-backend=kernel, which mounts the tree without copying it, or leave that "
+            "directory out of the lower layers (--overlay-lower)"
         )
-    return f"{type(exc).__name__}: {exc}"
-
-
-def kept_summary(config: pytest.Config, session: OverlaySession) -> str | None:
-    """The end-of-run line saying how many layers this run kept, where, and how to look."""
-    if session.run_id is None:
-        return None
-    store = Store(store_dir(cache_dir_of(config)))
-    count = sum(
-        1 for test_dir in store.test_dirs(session.run_id) if (test_dir / "record.json").exists()
-    )
-    if not count:
-        return None
-    where = store.runs_dir / session.run_id
-    with contextlib.suppress(ValueError):
-        where = where.relative_to(Path.cwd())
-    layers = "layer" if count == 1 else "layers"
-    return (
-        f"kept {count} {layers} in {where}; inspect them with `pytest-overlay list` and "
-        "`pytest-overlay show <part of a node id>`"
-    )
+    return str(exc)

@@ -13,16 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _namespaces
-from ._backends import (
-    Backend,
-    Mount,
-    Selection,
-    cannot_work_here,
-    create_backend,
-    fall_back,
-    select_backend,
-)
+from ._backends import Backend, Mount, Selection, cannot_work_here, fall_back, select_backend
 from ._errors import BackendUnavailableError
+from ._registry import AUTO, BackendRegistry
 from ._settings import Settings
 from ._snapshot.cache import LayerCache
 
@@ -37,15 +30,22 @@ MAX_PARKED = 4
 class OverlaySession:
     """Backends for one pytest process, created on first use."""
 
-    def __init__(self, settings: Settings, inherited: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: BackendRegistry,
+        inherited: dict[str, Any] | None = None,
+    ) -> None:
         self.settings = settings
+        self.registry = registry
         self._inherited = inherited
         self._selection: Selection | None = None
         self._selection_error: BackendUnavailableError | None = None
         self._backends: dict[str, Backend] = {}
         self._scratch: Path | None = None
         self.basetemp: Path | None = None
-        self.kernel_unusable: str | None = None
+        # The backend that needed a user namespace the process could not enter, and why.
+        self.unusable: tuple[str, str] | None = None
         self.layer_cache: LayerCache | None = None
         # Per view root: which relative paths a diff leaves out (computed once, hot path).
         self.ignore_cache: dict[Path, Callable[[str], bool]] = {}
@@ -101,12 +101,13 @@ class OverlaySession:
     def _select(self) -> Selection:
         if self._inherited is not None:
             # An xdist worker takes the controller's decision instead of probing again.
-            backend = create_backend(
+            backend = self.registry.create(
                 self._inherited["backend"], self._scratch_dir, self.settings.upper_size
             )
             passed = tuple((str(a), str(b)) for a, b in self._inherited["passed_over"])
             return Selection(backend, passed)
         return select_backend(
+            self.registry,
             self.settings.backend,
             self._scratch_dir,
             self.settings.upper_size,
@@ -116,17 +117,21 @@ class OverlaySession:
 
     def backend(self, name: str | None) -> Backend:
         """The session's backend, or the one a marker asks for by name."""
-        if name is None or name == "auto":
+        if name is None or name == AUTO:
             return self.selection.backend
-        if name == "kernel" and self.kernel_unusable is not None:
-            raise cannot_work_here("kernel", self.kernel_unusable)
+        if self.unusable is not None and name == self.unusable[0]:
+            raise cannot_work_here(*self.unusable)
         if name not in self._backends:
-            backend = create_backend(name, self._scratch_dir, self.settings.upper_size)
+            backend = self.registry.create(name, self._scratch_dir, self.settings.upper_size)
             reason = backend.unavailable_reason()
             if reason is not None:
                 raise cannot_work_here(name, reason)
             self._backends[name] = backend
         return self._backends[name]
+
+    def created(self, name: str) -> Backend | None:
+        """The session's backend named *name*, if it created one."""
+        return self._backends.get(name)
 
     def view(
         self,
@@ -152,10 +157,6 @@ class OverlaySession:
             mount = backend.mount(lowers, label=label, target=target, passthrough=passthrough)
         self._in_use[mount] = key
         return mount
-
-    def mount(self, lowers: Sequence[Path], backend: str | None, label: str) -> Mount:
-        """A view for one test in fixture mode (see :meth:`view`)."""
-        return self.view(self.backend(backend), lowers, label=label)
 
     def release(self, mount: Mount, *, reuse: bool = True) -> list[str]:
         """A test is done with *mount*: park it for the next test if it may be reused (see
@@ -214,29 +215,36 @@ class OverlaySession:
         self.notices.extend(m for m in messages if m not in self.notices)
 
     def wants_user_namespace(self) -> bool:
-        """Whether the kernel backend will need this process to enter a user namespace."""
+        """Whether the session's backend will need this process to enter a user namespace."""
         if _namespaces.is_real_root() or _namespaces.entered_user_namespace():
             return False
         try:
-            return self.selection.backend.name == "kernel"
+            return self.selection.backend.user_namespace
         except BackendUnavailableError:
             return False
 
-    def give_up_kernel(self, reason: str) -> str:
-        """The kernel backend turned out unusable after all; returns what to tell the user.
+    def give_up_user_namespace(self, reason: str) -> str:
+        """The process cannot enter the user namespace its backend (the kernel's) needs after
+        all; returns what to tell the user.
 
-        With ``auto`` the session falls back to the copy backend; an explicit ``kernel``
-        makes every test that asks for an overlay fail with *reason*.
+        With ``auto`` the session falls back to the next backend that works; an explicit
+        choice makes every test that asks for an overlay fail with *reason*.
         """
-        self.kernel_unusable = reason
-        if self.settings.backend == "auto":
+        name = self.selection.backend.name
+        self.unusable = (name, reason)
+        if self.settings.backend == AUTO:
+            passed_over = (*self.selection.passed_over, (name, reason))
             self._selection = fall_back(
-                self._scratch_dir, (("kernel", reason),), inplace=self.settings.inplace
+                self.registry,
+                self._scratch_dir,
+                passed_over,
+                self.settings.upper_size,
+                inplace=self.settings.inplace,
             )
-            name = self._selection.backend.name
-            self._backends = {name: self._selection.backend}
-            return f"kernel backend unusable, using the {name} backend instead: {reason}"
-        self._selection_error = cannot_work_here("kernel", reason)
+            instead = self._selection.backend.name
+            self._backends = {instead: self._selection.backend}
+            return f"{name} backend unusable, using the {instead} backend instead: {reason}"
+        self._selection_error = cannot_work_here(name, reason)
         return str(self._selection_error)
 
     def shutdown(self) -> None:

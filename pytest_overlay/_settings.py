@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 import pytest
 
 from ._choices import (
-    BACKEND_CHOICES,
     KEEP_CHOICES,
     MARKER_ARGUMENTS,
     TOOL_STATE_CHOICES,
@@ -26,8 +25,24 @@ from ._choices import (
 from ._hermetic import Hermetic
 from ._hermetic import add_options as add_hermetic_options
 from ._hermetic import parse as parse_hermetic
+from ._registry import AUTO, BUILTIN_BACKENDS
 
 _Word = TypeVar("_Word", bound=str)
+
+
+class _Listed:
+    """argparse ``choices`` that name *words* in ``--help`` but accept any value: the value is
+    checked against the backend registry later, with a message that says how to fix it."""
+
+    def __init__(self, words: Iterable[str]) -> None:
+        self._words = words
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._words)
+
+    def __contains__(self, value: object) -> bool:
+        return True
+
 
 DEFAULT_IGNORE = (
     "__pycache__",
@@ -40,8 +55,12 @@ DEFAULT_IGNORE = (
 )
 
 
-def add_options(parser: pytest.Parser) -> None:
-    """Register every option with its ``overlay_*`` ini twin."""
+def add_options(parser: pytest.Parser, backends: Iterable[str] = (AUTO, *BUILTIN_BACKENDS)) -> None:
+    """Register every option with its ``overlay_*`` ini twin.
+
+    :param backends: what ``--help`` lists for ``--overlay-backend``; iterated when the help
+        is shown (a plugin's backends are registered after this option is added).
+    """
     group = parser.getgroup("overlay", "per-test filesystem overlays (pytest-overlay)")
 
     def option(
@@ -63,12 +82,20 @@ def add_options(parser: pytest.Parser) -> None:
         const=True,
         default=None,
     )
-    option(
-        "backend",
-        "string",
-        f"Overlay backend: {', '.join(BACKEND_CHOICES)} (default: auto)",
-        "auto",
+    # argparse only lists these (its %(choices)s); Settings checks the value, in its own words.
+    group.addoption(
+        "--overlay-backend",
+        dest="overlay_backend",
+        help="Overlay backend: %(choices)s (default: auto)",
         metavar="NAME",
+        choices=_Listed(backends),
+    )
+    parser.addini(
+        "overlay_backend",
+        help=f"Overlay backend: {', '.join((AUTO, *BUILTIN_BACKENDS))} or one a plugin "
+        "registers (default: auto)",
+        type="string",
+        default="auto",
     )
     option(
         "lowers",
@@ -224,15 +251,18 @@ class Settings:
     """In place: more sandboxed directories, the writes report, strict mode (_hermetic.py)."""
 
     @classmethod
-    def from_config(cls, config: pytest.Config) -> Settings:
-        """Parse and validate; a mistake is a usage error that names the fix."""
+    def from_config(cls, config: pytest.Config, backends: Sequence[str]) -> Settings:
+        """Parse and validate; a mistake is a usage error that names the fix.
+
+        :param backends: the names ``--overlay-backend`` accepts (the registry's choices).
+        """
         root = config.rootpath
 
         def value(name: str) -> Any:
             given = config.getoption(name)
             return config.getini(name) if given is None else given
 
-        backend = _choice(value("overlay_backend"), BACKEND_CHOICES, "backend", "overlay backend")
+        backend = _choice(value("overlay_backend"), backends, "backend", "overlay backend")
         lowers = resolve_lowers(value("overlay_lowers"), root, "--overlay-lower / overlay_lowers")
         passthrough = resolve_lowers(
             value("overlay_passthrough"),
@@ -419,18 +449,25 @@ class MarkerChoices:
         return resolve_lowers(self.lowers, root, "overlay marker")
 
 
-MARKER_SIGNATURE = (
-    "lowers=<a directory or a list of them, relative to the project root>, "
-    f"backend=<{' | '.join(BACKEND_CHOICES)}>, layers=<a list of fixture names>"
-)
+def marker_signature(backends: Sequence[str]) -> str:
+    """The arguments the ``overlay`` marker accepts, for its error messages."""
+    return (
+        "lowers=<a directory or a list of them, relative to the project root>, "
+        f"backend=<{' | '.join(backends)}>, layers=<a list of fixture names>"
+    )
 
 
 class MarkerError(ValueError):
     """An ``overlay`` marker written wrong; the message says what and how to write it."""
 
 
-def parse_marker(args: Sequence[object], kwargs: dict[str, object]) -> MarkerChoices:
-    """Validate an ``overlay`` marker's arguments; raises :class:`MarkerError`."""
+def parse_marker(
+    args: Sequence[object], kwargs: dict[str, object], backends: Sequence[str]
+) -> MarkerChoices:
+    """Validate an ``overlay`` marker's arguments; raises :class:`MarkerError`.
+
+    :param backends: the names ``backend=`` accepts (the registry's choices).
+    """
     if args:
         shown = ", ".join(repr(a) for a in args)
         raise MarkerError(
@@ -445,13 +482,13 @@ def parse_marker(args: Sequence[object], kwargs: dict[str, object]) -> MarkerCho
             hint = f"; did you mean {close[0]}=?" if close else ""
             raise MarkerError(f"unknown argument {name}={kwargs[name]!r}{hint}")
     backend = kwargs.get("backend")
-    if backend is not None and backend not in BACKEND_CHOICES:
+    if backend is not None and backend not in backends:
         raise MarkerError(
-            f"backend={backend!r} is not a backend; choose one of {', '.join(BACKEND_CHOICES)}"
+            f"backend={backend!r} is not a backend; choose one of {', '.join(backends)}"
         )
     return MarkerChoices(
         lowers=_names_or_none(kwargs, "lowers", "a directory or a list of directories"),
-        backend=None if backend in (None, "auto") else str(backend),
+        backend=None if backend in (None, AUTO) else str(backend),
         layers=_names_or_none(kwargs, "layers", "a fixture name or a list of them") or (),
     )
 

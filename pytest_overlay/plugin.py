@@ -1,12 +1,15 @@
 """The pytest plugin: hooks and fixtures, thin, and inert until a test or an option asks.
 
 pytest imports this module in every run of every project where pytest-overlay is installed,
-so it imports only pytest, the standard library and the option definitions.  The machinery
-(:mod:`pytest_overlay._activation` and the backends behind it) is imported, and the machine
-probed, only once the plugin is in use: when a collected test uses ``overlay_root``, the
-``overlay`` marker or ``overlay_layer``, or when ``--overlay``, an explicit
-``--overlay-backend`` or ``overlay_userns = early`` asks for it: ``_engine`` imports
-:mod:`pytest_overlay._activation` at its first use, and mypy reads it as that module.
+so it imports only pytest, the standard library, pluggy and the option definitions.  The
+machinery is imported, and the machine probed, only once the plugin is in use: when a collected
+test uses ``overlay_root``, the ``overlay`` marker or ``overlay_layer``, or when ``--overlay``,
+an explicit ``--overlay-backend`` or ``overlay_userns = early`` asks for it.  It is reached
+through lazy modules, one per concern, each imported at its first use and read by mypy as the
+module itself: ``_engine`` (:mod:`._activation`: the session, header, summary, xdist hand-off),
+``_test_engine`` (:mod:`._runtest`: one test's views, from the fixture or the in-place hook to
+:meth:`OverlaySession.view`), ``_report_engine`` (:mod:`._testreport`: a failed test's section),
+``_userns_engine`` (:mod:`._userns`) and ``_golden_engine`` (:mod:`._goldenrun`).
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import _hermetic
+from . import _hermetic, _registry
 from ._choices import GOLDEN_MARKER, RECORDS_DIR
 from ._keys import (
     golden_modules_key,
     golden_outcome_key,
     golden_tests_key,
     header_shown_key,
+    in_place_by_hook_key,
+    marker_problem_key,
+    registry_key,
     run_id_key,
     session_key,
     settings_key,
@@ -33,9 +39,11 @@ from ._keys import (
 )
 from ._names import name_in_module, new_run_id
 from ._realfs import real_filesystem
-from ._settings import MARKER_SIGNATURE, MarkerError, Settings, add_options, parse_marker
+from ._settings import MarkerError, Settings, add_options, marker_signature, parse_marker
 
 if TYPE_CHECKING:
+    import pluggy
+
     from ._overlay import Overlay
     from ._session import OverlaySession
     from ._snapshot.factory import LayerFactory
@@ -43,9 +51,6 @@ if TYPE_CHECKING:
 FIXTURE_NAME = "overlay_root"
 LAYER_FIXTURE = "overlay_layer"
 IN_PLACE_FIXTURE = "_overlay_in_place"
-marker_problem_key = pytest.StashKey[str]()
-# In place: the tests that pytest_runtest_setup sandboxes (the others have IN_PLACE_FIXTURE).
-in_place_by_hook_key = pytest.StashKey[bool]()
 WORKER_NOTICES = "pytest_overlay_notices"
 WORKER_GOLDEN = "pytest_overlay_golden"
 MARKER_HELP = (
@@ -76,8 +81,18 @@ class _LazyModule:
 if TYPE_CHECKING:
     # mypy reads the machinery itself, so that every call into it is checked.
     from . import _activation as _engine
+    from . import _runtest as _test_engine
+    from . import _testreport as _report_engine
+    from . import _userns as _userns_engine
 else:
+    # The session (activation, header, summary, xdist hand-off).
     _engine = _LazyModule("pytest_overlay._activation")
+    # One test's views: the fixtures' bodies, in-place setup and teardown.
+    _test_engine = _LazyModule("pytest_overlay._runtest")
+    # A failed test's report section.
+    _report_engine = _LazyModule("pytest_overlay._testreport")
+    # When the process enters its user namespace.
+    _userns_engine = _LazyModule("pytest_overlay._userns")
 
 
 if TYPE_CHECKING:
@@ -99,12 +114,34 @@ def _use(config: pytest.Config) -> OverlaySession:
     session = _active(config)
     if session is None:
         session = _engine.activate(config, config.stash[settings_key], config.stash[run_id_key])
-        _engine.enter_for_tests(config, session)
+        _userns_engine.enter_for_tests(config, session)
     return session
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    add_options(parser)
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_overlay_register_backends(registry: _registry.BackendRegistry) -> None:
+    """The built-in backends, first: ``auto`` tries them in this order before any other."""
+    _registry.add_builtins(registry)
+
+
+class _BackendNames:
+    """The names ``--help`` lists for ``--overlay-backend``, asked of the registry when shown."""
+
+    def __init__(self, hook: pluggy.HookRelay) -> None:
+        self._hook = hook
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_registry.collect(self._hook).choices)
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    add_options(parser, _BackendNames(pluginmanager.hook))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -121,15 +158,17 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     inplace = bool(value("overlay"))
     early = str(value("overlay_userns") or "").strip() == "early"
     backend = str(value("overlay_backend") or "auto").strip()
-    if (inplace or early) and backend in ("auto", "kernel"):
-        _engine.enter_before_conftests(early_config, inplace=inplace)
+    if inplace or early:
+        registry = _registry.collect(early_config.hook)
+        _userns_engine.enter_before_conftests(early_config, registry, backend, inplace=inplace)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     config.addinivalue_line("markers", GOLDEN_HELP)
-    settings = Settings.from_config(config)
+    registry = config.stash[registry_key] = _registry.collect(config.hook)
+    settings = Settings.from_config(config, registry.choices)
     inherited = getattr(config, "workerinput", {}).get("pytest_overlay") or {}
     config.stash[settings_key] = settings
     config.stash[run_id_key] = inherited.get("run_id") or new_run_id()
@@ -160,7 +199,7 @@ class _XdistHooks:
         decided: dict[str, Any] = {}
         if session is not None:
             decided = {
-                "encoding": _engine.terminal_encoding(node.config),
+                "encoding": _report_engine.terminal_encoding(node.config),
                 **_engine.xdist_worker_input(session),
             }
         node.workerinput["pytest_overlay"] = {
@@ -202,17 +241,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     problems: list[str] = []
     used = False
     in_place = config.stash[settings_key].inplace
+    backends = config.stash[registry_key].choices
+    signature = marker_signature(backends)
     for item in items:
         names = getattr(item, "fixturenames", None)
         markers = list(item.iter_markers("overlay"))
         layers = False
         for index, marker in enumerate(markers):
             try:
-                choices = parse_marker(marker.args, dict(marker.kwargs))
+                choices = parse_marker(marker.args, dict(marker.kwargs), backends)
             except MarkerError as exc:
                 problem = f"{item.nodeid}: @pytest.mark.overlay: {exc}"
                 problems.append(problem)
-                item.stash[marker_problem_key] = f"{problem}\nIt accepts {MARKER_SIGNATURE}."
+                item.stash[marker_problem_key] = f"{problem}\nIt accepts {signature}."
             else:
                 layers = layers or (index == 0 and bool(choices.layers))  # the closest decides
         if in_place and names is not None and IN_PLACE_FIXTURE not in names:
@@ -245,7 +286,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "the overlay marker is written wrong:\n  "
             + "\n  ".join(shown[:10])
             + more
-            + f"\nIt accepts {MARKER_SIGNATURE}."
+            + f"\nIt accepts {signature}."
         )
     if used:
         _use(config)
@@ -291,7 +332,7 @@ def _sandbox_in_place(item: pytest.Item) -> None:
                     pytrace=False,
                 )
             basetemp = Path(factory.getbasetemp())
-        _engine.in_place_setup(item, session, basetemp)
+        _test_engine.in_place_setup(item, session, basetemp)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -300,7 +341,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if overlay_session is None:
         return
     # The last moment before tests (or the plugins around them) start threads.
-    _engine.enter_for_tests(session.config, overlay_session)
+    _userns_engine.enter_for_tests(session.config, overlay_session)
     if hasattr(session.config, "workerinput") and not session.config.stash.get(
         header_shown_key, False
     ):
@@ -355,7 +396,7 @@ def _overlay_in_place(
     basetemp = Path(tmp_path_factory.getbasetemp())
     # A fake filesystem (pyfakefs, of a wider scope) may be active already: see _realfs.
     with real_filesystem():
-        _engine.in_place_setup(request.node, _use(request.config), basetemp, request)
+        _test_engine.in_place_setup(request.node, _use(request.config), basetemp, request)
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)
@@ -383,7 +424,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         try:
             if session is not None:
                 # It leaves a fake filesystem itself, only if it has a view to close.
-                _engine.in_place_teardown(item, session, failed=failed)
+                _test_engine.in_place_teardown(item, session, failed=failed)
         finally:
             if _is_golden(item):
                 # The views are gone: a record is written to the real disk.
@@ -404,7 +445,7 @@ def overlay_root(
     with real_filesystem():
         session = _use(request.config)
         basetemp = Path(tmp_path_factory.getbasetemp())
-        body = _engine.overlay_root_fixture(request, session, basetemp)
+        body = _test_engine.overlay_root_fixture(request, session, basetemp)
         # Its setup (under this guard: its own costs nothing nested).
         overlay = next(body)
     try:
@@ -429,7 +470,7 @@ def overlay_layer(
     with real_filesystem():
         session = _use(request.config)
         basetemp = Path(tmp_path_factory.getbasetemp())
-        factory: LayerFactory = _engine.layer_factory(request.config, session, basetemp)
+        factory: LayerFactory = _test_engine.layer_factory(request.config, session, basetemp)
     return factory
 
 
@@ -445,7 +486,7 @@ def pytest_runtest_makereport(
     # Only a failure's report reads the view; the rest records the outcome.
     guard = real_filesystem() if report.failed else contextlib.nullcontext()
     with guard:
-        section = _engine.failure_report(item, session, report.when, report.outcome, error)
+        section = _report_engine.failure_report(item, session, report.when, report.outcome, error)
     if section is not None:
         from ._ci_reports import attach
 

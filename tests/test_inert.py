@@ -71,8 +71,12 @@ THIN = {
     # Holds the real os functions, taken when pytest loads the plugin, before a test can
     # patch them (standard library only).
     "pytest_overlay._realfs",
+    # The backend registry and our hookspecs (standard library and pluggy): a backend's module
+    # is imported only by its factory, once a test needs it.
+    "pytest_overlay._registry",
     "pytest_overlay._settings",
     "pytest_overlay._version",
+    "pytest_overlay.hookspecs",
     "pytest_overlay.plugin",
 }
 TRIVIAL = """

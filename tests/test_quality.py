@@ -34,10 +34,17 @@ def test_mypy_strict() -> None:
 
 def test_mypy_checks_the_calls_into_the_machinery(tmp_path: Path) -> None:
     # Issue 21: the plugin reached the machinery through a ModuleType, so every call was Any.
+    # Each lazy module of the plugin (one per concern) is read as the module itself.
     wrong = tmp_path / "wrong_call.py"
-    wrong.write_text("from pytest_overlay.plugin import _engine\n\n_engine.header_lines()\n")
+    wrong.write_text(
+        "from pytest_overlay.plugin import _engine, _report_engine, _test_engine, _userns_engine"
+        "\n\n_engine.header_lines()\n_test_engine.layer_factory()\n"
+        "_report_engine.terminal_encoding()\n_userns_engine.enter_for_tests()\n"
+    )
     result = run([sys.executable, "-m", "mypy", "--strict", str(wrong)], cwd=ROOT, expect_rc=1)
     assert 'Missing positional argument "session" in call to "header_lines"' in result.stdout
+    for function in ("layer_factory", "terminal_encoding", "enter_for_tests"):
+        assert f'in call to "{function}"  [call-arg]' in result.stdout, result.stdout
 
 
 def _collected(*args: str, require: str) -> tuple[int, int]:

@@ -25,8 +25,9 @@ from pytest_overlay._holders import name_holders
 from pytest_overlay._layers import Entry, LayerStack
 from pytest_overlay._layerwrite import copy_metadata, copy_node, is_root, synthesize_upper
 
-from .base import IgnoreFn, safe_label
+from .base import IgnoreFn, ScratchBackend, safe_label
 from .copy_tracking import ChangeTracker, processes_inside, signature
+from .inplace import COPY_IN_PLACE
 
 # ioctl(FICLONE): share the source's extents instead of copying bytes (btrfs, xfs, bcachefs).
 _FICLONE = 0x40049409
@@ -343,17 +344,16 @@ class CopyMount:
         ]
 
 
-class CopyBackend:
+class CopyBackend(ScratchBackend[CopyMount]):
     """Copy-up emulated with a copy of the tree, made once and reset after each test."""
 
     name = "copy"
+    in_place = False
 
     def __init__(self, scratch: Callable[[], Path], *, watch: bool = True) -> None:
         """*watch* False finds changes by a stat walk alone, as where inotify is missing."""
-        # The scratch directory lives in pytest's basetemp, known only once a test runs.
+        super().__init__(scratch)
         self._watch = watch
-        self._scratch_provider = scratch
-        self._scratch_path: Path | None = None
         self._counter = itertools.count()
         self._cloner = _Cloner()
         self._idle: dict[tuple[Path, ...], list[_Copy]] = {}
@@ -361,28 +361,17 @@ class CopyBackend:
         self._reset_failures: list[str] = []
         self._reset_told = False
 
-    @property
-    def _scratch(self) -> Path:
-        if self._scratch_path is None:
-            self._scratch_path = self._scratch_provider()
-        return self._scratch_path
-
     def unavailable_reason(self) -> str | None:
         return None
 
     def describe(self) -> str:
         return "a copy of the tree per session, reset after each test"
 
-    def notes(self) -> list[str]:
-        return []
+    def in_place_refusal(self, *, explicit: bool) -> str | None:
+        return COPY_IN_PLACE
 
-    def mount(
-        self,
-        lowers: Sequence[Path],
-        *,
-        label: str,
-        target: Path | None = None,
-        passthrough: Sequence[Path] = (),
+    def _mount(
+        self, lowers: Sequence[Path], label: str, target: Path | None, passthrough: Sequence[Path]
     ) -> CopyMount:
         # A copy cannot appear at the real path (*target*); in-place mode never uses this
         # backend (see inplace.py), and *passthrough* only matters there.

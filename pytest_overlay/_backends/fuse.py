@@ -28,9 +28,14 @@ from pytest_overlay._files import remove_tree
 from pytest_overlay._fuse.client import FuseMount, availability, start
 from pytest_overlay._fuse.session import SessionServer
 from pytest_overlay._holders import describe_holders, holders_of, view_device
+from pytest_overlay._probe import probe_kernel
 
-from .base import safe_label
-from .inplace import IN_PLACE_NEEDS_PRIVATE_NAMESPACE
+from .base import ScratchBackend, safe_label
+from .inplace import (
+    IN_PLACE_NEEDS_PRIVATE_NAMESPACE,
+    fuse_in_place_needs_root,
+    fuse_in_place_refused,
+)
 from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
 
 
@@ -113,24 +118,17 @@ def _how(status: int) -> str:
     return f"exit status {status}"
 
 
-class FuseBackend:
+class FuseBackend(ScratchBackend[FuseView]):
     """The overlay filesystem of :mod:`pytest_overlay._fuse`, served out of process."""
 
     name = "fuse"
 
     def __init__(self, scratch: Callable[[], Path]) -> None:
-        self._scratch_provider = scratch
-        self._scratch_path: Path | None = None
+        super().__init__(scratch)
         self._counter = itertools.count()
         self._reason: str | None = None
         self._probed = False
         self._server: SessionServer | None = None
-
-    @property
-    def _scratch(self) -> Path:
-        if self._scratch_path is None:
-            self._scratch_path = self._scratch_provider()
-        return self._scratch_path
 
     def unavailable_reason(self) -> str | None:
         if not self._probed:
@@ -141,16 +139,17 @@ class FuseBackend:
     def describe(self) -> str:
         return "root" if os.geteuid() == 0 else "fusermount3"
 
-    def notes(self) -> list[str]:
-        return []
+    def in_place_refusal(self, *, explicit: bool) -> str | None:
+        if private_mounts_possible():
+            return None
+        if not explicit:
+            return fuse_in_place_needs_root()
+        # The whole story, no report header having been printed: with the kernel's verdict.
+        kernel = probe_kernel()
+        return fuse_in_place_refused(None if kernel.ok else kernel.reason)
 
-    def mount(
-        self,
-        lowers: Sequence[Path],
-        *,
-        label: str,
-        target: Path | None = None,
-        passthrough: Sequence[Path] = (),
+    def _mount(
+        self, lowers: Sequence[Path], label: str, target: Path | None, passthrough: Sequence[Path]
     ) -> FuseView:
         private = private_mounts_possible()
         if target is not None and not private:

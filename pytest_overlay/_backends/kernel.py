@@ -36,7 +36,8 @@ from pytest_overlay import _mountinfo, _namespaces, _overlayopts, _probe, _sysca
 from pytest_overlay._errors import MountError
 from pytest_overlay._holders import describe_holders, holders_of, view_device
 
-from .base import safe_label
+from .base import ScratchBackend, safe_label
+from .idmap import overflow_note, unmapped_owner
 from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
 
 # Closed views left mounted in a batch before it is detached (see the module docstring).
@@ -183,15 +184,15 @@ def _is_busy(target: Path) -> bool:
     return False
 
 
-class KernelBackend:
+class KernelBackend(ScratchBackend[KernelMount]):
     """Kernel overlayfs in a private mount namespace."""
 
     name = "kernel"
+    user_namespace = True
 
     def __init__(self, scratch: Callable[[], Path], upper_size: str = "") -> None:
-        # The scratch directory lives in pytest's basetemp, known only once a test runs.
-        self._scratch_provider = scratch
-        self._scratch_path: Path | None = None
+        super().__init__(scratch)
+        self._upper_size = upper_size
         self._counter = itertools.count()
         self._probe: _probe.ProbeResult | None = None
         self._ready_threads: set[int] = set()
@@ -201,12 +202,6 @@ class KernelBackend:
         self._batches = itertools.count()
         # The batch new views go into, per thread (each has a mount namespace of its own).
         self._current: dict[int, _Batch] = {}
-
-    @property
-    def _scratch(self) -> Path:
-        if self._scratch_path is None:
-            self._scratch_path = self._scratch_provider()
-        return self._scratch_path
 
     def _probe_result(self) -> _probe.ProbeResult:
         if self._probe is None:
@@ -235,6 +230,20 @@ class KernelBackend:
             "upper layers on the disk, in pytest's temporary directory, unless that is on "
             f"tmpfs, overlayfs or FUSE: {tmpfs}, and a project's files may carry them"
         ]
+
+    def in_place_refusal(self, *, explicit: bool) -> str | None:
+        return None
+
+    def lowers_refusal(self, lowers: Sequence[Path], *, explicit: bool) -> str | None:
+        # An explicit choice is not checked for a lower stacked too deep: its mount says so.
+        if explicit:
+            return unmapped_owner(lowers)
+        return refused_lower(lowers) or unmapped_owner(lowers)
+
+    def failure_note(self, error: BaseException | None) -> str:
+        # In a user namespace, EOVERFLOW on a write is a copy-up of a file with an unmapped owner.
+        overflow = overflow_note(error) if self.unprivileged else ""
+        return upper_full_note(error, self._upper_size) or overflow
 
     @property
     def unprivileged(self) -> bool:
@@ -311,13 +320,8 @@ class KernelBackend:
         with contextlib.suppress(OSError):
             batch.path.rmdir()
 
-    def mount(
-        self,
-        lowers: Sequence[Path],
-        *,
-        label: str,
-        target: Path | None = None,
-        passthrough: Sequence[Path] = (),
+    def _mount(
+        self, lowers: Sequence[Path], label: str, target: Path | None, passthrough: Sequence[Path]
     ) -> KernelMount:
         self._prepare_thread()
         batch = self.batch()
@@ -443,3 +447,15 @@ def _copy_root_metadata(lower_root: Path, upper: Path) -> None:
     if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
         with contextlib.suppress(OSError):
             os.chown(upper, st.st_uid, st.st_gid)
+
+
+def upper_full_note(error: BaseException | None, upper_size: str) -> str:
+    """Why a write failed with ENOSPC on the kernel backend: the test's upper layer is full."""
+    if not isinstance(error, OSError) or error.errno != errno.ENOSPC:
+        return ""
+    limit = f"limited to {upper_size}" if upper_size else "at the tmpfs default, half the memory"
+    return (
+        f"The test's upper layer is full: it is a tmpfs {limit} "
+        "(--overlay-upper-size / overlay_upper_size). Raise the limit, for example "
+        "--overlay-upper-size=4G, or write large outputs outside the overlay (tmp_path)."
+    )
