@@ -134,6 +134,27 @@ def test_marker_backend_overrides_session(pytester: pytest.Pytester) -> None:
 
 
 @pytest.mark.usefixtures("kernel")
+def test_a_copy_after_a_kernel_view_leaves_the_session_scratch_out(
+    pytester: pytest.Pytester,
+) -> None:
+    # pytester's basetemp is inside the project: the copy walked into the kernel backend's
+    # scratch directory (its views mounted there) and failed with RecursionError.
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_kernel(overlay_root):
+            (overlay_root / "x").write_text("1")
+
+        @pytest.mark.overlay(backend="copy")
+        def test_copy(overlay_root):
+            assert not (overlay_root / "x").exists()
+        """
+    )
+    run(pytester).assert_outcomes(passed=2)
+
+
+@pytest.mark.usefixtures("kernel")
 def test_nothing_left_behind(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """

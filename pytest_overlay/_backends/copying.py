@@ -386,7 +386,9 @@ class CopyBackend(ScratchBackend[CopyMount]):
             copy = idle.pop()
             if self._reset(copy):  # a process the last test left behind may have written since
                 return copy
-        scratch = os.path.realpath(self._scratch)
+        # The whole session's scratch directory, not only ours: where pytest's temporary
+        # directory is inside the project, the other backends' views are mounted in it.
+        scratch = os.path.realpath(self._scratch.parent)
         root = self._scratch / f"copy{next(self._counter)}"
         copy = _Copy(root, key, {scratch}, self._cloner, watch=self._watch)
         self._copies.append(copy)
