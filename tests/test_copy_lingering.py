@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_overlay._backends.copy_tracking import _NewPids
 from pytest_overlay._backends.copying import CopyBackend
 
 pytestmark = pytest.mark.skipif(
@@ -127,3 +128,60 @@ def test_a_held_file_with_a_hostile_name_is_shown_safely(
         process.wait()
     expected = rf"by pid {process.pid} (sleep 60) through {first.path}/log\x1b[31m\n.txt when"
     assert expected in message, message
+
+
+def test_a_process_started_in_an_earlier_test_is_still_watched(
+    backend: CopyBackend, lower: Path, tmp_path: Path
+) -> None:
+    """A process a test left running, holding nothing when it ended, that opens a file of the
+    copy during a later test: that later test's copy is set aside (the scans remember every
+    process started since pytest, not only those started since the last scan)."""
+    go = tmp_path / "go"
+    first = backend.mount([lower], label="t")
+    script = f"while [ ! -e '{go}' ]; do sleep 0.02; done; exec 3< '{first.path / 'f'}'; "
+    process = subprocess.Popen(
+        ["sh", "-c", script + "echo open; exec sleep 60"], cwd=tmp_path, stdout=subprocess.PIPE
+    )
+    try:
+        assert first.close() == []  # it holds nothing yet
+        second = backend.mount([lower], label="t")
+        assert second.path == first.path
+        go.touch()
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"open\n"
+        messages = second.close()
+        assert len(messages) == 1
+        assert f"was still in use by pid {process.pid} (" in messages[0]
+    finally:
+        process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_only_processes_started_since_pytest_are_looked_at() -> None:
+    """The pids scanned: ours and those handed out since the previous scan (cyclically, after
+    a wrap-around), plus those of earlier scans still alive; never an older one above ours."""
+    new = _NewPids()
+    # First scan: 500 is us; 900 and 30 are older than us (above our pid after a wrap-around
+    # before we started), 501 and 502 were started since.
+    assert new.candidates(500, [30, 500, 501, 502, 900], 502) == {500, 501, 502}
+    # 501 died; 600 is new; the kernel has reached 650.
+    assert new.candidates(500, [30, 500, 502, 600, 900], 650) == {500, 502, 600}
+    # The pids wrapped around since (650 up to pid_max, then from the bottom up to 310): every
+    # living pid on the way may be new, the older ones too, so all of them are looked at.
+    assert new.candidates(500, [30, 310, 500, 502, 600, 900, 32000], 310) == {
+        30,
+        310,
+        500,
+        502,
+        600,
+        900,
+        32000,
+    }
+    # Nothing started since; 30 and 900 stay looked at (one wrap-around may have reused them).
+    assert new.candidates(500, [30, 310, 500, 600, 900], 310) == {30, 310, 500, 600, 900}
+    # A forked child starts again from its own pid.
+    assert new.candidates(700, [30, 500, 700, 701, 900], 701) == {700, 701}
+    # Without ns_last_pid: every pid from ours up, as before.
+    assert new.candidates(700, [30, 500, 700, 701, 900], None) == {700, 701, 900}

@@ -238,32 +238,66 @@ class ChangeTracker:
             self._inotify = None
 
 
+class _NewPids:
+    """Which processes were started since this process (pytest) was: the pids the kernel has
+    handed out since, remembered from one scan to the next.
+
+    The kernel hands out pids in increasing order and wraps around (at ``kernel.pid_max``,
+    32768 on many machines) to the low ones.  Each scan reads the last pid handed out and
+    takes the living pids of the cyclic interval since the previous scan's (at the first one,
+    since our own pid), plus those it took before that still live.  A process older than
+    pytest is never looked at, even above our pid after a wrap-around (a machine up for a few
+    hours has many such: kernel threads, other users' shells), which cost a file read per
+    descriptor of every one of them after every test.  Assumed: the machine starts fewer than
+    ``pid_max`` processes during one test (it used to be during the whole run).
+    """
+
+    def __init__(self) -> None:
+        self._owner = 0  # the process whose scans these are (a fork starts again)
+        self._since = 0
+        self._known: set[int] = set()
+
+    def candidates(self, own: int, pids: list[int], last: int | None) -> set[int]:
+        """The pids among *pids* (alive, read after *last*) started since *own*, and *own*."""
+        if last is None:  # no ns_last_pid (very old kernel): every pid above ours
+            self._owner = 0
+            return {pid for pid in pids if pid >= own}
+        if self._owner != own:
+            self._owner, self._since, self._known = own, own, set()
+        since = self._since
+        if since <= last:
+            fresh = {pid for pid in pids if since < pid <= last}
+        else:  # wrapped around since
+            fresh = {pid for pid in pids if pid > since or pid <= last}
+        self._known = (self._known & set(pids)) | fresh
+        self._since = last
+        return self._known | {own}
+
+
+_new_pids = _NewPids()
+
+
 def processes_inside(root: str) -> list[Holder]:
     """The processes whose working directory, root directory, executable or an open file is
     inside the directory *root* (a real path), each with the first such path found.
 
     Read from ``/proc`` (Linux; elsewhere nothing is found).  This runs after every test, so
-    only this process and those with a higher pid are looked at: the kernel hands out pids in
-    increasing order, so an older process cannot have been started by the test, and passing
-    it over costs nothing, where reading each one's start time cost a file read per process
-    on the machine.  Once the pids have wrapped around (at ``kernel.pid_max``, 32768 on many
-    machines: a long suite gets there), the last pid handed out is below ours, and the pids up
-    to it are newer than this process too.  Processes we may not inspect are passed over.
+    only this process and those started after it are looked at (:class:`_NewPids`): an older
+    process cannot have been started by the test.  Processes we may not inspect are passed
+    over.
     """
     if sys.platform != "linux":
         return []
     own = os.getpid()
+    # The last pid first: a process started after it is read shows in the next scan's interval.
+    last = _last_pid()
     try:
         pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
         return []  # no procfs mounted here
-    last = _last_pid()
-    wrapped = last if last is not None and last < own else 0
     prefix = root.rstrip("/") + "/"
     found = []
-    for pid in pids:
-        if wrapped < pid < own:
-            continue
+    for pid in sorted(_new_pids.candidates(own, pids, last)):
         try:
             path = _holds(f"/proc/{pid}/", root, prefix)
             if path is not None:
