@@ -18,6 +18,7 @@ import contextlib
 import importlib
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -68,6 +69,7 @@ class _LazyModule:
 
     def __init__(self, name: str) -> None:
         self._name = name
+        self._module: ModuleType | None = None
 
     def __getattr__(self, attribute: str) -> Any:
         if attribute.startswith("_"):
@@ -75,7 +77,12 @@ class _LazyModule:
             # (``_pytestfixturefunction``, ``__test__``, ...): such a look must not import the
             # machinery, or an unused plugin would load it in every run.
             raise AttributeError(attribute)
-        return getattr(importlib.import_module(self._name), attribute)
+        module = self._module
+        if module is None:
+            # import_module on every call cost a few microseconds, five times per test. The
+            # module is kept, not the attribute: a test that patches one is still seen.
+            module = self._module = importlib.import_module(self._name)
+        return getattr(module, attribute)
 
 
 if TYPE_CHECKING:
