@@ -43,6 +43,7 @@ FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
 FSCONFIG_CMD_CREATE = 6
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 OPEN_TREE_CLONE = 0x1
 OPEN_TREE_CLOEXEC = _oscompat.O_CLOEXEC
 AT_RECURSIVE = 0x8000
@@ -218,6 +219,25 @@ def move_attached(source: str | os.PathLike[str], target: str | os.PathLike[str]
         ),
         "move_mount",
         source,
+    )
+
+
+def move_tree(tree_fd: int, to_fd: int, to_path: bytes = b"") -> None:
+    """Move the attached mount whose root *tree_fd* is (with its children) to *to_path* under
+    the directory *to_fd*, or onto *to_fd* itself (``move_mount(2)``): by descriptor, the
+    kernel walks no path on the way from, and only *to_path* on the way to."""
+    flags = MOVE_MOUNT_F_EMPTY_PATH | (0 if to_path else MOVE_MOUNT_T_EMPTY_PATH)
+    _check(
+        _syscall(
+            _SYS_MOVE_MOUNT,
+            ctypes.c_int(tree_fd),
+            b"",
+            ctypes.c_int(to_fd),
+            to_path,
+            ctypes.c_uint(flags),
+        ),
+        "move_mount",
+        os.fsdecode(to_path) if to_path else None,
     )
 
 

@@ -210,6 +210,7 @@ def _differential() -> dict[str, object]:
             "-rfE",
             f"--basetemp={SCRATCH / 'differential'}",
             "tests/test_differential.py",
+            "tests/test_change_flags.py",
         ),
         cwd=_unpriv.REPO_ROOT,
         timeout=900,

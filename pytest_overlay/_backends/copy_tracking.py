@@ -25,99 +25,39 @@ them holds is never reset and reused.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import stat
-import struct
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from pytest_overlay._holders import Holder, command_of
-from pytest_overlay._oscompat import O_CLOEXEC, O_NONBLOCK
+from pytest_overlay._inotify import (
+    DIRECTORY_CHANGES,
+    IN_ATTRIB,
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DONT_FOLLOW,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MODIFY,
+    IN_MOVED_TO,
+    IN_Q_OVERFLOW,
+    Inotify,
+)
+from pytest_overlay._oscompat import O_CLOEXEC
 
 __all__ = ["ChangeTracker", "Signature", "processes_inside", "signature"]
 
 Signature = tuple[int, int, int, int, int]
 
-_IN_MODIFY = 0x2
-_IN_ATTRIB = 0x4
-_IN_CLOSE_WRITE = 0x8
-_IN_MOVED_FROM = 0x40
-_IN_MOVED_TO = 0x80
-_IN_CREATE = 0x100
-_IN_DELETE = 0x200
-_IN_DELETE_SELF = 0x400
-_IN_MOVE_SELF = 0x800
-_IN_Q_OVERFLOW = 0x4000
-_IN_IGNORED = 0x8000
-_IN_ONLYDIR = 0x01000000
-_IN_DONT_FOLLOW = 0x02000000
-_IN_EXCL_UNLINK = 0x04000000
-_IN_ISDIR = 0x40000000
-_IN_NONBLOCK = O_NONBLOCK
-_IN_CLOEXEC = O_CLOEXEC
-_FILE_MASK = _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_DONT_FOLLOW
-_WATCH_MASK = (
-    _IN_MODIFY
-    | _IN_ATTRIB
-    | _IN_CLOSE_WRITE
-    | _IN_MOVED_FROM
-    | _IN_MOVED_TO
-    | _IN_CREATE
-    | _IN_DELETE
-    | _IN_DELETE_SELF
-    | _IN_MOVE_SELF
-    | _IN_ONLYDIR
-    | _IN_DONT_FOLLOW
-    | _IN_EXCL_UNLINK
-)
-_EVENT = struct.Struct("iIII")
+_FILE_MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DONT_FOLLOW
 # A directory that appeared whole (renamed in, or made by the test): its contents are unknown.
-_NEW_DIRECTORY = _IN_CREATE | _IN_MOVED_TO
+_NEW_DIRECTORY = IN_CREATE | IN_MOVED_TO
 
 
 def signature(st: os.stat_result) -> Signature:
     """What a manifest keeps of an entry: any change to the entry changes one of these."""
     return (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-class _Inotify:
-    """An inotify instance, non-blocking, through ctypes (the standard library has none)."""
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._add = libc.inotify_add_watch
-        self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
-        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
-        self.fd: int = fd
-
-    def add(self, path: Path, mask: int = _WATCH_MASK) -> int:
-        wd = int(self._add(self.fd, os.fsencode(path), mask))
-        if wd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"inotify_add_watch: {os.strerror(err)}", str(path))
-        return wd
-
-    def read(self) -> Iterator[tuple[int, int, bytes]]:
-        """Every queued event as ``(wd, mask, name)``; returns when the queue is empty."""
-        while True:
-            try:
-                data = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                return
-            offset = 0
-            while offset < len(data):
-                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
-                start = offset + _EVENT.size
-                yield wd, mask, data[start : start + length].rstrip(b"\0")
-                offset = start + length
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 class ChangeTracker:
@@ -129,19 +69,17 @@ class ChangeTracker:
         # Watch descriptor -> the path it was added for.  A file's watch follows its inode,
         # whatever names it gets later: an event on it marks the pristine path.
         self._watches: dict[int, str] = {}
-        self._inotify: _Inotify | None = None
+        self._inotify: Inotify | None = None
         self.why_walk: str | None = None
         self.dirty: set[str] = set()
         self.replaced: set[str] = set()
         if not watch:
             self.why_walk = "watching turned off"
-        elif sys.platform.startswith("linux"):
-            try:
-                self._inotify = _Inotify()
-            except OSError as exc:
-                self.why_walk = str(exc)
         else:
-            self.why_walk = f"no inotify on {sys.platform}"
+            try:
+                self._inotify = Inotify()
+            except OSError as exc:  # not Linux, or fs.inotify.max_user_instances reached
+                self.why_walk = exc.strerror or str(exc)
 
     @property
     def watching(self) -> bool:
@@ -154,7 +92,8 @@ class ChangeTracker:
         if self._inotify is None or self.why_walk is not None:
             return
         try:
-            self._watches[self._inotify.add(path, _WATCH_MASK if is_dir else _FILE_MASK)] = rel
+            mask = DIRECTORY_CHANGES if is_dir else _FILE_MASK
+            self._watches[self._inotify.add(path, mask)] = rel
         except OSError as exc:
             # ENOSPC: fs.inotify.max_user_watches reached; the walk still finds everything.
             self.why_walk = str(exc)
@@ -168,11 +107,11 @@ class ChangeTracker:
             self._walk()
 
     def _event(self, wd: int, mask: int, name: str) -> None:
-        if mask & _IN_Q_OVERFLOW:
+        if mask & IN_Q_OVERFLOW:
             self.why_walk = "the inotify queue overflowed"
             return
         base = self._watches.get(wd)
-        if mask & _IN_IGNORED:
+        if mask & IN_IGNORED:
             self._watches.pop(wd, None)
             return
         if base is None:
@@ -185,7 +124,7 @@ class ChangeTracker:
         rel = f"{base}/{name}" if base else name
         self.dirty.add(rel)
         self.dirty.add(base)
-        if mask & _IN_ISDIR and mask & _NEW_DIRECTORY:
+        if mask & IN_ISDIR and mask & _NEW_DIRECTORY:
             self.replaced.add(rel)
 
     def _walk(self) -> None:

@@ -28,6 +28,7 @@ from pytest_overlay._files import remove_tree
 from pytest_overlay._fuse.client import FuseMount, availability, start
 from pytest_overlay._fuse.session import SessionServer
 from pytest_overlay._holders import describe_holders, holders_of, view_device
+from pytest_overlay._inotify import ChangeFlags
 from pytest_overlay._probe import probe_kernel
 
 from .base import ScratchBackend, safe_label
@@ -51,9 +52,8 @@ class FuseView(UpperLayerView):
     def __init__(self, root: Path, merged: Path, lowers: tuple[Path, ...]) -> None:
         super().__init__(root, merged, lowers)
         self.served: FuseMount | None = None
-        # In place: real directories bound back into the view (pytest's own output), and the
-        # read-only clones of the project the server reads; unmounted around the view.
-        self.binds: list[Path] = []
+        # In place: the read-only clones of the project the server reads, unmounted after the
+        # view (and the real directories bound back into it, before: UpperLayerView.binds).
         self.clones: list[Path] = []
         self.private = False
 
@@ -68,15 +68,17 @@ class FuseView(UpperLayerView):
     def reusable(self) -> bool:
         # The busy check needs a mount of ours, in our private mount namespace: fusermount3's
         # mounts (an ordinary user without a user namespace) are replaced after every test.
-        return self.private and self._serving() and self._reusable(self.binds)
+        return self.private and self._serving() and self._reusable()
 
     def close(self) -> list[str]:
+        self.stop_watching()
         # Before the unmount: if it turns out busy, the users' files show this device.
         device = view_device(self._merged) if self.served is not None else None
         with _namespaces.privileged():
             for bind in reversed(self.binds):
                 detach(bind)
             self.binds.clear()
+        self.close_descriptors()
         if self.served is not None:
             self.served.close()
         with _namespaces.privileged():
@@ -129,6 +131,8 @@ class FuseBackend(ScratchBackend[FuseView]):
         self._reason: str | None = None
         self._probed = False
         self._server: SessionServer | None = None
+        # What changed in which view's upper layer (see mounted.py, check 2).
+        self._changes = ChangeFlags()
 
     def unavailable_reason(self) -> str | None:
         if not self._probed:
@@ -181,9 +185,9 @@ class FuseBackend(ScratchBackend[FuseView]):
                 auto_unmount=not private,
                 over_itself=target is not None,
             )
-            view.binds.extend(real.put_back())
+            view.put_back(real)
             view.private = private
-            view.remember_fresh()
+            view.remember_fresh(self._changes)
         except BaseException:
             view.close()
             raise
@@ -195,6 +199,7 @@ class FuseBackend(ScratchBackend[FuseView]):
         """Nothing to do: closed views are gone at once."""
 
     def shutdown(self) -> None:
+        self._changes.close()
         if self._server is not None:
             self._server.close()
         if self._scratch_path is not None:

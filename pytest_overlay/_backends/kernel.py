@@ -35,6 +35,7 @@ from pathlib import Path
 from pytest_overlay import _mountinfo, _namespaces, _overlayopts, _probe, _syscalls
 from pytest_overlay._errors import MountError
 from pytest_overlay._holders import describe_holders, holders_of, view_device
+from pytest_overlay._inotify import ChangeFlags
 
 from .base import ScratchBackend, safe_label
 from .idmap import overflow_note, unmapped_owner
@@ -71,21 +72,21 @@ class KernelMount(UpperLayerView):
         self._backend = backend
         self._batch = batch
         batch.live += 1
-        # Real directories bound back into the view (pytest's own output), unmounted first.
-        self.binds: list[Path] = []
 
     def reusable(self) -> bool:
-        return not self._closed and self._reusable(self.binds)
+        return not self._closed and self._reusable()
 
     def close(self) -> list[str]:
         if self._closed:
             return []
         self._closed = True
+        self.stop_watching()
         try:
             if self._retire():
                 return []
             return self._unmount()
         finally:
+            self.close_descriptors()
             self._batch.live -= 1
             self._backend.retired(self._batch)
 
@@ -99,7 +100,7 @@ class KernelMount(UpperLayerView):
             with _namespaces.privileged():
                 if _used(self._root) > KEEP_AT_MOST:
                     return False
-                if not self._idle(self.binds):
+                if not self._idle():
                     return False
                 if self._merged.parent != self._root:
                     # In place: off the real path (its pass-through mounts go with it).
@@ -202,6 +203,8 @@ class KernelBackend(ScratchBackend[KernelMount]):
         self._batches = itertools.count()
         # The batch new views go into, per thread (each has a mount namespace of its own).
         self._current: dict[int, _Batch] = {}
+        # What changed in which view's upper layer (see mounted.py, check 2).
+        self._changes = ChangeFlags()
 
     def _probe_result(self) -> _probe.ProbeResult:
         if self._probe is None:
@@ -351,8 +354,8 @@ class KernelBackend(ScratchBackend[KernelMount]):
             real.hold(lowers, readable)
             with _namespaces.privileged():
                 self._mount_overlay(merged, lowers, upper, work)
-            mount.binds.extend(real.put_back())
-            mount.remember_fresh()
+            mount.put_back(real)
+            mount.remember_fresh(self._changes)
         except OSError as exc:
             mount.close()
             hint = _stacking_hint(lowers) if exc.errno == errno.EINVAL else ""
@@ -375,6 +378,7 @@ class KernelBackend(ScratchBackend[KernelMount]):
             self.retired(batch, flush=True)
 
     def shutdown(self) -> None:
+        self._changes.close()
         if self._scratch_path is None:
             return
         # The tmpfs lives in this process's private namespace and dies with it; unmounting

@@ -12,11 +12,16 @@ this order after the test (:meth:`UpperLayerView.reusable`):
    (a move, unlike an unmount, waits for no RCU grace period).  So once this passes, no
    descriptor, mapping or process kept from the test can write to the view any more.
 2. **Nothing changed in it** (:meth:`UpperLayerView.untouched`), looked at after 1, so that
-   whatever was written before the last holder let go is seen: the upper directory is still
-   empty, its own mode, owner, times, link count and extended attributes (what a ``chmod``,
-   ``utime`` or ``setxattr`` of the view's root changes, and a file created and deleted again
-   at the root, through its times) are as they were after mounting, and the work directory
-   holds what it held.  Any change below the root copies its directory up, so it shows.
+   whatever was written before the last holder let go is seen.  The upper layer is empty
+   after mounting, and any change to the view shows in its root directory: an entry made
+   there (a change below the root copies its directory up; a file created and deleted again
+   was made first), or the root's own mode, owner, times or extended attributes (a ``chmod``,
+   ``utime`` or ``setxattr`` of the view's root).  inotify watches the upper directory and
+   the work directory (with the kernel's ``work/work``) from mounting on
+   (:class:`~pytest_overlay._inotify.ChangeFlags`): the kernel queues the event inside the
+   system call that makes the change, so once check 1 passes every change is in the queue,
+   and one read of it answers.  Where inotify cannot watch (no instance or watch left), the
+   same is compared by ``lstat``, ``listxattr`` and listings taken after mounting.
 
 Opening a lower file for writing copies it up at ``open`` (so does ``O_TRUNC``, and a
 writable shared mapping needs such a descriptor): a test that holds one leaves a non-empty
@@ -37,11 +42,13 @@ from pathlib import Path
 from pytest_overlay import _namespaces, _syscalls
 from pytest_overlay._diff import TreeDiff, diff_upper
 from pytest_overlay._errors import MountError
+from pytest_overlay._inotify import ChangeFlags
 from pytest_overlay._layerwrite import copy_layer
 
 from .base import IgnoreFn
 
-# What :meth:`UpperLayerView.untouched` compares: the upper layer as it was after mounting.
+# What :meth:`UpperLayerView.untouched` compares without inotify: the upper layer as it was
+# after mounting.
 # The root's (mode, uid, gid, link count, mtime, ctime), its xattrs, the upper's listing, the
 # work directory's and that of its work/ (None on fuse).
 Fresh = tuple[
@@ -99,13 +106,15 @@ class RealDirs:
                 self._tree_fds.append(tree_fd)
                 self._held.append((path, tree_fd))
 
-    def put_back(self) -> list[Path]:
-        """Attach the output directories over the mounted view; return where."""
-        attached = []
+    def put_back(self) -> dict[Path, int]:
+        """Attach the output directories over the mounted view; return where, each with a
+        descriptor of the mount attached there, now the caller's to close."""
+        attached = {}
         with _namespaces.privileged():
             for path, tree_fd in self._held:
                 _syscalls.attach_tree(tree_fd, path)
-                attached.append(path)
+                self._tree_fds.remove(tree_fd)
+                attached[path] = tree_fd
         return attached
 
     def close(self) -> None:
@@ -115,33 +124,52 @@ class RealDirs:
         self._held.clear()
 
 
-def set_aside(binds: Sequence[Path], park: Path) -> list[tuple[str, str]]:
-    """Where :func:`idle` moves each of our own mounts on top of a view: ``(bind, aside)``
-    for those not inside another (which go with it), all to *park*, made here.
+class Aside:
+    """Where :func:`idle` moves our own mounts on top of a view for its check, and how it
+    moves them back: the topmost of them (those inside another go with it), by descriptors.
 
-    One directory for all: each mount moved there lands on the one moved before it, and
-    :func:`idle` moves them back in the reverse order, the topmost first (one ``mkdir`` per
-    view, where a directory per mount cost a test that wrote a few more).
+    All go to one directory, *park* (one ``mkdir`` per view): each lands on the one moved
+    before it, and they come back in the reverse order, the topmost first.  By descriptor,
+    a move costs the kernel no walk of the mount's path, nor of the park's, and the way back
+    is walked from the view's parent directory: half the cost of moving by paths.  None of
+    these descriptors is inside the view, so none keeps it busy.
     """
-    top = [b for b in binds if not any(o in b.parents for o in binds)]
-    if top:
+
+    def __init__(self, merged: Path, binds: dict[Path, int], park: Path) -> None:
+        self._fds: list[int] = []
+        top = [b for b in binds if not any(o in b.parents for o in binds)]
+        self.moves: list[tuple[int, bytes]] = []
+        if not top:
+            return
         park.mkdir(exist_ok=True)
-    return [(os.fspath(bind), os.fspath(park)) for bind in top]
+        self.park = self._open(park)
+        self.base = self._open(merged.parent)
+        self.moves = [(binds[b], os.fsencode(b.relative_to(merged.parent))) for b in top]
+
+    def _open(self, path: Path) -> int:
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._fds.append(fd)
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+        self.moves = []
 
 
-def idle(merged: str, moves: Sequence[tuple[str, str]]) -> bool:
+def idle(merged: str, aside: Aside) -> bool:
     """Whether nothing holds the mount at *merged* (check 1 above; privileged).
 
-    Our own mounts on top of it are moved aside for the check and back (*moves*, from
-    :func:`set_aside`).  ``MNT_EXPIRE`` marks an idle mount for expiry, and a second call
-    would unmount it; any later use of the mount clears the mark, and the ``stat`` first
-    makes sure of that.
+    Our own mounts on top of it are moved aside for the check and back (*aside*).
+    ``MNT_EXPIRE`` marks an idle mount for expiry, and a second call would unmount it; any
+    later use of the mount clears the mark, and the ``stat`` first makes sure of that.
     """
-    moved: list[tuple[str, str]] = []
+    moved: list[tuple[int, bytes]] = []
     try:
-        for bind, aside in moves:
-            _syscalls.move_attached(bind, aside)
-            moved.append((aside, bind))
+        for tree_fd, relative in aside.moves:
+            _syscalls.move_tree(tree_fd, aside.park)
+            moved.append((tree_fd, relative))
         os.stat(merged)
         try:
             _syscalls.umount(merged, _syscalls.MNT_EXPIRE)
@@ -151,8 +179,8 @@ def idle(merged: str, moves: Sequence[tuple[str, str]]) -> bool:
     except OSError:
         return False
     finally:
-        for aside, bind in reversed(moved):
-            _syscalls.move_attached(aside, bind)
+        for tree_fd, relative in reversed(moved):
+            _syscalls.move_tree(tree_fd, aside.base, relative)
 
 
 class UpperLayerView:
@@ -163,20 +191,55 @@ class UpperLayerView:
         self._merged = merged
         self._lowers = lowers
         self._snapshots = itertools.count()
+        # Whether the view may go to another test at all (not once a snapshot was taken).
+        self._may_reuse = False
+        # Whether anything changed, where inotify watches; else the state compared.
+        self._flags: ChangeFlags | None = None
         self._fresh: Fresh | None = None
         self._fresh_stat: tuple[int, int, int] = (0, 0, 0)
         self._upper_s = self._work_s = ""
         self._merged_s = os.fspath(merged)
-        self._moves: list[tuple[str, str]] | None = None
+        # In place: real directories bound back into the view (pytest's own output), each
+        # with a descriptor of its mount; unmounted before the view.
+        self.binds: list[Path] = []
+        self._bind_fds: dict[Path, int] = {}
+        self._aside: Aside | None = None
 
-    def remember_fresh(self) -> None:
-        """Note the upper layer as it is right after mounting, for :meth:`untouched`."""
+    def put_back(self, real: RealDirs) -> None:
+        """Attach the real directories *real* holds back over the mounted view."""
+        self._bind_fds = real.put_back()
+        self.binds.extend(self._bind_fds)
+
+    def close_descriptors(self) -> None:
+        """The view is unmounted: close what it held for its checks."""
+        if self._aside is not None:
+            self._aside.close()
+        for fd in self._bind_fds.values():
+            os.close(fd)
+        self._bind_fds = {}
+
+    def remember_fresh(self, flags: ChangeFlags | None = None) -> None:
+        """Start watching the upper layer as it is right after mounting, for
+        :meth:`untouched`: with *flags* (the backend's), else by noting its state."""
         self._upper_s = os.fspath(self.upper)  # strings: these run twice per test
         self._work_s = os.fspath(self._root / ".work")
+        self._may_reuse = True
+        inner = self._work_s + "/work"  # the kernel's; the fuse server has none
+        watched = (self._upper_s, self._work_s, *((inner,) if os.path.isdir(inner) else ()))
+        if flags is not None and flags.watch(self, watched):
+            self._flags = flags
+            return
         with _namespaces.privileged():
             self._fresh = fresh = self._state()
         mode, _, _, _, mtime, ctime = fresh[0]
         self._fresh_stat = (ctime, mtime, mode)
+
+    def stop_watching(self) -> None:
+        """The view is closed: no more questions about it."""
+        self._may_reuse = False
+        if self._flags is not None:
+            self._flags.forget(self)
+            self._flags = None
 
     def _state(self) -> Fresh:
         # The root's stat first: remember_fresh takes what untouched() compares from it.
@@ -198,9 +261,14 @@ class UpperLayerView:
 
     def untouched(self) -> bool:
         """Whether nothing was created in the upper layer, nor its root's metadata changed,
-        since mounting: its times (any change to the root directory, its entries or its
-        xattrs sets its ctime) and mode, and an empty listing.  Asked right before a kept
-        view is handed out; :meth:`_reusable` compares the whole of check 2."""
+        since mounting.  Asked right before a kept view is handed out.  Without inotify, a
+        quick look: its times (any change to the root directory, its entries or its xattrs
+        sets its ctime) and mode, and an empty listing; :meth:`_reusable` compares the whole
+        of check 2."""
+        if not self._may_reuse:
+            return False
+        if self._flags is not None:
+            return not self._flags.changed(self)
         if self._fresh is None:
             return False
         try:
@@ -215,26 +283,35 @@ class UpperLayerView:
         except OSError:
             return False
 
-    def _idle(self, binds: Sequence[Path]) -> bool:
+    def _idle(self) -> bool:
         """Check 1 (privileged); raises OSError if a pass-through mount cannot be put back."""
-        if self._moves is None:
-            self._moves = set_aside(binds, self._root / ".park")
-        return idle(self._merged_s, self._moves)
+        if self._aside is None:
+            self._aside = Aside(self._merged, self._bind_fds, self._root / ".park")
+        return idle(self._merged_s, self._aside)
 
     def _root_unchanged(self) -> bool:
         """The quick look: the upper's root has the times and mode it had after mounting."""
         st = os.lstat(self._upper_s)
         return (st.st_ctime_ns, st.st_mtime_ns, st.st_mode) == self._fresh_stat
 
-    def _reusable(self, binds: Sequence[Path]) -> bool:
-        """Checks 1 and 2, in that order, after a quick look at the upper's root (a test that
-        wrote anything at all changed its times, but for one in the same clock tick as
-        mounting, which check 2 sees)."""
-        if self._fresh is None:
+    def _reusable(self) -> bool:
+        """Checks 1 and 2, in that order, after a quick look (a test that wrote anything at
+        all raised its flag, or without inotify changed the upper root's times, but for one
+        in the same clock tick as mounting, which check 2 sees)."""
+        if not self._may_reuse:
             return False
+        flags = self._flags
         try:
+            if flags is not None:
+                if flags.changed(self):
+                    return False  # a test that wrote: no need to ask whether it is held
+                with _namespaces.privileged():
+                    idle = self._idle()
+                return idle and not flags.changed(self)
+            if self._fresh is None:
+                return False
             with _namespaces.privileged():  # once: as the user, two system calls each time
-                return self._root_unchanged() and self._idle(binds) and self._state() == self._fresh
+                return self._root_unchanged() and self._idle() and self._state() == self._fresh
         except OSError:
             return False  # a pass-through mount that could not be put back: never reuse
 
@@ -267,7 +344,7 @@ class UpperLayerView:
             return copy_layer(self.upper, destination)
 
     def snapshot(self) -> Path:
-        self._fresh = None  # the snapshot stays in the test's directory: never reuse it
+        self._may_reuse = False  # the snapshot stays in the test's directory: never reuse it
         target = self._root / ".snapshots" / str(next(self._snapshots))
         target.parent.mkdir(exist_ok=True)
         self.export(target)
