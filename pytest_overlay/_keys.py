@@ -37,6 +37,8 @@ golden_outcome_key: pytest.StashKey[Outcome] = pytest.StashKey()
 marker_problem_key = pytest.StashKey[str]()
 # In place: the tests that pytest_runtest_setup sandboxes (the others have IN_PLACE_FIXTURE).
 in_place_by_hook_key = pytest.StashKey[bool]()
+# Whether the test has the overlay_golden marker (asked five times per test: looked up once).
+golden_item_key = pytest.StashKey[bool]()
 # What a running test holds: its mounts, its phases' outcomes (_runtest.TestState).
 state_key: pytest.StashKey[TestState] = pytest.StashKey()
 # A golden test's record, read at setup, compared after the call, written after teardown.

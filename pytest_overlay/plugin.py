@@ -26,6 +26,7 @@ import pytest
 from . import _hermetic, _registry
 from ._choices import GOLDEN_MARKER, RECORDS_DIR
 from ._keys import (
+    golden_item_key,
     golden_modules_key,
     golden_outcome_key,
     golden_tests_key,
@@ -110,6 +111,15 @@ else:
 
 def _is_golden(item: pytest.Item) -> bool:
     return item.get_closest_marker(GOLDEN_MARKER) is not None
+
+
+def _runs_golden(item: pytest.Item) -> bool:
+    """:func:`_is_golden`, looked up once when the test starts (after every hook that may add
+    markers at collection), for its phases: a marker lookup walks the item's parents."""
+    golden = item.stash.get(golden_item_key, None)
+    if golden is None:
+        golden = item.stash[golden_item_key] = _is_golden(item)
+    return golden
 
 
 def _active(config: pytest.Config) -> OverlaySession | None:
@@ -304,7 +314,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     problem = item.stash.get(marker_problem_key, None)
     if problem is not None:
         pytest.fail(problem, pytrace=False)
-    if _is_golden(item):
+    if _runs_golden(item):
         # Before any fixture: in place, the record is read before a view covers it.
         _golden_engine.setup(item)
     if item.stash.get(in_place_by_hook_key, False):
@@ -315,7 +325,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     result = yield
     session = _active(item.config)
-    if session is not None and _is_golden(item):
+    if session is not None and _runs_golden(item):
         _golden_engine.check(item, session)
     return result
 
@@ -433,7 +443,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
                 # It leaves a fake filesystem itself, only if it has a view to close.
                 _test_engine.in_place_teardown(item, session, failed=failed)
         finally:
-            if _is_golden(item):
+            if _runs_golden(item):
                 # The views are gone: a record is written to the real disk.
                 _golden_engine.write(item, session)
 
