@@ -165,15 +165,18 @@ class ChangeFlags:
                     self._changed.add(owner)
         return key in self._changed
 
-    def forget(self, key: Hashable) -> None:
-        """Stop watching for *key*."""
+    def forget(self, key: Hashable, *, unwatch: bool = True) -> None:
+        """Stop watching for *key*.  *unwatch* False leaves the kernel's watches in place, to
+        go with their filesystem when it is unmounted (their events are ignored)."""
         watches = self._watches.pop(key, None)
         self._changed.discard(key)
-        if watches is None or self._inotify is None or os.getpid() != self._owner:
+        if watches is None:
             return
         for wd in watches:
             self._key_of.pop(wd, None)
-            self._inotify.remove(wd)
+        if unwatch and self._inotify is not None and os.getpid() == self._owner:
+            for wd in watches:
+                self._inotify.remove(wd)
 
     def close(self) -> None:
         """Release the inotify instance (every flag is raised from then on)."""

@@ -80,10 +80,12 @@ class KernelMount(UpperLayerView):
         if self._closed:
             return []
         self._closed = True
-        self.stop_watching()
         try:
             if self._retire():
+                # Idle: nothing writes to it any more, and its watch goes with its batch.
+                self.stop_watching(unwatch=False)
                 return []
+            self.stop_watching()
             return self._unmount()
         finally:
             self.close_descriptors()

@@ -16,12 +16,12 @@ this order after the test (:meth:`UpperLayerView.reusable`):
    after mounting, and any change to the view shows in its root directory: an entry made
    there (a change below the root copies its directory up; a file created and deleted again
    was made first), or the root's own mode, owner, times or extended attributes (a ``chmod``,
-   ``utime`` or ``setxattr`` of the view's root).  inotify watches the upper directory and
-   the work directory (with the kernel's ``work/work``) from mounting on
-   (:class:`~pytest_overlay._inotify.ChangeFlags`): the kernel queues the event inside the
-   system call that makes the change, so once check 1 passes every change is in the queue,
-   and one read of it answers.  Where inotify cannot watch (no instance or watch left), the
-   same is compared by ``lstat``, ``listxattr`` and listings taken after mounting.
+   ``utime`` or ``setxattr`` of the view's root).  inotify watches the upper directory from
+   mounting on (:class:`~pytest_overlay._inotify.ChangeFlags`): the kernel queues the event
+   inside the system call that makes the change, so once check 1 passes every change is in
+   the queue, and one read of it answers.  Where inotify cannot watch (no instance or watch
+   left), the same is compared by ``lstat``, ``listxattr`` and listings of the upper and work
+   directories taken after mounting.
 
 Opening a lower file for writing copies it up at ``open`` (so does ``O_TRUNC``, and a
 writable shared mapping needs such a descriptor): a test that holds one leaves a non-empty
@@ -224,9 +224,9 @@ class UpperLayerView:
         self._upper_s = os.fspath(self.upper)  # strings: these run twice per test
         self._work_s = os.fspath(self._root / ".work")
         self._may_reuse = True
-        inner = self._work_s + "/work"  # the kernel's; the fuse server has none
-        watched = (self._upper_s, self._work_s, *((inner,) if os.path.isdir(inner) else ()))
-        if flags is not None and flags.watch(self, watched):
+        # The upper directory alone: what lands in the work directory (a copy being made, a
+        # file unlinked while open) went through the upper layer first or never reaches it.
+        if flags is not None and flags.watch(self, (self._upper_s,)):
             self._flags = flags
             return
         with _namespaces.privileged():
@@ -234,11 +234,13 @@ class UpperLayerView:
         mode, _, _, _, mtime, ctime = fresh[0]
         self._fresh_stat = (ctime, mtime, mode)
 
-    def stop_watching(self) -> None:
-        """The view is closed: no more questions about it."""
+    def stop_watching(self, *, unwatch: bool = True) -> None:
+        """The view is closed: no more questions about it.  *unwatch* False leaves the watch
+        to go with the upper layer's filesystem, soon unmounted with nothing writing to it
+        (removing a watch costs about 10 us)."""
         self._may_reuse = False
         if self._flags is not None:
-            self._flags.forget(self)
+            self._flags.forget(self, unwatch=unwatch)
             self._flags = None
 
     def _state(self) -> Fresh:
