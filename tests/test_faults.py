@@ -107,6 +107,45 @@ def test_sigkill_mid_test_leaves_nothing_behind(tmp_path: Path, mode: tuple[str,
     run_pytest(project, *mode, timeout=120, expect_rc=0)
 
 
+def test_sigkill_after_a_batch_of_views_leaves_nothing_behind(tmp_path: Path) -> None:
+    # 40 writing tests close a batch of 32 views, which a reaper process detaches off the
+    # tests' path (_backends/reaper.py): the mounts do not pile up, and once pytest is killed
+    # neither the reaper nor the janitor nor a mount is left.
+    gate("kernel", kernel_reason())
+    marker = tmp_path / "started"
+    project, before = _project(
+        tmp_path,
+        "test_batch.py",
+        "import time\n"
+        "from pathlib import Path\n"
+        "import pytest\n"
+        "@pytest.mark.parametrize('i', range(40))\n"
+        "def test_writes(overlay_root, i):\n"
+        "    (overlay_root / 'data.txt').write_text(str(i))\n"
+        "def test_hangs(overlay_root):\n"
+        "    overlays = [line for line in open('/proc/thread-self/mountinfo')\n"
+        "                if ' - overlay ' in line]\n"
+        f"    Path({str(marker)!r}).write_text(str(len(overlays)))\n"
+        "    time.sleep(60)\n",
+    )
+    run_marker = f"FAULT_RUN={tmp_path}"
+    with started(
+        pytest_argv("-p", "no:randomly"),
+        cwd=project,
+        env={"FAULT_RUN": str(tmp_path)},
+        stdout=subprocess.DEVNULL,
+    ) as process:
+        wait_for_file(marker, process)
+        # The first batch's 32 views are gone: a few views at most are left mounted.
+        wait_until(lambda: len(processes_with(run_marker)) >= 3)  # pytest, janitor, reaper
+        assert int(marker.read_text()) < 10
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    wait_until(lambda: not processes_with(run_marker))
+    assert processes_with(run_marker) == [], "a process of the killed run is still alive"
+    assert _state(project) == before
+
+
 @pytest.mark.parametrize("victim", ["mount", "session"])
 def test_fuse_server_killed_mid_test(pytester: pytest.Pytester, victim: str) -> None:
     """SIGKILL the test's own server, or the session's server that forked it."""

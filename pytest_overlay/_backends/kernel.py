@@ -16,9 +16,9 @@ Every unmount waits for an RCU grace period, 0.1 ms on an idle machine and sever
 one: more than the rest of a test's mount cycle.  So a closed view nobody holds is not
 unmounted on its own: it is left in its batch (in place, moved off the real path first, which
 waits for nothing), out of every test's way, and a batch is detached at once, with a single
-grace period, when :data:`BATCH` views in it are closed and none is still open or parked.  A
-view whose upper layer holds more than :data:`KEEP_AT_MOST` bytes, or that something still
-uses, is detached at once, as before.
+grace period, when :data:`BATCH` views in it are closed and none is still open or parked, by
+a reaper process off the tests' path (:mod:`.reaper`).  A view whose upper layer holds more
+than :data:`KEEP_AT_MOST` bytes, or that something still uses, is detached at once, as before.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pytest_overlay._errors import MountError
 from pytest_overlay._holders import describe_holders, holders_of, view_device
 from pytest_overlay._inotify import ChangeFlags
 
+from . import reaper
 from .base import ScratchBackend, safe_label
 from .idmap import overflow_note, unmapped_owner
 from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
@@ -55,6 +56,16 @@ class _Batch:
         self.path_s = os.fspath(path)
         self.live = 0
         self.closed = 0
+
+
+class _NoReaper:
+    """Where no reaper could be started: every batch is detached in place."""
+
+    def detach(self, path: str) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
 
 
 class KernelMount(UpperLayerView):
@@ -208,6 +219,8 @@ class KernelBackend(ScratchBackend[KernelMount]):
         self._current: dict[int, _Batch] = {}
         # What changed in which view's upper layer (see mounted.py, check 2).
         self._changes = ChangeFlags()
+        # Per thread (each has a mount namespace of its own): who detaches its full batches.
+        self._reapers: dict[int, _NoReaper | reaper.Reaper] = {}
 
     def _probe_result(self) -> _probe.ProbeResult:
         if self._probe is None:
@@ -315,6 +328,8 @@ class KernelBackend(ScratchBackend[KernelMount]):
             return
         if current:
             del self._current[thread]
+        if not self._upper_on_disk and self._reaper(thread).detach(batch.path_s):
+            return  # off the test's path (see reaper.py)
         try:
             with _namespaces.privileged():
                 detach(batch.path)
@@ -386,13 +401,29 @@ class KernelBackend(ScratchBackend[KernelMount]):
         options = _overlayopts.view_options(upper, work, userxattr=self.unprivileged)
         _overlayopts.mount_overlay(merged, lowers, options)
 
+    def _reaper(self, thread: int) -> _NoReaper | reaper.Reaper:
+        """The reaper of *thread*'s mount namespace, started at its first batch."""
+        found = self._reapers.get(thread)
+        if found is None:
+            found = self._reapers[thread] = reaper.start(_namespaces.privileged) or _NoReaper()
+        return found
+
     def flush(self) -> None:
-        batch = self._current.get(threading.get_native_id())
+        thread = threading.get_native_id()
+        batch = self._current.get(thread)
         if batch is not None:
             self.retired(batch, flush=True)
+        # After the last test, what runs next finds no mount of ours: wait for the reaper.
+        started = self._reapers.pop(thread, None)
+        if started is not None:
+            started.close()
 
     def shutdown(self) -> None:
         self._changes.close()
+        # Before the scratch tmpfs goes: what they still detach is below it.
+        for started in self._reapers.values():
+            started.close()
+        self._reapers.clear()
         if self._scratch_path is None:
             return
         # The tmpfs lives in this process's private namespace and dies with it; unmounting

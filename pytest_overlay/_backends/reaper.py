@@ -1,0 +1,145 @@
+"""Detach closed views off the tests' path: a process that unmounts what it is told to.
+
+The kernel backend leaves closed views in batches and detaches a batch at once
+(:mod:`.kernel`); that detach still tears down every mount in it, some 64 of them, and waits for
+an RCU grace period: 4 to 5 ms here, charged to the test whose teardown closed the batch
+(0.15 ms per writing test).  Nothing in a closed batch is anybody's any more, so the detach
+need not happen on the test's path: a reaper does it, on another CPU where there is one.
+
+A reaper is forked (twice: it is nobody's child, so no test's ``os.wait()`` can meet it) by
+the thread that mounts, when its first batch is to go: it lives in that thread's mount
+namespace with its capabilities (an ordinary user's, inside the user namespace), holds no
+descriptor of pytest's and stands in ``/``, so it keeps no view busy.  It reads paths from a
+pipe, detaches each (``MNT_DETACH``, the whole tree below) and removes the directory left, and
+it ends when told to at the backend's shutdown, which waits for it so that nothing of the run
+outlives pytest, or when the pipe's last writer is gone (pytest killed).  Where it cannot be
+started or has died, the batch is detached in place as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import signal
+import warnings
+from collections.abc import Callable
+
+from pytest_overlay import _syscalls
+
+__all__ = ["Reaper"]
+
+# How long shutdown waits for the detaches still queued before it goes on without them (the
+# mounts live in a private namespace and go with it anyway).
+WAIT_AT_SHUTDOWN = 10.0
+
+
+class Reaper:
+    """A reaper process for the calling thread's mount namespace."""
+
+    def __init__(self, privileged: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
+        requests, self._writer = os.pipe2(os.O_CLOEXEC)
+        self._done, done_writer = os.pipe2(os.O_CLOEXEC)
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns about fork in a multi-threaded process; the reaper only
+                # reads a pipe and calls umount2 and rmdir (see the module docstring).
+                warnings.simplefilter("ignore", DeprecationWarning)
+                child = os.fork()
+            if child == 0:  # pragma: no cover - the reaper; checked through its detaches
+                try:
+                    if os.fork() == 0:
+                        os.close(self._writer)
+                        os.close(self._done)
+                        _serve(requests, done_writer, privileged)
+                finally:
+                    os._exit(0)
+            os.waitpid(child, 0)
+        except BaseException:
+            os.close(self._writer)
+            os.close(self._done)
+            raise
+        finally:
+            os.close(requests)
+            os.close(done_writer)
+        self.alive = True
+
+    def detach(self, path: str) -> bool:
+        """Have *path* detached and its directory removed; False if the reaper is gone (the
+        caller detaches it then)."""
+        if not self.alive:
+            return False
+        try:
+            # One write of less than PIPE_BUF bytes: whole, never mixed with another.
+            data = os.fsencode(path) + b"\0"
+            if len(data) > select.PIPE_BUF or os.write(self._writer, data) != len(data):
+                return False
+        except OSError:  # EPIPE: it died
+            self.alive = False
+            return False
+        return True
+
+    def close(self) -> None:
+        """No more work: wait until the reaper has done what it was given and is gone."""
+        if self._writer < 0:
+            return
+        with contextlib.suppress(OSError):
+            # An empty path: the end (a test's forked child may hold the pipe open too).
+            os.write(self._writer, b"\0")
+        os.close(self._writer)
+        self._writer = -1
+        self.alive = False
+        try:
+            # Its end of this pipe closes when it exits.
+            with contextlib.suppress(InterruptedError):
+                ready, _, _ = select.select([self._done], [], [], WAIT_AT_SHUTDOWN)
+            if ready:
+                os.read(self._done, 1)
+        finally:
+            os.close(self._done)
+
+
+def _serve(  # pragma: no cover - the reaper
+    requests: int, done: int, privileged: Callable[[], contextlib.AbstractContextManager[None]]
+) -> None:
+    os.setsid()  # Ctrl-C is for pytest, not for the reaper
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.chdir("/")  # a working directory in a view would keep it busy
+    # Nothing of pytest's stays open here: a descriptor in a view would keep it busy, and an
+    # xdist worker's pipes or a server's socket would not close with pytest.
+    requests = os.dup2(requests, 3, inheritable=False)
+    os.dup2(done, 4, inheritable=False)
+    os.closerange(5, 1 << 16)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(requests, 1 << 16)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return  # every writer is gone: pytest ended without shutting the backend down
+        *paths, pending = (pending + chunk).split(b"\0")
+        with privileged():
+            for path in paths:
+                if not path:
+                    return  # the backend's shutdown
+                with contextlib.suppress(OSError):
+                    _syscalls.umount(os.fsdecode(path), _syscalls.MNT_DETACH)
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+
+
+def start(
+    privileged: Callable[[], contextlib.AbstractContextManager[None]],
+) -> Reaper | None:
+    """A reaper for the calling thread's mount namespace, or None where none can be forked."""
+    try:
+        return Reaper(privileged)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE):
+            return None
+        raise
