@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import _unpriv
 from tests._gates import fuse_reason, gate, gate_backend, gate_mode, kernel_reason
 from tests._run import CHILD_OPTIONS, counts, pytest_argv, run, run_pytest, started
 from tests._sample_project import make_project, overlay_mounts, processes_with, tree_digest
@@ -144,6 +145,54 @@ def test_sigkill_after_a_batch_of_views_leaves_nothing_behind(tmp_path: Path) ->
     wait_until(lambda: not processes_with(run_marker))
     assert processes_with(run_marker) == [], "a process of the killed run is still alive"
     assert _state(project) == before
+
+
+BATCHES_CONFTEST = r"""
+import os
+
+
+def overlays():
+    return sum(1 for line in open("/proc/thread-self/mountinfo") if " - overlay " in line)
+
+
+def pytest_sessionfinish(session):
+    # After the test loop: the reaper has detached every batch, and nothing is mounted.
+    with open(os.environ["BATCH_OUT"], "w") as out:
+        out.write(str(overlays()))
+"""
+
+BATCHES_TESTS = r"""
+import pytest
+
+from conftest import overlays
+
+
+@pytest.mark.parametrize("i", range(70))
+def test_writes(overlay_root, i):
+    (overlay_root / "data.txt").write_text(str(i))
+    # Two batches of 32 closed by now at most: never more than one batch's views mounted.
+    assert overlays() <= 33
+"""
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["fixture", "in-place"])
+def test_batches_of_closed_views_are_detached_as_an_ordinary_user(inplace: bool) -> None:
+    gate("unprivileged-user", _unpriv.can_run_as_user())
+    files = {"conftest.py": BATCHES_CONFTEST, "test_batches.py": BATCHES_TESTS}
+
+    def build(root: Path) -> None:
+        for name, text in {**files, "pytest.ini": "[pytest]\n", "data.txt": "precious\n"}.items():
+            (root / name).write_text(text)
+
+    with _unpriv.user_project_ctx(build) as project:
+        out = project.parent / "overlays.txt"
+        env = {"BATCH_OUT": str(out), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        args = ("-p", "no:randomly", *(("--overlay",) if inplace else ()))
+        result = run_pytest(project, *args, user=True, env=env, timeout=300)
+        assert counts(result.output) == {"passed": 70}, result.output
+        assert out.read_text() == "0"
+        assert (project / "data.txt").read_text() == "precious\n"
+        assert processes_with(f"BATCH_OUT={out}") == [], "the reaper outlived the run"
 
 
 @pytest.mark.parametrize("victim", ["mount", "session"])
