@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from . import _namespaces
+from . import _janitor, _namespaces
 from ._errors import BackendUnavailableError
 from ._hermetic import hermetic_header
 from ._keys import registry_key, session_key
@@ -113,3 +113,10 @@ def summary_lines(config: pytest.Config, session: OverlaySession) -> list[str]:
     if kept:
         lines.append(kept)
     return lines
+
+
+def shutdown(session: OverlaySession) -> None:
+    """The run is over: release the session's views and backends, then let the janitors go
+    (nothing of the session is mounted any more), so that exit does not wait for them."""
+    session.shutdown()
+    _janitor.let_go()

@@ -15,7 +15,6 @@ from pytest_overlay import _namespaces
 from pytest_overlay._errors import OverlayError, OverlayFailure
 from pytest_overlay._session import OverlaySession
 
-from .build import build_failed, run_build
 from .cache import (
     LAYER_DIR,
     Layer,
@@ -110,6 +109,9 @@ class LayerFactory:
     def _build(
         self, name: str, build: Callable[[Path], object], below: tuple[Layer, ...], scratch: Path
     ) -> Path:
+        # Imported here: a run that builds no layer never needs it.
+        from .build import build_failed, run_build
+
         lowers: list[Path] = []
         for layer in below:
             lowers.extend(p for p in layer.stack() if p not in lowers)
