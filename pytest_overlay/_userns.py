@@ -18,7 +18,7 @@ from . import _namespaces
 from ._backends import Backend
 from ._backends.inplace import in_place_impossible
 from ._namespaces import EARLY, LAZY, XDIST_WORKER, threads_reason
-from ._probe import explain_userns_failure
+from ._probe import explain_userns_failure, probe_ahead
 from ._registry import AUTO, BackendRegistry
 from ._session import OverlaySession
 
@@ -31,9 +31,18 @@ def enter_before_conftests(
 
     A conftest may import a library that starts threads, after which the process can never
     enter a user namespace; in place that would leave no backend that keeps tests' writes off
-    the real tree, so the namespace is entered before any conftest is imported.
+    the real tree, so the namespace is entered before any conftest is imported.  As root, in
+    place on the kernel backend, the kernel probe is started instead (:func:`probe_ahead`).
     """
-    if _namespaces.is_real_root() or _namespaces.entered_user_namespace():
+    if _namespaces.entered_user_namespace():
+        return
+    if _namespaces.is_real_root():
+        if inplace and requested in (AUTO, "kernel"):
+            first = _first_choice(registry, requested, inplace=inplace)
+            if first is not None and first.name == "kernel":
+                # The backend's choice at pytest_configure asks the kernel probe: its child
+                # works meanwhile, while the conftests are imported.
+                probe_ahead()
         return
     backend = _first_choice(registry, requested, inplace=inplace)
     if backend is None or not backend.user_namespace:
