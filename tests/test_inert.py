@@ -89,6 +89,7 @@ FOR_FAILURES = {
     "pytest_overlay._goldenrun",
     "pytest_overlay._report",
     "pytest_overlay._snapshot.build",
+    "pytest_overlay._snapshot.cache",
 }
 TRIVIAL = """
 def test_one():
