@@ -9,6 +9,7 @@ next backend (or, in place, stops with the remedies).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,21 +32,23 @@ def enter_before_conftests(
 
     A conftest may import a library that starts threads, after which the process can never
     enter a user namespace; in place that would leave no backend that keeps tests' writes off
-    the real tree, so the namespace is entered before any conftest is imported.  As root, in
-    place on the kernel backend, the kernel probe is started instead (:func:`probe_ahead`).
+    the real tree, so the namespace is entered before any conftest is imported.
+
+    The kernel backend's probe (which decides whether to enter) runs in a child: started first
+    (:func:`probe_ahead`), it probes while this process imports the machinery it is about to
+    use; as root, in place, it probes on while the conftests are imported, and the backend's
+    choice at ``pytest_configure`` reads its answer.
     """
     if _namespaces.entered_user_namespace():
         return
-    if _namespaces.is_real_root():
-        if inplace and requested in (AUTO, "kernel"):
-            first = _first_choice(registry, requested, inplace=inplace)
-            if first is not None and first.name == "kernel":
-                # The backend's choice at pytest_configure asks the kernel probe: its child
-                # works meanwhile, while the conftests are imported.
-                probe_ahead()
+    root = _namespaces.is_real_root()
+    if root and not (inplace and requested in (AUTO, "kernel")):
         return
     backend = _first_choice(registry, requested, inplace=inplace)
-    if backend is None or not backend.user_namespace:
+    if backend is not None and backend.name == "kernel":
+        probe_ahead()
+        _import_machinery()
+    if root or backend is None or not backend.user_namespace:
         return
     unavailable = backend.unavailable_reason()
     if unavailable is not None:
@@ -68,6 +71,12 @@ def enter_before_conftests(
         if inplace:
             reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
             raise pytest.UsageError(in_place_impossible(_not_in_place(registry, reason))) from None
+
+
+def _import_machinery() -> None:
+    """Import what the run uses once its tests start (while the probe's child works)."""
+    for name in ("_activation", "_runtest"):
+        importlib.import_module(f"{__package__}.{name}")
 
 
 def _no_scratch() -> Path:
