@@ -23,6 +23,10 @@ from ._stale import remove_stale_mounts, temp_root
 from ._testreport import kept_summary
 from ._userns import enter_or_fall_back, is_xdist_controller
 
+# Sessions of this process not shut down yet: a pytest run in-process (pytester's inline
+# runs, pytest.main) lives inside another one, whose mounts its end must leave watched.
+_sessions = 0
+
 
 def activate(config: pytest.Config, settings: Settings, run_id: str) -> OverlaySession:
     """Bring the plugin into use: the session exists from here on (it probes on first need)."""
@@ -35,6 +39,8 @@ def activate(config: pytest.Config, settings: Settings, run_id: str) -> OverlayS
     session = OverlaySession(settings, config.stash[registry_key], decided)
     session.run_id = run_id
     config.stash[session_key] = session
+    global _sessions
+    _sessions += 1
     if not hasattr(config, "workerinput"):  # the controller's run removes them for all
         # Before any private mount namespace: a mount left on the host is removed there.
         removed = remove_stale_mounts(temp_root(config.option.basetemp))
@@ -116,7 +122,11 @@ def summary_lines(config: pytest.Config, session: OverlaySession) -> list[str]:
 
 
 def shutdown(session: OverlaySession) -> None:
-    """The run is over: release the session's views and backends, then let the janitors go
-    (nothing of the session is mounted any more), so that exit does not wait for them."""
+    """The run is over: release the session's views and backends, then, if it was the last
+    session of the process, let the janitors go (nothing of the sessions is mounted any more),
+    so that exit does not wait for them."""
+    global _sessions
     session.shutdown()
-    _janitor.let_go()
+    _sessions -= 1
+    if _sessions == 0:
+        _janitor.let_go()

@@ -14,10 +14,11 @@ table and call ``umount2``, which is safe in the child of a multi-threaded proce
 
 When pytest ends normally, every janitor is killed and waited for at exit, so that nothing of
 the run outlives it.  A janitor is a copy of the whole pytest process, which takes a few
-milliseconds to die; so once the session has shut down (its mounts are gone: nothing is left
-to detach), :func:`let_go` kills the janitors without waiting, and exit, tens of milliseconds
-later, finds them gone.  A later session of the same process (``pytest.main`` called again)
-that mounts in the same namespace starts a new one (:func:`watched`).
+milliseconds to die; so once the last session of the process has shut down (its mounts are
+gone: nothing is left to detach), :func:`let_go` kills the janitors without waiting, and exit,
+tens of milliseconds later, finds them gone.  A later session of the same process
+(``pytest.main`` called again) that mounts in the same namespace starts a new one
+(:func:`watched`).
 """
 
 from __future__ import annotations
