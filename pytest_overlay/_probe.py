@@ -4,10 +4,11 @@ A probe does the real thing (namespace, tmpfs, overlay mount, an opaque-director
 throw-away child, so it never changes the state of the pytest process.  The same probes decide
 backend selection and gate the project's own tests.
 
-The child takes a few milliseconds, most of them waited for.  In place as root, the plugin
-starts it before the conftests are imported (:func:`probe_ahead`), and the backend's choice
-reads its answer, and reaps it, at ``pytest_configure`` (:func:`probe_kernel`): the child works
-while pytest loads the conftests and configures its plugins.
+The child takes a few milliseconds, most of them waited for.  In place (or with
+``overlay_userns = early``) the plugin starts it before the conftests are imported
+(:func:`probe_ahead`) and imports its machinery while it probes; :func:`probe_kernel` then
+reads its answer and reaps it.  As root, in place, that happens only when the backend is chosen
+at ``pytest_configure``: the child also works while pytest loads the conftests.
 """
 
 from __future__ import annotations
