@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from . import _namespaces
+from . import _janitor, _namespaces
 from ._errors import BackendUnavailableError
 from ._hermetic import hermetic_header
 from ._keys import registry_key, session_key
@@ -22,6 +22,10 @@ from ._settings import Settings
 from ._stale import remove_stale_mounts, temp_root
 from ._testreport import kept_summary
 from ._userns import enter_or_fall_back, is_xdist_controller
+
+# Sessions of this process not shut down yet: a pytest run in-process (pytester's inline
+# runs, pytest.main) lives inside another one, whose mounts its end must leave watched.
+_sessions = 0
 
 
 def activate(config: pytest.Config, settings: Settings, run_id: str) -> OverlaySession:
@@ -35,6 +39,8 @@ def activate(config: pytest.Config, settings: Settings, run_id: str) -> OverlayS
     session = OverlaySession(settings, config.stash[registry_key], decided)
     session.run_id = run_id
     config.stash[session_key] = session
+    global _sessions
+    _sessions += 1
     if not hasattr(config, "workerinput"):  # the controller's run removes them for all
         # Before any private mount namespace: a mount left on the host is removed there.
         removed = remove_stale_mounts(temp_root(config.option.basetemp))
@@ -113,3 +119,14 @@ def summary_lines(config: pytest.Config, session: OverlaySession) -> list[str]:
     if kept:
         lines.append(kept)
     return lines
+
+
+def shutdown(session: OverlaySession) -> None:
+    """The run is over: release the session's views and backends, then, if it was the last
+    session of the process, let the janitors go (nothing of the sessions is mounted any more),
+    so that exit does not wait for them."""
+    global _sessions
+    session.shutdown()
+    _sessions -= 1
+    if _sessions == 0:
+        _janitor.let_go()

@@ -11,6 +11,14 @@ namespace since, and exits.  When pytest ends normally there is nothing left to 
 Forked, not executed: it inherits the namespace and the permitted capabilities (an ordinary
 user's, inside the user namespace), and it does nothing but wait on a pidfd, read the mount
 table and call ``umount2``, which is safe in the child of a multi-threaded process.
+
+When pytest ends normally, every janitor is killed and waited for at exit, so that nothing of
+the run outlives it.  A janitor is a copy of the whole pytest process, which takes a few
+milliseconds to die; so once the last session of the process has shut down (its mounts are
+gone: nothing is left to detach), :func:`let_go` kills the janitors without waiting, and exit,
+tens of milliseconds later, finds them gone.  A later session of the same process
+(``pytest.main`` called again) that mounts in the same namespace starts a new one
+(:func:`watched`).
 """
 
 from __future__ import annotations
@@ -25,7 +33,16 @@ from collections.abc import Callable
 
 from . import _mountinfo, _syscalls
 
-__all__ = ["start_janitor"]
+__all__ = ["let_go", "start_janitor", "watched"]
+
+# The pidfds of this process's janitors, by the mount namespace each watches (its inode)...
+_watching: dict[int | None, int] = {}
+# ... and of those killed by let_go, which exit still waits for.
+_leaving: list[int] = []
+_let_go = False
+# The process that started them: a child forked from it (a test's) inherits these, and must
+# not stop them when it exits.
+_owner: int | None = None
 
 
 def start_janitor(privileged: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
@@ -68,22 +85,58 @@ def start_janitor(privileged: Callable[[], contextlib.AbstractContextManager[Non
         _stop_at_exit(int(reply))
 
 
+def _namespace() -> int | None:
+    """The calling thread's mount namespace (its inode), or None if /proc cannot say."""
+    try:
+        return os.stat("/proc/thread-self/ns/mnt").st_ino
+    except OSError:
+        return None
+
+
+def watched() -> bool:
+    """Whether a janitor of this process watches the calling thread's mount namespace (asked
+    only once :func:`let_go` has stopped one: until then a namespace made has its janitor)."""
+    return not _let_go or _namespace() in _watching
+
+
 def _stop_at_exit(janitor: int) -> None:
-    """When pytest ends normally, its mounts are gone already: stop the janitor then, and
-    wait for it, so that nothing of the run outlives it."""
+    """Kill the janitor when pytest ends normally (its mounts are gone already), and wait
+    for it, so that nothing of the run outlives it."""
+    global _owner
     try:
         handle = os.pidfd_open(janitor)
     except OSError:
         return
+    _watching[_namespace()] = handle
+    if _owner is None:
+        _owner = os.getpid()
+        atexit.register(_stop_all)
 
-    def stop() -> None:
+
+def let_go() -> None:
+    """Kill every janitor now, without waiting for it: the session has shut down and nothing
+    of it is mounted any more.  Exit waits for them (by then they are gone)."""
+    global _let_go
+    if os.getpid() != _owner:
+        return
+    _let_go = True
+    for handle in _watching.values():
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(handle, signal.SIGKILL)
+    _leaving.extend(_watching.values())
+    _watching.clear()
+
+
+def _stop_all() -> None:
+    if os.getpid() != _owner:
+        return
+    let_go()
+    for handle in _leaving:
+        with contextlib.suppress(OSError):
             select.select([handle], [], [], 2.0)
         with contextlib.suppress(OSError):
             os.close(handle)
-
-    atexit.register(stop)
+    _leaving.clear()
 
 
 def _serve(  # pragma: no cover - the janitor

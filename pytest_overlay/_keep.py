@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from ._diff import TreeDiff
 from ._files import remove_tree
 from ._layerwrite import copy_layer
@@ -99,6 +97,9 @@ class Store:
         if (run_dir / RUN_FILE).exists():
             return run_dir
         self.root.mkdir(parents=True, exist_ok=True)
+        # Imported here: a run that keeps nothing never needs it (filelock takes ~10 ms to import).
+        from filelock import FileLock
+
         # The xdist workers of one run race to create it; the lock makes pruning happen once.
         with FileLock(str(self.root / ".lock")):
             if not (run_dir / RUN_FILE).exists():

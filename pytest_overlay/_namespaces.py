@@ -157,8 +157,12 @@ def ensure_private_mount_namespace() -> None:
     """
     native_id = threading.get_native_id()
     with _state_lock:
-        if native_id in _private_threads:
-            return
+        private = native_id in _private_threads
+    if private:
+        if not _janitor.watched():
+            # A later session of this process, after the last one let its janitor go.
+            _janitor.start_janitor(privileged)
+        return
     with privileged():
         _syscalls.unshare(_syscalls.CLONE_NEWNS)
         # Without this, mounts could propagate back to the host's shared mounts.

@@ -3,6 +3,12 @@
 A probe does the real thing (namespace, tmpfs, overlay mount, an opaque-directory write) in a
 throw-away child, so it never changes the state of the pytest process.  The same probes decide
 backend selection and gate the project's own tests.
+
+The child takes a few milliseconds, most of them waited for.  In place (or with
+``overlay_userns = early``) the plugin starts it before the conftests are imported
+(:func:`probe_ahead`) and imports its machinery while it probes; :func:`probe_kernel` then
+reads its answer and reaps it.  As root, in place, that happens only when the backend is chosen
+at ``pytest_configure``: the child also works while pytest loads the conftests.
 """
 
 from __future__ import annotations
@@ -323,11 +329,19 @@ def probe_kernel(lower: Path | None = None) -> ProbeResult:
     if not sys.platform.startswith("linux"):
         return ProbeResult(False, "", f"kernel overlayfs needs Linux, this is {sys.platform}")
     global _tmpfs_user_xattrs
+    ahead = _take_ahead() if lower is None else None
     if _namespaces.entered_user_namespace():
+        if ahead is not None:
+            ahead.result()  # reaped: it probed from outside the namespace
         # Probed before entering it; a lower layer stacked too deep shows at the first mount.
         return ProbeResult(True, "user namespace", tmpfs_user_xattrs=_tmpfs_user_xattrs)
     unprivileged = not _namespaces.is_real_root()
-    if _namespaces.thread_count() == 1:
+    if ahead is not None and ahead.unprivileged == unprivileged:
+        result = ahead.result()
+    elif ahead is not None:
+        ahead.result()  # reaped: the privileges changed since (a conftest dropped root)
+        return probe_kernel(lower)
+    elif _namespaces.thread_count() == 1:
         result = _run_forked(unprivileged, lower)
     else:
         result = _run_interpreter(unprivileged, lower)
@@ -340,21 +354,68 @@ _tmpfs_user_xattrs = True
 """What the last probe before entering the user namespace found (it cannot be asked after)."""
 
 
+@dataclass(frozen=True)
+class _Forked:
+    """A probe running in a forked child, which reports through a pipe."""
+
+    pid: int
+    pipe: int
+    unprivileged: bool
+
+    @classmethod
+    def start(cls, unprivileged: bool, lower: Path | None = None) -> _Forked:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+            os.close(read_fd)
+            try:
+                result = _probe_in_child(unprivileged, None if lower is None else str(lower))
+                os.write(write_fd, json.dumps(result.__dict__).encode())
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        return cls(pid, read_fd, unprivileged)
+
+    def result(self) -> ProbeResult:
+        """Wait for the child's answer, and reap it."""
+        with os.fdopen(self.pipe, "rb") as pipe:
+            data = pipe.read()
+        # Started ahead, it may have been reaped already by a conftest's os.wait().
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        return _decode(data, "user namespace" if self.unprivileged else "root")
+
+
 def _run_forked(unprivileged: bool, lower: Path | None = None) -> ProbeResult:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-        os.close(read_fd)
-        try:
-            result = _probe_in_child(unprivileged, None if lower is None else str(lower))
-            os.write(write_fd, json.dumps(result.__dict__).encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return _decode(data, "user namespace" if unprivileged else "root")
+    return _Forked.start(unprivileged, lower).result()
+
+
+_ahead: tuple[int, _Forked] | None = None
+"""The probe :func:`probe_ahead` started, with the pid of the process that started it."""
+
+
+def probe_ahead() -> None:
+    """Start the general probe now, in a child, for :func:`probe_kernel` to read later.
+
+    Only in a single-threaded process (a child is forked only from one); the pipe is not
+    inherited by what the process starts meanwhile.  A forked copy of the process (a
+    conftest's) does not take the answer: it probes again.
+    """
+    global _ahead
+    if _ahead is not None or not sys.platform.startswith("linux"):
+        return
+    if _namespaces.entered_user_namespace() or _namespaces.thread_count() != 1:
+        return
+    _ahead = (os.getpid(), _Forked.start(not _namespaces.is_real_root()))
+
+
+def _take_ahead() -> _Forked | None:
+    """The probe started ahead by this process, if any, handed over once."""
+    global _ahead
+    ahead, _ahead = _ahead, None
+    if ahead is None or ahead[0] != os.getpid():
+        return None
+    return ahead[1]
 
 
 def _run_interpreter(unprivileged: bool, lower: Path | None = None) -> ProbeResult:

@@ -9,14 +9,21 @@ the phrases for a detail, which the failure report (:mod:`._report`) and golden 
 
 Names, types and link targets are printed through :mod:`._safetext`, so a hostile file name
 stays one inert line; what is not known shows as ``?``.
+
+:class:`ReportOptions`, how much of a failure report to show, lives here rather than in
+:mod:`._report`, so that a run whose tests all pass never imports the report's code.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import final
 
 from ._diff import Change, ChangeKind, TreeDiff, display_path
 from ._safetext import safe_path
 
 __all__ = [
+    "ReportOptions",
     "change_line",
     "count_changes",
     "mode_change",
@@ -26,6 +33,27 @@ __all__ = [
     "target_change",
     "type_change",
 ]
+
+
+@final
+@dataclass(frozen=True)
+class ReportOptions:
+    """How much of a report to show, and how."""
+
+    max_lines: int | None = 200
+    """Most lines shown, the change list and the details together; None or 0 shows everything.
+    A report cut short ends with a line counting what was left out and every change by kind."""
+    details: bool = True
+    """Show the details after the change list (``--tb=short`` shows the list alone)."""
+    color: bool = False
+    """Colour the change list and the diffs with ANSI escape sequences."""
+    more_hint: str = ""
+    """Another way to see everything, added to the truncation note (for instance
+    ``"`pytest-overlay show 'tests/test_x.py::test_y'`"``)."""
+
+    def __post_init__(self) -> None:
+        if self.max_lines is not None and self.max_lines < 0:
+            raise ValueError(f"max_lines must be None or at least 0, not {self.max_lines}")
 
 
 def octal(mode: int | None) -> str:

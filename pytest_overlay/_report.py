@@ -25,11 +25,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import TypeAlias, final
+from typing import TypeAlias
 
 from ._diff import Change, ChangeKind, TreeDiff, display_path
 from ._oscompat import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK
-from ._render import change_line, count_changes, mode_change, shown_name, target_change, type_change
+from ._render import (
+    ReportOptions,
+    change_line,
+    count_changes,
+    mode_change,
+    shown_name,
+    target_change,
+    type_change,
+)
 from ._safetext import safe_line, safe_path
 
 __all__ = [
@@ -74,27 +82,6 @@ _KIND_COLORS = {
     ChangeKind.TIMES: _CYAN,
 }
 _LINE_COLORS = {"-": _RED, "+": _GREEN, "@": _CYAN, "h": _BOLD}
-
-
-@final
-@dataclass(frozen=True)
-class ReportOptions:
-    """How much of a report to show, and how."""
-
-    max_lines: int | None = 200
-    """Most lines shown, the change list and the details together; None or 0 shows everything.
-    A report cut short ends with a line counting what was left out and every change by kind."""
-    details: bool = True
-    """Show the details after the change list (``--tb=short`` shows the list alone)."""
-    color: bool = False
-    """Colour the change list and the diffs with ANSI escape sequences."""
-    more_hint: str = ""
-    """Another way to see everything, added to the truncation note (for instance
-    ``"`pytest-overlay show 'tests/test_x.py::test_y'`"``)."""
-
-    def __post_init__(self) -> None:
-        if self.max_lines is not None and self.max_lines < 0:
-            raise ValueError(f"max_lines must be None or at least 0, not {self.max_lines}")
 
 
 _DEFAULT_OPTIONS = ReportOptions()

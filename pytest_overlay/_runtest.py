@@ -42,7 +42,7 @@ from ._keep import Record, Store, keep_test
 from ._keys import registry_key, reports_key, state_key
 from ._overlay import Overlay
 from ._realfs import real_filesystem
-from ._report import ReportOptions
+from ._render import ReportOptions
 from ._session import OverlaySession
 from ._settings import MarkerChoices, make_ignore, parse_marker
 from ._snapshot.factory import LayerFactory, resolve_layers

@@ -10,14 +10,17 @@ import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _namespaces
 from ._backends import Backend, Mount, Selection, cannot_work_here, fall_back, select_backend
 from ._errors import BackendUnavailableError
 from ._registry import AUTO, BackendRegistry
 from ._settings import Settings
-from ._snapshot.cache import LayerCache
+
+if TYPE_CHECKING:
+    # Imported by the layer factory, once a test asks for a snapshot layer.
+    from ._snapshot.cache import LayerCache
 
 # What a view is for: the backend, its lowers, where it stands (in place) and what passes
 # through it.  A parked view goes only to a test that asks for exactly that.

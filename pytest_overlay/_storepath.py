@@ -16,7 +16,6 @@ does not import pytest.
 
 from __future__ import annotations
 
-import configparser
 import json
 import os
 import re
@@ -150,6 +149,8 @@ def read_config(path: Path) -> tuple[bool, str | None]:
         tables = ("pytest",) if always else ("tool.pytest.ini_options", "tool.pytest")
         found, value = _toml_setting(text, tables, "cache_dir")
         return found or always, value
+    import configparser  # here: only the command-line tool reads config files
+
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     try:
         parser.read_string(text, os.fspath(path))

@@ -7,7 +7,6 @@ branch on ``errno`` and users see which path failed.  Nothing here decides polic
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import functools
 import os
@@ -72,7 +71,13 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 def _libc() -> ctypes.CDLL:
     if not sys.platform.startswith("linux"):
         raise OSError(0, "Linux system calls are not available on " + sys.platform)
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    # The process's own symbols include libc's (as in _fuse.server): find_library("c") would
+    # run ldconfig in a subprocess, about 2 ms of every run that mounts.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "syscall"):  # a statically linked interpreter exports none of them
+        from ctypes.util import find_library
+
+        libc = ctypes.CDLL(find_library("c") or None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     return libc
 

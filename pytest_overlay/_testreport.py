@@ -1,6 +1,9 @@
 """What a test's changes look like to the user: the failure report's section (cut, encoded,
 following ``--tb`` and ``-v``), the report of every view of a test, and the end-of-run line
-about kept layers."""
+about kept layers.
+
+Every test's outcome passes through :func:`failure_report`, so this module is imported in every
+run that uses the plugin; the report's own code (:mod:`._report`) only once a test fails."""
 
 from __future__ import annotations
 
@@ -13,26 +16,28 @@ from typing import TYPE_CHECKING
 import pytest
 
 from . import _namespaces
-from ._backends import Mount
-from ._diff import TreeDiff
 from ._errors import path_too_long
 from ._keep import Store
 from ._keys import state_key
-from ._layers import LayerStack
-from ._render import count_changes
-from ._report import ReportOptions, render_report
+from ._render import ReportOptions, count_changes
 from ._safetext import safe_path
-from ._session import OverlaySession
 from ._storepath import cache_dir_of, store_dir
 
 if TYPE_CHECKING:
+    from ._backends import Mount
+    from ._diff import TreeDiff
     from ._runtest import TestState
+    from ._session import OverlaySession
 
 SECTION = "overlay changes"
 
 
 def render_changes_report(mount: Mount, diff: TreeDiff, options: ReportOptions) -> str:
     """The failure report of a view: change list, then unified diffs."""
+    # Imported here: a run whose tests all pass never needs the report's code.
+    from ._layers import LayerStack
+    from ._report import render_report
+
     stack = LayerStack(mount.lowers)
 
     def old(rel: str) -> Path | None:

@@ -9,6 +9,7 @@ next backend (or, in place, stops with the remedies).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from . import _namespaces
 from ._backends import Backend
 from ._backends.inplace import in_place_impossible
 from ._namespaces import EARLY, LAZY, XDIST_WORKER, threads_reason
-from ._probe import explain_userns_failure
+from ._probe import explain_userns_failure, probe_ahead
 from ._registry import AUTO, BackendRegistry
 from ._session import OverlaySession
 
@@ -32,11 +33,22 @@ def enter_before_conftests(
     A conftest may import a library that starts threads, after which the process can never
     enter a user namespace; in place that would leave no backend that keeps tests' writes off
     the real tree, so the namespace is entered before any conftest is imported.
+
+    The kernel backend's probe (which decides whether to enter) runs in a child: started first
+    (:func:`probe_ahead`), it probes while this process imports the machinery it is about to
+    use; as root, in place, it probes on while the conftests are imported, and the backend's
+    choice at ``pytest_configure`` reads its answer.
     """
-    if _namespaces.is_real_root() or _namespaces.entered_user_namespace():
+    if _namespaces.entered_user_namespace():
+        return
+    root = _namespaces.is_real_root()
+    if root and not (inplace and requested in (AUTO, "kernel")):
         return
     backend = _first_choice(registry, requested, inplace=inplace)
-    if backend is None or not backend.user_namespace:
+    if backend is not None and backend.name == "kernel":
+        probe_ahead()
+        _import_machinery()
+    if root or backend is None or not backend.user_namespace:
         return
     unavailable = backend.unavailable_reason()
     if unavailable is not None:
@@ -59,6 +71,12 @@ def enter_before_conftests(
         if inplace:
             reason = explain_userns_failure("entering the user namespace", exc.errno or 0)
             raise pytest.UsageError(in_place_impossible(_not_in_place(registry, reason))) from None
+
+
+def _import_machinery() -> None:
+    """Import what the run uses once its tests start (while the probe's child works)."""
+    for name in ("_activation", "_runtest"):
+        importlib.import_module(f"{__package__}.{name}")
 
 
 def _no_scratch() -> Path:

@@ -547,4 +547,4 @@ def golden_outcome_present(config: pytest.Config) -> bool:
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = _active(config)
     if session is not None:
-        session.shutdown()
+        _engine.shutdown(session)

@@ -1,4 +1,6 @@
 """Installed but unused, the plugin does nothing: no probe, no process, no mount, no imports.
+And in use, a run whose tests pass imports none of the code that only a failure, a kept layer
+or a snapshot layer needs.
 
 Each run starts a child pytest with an audit hook installed by ``sitecustomize`` (so before
 any plugin is imported).  The hook records every process start, exec and ``ctypes`` library
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests import _unpriv
-from tests._gates import gate
+from tests._gates import gate, kernel_reason
 from tests._run import counts, run_pytest
 
 AUDIT = r"""
@@ -78,6 +80,16 @@ THIN = {
     "pytest_overlay._version",
     "pytest_overlay.hookspecs",
     "pytest_overlay.plugin",
+}
+# What only a failed test's report (or a kept layer, a snapshot layer's build, a golden record)
+# needs: a passing run, in place or not, must not pay for importing it.
+FOR_FAILURES = {
+    "pytest_overlay._ci_reports",
+    "pytest_overlay._golden",
+    "pytest_overlay._goldenrun",
+    "pytest_overlay._report",
+    "pytest_overlay._snapshot.build",
+    "pytest_overlay._snapshot.cache",
 }
 TRIVIAL = """
 def test_one():
@@ -174,3 +186,30 @@ def test_the_fixture_line_is_left_out_with_quiet(tmp_path: Path) -> None:
     output, _ = _run_root(tmp_path, "-q")
     assert counts(output).get("passed") == 1
     assert "overlay: backend=" not in output, output
+
+
+READS = """
+from pathlib import Path
+
+def test_reads():
+    assert Path("test_it.py").exists()
+"""
+WRITES_AND_FAILS = """
+from pathlib import Path
+
+def test_writes():
+    Path("new.txt").write_text("x")
+    assert False
+"""
+
+
+@pytest.mark.parametrize("passes", [True, False], ids=["passing", "failing"])
+def test_a_passing_run_in_place_imports_no_report_code(tmp_path: Path, passes: bool) -> None:
+    gate("kernel", kernel_reason())
+    _project(tmp_path, READS if passes else WRITES_AND_FAILS)
+    result = run_pytest(tmp_path, "--overlay", env=_env(tmp_path), timeout=120)
+    assert counts(result.output) == ({"passed": 1} if passes else {"failed": 1}), result.output
+    imported = FOR_FAILURES & set(_merged(tmp_path)["modules"])
+    # A failing test's report does import them (so the names above are the modules it uses).
+    report = {"pytest_overlay._report", "pytest_overlay._ci_reports"}
+    assert imported == (set() if passes else report), imported

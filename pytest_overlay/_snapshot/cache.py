@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, final
 
-from filelock import FileLock
-
 from pytest_overlay._errors import OverlayError, OverlayFailure
 from pytest_overlay._files import remove_tree
 from pytest_overlay._keep import write_json_atomic
@@ -181,6 +179,9 @@ class LayerCache:
         self.root.mkdir(parents=True, exist_ok=True)
         if self._usable(final):
             return Layer(name, key, final / LAYER_DIR, below)
+        # Imported here: a run that builds no layer never needs it (~10 ms to import).
+        from filelock import FileLock
+
         with FileLock(str(self.root / f"{name}.lock")):
             self._raise_recorded_failure(name, key)
             if self._usable(final):

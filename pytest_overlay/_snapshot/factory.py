@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import pytest
 
@@ -15,22 +15,18 @@ from pytest_overlay import _namespaces
 from pytest_overlay._errors import OverlayError, OverlayFailure
 from pytest_overlay._session import OverlaySession
 
-from .build import build_failed, run_build
-from .cache import (
-    LAYER_DIR,
-    Layer,
-    LayerBuildError,
-    LayerCache,
-    default_layer_root,
-    hash_inputs,
-    layer_key,
-)
+# The cache is imported where a layer is asked for: a run without snapshot layers (in place,
+# every run imports this module) never needs it.
+if TYPE_CHECKING:
+    from .cache import Layer, LayerCache
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def layer_cache(config: pytest.Config, session: OverlaySession) -> LayerCache:
     """The session's layer cache (one per process; workers share the controller's run id)."""
+    from .cache import LayerCache, default_layer_root
+
     if session.layer_cache is None:
         root = session.settings.layer_dir or default_layer_root(config.rootpath)
         session.layer_cache = LayerCache(
@@ -75,6 +71,8 @@ class LayerFactory:
             every xdist worker) fails with the same message, without building again.
         """
         __tracebackhide__ = True
+        from .cache import LayerBuildError, hash_inputs, layer_key
+
         below = _check_arguments(name, build, below)
         # A lone path is one input, not a sequence of one-letter names.
         inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
@@ -110,6 +108,10 @@ class LayerFactory:
     def _build(
         self, name: str, build: Callable[[Path], object], below: tuple[Layer, ...], scratch: Path
     ) -> Path:
+        # Imported here: a run that builds no layer never needs it.
+        from .build import build_failed, run_build
+        from .cache import LAYER_DIR, LayerBuildError
+
         lowers: list[Path] = []
         for layer in below:
             lowers.extend(p for p in layer.stack() if p not in lowers)
@@ -140,6 +142,8 @@ class LayerFactory:
 def _check_arguments(name: object, build: object, below: object) -> tuple[Layer, ...]:
     """Fail with what is wrong, and how to write it, before anything is hashed or built;
     returns *below* as a tuple (a single layer may be given as it is)."""
+    from .cache import Layer
+
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         suggestion = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name)).strip("-._")[:64] or "venv"
         raise OverlayFailure(
@@ -183,6 +187,8 @@ def resolve_layers(request: pytest.FixtureRequest, names: object) -> tuple[Path,
     that names the test, the marker and the fixture, and no traceback.
     """
     __tracebackhide__ = True
+    from .cache import Layer
+
     if isinstance(names, str):
         names = [names]
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
