@@ -28,10 +28,10 @@ import contextlib
 import os
 import select
 import signal
-import warnings
 from collections.abc import Callable
 
 from . import _mountinfo, _syscalls
+from ._daemon import cut_loose, fork_detached
 
 __all__ = ["let_go", "start_janitor", "watched"]
 
@@ -55,34 +55,12 @@ def start_janitor(privileged: Callable[[], contextlib.AbstractContextManager[Non
         pidfd = os.pidfd_open(os.getpid())
     except (OSError, AttributeError):  # no pidfds before Linux 5.3: no janitor
         return
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
-        with warnings.catch_warnings():
-            # Python 3.12+ warns about fork in a multi-threaded process; the child does only
-            # what is safe there (see the module docstring).
-            warnings.simplefilter("ignore", DeprecationWarning)
-            child = os.fork()
-        if child == 0:  # pragma: no cover - the janitor; checked by killing pytest
-            try:
-                janitor = os.fork()
-                if janitor == 0:
-                    os.close(write_end)
-                    _serve(pidfd, initial, privileged)
-                else:
-                    os.write(write_end, str(janitor).encode())
-            finally:
-                os._exit(0)
-        os.close(write_end)
-        write_end = -1
-        os.waitpid(child, 0)
-        reply = os.read(read_end, 32)
+        janitor = fork_detached(lambda: _serve(pidfd, initial, privileged))
     finally:
         os.close(pidfd)
-        os.close(read_end)
-        if write_end >= 0:
-            os.close(write_end)
-    if reply.isdigit():
-        _stop_at_exit(int(reply))
+    if janitor is not None:
+        _stop_at_exit(janitor)
 
 
 def _namespace() -> int | None:
@@ -142,14 +120,7 @@ def _stop_all() -> None:
 def _serve(  # pragma: no cover - the janitor
     pidfd: int, initial: set[int], privileged: Callable[[], contextlib.AbstractContextManager[None]]
 ) -> None:
-    os.setsid()  # Ctrl-C is for pytest, not for the janitor
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Nothing of pytest's stays open here (an xdist worker's pipes, a server's socket).
-    keep = os.dup2(pidfd, 3, inheritable=False)
-    os.closerange(4, 1 << 16)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
+    (keep,) = cut_loose([pidfd])
     with contextlib.suppress(InterruptedError):
         select.select([keep], [], [])
     try:

@@ -22,11 +22,10 @@ import contextlib
 import errno
 import os
 import select
-import signal
-import warnings
 from collections.abc import Callable
 
 from pytest_overlay import _syscalls
+from pytest_overlay._daemon import cut_loose, fork_detached
 
 __all__ = ["Reaper"]
 
@@ -42,20 +41,7 @@ class Reaper:
         requests, self._writer = os.pipe2(os.O_CLOEXEC)
         self._done, done_writer = os.pipe2(os.O_CLOEXEC)
         try:
-            with warnings.catch_warnings():
-                # Python 3.12+ warns about fork in a multi-threaded process; the reaper only
-                # reads a pipe and calls umount2 and rmdir (see the module docstring).
-                warnings.simplefilter("ignore", DeprecationWarning)
-                child = os.fork()
-            if child == 0:  # pragma: no cover - the reaper; checked through its detaches
-                try:
-                    if os.fork() == 0:
-                        os.close(self._writer)
-                        os.close(self._done)
-                        _serve(requests, done_writer, privileged)
-                finally:
-                    os._exit(0)
-            os.waitpid(child, 0)
+            fork_detached(lambda: _serve(requests, done_writer, privileged))
         except BaseException:
             os.close(self._writer)
             os.close(self._done)
@@ -103,22 +89,12 @@ class Reaper:
 def _serve(  # pragma: no cover - the reaper
     requests: int, done: int, privileged: Callable[[], contextlib.AbstractContextManager[None]]
 ) -> None:
-    os.setsid()  # Ctrl-C is for pytest, not for the reaper
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.chdir("/")  # a working directory in a view would keep it busy
+    requests, done = cut_loose([requests, done])
     # Second to pytest: a request wakes it up, and at pytest's priority the kernel would run
     # it on pytest's CPU there and then (a pipe's wake-up hints that the writer will sleep),
     # holding pytest up for the whole detach (250 us against 25 us for a write, measured).
     with contextlib.suppress(OSError):
         os.nice(10)
-    # Nothing of pytest's stays open here: a descriptor in a view would keep it busy, and an
-    # xdist worker's pipes or a server's socket would not close with pytest.
-    requests = os.dup2(requests, 3, inheritable=False)
-    os.dup2(done, 4, inheritable=False)
-    os.closerange(5, 1 << 16)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
     pending = b""
     while True:
         try:
