@@ -210,7 +210,7 @@ def _differential() -> dict[str, object]:
             "-rfE",
             f"--basetemp={SCRATCH / 'differential'}",
             "tests/test_differential.py",
-            "tests/test_change_flags.py",
+            "tests/test_change_flags.py::test_change_flags",
         ),
         cwd=_unpriv.REPO_ROOT,
         timeout=900,
