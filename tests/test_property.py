@@ -154,10 +154,13 @@ FUSE = FuseBackend(lambda: SCRATCH / "fuse")
 
 
 def inotify_instances():
-    # The per-user limit is 128 (fs.inotify.max_user_instances): each copy holds one.
+    # The per-user limit is 128 (fs.inotify.max_user_instances): each copy holds one.  The
+    # kernel and fuse backends above hold one each for the whole module (their views' change
+    # flags), and are not counted.
+    session = {flags._inotify.fd for flags in (KERNEL._changes, FUSE._changes) if flags._inotify}
     fds = Path("/proc/self/fd")
-    return sum(os.readlink(fd) == "anon_inode:inotify" for fd in fds.iterdir()
-               if os.path.lexists(fd))
+    return sum(os.readlink(fd) == "anon_inode:inotify" and int(fd.name) not in session
+               for fd in fds.iterdir() if os.path.lexists(fd))
 
 
 @contextlib.contextmanager
