@@ -12,6 +12,7 @@ matrix runs this file in every guest kernel too.  The mounts are made in a pytes
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -155,54 +156,57 @@ def test_change_flags(pytester: pytest.Pytester, backend: str) -> None:
 # The flags themselves, on plain directories (no mount needed).
 
 
-def test_a_flag_is_raised_by_a_change_to_its_own_directories_only(tmp_path: Path) -> None:
-    flags = ChangeFlags()
-    first, second = tmp_path / "first", tmp_path / "second"
-    first.mkdir()
-    second.mkdir()
+@pytest.fixture
+def flags() -> Iterator[ChangeFlags]:
+    made = ChangeFlags()
     try:
-        assert flags.watch("first", [str(first)])
-        assert flags.watch("second", [str(second)])
-        os.listdir(first)  # reading is no change
-        assert not flags.changed("first")
-        (first / "new").write_text("x")
-        assert flags.changed("first")
-        assert not flags.changed("second")
-        flags.forget("first")
-        assert flags.changed("first")  # no longer watched: nothing can be vouched for
-        os.chmod(second, 0o700)
-        assert flags.changed("second")
+        yield made
     finally:
-        flags.close()
+        made.close()
 
 
-def test_an_overflowing_queue_raises_every_flag(tmp_path: Path) -> None:
+def watched(flags: ChangeFlags, tmp_path: Path, *keys: str) -> list[Path]:
+    """A new directory per key under *tmp_path*, each watched for its key."""
+    directories = []
+    for key in keys:
+        (tmp_path / key).mkdir()
+        assert flags.watch(key, [str(tmp_path / key)])
+        directories.append(tmp_path / key)
+    return directories
+
+
+def test_a_flag_is_raised_by_a_change_to_its_own_directories_only(
+    flags: ChangeFlags, tmp_path: Path
+) -> None:
+    first, second = watched(flags, tmp_path, "first", "second")
+    os.listdir(first)  # reading is no change
+    assert not flags.changed("first")
+    (first / "new").write_text("x")
+    assert flags.changed("first")
+    assert not flags.changed("second")
+    flags.forget("first")
+    assert flags.changed("first")  # no longer watched: nothing can be vouched for
+    os.chmod(second, 0o700)
+    assert flags.changed("second")
+
+
+def test_an_overflowing_queue_raises_every_flag(flags: ChangeFlags, tmp_path: Path) -> None:
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
-    flags = ChangeFlags()
-    busy, quiet = tmp_path / "busy", tmp_path / "quiet"
-    busy.mkdir()
-    quiet.mkdir()
-    try:
-        assert flags.watch("busy", [str(busy)])
-        assert flags.watch("quiet", [str(quiet)])
-        for index in range(limit + 10):  # one event each, more than the queue holds
-            os.mkdir(busy / str(index))
-        assert flags.changed("quiet")
-    finally:
-        flags.close()
+    busy, _ = watched(flags, tmp_path, "busy", "quiet")
+    for index in range(limit + 10):  # one event each, more than the queue holds
+        os.mkdir(busy / str(index))
+    assert flags.changed("quiet")
 
 
-def test_a_forked_child_trusts_no_flag_and_takes_no_event(tmp_path: Path) -> None:
+def test_a_forked_child_trusts_no_flag_and_takes_no_event(
+    flags: ChangeFlags, tmp_path: Path
+) -> None:
     # It shares the parent's inotify queue: reading it there would hide the parent's events.
-    flags = ChangeFlags()
-    try:
-        assert flags.watch("key", [str(tmp_path)])
-        (tmp_path / "new").write_text("x")
-        child = os.fork()
-        if child == 0:  # pragma: no cover - the child
-            os._exit(0 if flags.changed("key") and not flags.watch("other", [str(tmp_path)]) else 1)
-        _, status = os.waitpid(child, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert flags.changed("key")  # the event is still the parent's
-    finally:
-        flags.close()
+    (directory,) = watched(flags, tmp_path, "key")
+    (directory / "new").write_text("x")
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os._exit(0 if flags.changed("key") and not flags.watch("other", [str(tmp_path)]) else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert flags.changed("key")  # the event is still the parent's
