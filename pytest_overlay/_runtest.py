@@ -218,7 +218,7 @@ def _carry_aside(session: OverlaySession, state: TestState, done: Finished) -> l
         globs = settings.carry_files if index == 0 else ()
         if not globs and not carries(settings, target):
             continue  # an area of --overlay-hermetic, usually: nothing can be carried
-        scratch = session.basetemp / "overlay" / "carried" / str(index)
+        scratch = Path(f"{session.basetemp}/overlay/carried/{index}")  # one Path, not four
         try:
             aside = carry_aside(mount.new_root, target, settings.passthrough, globs, scratch)
         except OSError as exc:
