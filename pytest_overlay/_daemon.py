@@ -12,7 +12,6 @@ descriptors it was handed.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import warnings
@@ -62,6 +61,8 @@ def cut_loose(keep: Sequence[int]) -> list[int]:  # pragma: no cover - the forke
     os.setsid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.chdir("/")
+    import fcntl  # here: the module is imported on every platform, fcntl is POSIX's
+
     # Above every number they land on, then down to 3, 4, ...: no copy overwrites another.
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 3 + len(keep)) for fd in keep]
     kept = [os.dup2(fd, 3 + index, inheritable=False) for index, fd in enumerate(high)]

@@ -192,6 +192,14 @@ def _before_6_6(directory):
 
 
 _overlayopts.user_xattrs = _before_6_6
+
+# In place, or as an ordinary user, the kernel probe started before this conftest was read,
+# with the real function: probe again with this one.
+from pytest_overlay import _probe
+
+_ahead = _probe._take_ahead()
+if _ahead is not None:
+    _ahead.result()
 """
 
 
