@@ -53,6 +53,23 @@ DIRECTORY_CHANGES = (
     | IN_EXCL_UNLINK
 )
 _EVENT = struct.Struct("iIII")
+_READ_SIZE = 1 << 16
+_LARGEST_EVENT = _EVENT.size + 256  # a name of NAME_MAX bytes, NUL-terminated and padded
+
+
+class _Pid:
+    """This process's pid, kept current across ``fork`` without a system call per question
+    (:class:`ChangeFlags` asks it several times per test)."""
+
+    value = os.getpid()
+
+    @classmethod
+    def renew(cls) -> None:
+        cls.value = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no inotify either
+    os.register_at_fork(after_in_child=_Pid.renew)
 
 
 class Inotify:
@@ -99,8 +116,32 @@ class Inotify:
                 yield wd, mask, data[start : start + length].rstrip(b"\0")
                 offset = start + length
 
+    def read_raw(self) -> bytes:
+        """Every queued event, unparsed (b"" when the queue is empty), for callers that need
+        only each event's watch and mask (:func:`watches_and_masks`).  A read that leaves
+        room for another event emptied the queue: no second read to learn that it is empty."""
+        chunks: list[bytes] = []
+        while True:
+            try:
+                data = os.read(self.fd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            chunks.append(data)
+            if len(data) <= _READ_SIZE - _LARGEST_EVENT:
+                break
+        return b"".join(chunks)
+
     def close(self) -> None:
         os.close(self.fd)
+
+
+def watches_and_masks(data: bytes) -> Iterator[tuple[int, int]]:
+    """``(wd, mask)`` of each event in *data* (from :meth:`Inotify.read_raw`), names skipped."""
+    offset, end, size, unpack = 0, len(data), _EVENT.size, _EVENT.unpack_from
+    while offset < end:
+        wd, mask, _cookie, length = unpack(data, offset)
+        yield wd, mask
+        offset += size + length
 
 
 class ChangeFlags:
@@ -133,8 +174,8 @@ class ChangeFlags:
             except OSError:
                 self._failed = True  # not Linux, or no instance left: the callers fall back
                 return False
-            self._owner = os.getpid()
-        elif os.getpid() != self._owner:
+            self._owner = _Pid.value
+        elif _Pid.value != self._owner:
             return False
         watches: list[int] = []
         try:
@@ -154,9 +195,14 @@ class ChangeFlags:
         """Whether anything changed in *key*'s directories since :meth:`watch` (one read of
         an empty queue when nothing did)."""
         inotify = self._inotify
-        if inotify is None or key not in self._watches or os.getpid() != self._owner:
+        if inotify is None or key not in self._watches or _Pid.value != self._owner:
             return True
-        for wd, mask, _ in inotify.read():
+        if key in self._changed:
+            return True  # raised already: a flag is never lowered
+        data = inotify.read_raw()
+        if not data:
+            return False  # the usual case: nothing happened, nothing to parse
+        for wd, mask in watches_and_masks(data):
             if mask & IN_Q_OVERFLOW:
                 self._changed.update(self._watches)
             else:
@@ -174,13 +220,13 @@ class ChangeFlags:
             return
         for wd in watches:
             self._key_of.pop(wd, None)
-        if unwatch and self._inotify is not None and os.getpid() == self._owner:
+        if unwatch and self._inotify is not None and _Pid.value == self._owner:
             for wd in watches:
                 self._inotify.remove(wd)
 
     def close(self) -> None:
         """Release the inotify instance (every flag is raised from then on)."""
-        if self._inotify is not None and os.getpid() == self._owner:
+        if self._inotify is not None and _Pid.value == self._owner:
             self._inotify.close()
         self._inotify = None
         self._watches.clear()

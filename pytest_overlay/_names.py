@@ -6,10 +6,13 @@ import datetime as _dt
 import os
 import re
 
+_NOT_WORD = re.compile(r"\W")
+
 
 def safe_label(name: str, limit: int = 30) -> str:
-    """A short directory name derived from a test name, the way ``tmp_path`` names them."""
-    return re.sub(r"[\W]", "_", name)[:limit] or "test"
+    """A short directory name derived from a test name, the way ``tmp_path`` names them
+    (cut first: each character is replaced by one, and a parametrized name can be long)."""
+    return _NOT_WORD.sub("_", name[:limit]) or "test"
 
 
 def name_in_module(nodeid: str, name: str) -> str:

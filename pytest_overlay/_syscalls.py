@@ -159,21 +159,30 @@ def mount_overlay_new_api(
         os.close(fs_fd)
 
 
-def clone_tree(path: str | os.PathLike[str], *, readonly: bool = False) -> int:
-    """A detached recursive bind mount of *path* (``open_tree(2)``), to attach elsewhere later.
+def clone_tree(
+    path: str | os.PathLike[str], *, readonly: bool = False, recursive: bool = True
+) -> int:
+    """A detached bind mount of *path* (``open_tree(2)``), to attach elsewhere later.
 
     With *readonly* the clone refuses writes (``mount_setattr(2)``), whatever the original.
+    Not *recursive*, the clone shows none of the mounts below *path*; in a user namespace the
+    kernel refuses that (EINVAL) where one of them came from a more privileged namespace (it
+    would uncover what that mount hides), and the clone is then recursive after all.
     """
-    tree_fd = _check(
-        _syscall(
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC
+    result = (
+        _syscall(_SYS_OPEN_TREE, ctypes.c_int(AT_FDCWD), _b(path), ctypes.c_uint(flags))
+        if not recursive
+        else -1
+    )
+    if result < 0:
+        result = _syscall(
             _SYS_OPEN_TREE,
             ctypes.c_int(AT_FDCWD),
             _b(path),
-            ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE),
-        ),
-        "open_tree",
-        path,
-    )
+            ctypes.c_uint(flags | AT_RECURSIVE),
+        )
+    tree_fd = _check(result, "open_tree", path)
     if readonly:
         attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
         result = _syscall(

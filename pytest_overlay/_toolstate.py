@@ -62,16 +62,14 @@ def carry_aside(
     *file_globs*) from its *upper* layer, a view of *target*, to a new directory in
     *scratch*."""
     moves: list[tuple[Path, Path]] = []
+    names = _names(upper)
+    # Only what the upper layer has at its root can hold anything (the test wrote there).
+    wanted = [rel for rel in _relative(tuple(passthrough), target) if rel[0] in names]
+    wanted += [(n, "") for n in sorted(names) if any(fnmatch.fnmatchcase(n, g) for g in file_globs)]
+    if not wanted:
+        return Carried(moves)  # the usual case: as an ordinary user, no capability raised
+    # A test may leave unreadable files behind.
     with _namespaces.privileged():
-        try:
-            names = set(os.listdir(upper))
-        except OSError:
-            names = set()
-        # Only what the upper layer has at its root can hold anything (the test wrote there).
-        wanted = [rel for rel in _relative(tuple(passthrough), target) if rel[0] in names]
-        wanted += [
-            (n, "") for n in sorted(names) if any(fnmatch.fnmatchcase(n, g) for g in file_globs)
-        ]
         for first, rest in wanted:
             rel = f"{first}/{rest}" if rest else first
             source = upper / rel
@@ -86,6 +84,22 @@ def carry_aside(
             _merge(source, staged)
             moves.append((staged, target / rel))
     return Carried(moves)
+
+
+def _names(upper: Path) -> set[str]:
+    """The names at the root of *upper*: its mode is the project root's, which its owner
+    can list, so capabilities are raised only where that was taken away."""
+    try:
+        return set(os.listdir(upper))
+    except PermissionError:
+        pass
+    except OSError:
+        return set()
+    with _namespaces.privileged():
+        try:
+            return set(os.listdir(upper))
+        except OSError:
+            return set()
 
 
 @functools.lru_cache(maxsize=16)

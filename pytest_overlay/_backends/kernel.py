@@ -40,7 +40,7 @@ from pytest_overlay._inotify import ChangeFlags
 from . import reaper
 from .base import ScratchBackend, safe_label
 from .idmap import overflow_note, unmapped_owner
-from .mounted import RealDirs, UpperLayerView, detach, readable_lowers
+from .mounted import Parking, RealDirs, Spares, UpperLayerView, detach, readable_lowers
 
 # Closed views left mounted in a batch before it is detached (see the module docstring).
 BATCH = 32
@@ -56,6 +56,33 @@ class _Batch:
         self.path_s = os.fspath(path)
         self.live = 0
         self.closed = 0
+
+
+class _InPlace:
+    """What the in-place views of one sandboxed directory share in one thread's mount
+    namespace, on a tmpfs of their own in the scratch directory: a read-only clone of the real
+    directory, attached once, where the diff reads it while a view covers it (a clone and an
+    attach per view cost 0.1 ms); the park of their busy checks (:class:`~.mounted.Parking`);
+    and the pass-through mounts of the view retired last, for the next view
+    (:class:`~.mounted.Spares`).  Detached after the last test."""
+
+    def __init__(self, root: Path, parking: Parking) -> None:
+        self.root = root
+        self.lower = root / "lower"
+        self.parking = parking
+        self.spares: Spares | None = None
+        # Another sandboxed directory holds this one (found when its view was first mounted,
+        # maybe after this one's): a view's way back from the park leads through the outer
+        # view, not the real parent directory, so the views park on their own again.  The
+        # read-only clone, taken of the real directory, stays right.
+        self.nested = False
+
+    def close(self) -> None:
+        """Close the descriptors (the mounts go with the tmpfs, detached by the caller)."""
+        if self.spares is not None:
+            self.spares.close()
+            self.spares = None
+        self.parking.close()
 
 
 class _NoReaper:
@@ -78,28 +105,33 @@ class KernelMount(UpperLayerView):
         lowers: tuple[Path, ...],
         backend: KernelBackend,
         batch: _Batch,
+        shared: _InPlace | None = None,
     ) -> None:
         super().__init__(root, merged, lowers)
         self._closed = False
         self._backend = backend
         self._batch = batch
+        self._shared = shared
         batch.live += 1
 
     def reusable(self) -> bool:
         return not self._closed and self._reusable()
 
+    def _parking(self) -> Parking | None:
+        shared = self._shared
+        return None if shared is None or shared.nested else shared.parking
+
     def close(self) -> list[str]:
         if self._closed:
             return []
         self._closed = True
+        retired = False
         try:
-            if self._retire():
-                # Idle: nothing writes to it any more, and its watch goes with its batch.
-                self.stop_watching(unwatch=False)
-                return []
-            self.stop_watching()
-            return self._unmount()
+            retired = self._retire()
+            return [] if retired else self._unmount()
         finally:
+            # Retired: idle, nothing writes to it any more, and its watch goes with its batch.
+            self.stop_watching(unwatch=not retired)
             self.close_descriptors()
             self._batch.live -= 1
             self._backend.retired(self._batch)
@@ -114,10 +146,17 @@ class KernelMount(UpperLayerView):
             with _namespaces.privileged():
                 if _used(self._root) > KEEP_AT_MOST:
                     return False
-                # Its pass-through mounts stay where the check put them, in this view's
-                # tmpfs: they go with its batch (two moves saved per writing test in place).
-                if not self._idle(leave_aside=True):
+                # Its pass-through mounts stay where the check parked them (two moves saved
+                # per writing test in place): for the next view, where the backend keeps them,
+                # or else in this view's tmpfs, to go with its batch.
+                shared = self._shared
+                if shared is not None and shared.nested:
+                    shared = None
+                keep = shared is None or shared.spares is None
+                if not self._idle(leave_aside=keep):
                     return False
+                if shared is not None and keep:
+                    shared.spares = self.hand_over()
                 if self._merged.parent != self._root:
                     # In place: off the real path.
                     aside = self._root / ".view"
@@ -223,6 +262,9 @@ class KernelBackend(ScratchBackend[KernelMount]):
         self._changes = ChangeFlags()
         # Per thread (each has a mount namespace of its own): who detaches its full batches.
         self._reapers: dict[int, _NoReaper | reaper.Reaper] = {}
+        # Per thread and sandboxed directory, what its in-place views share (None: nothing,
+        # the scratch directory is inside it); made at its first view.
+        self._in_place: dict[tuple[int, Path], _InPlace | None] = {}
 
     def _probe_result(self) -> _probe.ProbeResult:
         if self._probe is None:
@@ -343,6 +385,59 @@ class KernelBackend(ScratchBackend[KernelMount]):
         with contextlib.suppress(OSError):
             batch.path.rmdir()
 
+    def _share_in_place(self, target: Path) -> _InPlace | None:
+        """Make (once per thread, before the first view covers *target*) what the in-place
+        views of *target* share; None where they share nothing: upper layers on the disk, or
+        the scratch directory inside *target* (pytester's layout), where a view's scratch
+        mounts are reached through its own pass-through clone of it, or *target* inside another
+        sandboxed directory (see :attr:`_InPlace.nested`)."""
+        thread = threading.get_native_id()
+        key = (thread, target)
+        if key in self._in_place:
+            return self._in_place[key]
+        self._in_place[key] = None
+        scratch = self._scratch
+        if self._upper_on_disk or scratch == target or target in scratch.parents:
+            return None
+        nested = False
+        for (other_thread, other), state in self._in_place.items():
+            if other_thread == thread and other in target.parents:
+                nested = True
+            elif other_thread == thread and target in other.parents and state is not None:
+                state.nested = True  # mounted first, and this one goes over it
+        if nested:
+            return None
+        root = scratch / f"inplace{len(self._in_place)}"
+        root.mkdir()
+        _syscalls.mount("tmpfs", root, "tmpfs", _syscalls.MS_NOSUID, "mode=0755")
+        try:
+            (root / "lower").mkdir()
+            (root / "park").mkdir()
+            # Not recursive: the overlay shows no mount below a lower layer either.
+            clone = _syscalls.clone_tree(target, readonly=True, recursive=False)
+            try:
+                _syscalls.attach_tree(clone, root / "lower")
+            finally:
+                os.close(clone)
+            shared = _InPlace(root, Parking(os.fspath(root / "park"), os.fspath(target.parent)))
+        except OSError:
+            detach(root)
+            raise
+        self._in_place[key] = shared
+        return shared
+
+    def _drop_in_place(self, thread: int | None) -> None:
+        """Detach what the in-place views of *thread* (None: every thread) share."""
+        for key in [k for k in self._in_place if thread is None or k[0] == thread]:
+            shared = self._in_place.pop(key)
+            if shared is None:
+                continue
+            shared.close()
+            if key[0] == threading.get_native_id():  # another thread's namespace is not ours
+                with _namespaces.privileged(), contextlib.suppress(OSError):
+                    detach(shared.root)
+                    shared.root.rmdir()
+
     def _mount(
         self, lowers: Sequence[Path], label: str, target: Path | None, passthrough: Sequence[Path]
     ) -> KernelMount:
@@ -378,16 +473,30 @@ class KernelBackend(ScratchBackend[KernelMount]):
         if target is None:
             os.mkdir(merged)
         _copy_root_metadata(lowers[0], upper)
-        readable = readable_lowers(lowers, target, root)
-        mount = KernelMount(root, merged, tuple(readable), self, batch)
-        real = RealDirs(passthrough)
+        shared = None if target is None else self._share_in_place(target)
+        spares = None
+        if shared is None:
+            readable = readable_lowers(lowers, target, root)
+            real = RealDirs(passthrough)
+            held = readable
+        else:
+            readable = [shared.lower if lower == target else lower for lower in lowers]
+            spares, shared.spares = shared.spares, None  # never any once nested
+            real = RealDirs(() if spares else passthrough)
+            held = list(lowers)  # cloned once, above
+        mount = KernelMount(root, merged, tuple(readable), self, batch, shared)
         try:
             # Before the overlay hides them (the clones go with this mount's tmpfs).
-            real.hold(lowers, readable)
+            real.hold(lowers, held)
             self._mount_overlay(merged, lowers, upper, work)
-            mount.put_back(real)
+            if spares is not None and shared is not None:
+                mount.adopt(spares, shared.parking)
+            else:
+                mount.put_back(real)
             mount.remember_fresh(self._changes)
         except OSError as exc:
+            if spares is not None:
+                spares.close()  # those not adopted yet
             mount.close()
             hint = _stacking_hint(lowers) if exc.errno == errno.EINVAL else ""
             raise MountError(
@@ -419,6 +528,7 @@ class KernelBackend(ScratchBackend[KernelMount]):
         started = self._reapers.pop(thread, None)
         if started is not None:
             started.close()
+        self._drop_in_place(thread)
 
     def shutdown(self) -> None:
         self._changes.close()
@@ -426,6 +536,7 @@ class KernelBackend(ScratchBackend[KernelMount]):
         for started in self._reapers.values():
             started.close()
         self._reapers.clear()
+        self._drop_in_place(None)
         if self._scratch_path is None:
             return
         # The tmpfs lives in this process's private namespace and dies with it; unmounting
