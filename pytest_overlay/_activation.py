@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from . import _janitor, _namespaces
+from . import _janitor, _namespaces, _realfs
 from ._errors import BackendUnavailableError
 from ._hermetic import hermetic_header
 from ._keys import registry_key, session_key
@@ -41,6 +41,7 @@ def activate(config: pytest.Config, settings: Settings, run_id: str) -> OverlayS
     config.stash[session_key] = session
     global _sessions
     _sessions += 1
+    _realfs.watch()  # the check that no test patched os, cheap until one assigns there
     if not hasattr(config, "workerinput"):  # the controller's run removes them for all
         # Before any private mount namespace: a mount left on the host is removed there.
         removed = remove_stale_mounts(temp_root(config.option.basetemp))
@@ -126,7 +127,10 @@ def shutdown(session: OverlaySession) -> None:
     session of the process, let the janitors go (nothing of the sessions is mounted any more),
     so that exit does not wait for them."""
     global _sessions
-    session.shutdown()
-    _sessions -= 1
+    try:
+        session.shutdown()
+    finally:
+        _sessions -= 1
+        _realfs.unwatch()
     if _sessions == 0:
         _janitor.let_go()

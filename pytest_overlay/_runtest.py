@@ -292,7 +292,12 @@ def in_place_setup(
     layers: tuple[Path, ...] = ()
     if request is not None:  # only a test whose marker asks for layers has the fixture
         layers = resolve_layers(request, list(marker_choices(item).layers))
-    problem = _uncover_all(item, session, in_place_targets(session.settings))
+    # Between two tests only pytest's own hooks run: what the last teardown found (nothing
+    # unexpected over a sandboxed directory) still holds.  Else look, and clear the way.
+    problem = None
+    if not session.contained:
+        problem = _uncover_all(item, session, in_place_targets(session.settings))
+    session.contained = False
     if problem:
         _contain.stop(item, f"pytest-overlay stopped the run: {problem}")
         pytest.fail(
@@ -392,6 +397,7 @@ def _contain_teardown(
     if problems:
         fresh = "" if item.session.shouldfail else "; the next test gets a fresh view"
         pytest.fail(f"pytest-overlay: {'; '.join(problems)}{fresh}", pytrace=False)
+    session.contained = state.inplace
 
 
 _REPORTS_SHOWN = 10

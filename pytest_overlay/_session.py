@@ -64,6 +64,9 @@ class OverlaySession:
         # In place: the real directories inside each sandboxed one that stay writable
         # (pytest's cache and basetemp, overlay_passthrough), found at the first test.
         self.passthrough: dict[Path, tuple[Path, ...]] | None = None
+        # In place: the last test's teardown found every sandboxed directory as expected (its
+        # view parked there, or the real directory), so the next setup need not look again.
+        self.contained = False
         self._in_use: dict[Mount, ViewKey] = {}
 
     def set_basetemp(

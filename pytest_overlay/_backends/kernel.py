@@ -112,10 +112,23 @@ class KernelMount(UpperLayerView):
         self._backend = backend
         self._batch = batch
         self._shared = shared
+        # What the view's own directory is: a view whose directory a test hid (a mount over
+        # the scratch directory) could not be closed later, so it goes now, and the test that
+        # hid it errs, not the next one.
+        st = os.stat(root)
+        self._root_id = (st.st_dev, st.st_ino)
+        self._root_s = os.fspath(root)
         batch.live += 1
 
     def reusable(self) -> bool:
-        return not self._closed and self._reusable()
+        return not self._closed and self._reachable() and self._reusable()
+
+    def _reachable(self) -> bool:
+        try:
+            st = os.stat(self._root_s)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._root_id
 
     def _parking(self) -> Parking | None:
         shared = self._shared
