@@ -243,7 +243,11 @@ def _probe_in_child(unprivileged: bool, lower: str | None = None) -> ProbeResult
         # The options a view mounts with, through the same builder: the probe must refuse
         # exactly what a view's mount would refuse, on every kernel (lowerdir+ is 6.8+).
         options = _overlayopts.view_options(
-            scratch / "upper", scratch / "work", userxattr=unprivileged
+            scratch / "upper",
+            scratch / "work",
+            userxattr=unprivileged,
+            # Where tmpfs stores no user.* xattrs, views may keep their upper on the disk.
+            volatile=not tmpfs_xattrs,
         )
         try:
             with _namespaces.privileged():

@@ -522,7 +522,9 @@ class KernelBackend(ScratchBackend[KernelMount]):
         return mount
 
     def _mount_overlay(self, merged: Path, lowers: Sequence[Path], upper: str, work: str) -> None:
-        options = _overlayopts.view_options(upper, work, userxattr=self.unprivileged)
+        options = _overlayopts.view_options(
+            upper, work, userxattr=self.unprivileged, volatile=self._upper_on_disk
+        )
         _overlayopts.mount_overlay(merged, lowers, options)
 
     def _reaper(self, thread: int) -> _NoReaper | reaper.Reaper:
