@@ -421,8 +421,11 @@ class KernelBackend(ScratchBackend[KernelMount]):
         if nested:
             return None
         root = scratch / f"inplace{len(self._in_place)}"
-        root.mkdir()
-        _syscalls.mount("tmpfs", root, "tmpfs", _syscalls.MS_NOSUID, "mode=0755")
+        try:
+            root.mkdir()
+            _syscalls.mount("tmpfs", root, "tmpfs", _syscalls.MS_NOSUID, "mode=0755")
+        except OSError:
+            return None  # each view makes its own, and says what fails
         try:
             (root / "lower").mkdir()
             (root / "park").mkdir()
@@ -434,8 +437,9 @@ class KernelBackend(ScratchBackend[KernelMount]):
                 os.close(clone)
             shared = _InPlace(root, Parking(os.fspath(root / "park"), os.fspath(target.parent)))
         except OSError:
-            detach(root)
-            raise
+            with contextlib.suppress(OSError):
+                detach(root)
+            return None
         self._in_place[key] = shared
         return shared
 
