@@ -276,7 +276,7 @@ class KernelBackend(ScratchBackend[KernelMount]):
         # Per thread (each has a mount namespace of its own): who detaches its full batches.
         self._reapers: dict[int, _NoReaper | reaper.Reaper] = {}
         # Per thread and sandboxed directory, what its in-place views share (None: nothing,
-        # the scratch directory is inside it); made at its first view.
+        # see _share_in_place); made at its first view.
         self._in_place: dict[tuple[int, Path], _InPlace | None] = {}
 
     def _probe_result(self) -> _probe.ProbeResult:
