@@ -103,18 +103,14 @@ class Inotify:
         self._remove(self.fd, wd)
 
     def read(self) -> Iterator[tuple[int, int, bytes]]:
-        """Every queued event as ``(wd, mask, name)``; returns when the queue is empty."""
-        while True:
-            try:
-                data = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                return
-            offset = 0
-            while offset < len(data):
-                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
-                start = offset + _EVENT.size
-                yield wd, mask, data[start : start + length].rstrip(b"\0")
-                offset = start + length
+        """Every queued event as ``(wd, mask, name)`` (:meth:`read_raw`, parsed)."""
+        data = self.read_raw()
+        offset, size = 0, _EVENT.size
+        while offset < len(data):
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            start = offset + size
+            yield wd, mask, data[start : start + length].rstrip(b"\0")
+            offset = start + length
 
     def read_raw(self) -> bytes:
         """Every queued event, unparsed (b"" when the queue is empty), for callers that need

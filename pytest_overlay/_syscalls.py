@@ -170,18 +170,12 @@ def clone_tree(
     would uncover what that mount hides), and the clone is then recursive after all.
     """
     flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC
-    result = (
-        _syscall(_SYS_OPEN_TREE, ctypes.c_int(AT_FDCWD), _b(path), ctypes.c_uint(flags))
-        if not recursive
-        else -1
-    )
-    if result < 0:
-        result = _syscall(
-            _SYS_OPEN_TREE,
-            ctypes.c_int(AT_FDCWD),
-            _b(path),
-            ctypes.c_uint(flags | AT_RECURSIVE),
-        )
+    result = -1
+    if not recursive:
+        result = _syscall(_SYS_OPEN_TREE, ctypes.c_int(AT_FDCWD), _b(path), ctypes.c_uint(flags))
+    if recursive or (result < 0 and ctypes.get_errno() == errno.EINVAL):
+        flags |= AT_RECURSIVE
+        result = _syscall(_SYS_OPEN_TREE, ctypes.c_int(AT_FDCWD), _b(path), ctypes.c_uint(flags))
     tree_fd = _check(result, "open_tree", path)
     if readonly:
         attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
