@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,9 +32,22 @@ def backend(tmp_path: Path) -> Iterator[CopyBackend]:
     result.shutdown()
 
 
+def _exec_finished(process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    """*process* once its command line can be read.  ``Popen`` returns when ``execve`` closed
+    the error pipe, which the kernel does before it sets up the new program's arguments: a
+    look at ``/proc/PID/cmdline`` in between finds it empty, and the report names the
+    process ``[sleep]`` (seen once in CI).  Waiting here keeps the race out of the tests;
+    the report line is right either way."""
+    cmdline = Path("/proc", str(process.pid), "cmdline")
+    deadline = time.monotonic() + 10
+    while not cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return process
+
+
 def _holding(how: str, view: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
     if how == "cwd":
-        return subprocess.Popen(["sleep", "60"], cwd=view)
+        return _exec_finished(subprocess.Popen(["sleep", "60"], cwd=view))
     # Started elsewhere, holding a file of the view open.
     return subprocess.Popen(
         ["sh", "-c", f"exec 3< '{view / 'seen'}'; echo open; exec sleep 60"],
@@ -52,11 +66,16 @@ def test_a_copy_still_in_use_is_set_aside(
     try:
         if process.stdout is not None:
             assert process.stdout.readline() == b"open\n"
+            # The shell goes on to exec sleep: wait until it has, for the same race.
+            cmdline = Path("/proc", str(process.pid), "cmdline")
+            deadline = time.monotonic() + 10
+            while cmdline.read_bytes() != b"sleep\x0060\x00" and time.monotonic() < deadline:
+                time.sleep(0.001)
         messages = first.close()
         assert len(messages) == 1
         assert f"{first.path} was still in use by pid {process.pid} (" in messages[0]
         assert "set aside" in messages[0]
-        assert "sleep 60" in messages[0] or "sh -c" in messages[0]
+        assert f"pid {process.pid} (sleep 60) through " in messages[0]
         second = backend.mount([lower], label="t")
         assert second.path != first.path
         assert not (second.path / "seen").exists()
@@ -95,7 +114,7 @@ def test_the_process_is_named_by_its_command_line_shown_safely(
     sleep = shutil.which("sleep")
     assert sleep is not None
     argv = [hostile, "60", *["0"] * 40]  # sleep adds them up
-    process = subprocess.Popen(argv, executable=sleep, cwd=first.path)
+    process = _exec_finished(subprocess.Popen(argv, executable=sleep, cwd=first.path))
     try:
         (message,) = first.close()
     finally:
@@ -118,7 +137,7 @@ def test_a_held_file_with_a_hostile_name_is_shown_safely(
     held.write_text("")
     fd = os.open(held, os.O_RDONLY)
     try:
-        process = subprocess.Popen(["sleep", "60"], cwd=tmp_path, pass_fds=(fd,))
+        process = _exec_finished(subprocess.Popen(["sleep", "60"], cwd=tmp_path, pass_fds=(fd,)))
     finally:
         os.close(fd)
     try:
