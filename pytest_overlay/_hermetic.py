@@ -322,9 +322,10 @@ def nested(targets: tuple[Path, ...], scratch: Path) -> bool:
 @functools.lru_cache(maxsize=16)
 @functools.lru_cache(maxsize=8)
 def carries(settings: Any, target: Path) -> bool:
-    """Whether a pass-through directory lies inside *target*, so that what a test created
-    there is carried to the disk after it (an area usually has none: nothing to look at)."""
-    return any(target in path.parents for path in settings.passthrough)
+    """Whether a pass-through (or carried) directory lies inside *target*, so that what a
+    test created there is carried to the disk after it (an area usually has none: nothing to
+    look at)."""
+    return any(target in path.parents for path in (*settings.passthrough, *settings.carried))
 
 
 def extra_passthrough(settings: Any, targets: Sequence[Path]) -> list[Path]:

@@ -220,7 +220,8 @@ def _carry_aside(session: OverlaySession, state: TestState, done: Finished) -> l
             continue  # an area of --overlay-hermetic, usually: nothing can be carried
         scratch = Path(f"{session.basetemp}/overlay/carried/{index}")  # one Path, not four
         try:
-            aside = carry_aside(mount.new_root, target, settings.passthrough, globs, scratch)
+            paths = settings.passthrough + settings.carried
+            aside = carry_aside(mount.new_root, target, paths, globs, scratch)
         except OSError as exc:
             done.warnings.append(
                 f"could not set aside the tool state it wrote: {describe_error(exc)}"

@@ -15,6 +15,7 @@ import pytest
 from ._choices import (
     KEEP_CHOICES,
     MARKER_ARGUMENTS,
+    TOOL_STATE_BOUND,
     TOOL_STATE_CHOICES,
     TOOL_STATE_DIRS,
     TOOL_STATE_FILES,
@@ -236,7 +237,11 @@ class Settings:
     diff_lines: int = 200
     passthrough: tuple[Path, ...] = ()
     """Pass-through directories, existing or not; with tool_state "disk", also the
-    :data:`TOOL_STATE_DIRS` of the project."""
+    :data:`TOOL_STATE_BOUND` directories of the project."""
+    carried: tuple[Path, ...] = ()
+    """In place, directories not bound whose writes are copied to the disk after each test
+    (see :mod:`._toolstate`): with tool_state "disk", the other :data:`TOOL_STATE_DIRS` of the
+    project, unless passed through by name."""
     carry_files: tuple[str, ...] = ()
     """Globs of files of the project root that a test's writes carry to the disk."""
     rebuild: bool = False
@@ -274,9 +279,12 @@ class Settings:
         )
         tool_state = _choice(value("overlay_tool_state"), TOOL_STATE_CHOICES, "tool-state")
         project = (lowers or (root,))[0]
+        carried: tuple[Path, ...] = ()
         if tool_state == "disk":
-            defaults = (project / name for name in TOOL_STATE_DIRS)
-            passthrough += tuple(p for p in defaults if p not in passthrough)
+            defaults = [project / name for name in TOOL_STATE_DIRS]
+            bound = [p for p in defaults if p.name in TOOL_STATE_BOUND]
+            passthrough += tuple(p for p in bound if p not in passthrough)
+            carried = tuple(p for p in defaults if p not in passthrough)
         inplace = bool(value("overlay"))
         return cls(
             backend=backend,
@@ -288,6 +296,7 @@ class Settings:
             ignore=DEFAULT_IGNORE + tuple(str(p) for p in value("overlay_ignore") or ()),
             diff_lines=_number(value("overlay_diff_lines"), "diff-lines"),
             passthrough=passthrough,
+            carried=carried,
             carry_files=TOOL_STATE_FILES if tool_state == "disk" else (),
             rebuild=bool(value("overlay_rebuild")),
             upper_size=_size(value("overlay_upper_size")),

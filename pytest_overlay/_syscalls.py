@@ -230,23 +230,20 @@ def move_attached(source: str | os.PathLike[str], target: str | os.PathLike[str]
     )
 
 
+_MOVE_MOUNT_NUMBER = ctypes.c_long(_SYS_MOVE_MOUNT)
+
+
 def move_tree(tree_fd: int, to_fd: int, to_path: bytes = b"") -> None:
     """Move the attached mount whose root *tree_fd* is (with its children) to *to_path* under
     the directory *to_fd*, or onto *to_fd* itself (``move_mount(2)``): by descriptor, the
     kernel walks no path on the way from, and only *to_path* on the way to."""
     flags = MOVE_MOUNT_F_EMPTY_PATH | (0 if to_path else MOVE_MOUNT_T_EMPTY_PATH)
-    _check(
-        _syscall(
-            _SYS_MOVE_MOUNT,
-            ctypes.c_int(tree_fd),
-            b"",
-            ctypes.c_int(to_fd),
-            to_path,
-            ctypes.c_uint(flags),
-        ),
-        "move_mount",
-        os.fsdecode(to_path) if to_path else None,
-    )
+    # Four times per test in place (a busy check moves each pass-through mount aside and
+    # back): plain ints, which ctypes passes as C ints (what the descriptors and the flags
+    # are), and the number made once, instead of four ctypes objects per call (2 us of 3).
+    result = _libc().syscall(_MOVE_MOUNT_NUMBER, tree_fd, b"", to_fd, to_path, flags)
+    if result < 0:
+        _check(result, "move_mount", os.fsdecode(to_path) if to_path else None)
 
 
 def _fsconfig(fs_fd: int, command: int, key: str | None, value: str | None) -> None:

@@ -362,6 +362,55 @@ def test_tool_state_and_created_pass_through_reach_the_disk(
     assert not (root / "other.txt").exists()
 
 
+BENCHMARK_STATE = """
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def _mounted_at(path):
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def test_writes_saved_runs():
+    # pytest-benchmark writes .benchmarks at the end of the run; a test that writes there
+    # itself still reaches the disk, though the directory is not bound into the view.
+    assert _mounted_at(HERE / ".benchmarks") != CARRIED
+    assert _mounted_at(HERE / ".hypothesis")
+    (HERE / ".benchmarks" / "Linux-CPython").mkdir()
+    (HERE / ".benchmarks" / "Linux-CPython" / "0002_new.json").write_text("new run")
+    (HERE / ".benchmarks" / "0001_old.json").write_text("rewritten")
+
+
+def test_reads_nothing_written():
+    assert (HERE / ".benchmarks" / "Linux-CPython" / "0002_new.json").read_text() == "new run"
+    assert (HERE / ".benchmarks" / "0001_old.json").read_text() == "rewritten"
+"""
+
+
+@pytest.mark.parametrize("by_name", [False, True], ids=["carried", "passed through by name"])
+def test_saved_benchmark_runs_are_carried_not_bound(
+    pytester: pytest.Pytester, by_name: bool
+) -> None:
+    """``.benchmarks`` exists when the run starts: unless named a pass-through directory, it
+    is not bound into the views (no busy-check moves for it), and what a test writes there
+    reaches the disk after the test, for the next test and the next run."""
+    gate("kernel", kernel_reason())
+    (pytester.path / ".benchmarks").mkdir()
+    (pytester.path / ".benchmarks" / "0001_old.json").write_text("old run")
+    (pytester.path / ".hypothesis").mkdir()
+    pytester.makepyfile(test_state=f"CARRIED = {not by_name}\n{BENCHMARK_STATE}")
+    named = ["--overlay-passthrough=.benchmarks"] if by_name else []
+    result = pytester.runpytest_subprocess(
+        *CHILD_OPTIONS, "-p", "no:randomly", "--overlay", *named, timeout=300
+    )
+    result.assert_outcomes(passed=2)
+    saved = pytester.path / ".benchmarks"
+    assert (saved / "Linux-CPython" / "0002_new.json").read_text() == "new run"
+    assert (saved / "0001_old.json").read_text() == "rewritten"
+
+
 def test_tool_state_setting_written_wrong_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_nothing(): pass")
     result = pytester.runpytest("--overlay-tool-state=keep")

@@ -42,6 +42,29 @@ from .base import ScratchBackend, safe_label
 from .idmap import overflow_note, unmapped_owner
 from .mounted import Parking, RealDirs, Spares, UpperLayerView, detach, readable_lowers
 
+_this_thread = threading.local()
+
+
+def _thread_id() -> int:
+    """This thread's id, the key of what the backend keeps per thread (a mount namespace
+    belongs to a thread), asked of the kernel once per thread: ``threading.get_native_id``
+    is a system call, made four times per writing test."""
+    try:
+        return int(_this_thread.id)
+    except AttributeError:
+        _this_thread.id = threading.get_native_id()
+        return int(_this_thread.id)
+
+
+def _forget_thread_id() -> None:
+    # A forked child's thread has an id of its own, as get_native_id would say.
+    with contextlib.suppress(AttributeError):
+        del _this_thread.id
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, where this backend never runs
+    os.register_at_fork(after_in_child=_forget_thread_id)
+
 # Closed views left mounted in a batch before it is detached (see the module docstring).
 BATCH = 32
 # A closed view whose tmpfs holds more than this is unmounted at once, freeing its memory.
@@ -329,7 +352,7 @@ class KernelBackend(ScratchBackend[KernelMount]):
         return self._unprivileged
 
     def _prepare_thread(self) -> None:
-        native_id = threading.get_native_id()
+        native_id = _thread_id()
         if native_id in self._ready_threads:
             return
         if self.unprivileged and not _namespaces.entered_user_namespace():
@@ -365,7 +388,7 @@ class KernelBackend(ScratchBackend[KernelMount]):
 
     def batch(self) -> _Batch:
         """The batch new views go into (a new one once the current one has had enough)."""
-        thread = threading.get_native_id()
+        thread = _thread_id()
         batch = self._current.get(thread)
         if batch is None or batch.closed + batch.live >= BATCH:
             path = self._scratch / f"batch{next(self._batches)}"
@@ -379,7 +402,7 @@ class KernelBackend(ScratchBackend[KernelMount]):
     def retired(self, batch: _Batch, *, flush: bool = False) -> None:
         """A view of *batch* was closed: detach the batch if it is full (or *flush*) and all
         done."""
-        thread = threading.get_native_id()
+        thread = _thread_id()
         current = self._current.get(thread) is batch
         if batch.live or (current and batch.closed < BATCH and not flush):
             return
@@ -404,7 +427,7 @@ class KernelBackend(ScratchBackend[KernelMount]):
         the scratch directory inside *target* (pytester's layout), where a view's scratch
         mounts are reached through its own pass-through clone of it, or *target* inside another
         sandboxed directory (see :attr:`_InPlace.nested`)."""
-        thread = threading.get_native_id()
+        thread = _thread_id()
         key = (thread, target)
         if key in self._in_place:
             return self._in_place[key]
@@ -450,7 +473,7 @@ class KernelBackend(ScratchBackend[KernelMount]):
             if shared is None:
                 continue
             shared.close()
-            if key[0] == threading.get_native_id():  # another thread's namespace is not ours
+            if key[0] == _thread_id():  # another thread's namespace is not ours
                 with _namespaces.privileged(), contextlib.suppress(OSError):
                     detach(shared.root)
                     shared.root.rmdir()
@@ -476,7 +499,7 @@ class KernelBackend(ScratchBackend[KernelMount]):
         except FileNotFoundError:
             # The batch is out of reach (a test mounted over the scratch directory): leave it
             # to the namespace's end and start another where the scratch path leads now.
-            self._current.pop(threading.get_native_id(), None)
+            self._current.pop(_thread_id(), None)
             batch = self.batch()
             root_s = f"{batch.path_s}/{name}"
             os.mkdir(root_s)
@@ -539,7 +562,7 @@ class KernelBackend(ScratchBackend[KernelMount]):
         return found
 
     def flush(self) -> None:
-        thread = threading.get_native_id()
+        thread = _thread_id()
         batch = self._current.get(thread)
         if batch is not None:
             self.retired(batch, flush=True)
@@ -560,10 +583,10 @@ class KernelBackend(ScratchBackend[KernelMount]):
             return
         # The tmpfs lives in this process's private namespace and dies with it; unmounting
         # now just returns the memory early.
-        if threading.get_native_id() in self._ready_threads:
+        if _thread_id() in self._ready_threads:
             with _namespaces.privileged(), contextlib.suppress(OSError):
                 _syscalls.umount(self._scratch, _syscalls.MNT_DETACH)
-            self._ready_threads.discard(threading.get_native_id())
+            self._ready_threads.discard(_thread_id())
         with contextlib.suppress(OSError):
             self._scratch.rmdir()
 
