@@ -5,8 +5,10 @@ write to it (one in eleven: a file created and deleted, a data file rewritten an
 that a plain run leaves the tree as it was), runs as ``python -m pytest`` (plain) and as
 ``python -m pytest --overlay`` (in place) in alternating pairs, as root and, where
 ``tests/_unpriv.py`` can run a second user, as an ordinary user.  The script prints the median
-wall times and their ratio (and that of CPU times, which other processes' load hardly
-stretches), and checks the real tree's digest after every run.  Inside pytest it also splits
+wall times and their ratio, the median of each pair's own ratio (a pair's two runs share the
+machine's state of the moment, which drifts here by 20% from minute to minute) and the ratio
+of CPU times (which other processes' load hardly stretches), and checks the real tree's digest
+after every run.  Inside pytest it also splits
 in place's extra CPU per test (the least disturbed run of each) into setup + teardown, where
 the plugin mounts and reuses views, and the rest (the test's call and pytest's reports).
 
@@ -20,7 +22,7 @@ Beside them, timed in the same rounds: pytest's own cost of one more fixture (a 
 tmpfs, an overlay mount on it and one lazy detach (``MNT_DETACH`` of the tmpfs takes the
 overlay), wall and CPU time.
 
-    python benchmarks/bench_suite_cost.py [--quick] [--pairs 3] [--rounds 2] [--no-user]
+    python benchmarks/bench_suite_cost.py [--quick] [--pairs 5] [--rounds 2] [--no-user]
 
 Goals (issue 20): in place at most 1.15x plain, as root and as an ordinary user, the tree
 unchanged; the kernel fixture's overhead per test at most 1.5x the raw cycle; a read-only test
@@ -313,11 +315,16 @@ def suite_pairs(runner: Runner, pairs: int, count: int, *, as_user: bool) -> dic
     # slowest 1% are the writing tests that unmount a batch, part of the cost.
     phases: dict[str, list[tuple[float, float, float]]] = {"plain": [], "in place": []}
     order = [("plain", ()), ("in place", ("--overlay",))]
+    # Each pair's two runs side by side: this machine's speed drifts by 20% from one minute
+    # to the next, and a pair's runs share the same minute.
+    paired: list[tuple[float, float]] = []
     runner.run((), env, as_user=as_user)  # warm the page cache and bytecode
     for index in range(pairs):
+        pair: dict[str, float] = {}
         for name, args in order if index % 2 == 0 else reversed(order):
             done = runner.run(args, env, as_user=as_user)
             if done is not None:
+                pair[name] = done[0]
                 walls[name].append(done[0])
                 cpus[name].append(done[2])
                 protocol, edges = done[1]["protocol"], done[1]["cpu"]
@@ -329,6 +336,8 @@ def suite_pairs(runner: Runner, pairs: int, count: int, *, as_user: bool) -> dic
                     )
                 )
                 print(f"    {name}: {done[0]:.2f} s wall, {done[2]:.2f} s CPU")
+        if len(pair) == 2:
+            paired.append((pair["plain"], pair["in place"]))
     plain, inplace = median(walls["plain"]), median(walls["in place"])
     cpu_plain, cpu_inplace = median(cpus["plain"]), median(cpus["in place"])
     per_test_cpu = {}
@@ -348,6 +357,8 @@ def suite_pairs(runner: Runner, pairs: int, count: int, *, as_user: bool) -> dic
         "plain_s": plain,
         "in_place_s": inplace,
         "ratio": ratio(inplace, plain),
+        # The median of the pairs' own ratios: what drift leaves of the comparison.
+        "paired_ratio": median([b / a for a, b in paired if a > 0]) if paired else None,
         # CPU time hardly depends on other processes' load, which stretches wall times; but
         # it leaves out waits (an unmount's RCU grace period), so the goal is on wall time.
         "cpu_ratio": ratio(cpu_inplace, cpu_plain),
@@ -416,7 +427,7 @@ def raw_cycle(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     add_quick_and_json(parser, "1,100 tests in the suite and 200 per run (a smoke test)")
-    parser.add_argument("--pairs", type=int, default=3, help="Paired suite runs (default 3)")
+    parser.add_argument("--pairs", type=int, default=5, help="Paired suite runs (default 5)")
     parser.add_argument(
         "--rounds", type=int, default=2, help="Rounds of per-test runs, the best kept (default 2)"
     )
@@ -468,9 +479,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures[f"suite ({name})"] = result
             walls = [f"{result[key]:.2f} s" for key in ("plain_s", "in_place_s")]
             suite_rows.append(
-                [name, *walls, fmt_ratio(result["ratio"]), fmt_ratio(result["cpu_ratio"])]
+                [
+                    name,
+                    *walls,
+                    fmt_ratio(result["ratio"]),
+                    fmt_ratio(result["paired_ratio"]),
+                    fmt_ratio(result["cpu_ratio"]),
+                ]
             )
-            for key, label in (("ratio", ""), ("cpu_ratio", ", CPU time")):
+            for key, label in (
+                ("ratio", ""),
+                ("paired_ratio", ", median of the pairs' ratios"),
+                ("cpu_ratio", ", CPU time"),
+            ):
                 goals.append(
                     goal_at_most(f"in place / plain, as {name}{label}", result[key], GOAL_IN_PLACE)
                 )
@@ -528,7 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures["overhead per test"] = overheads
 
     print("\nthe suite, median wall time:")
-    print(render_table(["as", "plain", "in place", "ratio", "CPU time ratio"], suite_rows))
+    headers = ["as", "plain", "in place", "ratio", "pairs' ratio (median)", "CPU time ratio"]
+    print(render_table(headers, suite_rows))
     print("\noverhead per test (mean setup + teardown without the slowest 1%, minus plain's):")
     headers = ["variant", "reading test", "writing test", "reading, CPU", "writing, CPU"]
     print(render_table(headers, rows))

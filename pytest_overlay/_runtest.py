@@ -183,15 +183,22 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Fini
     except Exception as exc:
         done.warnings.append(f"could not keep the test's layer: {describe_error(exc)}")
     finally:
-        carried = _carry_aside(session, state, done)
         if state.saved_cwd is not None:
             # Leave the views first: a working directory inside one would keep it busy.
             os.chdir("/")
         lost: list[str] = []
-        for mount in state.mounts:
+        carried: list[Carried] = []
+        for index, mount in enumerate(state.mounts):
+            # In place, before a view is closed: what the test wrote at pass-through paths.
+            carry = (
+                functools.partial(_carry_aside, session, state, index, done, carried)
+                if state.inplace
+                else None
+            )
             try:
                 # An untouched, unheld view goes to the next test as it is (_session.py).
-                done.reports.extend(session.release(mount, reuse=state.reuse and not kept))
+                reuse = state.reuse and not kept
+                done.reports.extend(session.release(mount, reuse=reuse, closing=carry))
             except ViewLostError as exc:
                 lost.append(str(exc))
             except Exception as exc:
@@ -205,30 +212,26 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Fini
     return done
 
 
-def _carry_aside(session: OverlaySession, state: TestState, done: Finished) -> list[Carried]:
-    """In place: set aside what the test created at pass-through paths, to land on the disk
-    once its views are gone (see :mod:`._toolstate`)."""
-    if not state.inplace or session.basetemp is None:
-        return []
+def _carry_aside(
+    session: OverlaySession, state: TestState, index: int, done: Finished, carried: list[Carried]
+) -> None:
+    """In place, right before the test's view *index* is closed: set aside what the test
+    created at pass-through paths, to land on the disk once its views are gone (see
+    :mod:`._toolstate`).  Not for a view parked for the next test: nothing changed in it, as
+    its check said (which spares every test that writes nothing one inotify read here)."""
+    mount, target = state.mounts[index], state.targets[index]
+    if session.basetemp is None or mount.untouched():
+        return  # an empty upper layer (a view still in use): nothing to carry
     settings = session.settings
-    carried = []
-    for index, (mount, target) in enumerate(zip(state.mounts, state.targets, strict=True)):
-        if mount.untouched():
-            continue  # an empty upper layer: nothing to carry (the usual case, cheaply)
-        globs = settings.carry_files if index == 0 else ()
-        if not globs and not carries(settings, target):
-            continue  # an area of --overlay-hermetic, usually: nothing can be carried
-        scratch = Path(f"{session.basetemp}/overlay/carried/{index}")  # one Path, not four
-        try:
-            paths = settings.passthrough + settings.carried
-            aside = carry_aside(mount.new_root, target, paths, globs, scratch)
-        except OSError as exc:
-            done.warnings.append(
-                f"could not set aside the tool state it wrote: {describe_error(exc)}"
-            )
-        else:
-            carried.append(aside)
-    return carried
+    globs = settings.carry_files if index == 0 else ()
+    if not globs and not carries(settings, target):
+        return  # an area of --overlay-hermetic, usually: nothing can be carried
+    scratch = Path(f"{session.basetemp}/overlay/carried/{index}")  # one Path, not four
+    try:
+        paths = settings.passthrough + settings.carried
+        carried.append(carry_aside(mount.new_root, target, paths, globs, scratch))
+    except OSError as exc:
+        done.warnings.append(f"could not set aside the tool state it wrote: {describe_error(exc)}")
 
 
 def _should_keep(policy: str, phases: dict[str, str]) -> bool:

@@ -164,9 +164,12 @@ class OverlaySession:
         self._in_use[mount] = key
         return mount
 
-    def release(self, mount: Mount, *, reuse: bool = True) -> list[str]:
+    def release(
+        self, mount: Mount, *, reuse: bool = True, closing: Callable[[], None] | None = None
+    ) -> list[str]:
         """A test is done with *mount*: park it for the next test if it may be reused (see
-        :meth:`Mount.reusable`), else close it; returns the warnings of closing it."""
+        :meth:`Mount.reusable`), else close it, calling *closing* first; returns the warnings
+        of closing it."""
         key = self._in_use.pop(mount, None)
         if reuse and key is not None and mount.reusable():
             if key[2] is not None and self._parked_devices.get(key, (None, 0))[0] is not mount:
@@ -176,7 +179,12 @@ class OverlaySession:
             if len(self._parked) > MAX_PARKED:
                 self._close([self._parked.pop(next(iter(self._parked)))])
             return []
-        return mount.close()
+        try:
+            if closing is not None:
+                closing()
+        finally:
+            messages = mount.close()  # closed whatever *closing* raised
+        return messages
 
     def standing(self) -> dict[Path, int]:
         """In place: each path a parked view stands at, and the device number it shows there."""

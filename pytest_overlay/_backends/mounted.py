@@ -222,14 +222,20 @@ class Aside:
         self.moves = []
 
 
-def idle(merged: str, aside: Aside, *, leave_aside: bool = False, marked: bool = True) -> bool:
-    """Whether nothing holds the mount at *merged* (check 1 above; privileged).
+def idle(
+    merged: str, aside: Aside, *, leave_aside: bool = False, marked: bool = True
+) -> tuple[bool, bool]:
+    """Whether nothing holds the mount at *merged* (check 1 above; privileged), and whether
+    the mount may be left marked for expiry.
 
     Our own mounts on top of it are moved aside for the check and back (*aside*), or, with
     *leave_aside*, left there when it is idle (a view being retired: for the next view, or to
     go with its batch).  ``MNT_EXPIRE`` marks an idle mount for expiry, and a second call
-    would unmount it; any later use of the mount clears the mark, and the ``stat`` first makes
-    sure of that where an earlier check may have *marked* it.
+    would unmount it.  The kernel clears the mark whenever it lets go of a reference to the
+    mount (``mntput``): after any later use of it, and after moving a mount back onto a
+    directory in it, whose lookup took one.  So a check that moved something back leaves no
+    mark; else the next check's ``stat`` first makes sure there is none, where this or an
+    earlier check may have *marked* it.
     """
     moved: list[tuple[int, bytes]] = []
     answer = False
@@ -244,13 +250,14 @@ def idle(merged: str, aside: Aside, *, leave_aside: bool = False, marked: bool =
         except OSError as exc:
             answer = exc.errno == errno.EAGAIN  # EAGAIN: idle, and now marked; EBUSY: in use
         # No error: idle but marked already, and so unmounted now: it cannot be reused.
-        return answer
     except OSError:
-        return False
+        return False, True
     finally:
         if not (answer and leave_aside):
             for tree_fd, relative in reversed(moved):
                 _syscalls.move_tree(tree_fd, aside.base, relative)
+    # The moves back ran only if nothing raised (a failing one raises on to the caller).
+    return answer, answer and (leave_aside or not moved)
 
 
 class UpperLayerView:
@@ -390,8 +397,10 @@ class UpperLayerView:
         if self._aside is None:
             park = self._root / ".park"
             self._aside = Aside(self._merged, self._bind_fds, park, self._parking())
-        answer = idle(self._merged_s, self._aside, leave_aside=leave_aside, marked=self._marked)
-        self._marked = self._marked or answer
+        answer, marked = idle(
+            self._merged_s, self._aside, leave_aside=leave_aside, marked=self._marked
+        )
+        self._marked = marked
         return answer
 
     def _root_unchanged(self) -> bool:
