@@ -648,7 +648,7 @@ def _copy_root_metadata(lower_root: Path, upper: str) -> None:
     # The merged root takes its mode and owner from the upper directory: match the project's.
     st = lower_root.stat()
     os.chmod(upper, st.st_mode & 0o7777)
-    if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+    if (st.st_uid, st.st_gid) != (0, 0) and os.geteuid() == 0:
         with contextlib.suppress(OSError):
             os.chown(upper, st.st_uid, st.st_gid)
 
