@@ -92,7 +92,11 @@ def start_in_place(
     basetemp = session.basetemp
     assert basetemp is not None, "the in-place fixture sets the basetemp first"
     # The lowers, then the areas of --overlay-hermetic, and how to mount them: _hermetic.py.
-    targets, order, reuse = layout(session.settings, session.scratch_dir)
+    placed = session.layout
+    if placed is None:
+        # Once: the lookup in layout's cache hashes the whole of the settings.
+        placed = session.layout = layout(session.settings, session.scratch_dir)
+    targets, order, reuse = placed
     if session.passthrough is None:
         # Once per session (the same for every test, and a view may stand there meanwhile).
         cache = cache_dir_of(config)

@@ -19,6 +19,8 @@ from ._registry import AUTO, BackendRegistry
 from ._settings import Settings
 
 if TYPE_CHECKING:
+    from ._hermetic import Layout
+
     # Imported by the layer factory, once a test asks for a snapshot layer.
     from ._snapshot.cache import LayerCache
 
@@ -64,6 +66,8 @@ class OverlaySession:
         # In place: the real directories inside each sandboxed one that stay writable
         # (pytest's cache and basetemp, overlay_passthrough), found at the first test.
         self.passthrough: dict[Path, tuple[Path, ...]] | None = None
+        # In place: how the views are laid out (_hermetic.layout), the same for every test.
+        self.layout: Layout | None = None
         # In place: the last test's teardown found every sandboxed directory as expected (its
         # view parked there, or the real directory), so the next setup need not look again.
         self.contained = False
