@@ -23,6 +23,11 @@ tmpfs, an overlay mount on it and one lazy detach (``MNT_DETACH`` of the tmpfs t
 overlay), wall and CPU time.
 
     python benchmarks/bench_suite_cost.py [--quick] [--pairs 5] [--rounds 2] [--no-user]
+                                          [--against REV]
+
+``--against REV`` runs the suite in place a third time in each round, with the plugin of git
+revision REV (``git archive``): the two versions side by side, on the same minutes of the
+machine, which is how a change to the per-test path shows through this machine's drift.
 
 Goals (issue 20): in place at most 1.15x plain, as root and as an ordinary user, the tree
 unchanged; the kernel fixture's overhead per test at most 1.5x the raw cycle; a read-only test
@@ -33,6 +38,7 @@ stretches far less).  The script reports; it exits 0 whether or not they are met
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -56,6 +62,7 @@ from _common import (
     failed_summary,
     fmt_ms,
     fmt_ratio,
+    fmt_s,
     goal_at_most,
     install_files,
     median,
@@ -72,6 +79,7 @@ from _common import (
 )
 
 GOAL_IN_PLACE = 1.15
+AGAINST = "in place, --against"
 GOAL_FIXTURE_OVER_RAW = 1.5
 GOAL_FUSE_READ_ONLY_S = 1e-3
 WARMUP = 10
@@ -265,8 +273,12 @@ class Runner:
     unchanged: int = 0
     errors: list[str] = field(default_factory=list)
 
-    def run(self, args: Sequence[str], env: dict[str, str], *, as_user: bool) -> Any:
-        """One run; its harness data (``None`` if it failed, the error kept)."""
+    def run(
+        self, args: Sequence[str], env: dict[str, str], *, as_user: bool, plugin: Path = REPO_ROOT
+    ) -> Any:
+        """One run, with the plugin of *plugin* (a directory holding ``pytest_overlay``: this
+        checkout, or another version's, see ``--against``); its harness data (``None`` if it
+        failed, the error kept)."""
         # Outside the project (the tree is hashed), where the ordinary user may write too.
         out = Path(tempfile.gettempdir()) / f"bench-suite-cost-{time.monotonic_ns()}.json"
         cpu_before = _children_cpu()
@@ -277,7 +289,7 @@ class Runner:
             # This checkout's plugin, for the ordinary user too (who gets no PYTHONPATH), and
             # bytecode written as in a user's runs: without it pytest would parse, rewrite and
             # compile every module of the plugin again in every run.
-            env={**env, "PYTHONPATH": str(REPO_ROOT), "PYTHONDONTWRITEBYTECODE": ""},
+            env={**env, "PYTHONPATH": str(plugin), "PYTHONDONTWRITEBYTECODE": ""},
             timeout=TIMEOUT_S,
             run_as_user=self.run_as_user if as_user else None,
         )
@@ -299,14 +311,34 @@ class Runner:
         return outcome.wall_s, outcome.data, cpu
 
 
+def _extract(revision: str, destination: Path) -> Path:
+    """The plugin of git *revision* of this repository, unpacked into *destination*."""
+    destination.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", revision, "pytest_overlay"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"--against {revision}: {archive.stderr.decode(errors='replace')}")
+    subprocess.run(["tar", "-x", "-C", str(destination)], input=archive.stdout, check=True)
+    # Readable by the ordinary user, who runs it too.
+    for path in [destination, *destination.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return destination
+
+
 def _children_cpu() -> float:
     """User + system CPU seconds of every child process waited for so far."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
-def suite_pairs(runner: Runner, pairs: int, count: int, *, as_user: bool) -> dict[str, Any]:
-    """Paired wall times of the whole suite, plain and in place (alternating first)."""
+def suite_pairs(
+    runner: Runner, pairs: int, count: int, *, as_user: bool, against: Path | None = None
+) -> dict[str, Any]:
+    """Paired wall times of the whole suite, plain and in place (alternating first); with
+    *against* (another version's plugin), that version in place too, in the same rounds."""
     env = {"BENCH_COUNT": str(count), "BENCH_EVERY": "11"}
     walls: dict[str, list[float]] = {"plain": [], "in place": []}
     cpus: dict[str, list[float]] = {"plain": [], "in place": []}
@@ -314,16 +346,27 @@ def suite_pairs(runner: Runner, pairs: int, count: int, *, as_user: bool) -> dic
     # the test's whole protocol and its setup + teardown.  Means, not typical(): in place's
     # slowest 1% are the writing tests that unmount a batch, part of the cost.
     phases: dict[str, list[tuple[float, float, float]]] = {"plain": [], "in place": []}
-    order = [("plain", ()), ("in place", ("--overlay",))]
-    # Each pair's two runs side by side: this machine's speed drifts by 20% from one minute
-    # to the next, and a pair's runs share the same minute.
+    order = [("plain", (), REPO_ROOT), ("in place", ("--overlay",), REPO_ROOT)]
+    if against is not None:
+        order.append((AGAINST, ("--overlay",), against))
+        walls[AGAINST], cpus[AGAINST] = [], []
+    # Each pair's runs side by side: this machine's speed drifts by 20% from one minute to
+    # the next, and a pair's runs share the same minute.
     paired: list[tuple[float, float]] = []
+    paired_against: list[tuple[float, float]] = []
     runner.run((), env, as_user=as_user)  # warm the page cache and bytecode
     for index in range(pairs):
         pair: dict[str, float] = {}
-        for name, args in order if index % 2 == 0 else reversed(order):
-            done = runner.run(args, env, as_user=as_user)
-            if done is not None:
+        # Each variant goes first in turn.
+        shift = index % len(order)
+        for name, args, plugin in order[shift:] + order[:shift]:
+            done = runner.run(args, env, as_user=as_user, plugin=plugin)
+            if done is not None and name == AGAINST:
+                walls[name].append(done[0])
+                cpus[name].append(done[2])
+                pair[name] = done[0]
+                print(f"    {name}: {done[0]:.2f} s wall, {done[2]:.2f} s CPU")
+            elif done is not None:
                 pair[name] = done[0]
                 walls[name].append(done[0])
                 cpus[name].append(done[2])
@@ -336,8 +379,10 @@ def suite_pairs(runner: Runner, pairs: int, count: int, *, as_user: bool) -> dic
                     )
                 )
                 print(f"    {name}: {done[0]:.2f} s wall, {done[2]:.2f} s CPU")
-        if len(pair) == 2:
+        if "plain" in pair and "in place" in pair:
             paired.append((pair["plain"], pair["in place"]))
+        if "plain" in pair and AGAINST in pair:
+            paired_against.append((pair["plain"], pair[AGAINST]))
     plain, inplace = median(walls["plain"]), median(walls["in place"])
     cpu_plain, cpu_inplace = median(cpus["plain"]), median(cpus["in place"])
     per_test_cpu = {}
@@ -359,6 +404,11 @@ def suite_pairs(runner: Runner, pairs: int, count: int, *, as_user: bool) -> dic
         "ratio": ratio(inplace, plain),
         # The median of the pairs' own ratios: what drift leaves of the comparison.
         "paired_ratio": median([b / a for a, b in paired if a > 0]) if paired else None,
+        # The same for the version of --against, run in the same rounds.
+        "against_s": median(walls[AGAINST]) if walls.get(AGAINST) else None,
+        "against_paired_ratio": (
+            median([b / a for a, b in paired_against if a > 0]) if paired_against else None
+        ),
         # CPU time hardly depends on other processes' load, which stretches wall times; but
         # it leaves out waits (an unmount's RCU grace period), so the goal is on wall time.
         "cpu_ratio": ratio(cpu_inplace, cpu_plain),
@@ -432,6 +482,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rounds", type=int, default=2, help="Rounds of per-test runs, the best kept (default 2)"
     )
     parser.add_argument("--no-user", action="store_true", help="Only as root")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="Also run the suite in place with the plugin of git revision REV, in the same "
+        "rounds (side by side: how a change moved the suite's ratio on this machine)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     command = command_line(argv)
@@ -461,8 +517,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(50):
             (project / "data" / f"f{i}.txt").write_text(f"row {i}\n")
         install_files(project, PROJECT)
+        against = _extract(args.against, Path(scratch) / "against") if args.against else None
         owner = unpriv.ensure_test_user() if unpriv else None
         run_as_user = unpriv.run_as_user if unpriv else None
+        if run_as_user is not None and against is not None:
+            run_as_user = functools.partial(run_as_user, extra_paths=[against])
         runner = Runner(project, "", run_as_user, owner)
         # One plain run first writes the bytecode pytest always writes; the digest taken
         # after it is what every later run must leave.
@@ -475,8 +534,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         suite_rows = []
         for name, as_user in who:
             print(f"  as {name}:")
-            result = suite_pairs(runner, pairs, suite_count, as_user=as_user)
+            result = suite_pairs(runner, pairs, suite_count, as_user=as_user, against=against)
             figures[f"suite ({name})"] = result
+            if against is not None:
+                print(
+                    f"    {args.against}: in place {fmt_s(result['against_s'])}, its pairs' "
+                    f"ratio {fmt_ratio(result['against_paired_ratio'])} (this checkout's: "
+                    f"{fmt_ratio(result['paired_ratio'])})"
+                )
             walls = [f"{result[key]:.2f} s" for key in ("plain_s", "in_place_s")]
             suite_rows.append(
                 [
