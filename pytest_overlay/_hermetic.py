@@ -319,7 +319,6 @@ def nested(targets: tuple[Path, ...], scratch: Path) -> bool:
     return any(a != b and a in b.parents for a in targets for b in targets)
 
 
-@functools.lru_cache(maxsize=16)
 @functools.lru_cache(maxsize=8)
 def carries(settings: Any, target: Path) -> bool:
     """Whether a pass-through (or carried) directory lies inside *target*, so that what a

@@ -397,10 +397,10 @@ class UpperLayerView:
         if self._aside is None:
             park = self._root / ".park"
             self._aside = Aside(self._merged, self._bind_fds, park, self._parking())
-        answer, marked = idle(
-            self._merged_s, self._aside, leave_aside=leave_aside, marked=self._marked
+        marked, self._marked = self._marked, True  # so it stays if a move back raises
+        answer, self._marked = idle(
+            self._merged_s, self._aside, leave_aside=leave_aside, marked=marked
         )
-        self._marked = marked
         return answer
 
     def _root_unchanged(self) -> bool:
