@@ -32,15 +32,20 @@ def backend(tmp_path: Path) -> Iterator[CopyBackend]:
     result.shutdown()
 
 
-def _exec_finished(process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-    """*process* once its command line can be read.  ``Popen`` returns when ``execve`` closed
-    the error pipe, which the kernel does before it sets up the new program's arguments: a
-    look at ``/proc/PID/cmdline`` in between finds it empty, and the report names the
-    process ``[sleep]`` (seen once in CI).  Waiting here keeps the race out of the tests;
-    the report line is right either way."""
+def _exec_finished(
+    process: subprocess.Popen[bytes], command: bytes | None = None
+) -> subprocess.Popen[bytes]:
+    """*process* once its command line can be read (and is *command*, NUL-separated, if
+    given).  ``Popen`` returns when ``execve`` closed the error pipe, which the kernel does
+    before it sets up the new program's arguments: a look at ``/proc/PID/cmdline`` in between
+    finds it empty, and the report names the process ``[sleep]`` (seen once in CI).  Waiting
+    here keeps the race out of the tests; the report line is right either way."""
     cmdline = Path("/proc", str(process.pid), "cmdline")
     deadline = time.monotonic() + 10
-    while not cmdline.read_bytes() and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        seen = cmdline.read_bytes()
+        if seen and command in (None, seen):
+            break
         time.sleep(0.001)
     return process
 
@@ -67,10 +72,7 @@ def test_a_copy_still_in_use_is_set_aside(
         if process.stdout is not None:
             assert process.stdout.readline() == b"open\n"
             # The shell goes on to exec sleep: wait until it has, for the same race.
-            cmdline = Path("/proc", str(process.pid), "cmdline")
-            deadline = time.monotonic() + 10
-            while cmdline.read_bytes() != b"sleep\x0060\x00" and time.monotonic() < deadline:
-                time.sleep(0.001)
+            _exec_finished(process, b"sleep\x0060\x00")
         messages = first.close()
         assert len(messages) == 1
         assert f"{first.path} was still in use by pid {process.pid} (" in messages[0]
