@@ -39,7 +39,6 @@ __all__ = [
     "WritesReporter",
     "add_options",
     "area_labels",
-    "carries",
     "extra_passthrough",
     "hermetic_header",
     "in_place_targets",
@@ -317,14 +316,6 @@ def nested(targets: tuple[Path, ...], scratch: Path) -> bool:
     if any(target in scratch.parents for target in targets):
         return True
     return any(a != b and a in b.parents for a in targets for b in targets)
-
-
-@functools.lru_cache(maxsize=8)
-def carries(settings: Any, target: Path) -> bool:
-    """Whether a pass-through (or carried) directory lies inside *target*, so that what a
-    test created there is carried to the disk after it (an area usually has none: nothing to
-    look at)."""
-    return any(target in path.parents for path in (*settings.passthrough, *settings.carried))
 
 
 def extra_passthrough(settings: Any, targets: Sequence[Path]) -> list[Path]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from . import _contain, _namespaces
-from ._backends import Mount
+from ._backends import Mount, working_directory_left
 from ._errors import (
     BackendUnavailableError,
     OverlayError,
@@ -31,7 +31,6 @@ from ._errors import (
     path_too_long,
 )
 from ._hermetic import (
-    carries,
     extra_passthrough,
     in_place_targets,
     layout,
@@ -65,6 +64,8 @@ class TestState:
     targets: tuple[Path, ...] = ()
     phases: dict[str, str] = field(default_factory=dict)
     saved_cwd: str | None = None
+    # The view (its index) that the working directory entered, if not a pass-through there.
+    entered: int | None = None
     # False when one sandboxed directory holds another (_hermetic.nested): no view goes to
     # the next test.
     reuse: bool = True
@@ -99,21 +100,8 @@ def start_in_place(
     targets, order, reuse = placed
     if session.passthrough is None:
         # Once per session (the same for every test, and a view may stand there meanwhile).
-        cache = cache_dir_of(config)
-        # Kept layers are written while the view is mounted: the store must be on the real disk.
-        store_dir(cache).mkdir(parents=True, exist_ok=True)
-        keep_real = [
-            cache,
-            basetemp,
-            *session.settings.passthrough,
-            *extra_passthrough(session.settings, targets),
-        ]
-        session.passthrough = {
-            target: tuple(
-                p for p in keep_real if p.is_dir() and target in p.parents and p != target
-            )
-            for target in targets
-        }
+        _plan_real_paths(config, session, basetemp, targets)
+        assert session.passthrough is not None
     backend = session.selection.backend
     views: dict[int, Mount] = {}
     try:
@@ -140,20 +128,58 @@ def start_in_place(
         targets=targets,
         reuse=reuse,
     )
-    state.saved_cwd = _enter_views(state)
+    state.saved_cwd, state.entered = _enter_views(state, session.passthrough)
     return state
 
 
-def _enter_views(state: TestState) -> str | None:
+def _plan_real_paths(
+    config: pytest.Config, session: OverlaySession, basetemp: Path, targets: tuple[Path, ...]
+) -> None:
+    """What of the sandboxed directories reaches the disk, for the whole session: the
+    pass-through directories bound into each view, the paths whose writes are carried to the
+    disk after each test, and the kept-layer store, reached through a descriptor."""
+    settings = session.settings
+    cache = cache_dir_of(config)
+    store = store_dir(cache)
+    store.mkdir(parents=True, exist_ok=True)
+    bound = [basetemp, *settings.passthrough, *extra_passthrough(settings, targets)]
+    # pytest's cache is carried, not bound: pytest writes it at the end of the session, after
+    # the last view, and a bound directory costs every test two mount moves in its busy
+    # check.  What a test writes there (config.cache.set) is copied to the disk after it.
+    carried = [*settings.passthrough, *settings.carried]
+    if cache not in settings.passthrough:
+        carried.append(cache)
+
+    def inside(paths: list[Path], target: Path) -> tuple[Path, ...]:
+        return tuple(p for p in paths if target in p.parents)
+
+    session.passthrough = {
+        target: tuple(p for p in inside(bound, target) if p.is_dir()) for target in targets
+    }
+    session.carried = {target: inside(carried, target) for target in targets}
+    if any(target in store.parents for target in targets):
+        # Kept layers are written while a view stands over the store.
+        session.hold_store(store)
+
+
+def _enter_views(
+    state: TestState, passthrough: dict[Path, tuple[Path, ...]]
+) -> tuple[str | None, int | None]:
+    """Move the working directory into the views; returns where it was (if under a
+    sandboxed directory), and the index of the view it is now in, unless it is in a
+    pass-through directory there."""
     # The process's working directory still points into the real tree under the mount:
     # resolve it again, into the view (or into the copy, for the copy backend).
     cwd = os.getcwd()
-    for mount, target in zip(state.mounts, state.targets, strict=True):
+    for index, (mount, target) in enumerate(zip(state.mounts, state.targets, strict=True)):
         real = os.fspath(target)
         if cwd == real or cwd.startswith(real + os.sep):
             os.chdir(os.fspath(mount.path) + cwd[len(real) :])
-            return cwd
-    return None
+            bound = (os.fspath(p) for p in passthrough.get(target, ()))
+            if any(cwd == p or cwd.startswith(p + os.sep) for p in bound):
+                return cwd, None
+            return cwd, index
+    return None, None
 
 
 @dataclass
@@ -185,11 +211,14 @@ def finish(item: pytest.Item, session: OverlaySession, state: TestState) -> Fini
             kept = True
             _keep(item, session, state)
     except Exception as exc:
-        done.warnings.append(f"could not keep the test's layer: {describe_error(exc)}")
+        problem = session.real_path(describe_error(exc))
+        done.warnings.append(f"could not keep the test's layer: {problem}")
     finally:
         if state.saved_cwd is not None:
             # Leave the views first: a working directory inside one would keep it busy.
             os.chdir("/")
+            if state.entered is not None:
+                working_directory_left(state.mounts[state.entered])
         lost: list[str] = []
         carried: list[Carried] = []
         for index, mount in enumerate(state.mounts):
@@ -224,15 +253,14 @@ def _carry_aside(
     :mod:`._toolstate`).  Not for a view parked for the next test: nothing changed in it, as
     its check said (which spares every test that writes nothing one inotify read here)."""
     mount, target = state.mounts[index], state.targets[index]
-    if session.basetemp is None or mount.untouched():
+    if session.basetemp is None or session.carried is None or mount.untouched():
         return  # an empty upper layer (a view still in use): nothing to carry
-    settings = session.settings
-    globs = settings.carry_files if index == 0 else ()
-    if not globs and not carries(settings, target):
+    globs = session.settings.carry_files if index == 0 else ()
+    paths = session.carried[target]
+    if not globs and not paths:
         return  # an area of --overlay-hermetic, usually: nothing can be carried
     scratch = Path(f"{session.basetemp}/overlay/carried/{index}")  # one Path, not four
     try:
-        paths = settings.passthrough + settings.carried
         carried.append(carry_aside(mount.new_root, target, paths, globs, scratch))
     except OSError as exc:
         done.warnings.append(f"could not set aside the tool state it wrote: {describe_error(exc)}")
@@ -258,7 +286,8 @@ def outcome(phases: dict[str, str]) -> str:
 def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path | None:
     if session.run_id is None:
         return None
-    store = Store(store_dir(cache_dir_of(item.config)))
+    # In place, through the descriptor held: the view over the store is not the disk.
+    store = Store(session.real_store or store_dir(cache_dir_of(item.config)))
     settings = session.settings
     run_dir = store.ensure_run(
         session.run_id, settings.lowers[0], settings.keep, settings.keep_count

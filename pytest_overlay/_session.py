@@ -66,6 +66,13 @@ class OverlaySession:
         # In place: the real directories inside each sandboxed one that stay writable
         # (pytest's cache and basetemp, overlay_passthrough), found at the first test.
         self.passthrough: dict[Path, tuple[Path, ...]] | None = None
+        # In place: the paths inside each sandboxed directory whose writes are copied to the
+        # disk after a test (_toolstate): pass-through directories, pytest's cache, tool state.
+        self.carried: dict[Path, tuple[Path, ...]] | None = None
+        # In place: the kept-layer store as the disk has it, whatever view stands over it.
+        self.real_store: Path | None = None
+        self._store_fd: int | None = None
+        self._store_path: Path | None = None
         # In place: how the views are laid out (_hermetic.layout), the same for every test.
         self.layout: Layout | None = None
         # In place: the last test's teardown found every sandboxed directory as expected (its
@@ -190,6 +197,21 @@ class OverlaySession:
             messages = mount.close()  # closed whatever *closing* raised
         return messages
 
+    def hold_store(self, store: Path) -> None:
+        """Hold the kept-layer store *store* open, before any view covers it: from now on
+        :attr:`real_store` reaches the real directory through that descriptor (a path under
+        ``/proc/self/fd``, Linux's, as every in-place backend is)."""
+        if self._store_fd is None:
+            self._store_fd = os.open(store, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._store_path = store
+            self.real_store = Path(f"/proc/self/fd/{self._store_fd}")
+
+    def real_path(self, text: str) -> str:
+        """*text* (a message) with :attr:`real_store`'s descriptor path told as the store's."""
+        if self.real_store is None or self._store_path is None:
+            return text
+        return text.replace(os.fspath(self.real_store), os.fspath(self._store_path))
+
     def standing(self) -> dict[Path, int]:
         """In place: each path a parked view stands at, and the device number it shows there."""
         return {
@@ -270,3 +292,7 @@ class OverlaySession:
         self.release_parked()
         for backend in self._backends.values():
             backend.shutdown()
+        if self._store_fd is not None:
+            os.close(self._store_fd)
+            self._store_fd = None
+            self.real_store = None

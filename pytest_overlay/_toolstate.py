@@ -7,7 +7,9 @@ checkout) writes it into its upper layer, and it would go with the layer.  So be
 view is closed, what the test created at such a path (and at the coverage files of
 :data:`pytest_overlay._choices.TOOL_STATE_FILES`) is copied aside, and once the view is
 gone, into the real tree; from the next test on, the directory exists and is bound like any
-other.
+other.  Some directories are never bound, only carried this way after every test that writes
+them: those written at the end of the session, after the last view (pytest's cache,
+``.benchmarks``), where a bound directory would cost every test two moves in its busy check.
 
 Only additions are carried over: a whiteout (a deletion) in the upper layer is not, and
 neither is anything that is not a directory, a regular file or a symbolic link.

@@ -29,7 +29,21 @@ __all__ = [
     "cannot_work_here",
     "fall_back",
     "select_backend",
+    "working_directory_left",
 ]
+
+
+def working_directory_left(mount: Mount) -> None:
+    """The process's working directory, set inside *mount* (the view itself, not a
+    pass-through mount on it) after the view's last busy check, has just left it.
+
+    Optional for a backend (the kernel's and fuse's views implement it): a check that leaves
+    the mount marked for expiry is followed by one ``stat`` at the next check, unless the
+    kernel let go of a reference to the mount in between, as leaving a working directory does.
+    """
+    left = getattr(mount, "working_directory_left", None)
+    if left is not None:
+        left()
 
 
 def cannot_work_here(name: str, reason: str) -> BackendUnavailableError:

@@ -403,6 +403,13 @@ class UpperLayerView:
         )
         return answer
 
+    def working_directory_left(self) -> None:
+        """The process's working directory, set inside this view after its last busy check,
+        left it: the kernel let go of a reference to the mount then (``mntput``), which
+        cleared any expiry mark, so the next check needs no ``stat`` first (see :func:`idle`).
+        """
+        self._marked = False
+
     def _root_unchanged(self) -> bool:
         """The quick look: the upper's root has the times and mode it had after mounting."""
         st = os.lstat(self._upper_s)
