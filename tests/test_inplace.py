@@ -195,6 +195,19 @@ def user_project() -> Iterator[Path]:
         yield root
 
 
+def test_failure_keeps_layer_as_user(user_project: Path) -> None:
+    # The store is written through a descriptor opened before the first view (pytest's cache
+    # is not bound into the views): in the user namespace too.
+    _unpriv.write_user_files(user_project, {"test_failing.py": FAILING})
+    before = inplace_digest(user_project)
+    output = run_user(user_project, expect_rc=1)
+    assert counts(output).get("failed") == 1, output
+    assert "kept 1 layer in" in output, output
+    assert inplace_digest(user_project) == before
+    listing = cli(user_project, "list")
+    assert "test_failing.py::test_clobbers_and_fails" in listing.stdout, listing.stderr
+
+
 @pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["plain", "xdist"])
 def test_whole_suite_in_place_as_user(user_project: Path, xdist: Sequence[str]) -> None:
     before = inplace_digest(user_project)
