@@ -189,7 +189,9 @@ class KernelMount(UpperLayerView):
                 if shared is not None and shared.nested:
                     shared = None
                 keep = shared is None or shared.spares is None
-                if not self._idle(leave_aside=keep):
+                # Checked already, just before (nothing since: the process is outside it, and
+                # the tool state carried aside was read from the upper layer, not the view).
+                if not self.idle_checked and not self._idle(leave_aside=keep):
                     return False
                 if shared is not None and keep:
                     shared.spares = self.hand_over()

@@ -283,6 +283,9 @@ class UpperLayerView:
         self._aside: Aside | None = None
         # Whether a busy check may have left the mount marked for expiry (see idle()).
         self._marked = False
+        # The reuse check just found the view idle but changed, with nothing to leave aside:
+        # closing it right after need not check again.
+        self.idle_checked = False
 
     def put_back(self, real: RealDirs) -> None:
         """Attach the real directories *real* holds back over the mounted view."""
@@ -416,19 +419,27 @@ class UpperLayerView:
         return (st.st_ctime_ns, st.st_mtime_ns, st.st_mode) == self._fresh_stat
 
     def _reusable(self) -> bool:
-        """Checks 1 and 2, in that order, after a quick look (a test that wrote anything at
-        all raised its flag, or without inotify changed the upper root's times, but for one
-        in the same clock tick as mounting, which check 2 sees)."""
+        """Checks 1 and 2, in that order, after a quick look where check 1 costs moves (a test
+        that wrote anything at all raised its flag, or without inotify changed the upper
+        root's times, but for one in the same clock tick as mounting, which check 2 sees)."""
+        self.idle_checked = False
         if not self._may_reuse:
             return False
         flags = self._flags
         try:
             if flags is not None:
-                if flags.changed(self):
-                    return False  # a test that wrote: no need to ask whether it is held
+                if self._bind_fds and flags.changed(self):
+                    # A test that wrote: no need to move the pass-through mounts aside to ask
+                    # whether it is held.  Without them the look would be one more system
+                    # call for every test that wrote nothing.
+                    return False
                 with _namespaces.privileged():
                     idle = self._idle()
-                return idle and not flags.changed(self)
+                if idle and flags.changed(self):
+                    # Closed next: its retirement need not ask again (see _retire).
+                    self.idle_checked = not self._bind_fds
+                    return False
+                return idle
             if self._fresh is None:
                 return False
             with _namespaces.privileged():  # once: as the user, two system calls each time
