@@ -176,7 +176,8 @@ def add_options(parser: pytest.Parser, backends: Iterable[str] = (AUTO, *BUILTIN
         "passthrough",
         "paths",
         "Directory inside the project that in-place mode leaves writable on the real disk, "
-        "existing or created by a test; repeatable (pytest's cache and basetemp always are)",
+        "existing or created by a test; repeatable (pytest's basetemp always is, and pytest's "
+        "cache reaches the disk after each test)",
         [],
         metavar="DIR",
         action="append",

@@ -298,11 +298,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             names.append(FIXTURE_NAME)
         fixtures = names or ()
         used = (
-            used
-            or bool(markers)
-            or FIXTURE_NAME in fixtures
-            or LAYER_FIXTURE in fixtures
-            or golden
+            used or bool(markers) or FIXTURE_NAME in fixtures or LAYER_FIXTURE in fixtures or golden
         )
     if problems and hasattr(config, "workerinput"):
         # An xdist worker cannot stop the run with a usage error (the controller reports a
