@@ -45,7 +45,7 @@ from ._render import ReportOptions
 from ._session import OverlaySession
 from ._settings import MarkerChoices, make_ignore, parse_marker
 from ._snapshot.factory import LayerFactory, resolve_layers
-from ._storepath import cache_dir_of, store_dir
+from ._storepath import cache_dir_of, make_store
 from ._testreport import all_targets_report, describe_error
 from ._toolstate import Carried, carry_aside
 from ._warnings import OverlayWarning
@@ -140,8 +140,7 @@ def _plan_real_paths(
     disk after each test, and the kept-layer store, reached through a descriptor."""
     settings = session.settings
     cache = cache_dir_of(config)
-    store = store_dir(cache)
-    store.mkdir(parents=True, exist_ok=True)
+    store = make_store(config)
     bound = [basetemp, *settings.passthrough, *extra_passthrough(settings, targets)]
     # pytest's cache is carried, not bound: pytest writes it at the end of the session, after
     # the last view, and a bound directory costs every test two mount moves in its busy
@@ -287,7 +286,7 @@ def _keep(item: pytest.Item, session: OverlaySession, state: TestState) -> Path 
     if session.run_id is None:
         return None
     # In place, through the descriptor held: the view over the store is not the disk.
-    store = Store(session.real_store or store_dir(cache_dir_of(item.config)))
+    store = Store(session.real_store or make_store(item.config))
     settings = session.settings
     run_dir = store.ensure_run(
         session.run_id, settings.lowers[0], settings.keep, settings.keep_count

@@ -16,6 +16,7 @@ does not import pytest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -38,6 +39,7 @@ __all__ = [
     "cache_dir_of",
     "default_cache_dir",
     "find_project",
+    "make_store",
     "resolve_cache_dir",
     "store_dir",
 ]
@@ -84,6 +86,21 @@ def cache_dir_of(config: pytest.Config) -> Path:
         # -p no:cacheprovider: the ini setting is unknown; kept layers go where it would be.
         value = default_cache_dir()
     return resolve_cache_dir(value, config.rootpath)
+
+
+def make_store(config: pytest.Config) -> Path:
+    """The kept-layer store of *config*'s run, made if it is missing: through pytest's cache
+    where the cache provider runs, so that a cache directory made now comes with pytest's
+    ``README.md``, ``.gitignore`` and ``CACHEDIR.TAG`` (pytest adds them only to a cache
+    directory it makes itself, and git would list one made by hand)."""
+    store = store_dir(cache_dir_of(config))
+    cache = getattr(config, "cache", None)
+    if cache is not None and not store.is_dir():
+        # Failing, it is made below without the supporting files, or the error raised there.
+        with contextlib.suppress(OSError, ValueError):
+            cache.mkdir(STORE_DIR)  # cache_dir/d/overlay, the store itself
+    store.mkdir(parents=True, exist_ok=True)
+    return store
 
 
 # --- the command's view of the project ---------------------------------------------------------

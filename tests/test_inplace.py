@@ -158,6 +158,17 @@ def test_whole_suite_in_place_as_root(project: Path, xdist: Sequence[str], backe
     assert overlay_mounts() == mounts
 
 
+def test_first_run_leaves_pytest_s_cache_as_pytest_makes_it(project: Path) -> None:
+    # The plugin makes its store before the first view, inside pytest's cache directory; made
+    # through pytest's cache, the directory comes with the files that keep it out of git.
+    assert not (project / ".pytest_cache").exists()
+    run_root(project, "--overlay", *need("kernel"), expect_rc=0)
+    cache = project / ".pytest_cache"
+    assert (cache / ".gitignore").read_text().endswith("*\n")
+    assert (cache / "CACHEDIR.TAG").is_file()
+    assert (cache / "d" / "overlay").is_dir()
+
+
 @IN_PLACE_BACKENDS
 def test_failure_keeps_layer_and_pytest_files_reach_disk(project: Path, backend: str) -> None:
     chosen = need(backend)
